@@ -1,0 +1,52 @@
+/// Events after a position, in position order, as they commit. Woken by local appends and by other
+/// processes' notifications; polls as a fallback. Ends (returns `nil`) when its task is cancelled.
+public struct EventSubscription: AsyncSequence, Sendable {
+    public typealias Element = RecordedEvent
+
+    let position: Int64
+    let signal: WakeUpSignal
+    let pollInterval: Duration
+    let fetch: @Sendable (Int64) async throws -> [RecordedEvent]
+
+    init(after position: Int64, signal: WakeUpSignal, pollInterval: Duration, fetch: @escaping @Sendable (Int64) async throws -> [RecordedEvent]) {
+        self.position = position
+        self.signal = signal
+        self.pollInterval = pollInterval
+        self.fetch = fetch
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(subscription: self, position: position)
+    }
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let subscription: EventSubscription
+        /// The position of the last event handed out.
+        var position: Int64
+        var buffer: [RecordedEvent] = []
+        var index = 0
+
+        init(subscription: EventSubscription, position: Int64) {
+            self.subscription = subscription
+            self.position = position
+        }
+
+        public mutating func next() async throws -> RecordedEvent? {
+            while true {
+                if index < buffer.count {
+                    let event = buffer[index]
+                    index += 1
+                    position = event.globalPosition
+                    return event
+                }
+                if Task.isCancelled { return nil }
+                let generation = subscription.signal.generation
+                buffer = try await subscription.fetch(position)
+                index = 0
+                if buffer.isEmpty {
+                    await subscription.signal.wait(after: generation, timeout: subscription.pollInterval)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,27 @@
+import Crypto
+import Foundation
+
+/// One numbered, forward-only SQL file of `Migrations/`, compiled into the binary.
+public struct Migration: Sendable, Hashable {
+    /// The number the file name starts with.
+    public let version: Int
+    /// The file name, e.g. `0001_events.sql`.
+    public let fileName: String
+    public let sql: String
+    /// SHA-256 of the file, hex; recorded when the migration is applied and checked on every later run.
+    public let checksum: String
+
+    init(fileName: String, bytes: [UInt8]) {
+        self.fileName = fileName
+        self.version = Int(fileName.prefix { $0.isNumber }) ?? 0
+        self.sql = String(decoding: bytes, as: UTF8.self)
+        self.checksum = SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// Every migration, in order. A test checks this list against the files in `Migrations/`.
+    public static let all: [Migration] = [
+        Migration(fileName: "0001_events.sql", bytes: PackageResources._001_events_sql),
+        Migration(fileName: "0002_events_immutable.sql", bytes: PackageResources._002_events_immutable_sql),
+        Migration(fileName: "0003_append_function.sql", bytes: PackageResources._003_append_function_sql),
+    ]
+}

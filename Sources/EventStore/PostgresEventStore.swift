@@ -1,0 +1,327 @@
+import Foundation
+import Logging
+import Metrics
+import NIOCore
+import PostgresNIO
+import ServiceLifecycle
+import SharedTypes
+
+/// The event store on PostgreSQL, through PostgresNIO's `PostgresClient`.
+///
+/// Appends run `convo_append` (see `Migrations/0003_append_function.sql`) in one round trip. Positions are
+/// drawn in transaction-id order, and reads of the whole store take only rows whose transaction id is below
+/// the oldest transaction still running, so a reader that follows positions never skips a late commit.
+///
+/// As a `Service`, ``run()`` tells other processes about local appends (`NOTIFY`) and wakes local
+/// subscriptions when other processes append (`LISTEN`); without it, subscriptions fall back to polling.
+public final class PostgresEventStore: EventStore, Service {
+    /// How the store behaves.
+    public struct Configuration: Sendable {
+        /// How often a subscription looks for new events when no notification arrives. Default: 1 second.
+        public var pollInterval: Duration
+        /// The PostgreSQL channel appends are announced on. Default: `convo_events`.
+        public var notificationChannel: String
+        /// How many events a subscription reads per query. Default: 500.
+        public var subscriptionPageSize: Int
+        /// The most events one append may carry. Default: 1,000.
+        public var maxEventsPerAppend: Int
+
+        public init(
+            pollInterval: Duration = .seconds(1), notificationChannel: String = "convo_events", subscriptionPageSize: Int = 500,
+            maxEventsPerAppend: Int = 1000
+        ) {
+            self.pollInterval = pollInterval
+            self.notificationChannel = notificationChannel
+            self.subscriptionPageSize = subscriptionPageSize
+            self.maxEventsPerAppend = maxEventsPerAppend
+        }
+    }
+
+    public let client: PostgresClient
+    public let configuration: Configuration
+    let logger: Logger
+    let signal = WakeUpSignal()
+    private let notifications: AsyncStream<Void>
+    private let notify: AsyncStream<Void>.Continuation
+    private let appendedEvents = Counter(label: "convo.eventstore.appended")
+    private let conflicts = Counter(label: "convo.eventstore.conflicts")
+    private let appendDuration = Timer(label: "convo.eventstore.append.duration")
+
+    public init(client: PostgresClient, configuration: Configuration = Configuration(), logger: Logger) {
+        self.client = client
+        self.configuration = configuration
+        self.logger = logger
+        (self.notifications, self.notify) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    // MARK: Append
+
+    @discardableResult
+    public func append(_ events: [NewEvent], to stream: StreamName, tenant: TenantID, expectedVersion: ExpectedVersion) async throws -> AppendResult {
+        try validate(events, expectedVersion: expectedVersion)
+        let start = ContinuousClock.now
+        var ids: [UUID] = []
+        var types: [String] = []
+        var data: [JSONB] = []
+        var metadata: [JSONB] = []
+        ids.reserveCapacity(events.count)
+        types.reserveCapacity(events.count)
+        data.reserveCapacity(events.count)
+        metadata.reserveCapacity(events.count)
+        for event in events {
+            ids.append(event.eventId)
+            types.append(event.type)
+            data.append(JSONB(event.data))
+            metadata.append(JSONB(try JSONCoding.encoder.encodeAsByteBuffer(event.metadata, allocator: ByteBufferAllocator())))
+        }
+        let query: PostgresQuery = """
+            SELECT event_id, stream_version, global_position, recorded_at, duplicate
+            FROM convo_append(\(tenant.rawValue), \(stream.description), \(expectedVersion.sqlValue), \(ids), \(types), \(data), \(metadata))
+            """
+        var recorded: [AppendResult.Recorded] = []
+        recorded.reserveCapacity(events.count)
+        var duplicate = false
+        do {
+            let rows = try await client.query(query, logger: logger)
+            for try await (id, version, position, at, isDuplicate) in rows.decode((UUID, Int64, Int64, Date, Bool).self) {
+                recorded.append(.init(eventId: id, streamVersion: version, globalPosition: position, recordedAt: at))
+                duplicate = isDuplicate
+            }
+        } catch let error as PSQLError {
+            throw mapAppendError(error, stream: stream, expected: expectedVersion)
+        }
+        appendDuration.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
+        if !duplicate {
+            appendedEvents.increment(by: recorded.count)
+            signal.signal()
+            notify.yield()
+        }
+        return AppendResult(stream: stream, events: recorded, isDuplicate: duplicate)
+    }
+
+    private func validate(_ events: [NewEvent], expectedVersion: ExpectedVersion) throws {
+        guard !events.isEmpty else { throw EventStoreError(code: .invalidArgument, message: "an append needs at least one event") }
+        guard events.count <= configuration.maxEventsPerAppend else {
+            throw EventStoreError(code: .invalidArgument, message: "an append takes at most \(configuration.maxEventsPerAppend) events")
+        }
+        if case .exact(let version) = expectedVersion, version < 0 {
+            throw EventStoreError(code: .invalidArgument, message: "an expected version is 0 or more")
+        }
+        var seen = Set<UUID>()
+        for event in events {
+            guard (1...200).contains(event.type.utf8.count) else {
+                throw EventStoreError(code: .invalidArgument, message: "an event type has 1 to 200 characters")
+            }
+            guard seen.insert(event.eventId).inserted else {
+                throw EventStoreError(code: .invalidArgument, message: "event id \(event.eventId) appears twice in one append")
+            }
+        }
+    }
+
+    private func mapAppendError(_ error: PSQLError, stream: StreamName, expected: ExpectedVersion) -> EventStoreError {
+        let sqlState = error.serverInfo?[.sqlState]
+        let detail = error.serverInfo?[.detail]
+        switch sqlState {
+        case "CV001":
+            conflicts.increment()
+            return .wrongExpectedVersion(stream: stream, expected: expected, actual: detail.flatMap { Int64($0) } ?? -1)
+        case "CV002":
+            return EventStoreError(
+                code: .duplicateEventID, message: "event id \(detail ?? "?") is already stored at another place than \(stream)",
+                stream: stream, cause: error)
+        case "23505" where error.serverInfo?[.constraintName] == "events_event_id_key":
+            return EventStoreError(code: .duplicateEventID, message: "an event id of this append is being stored elsewhere", stream: stream, cause: error)
+        case "23505" where error.serverInfo?[.constraintName] == "events_stream_version_key":
+            conflicts.increment()
+            return EventStoreError(
+                code: .wrongExpectedVersion, message: "stream \(stream) moved on while appending", stream: stream, expected: expected, cause: error)
+        case "CV004", "22023", "23514", "22P02":
+            return EventStoreError(code: .invalidArgument, message: error.serverInfo?[.message] ?? "invalid append", stream: stream, cause: error)
+        default:
+            return Self.mapError(error, operation: "append to \(stream)")
+        }
+    }
+
+    /// Maps a PostgresNIO error to the store's error, keeping SQL and values out of the message.
+    static func mapError(_ error: any Error, operation: String) -> EventStoreError {
+        if let error = error as? EventStoreError { return error }
+        if let error = error as? PSQLError {
+            switch error.code {
+            case .server:
+                let state = error.serverInfo?[.sqlState] ?? "?"
+                // Class 08 is a connection exception, 57P0x an administrator shutdown or crash recovery.
+                if state.hasPrefix("08") || state.hasPrefix("57P") {
+                    return EventStoreError(code: .unavailable, message: "\(operation): PostgreSQL is unavailable (\(state))", cause: error)
+                }
+                return EventStoreError(code: .storageFailure, message: "\(operation) failed: SQLSTATE \(state)", cause: error)
+            case .queryCancelled:
+                return EventStoreError(code: .storageFailure, message: "\(operation) was cancelled", cause: error)
+            default:
+                return EventStoreError(code: .unavailable, message: "\(operation): PostgreSQL is unavailable (\(error.code))", cause: error)
+            }
+        }
+        if error is CancellationError { return EventStoreError(code: .storageFailure, message: "\(operation) was cancelled", cause: error) }
+        return EventStoreError(code: .unavailable, message: "\(operation): PostgreSQL is unavailable", cause: error)
+    }
+
+    // MARK: Read
+
+    public func readStream(_ stream: StreamName, tenant: TenantID, fromVersion: Int64 = 1, maxCount: Int = 1000) async throws -> [RecordedEvent] {
+        try Self.checkPageSize(maxCount)
+        return try await fetch(
+            """
+            SELECT \(unescaped: Self.columns) FROM events
+            WHERE tenant_id = \(tenant.rawValue) AND stream_name = \(stream.description) AND stream_version >= \(fromVersion)
+            ORDER BY stream_version LIMIT \(maxCount)
+            """, operation: "read \(stream)")
+    }
+
+    public func readCategory(_ category: String, tenant: TenantID, after position: Int64, maxCount: Int = 1000) async throws -> [RecordedEvent] {
+        try Self.checkPageSize(maxCount)
+        guard StreamName.isValidCategory(category) else { throw EventStoreError(code: .invalidArgument, message: "invalid category") }
+        return try await fetch(
+            """
+            SELECT \(unescaped: Self.columns) FROM events
+            WHERE tenant_id = \(tenant.rawValue) AND stream_category = \(category) AND global_position > \(position)
+              AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+            ORDER BY global_position LIMIT \(maxCount)
+            """, operation: "read category \(category)")
+    }
+
+    public func readAll(_ scope: TenantScope, after position: Int64, maxCount: Int = 1000) async throws -> [RecordedEvent] {
+        try Self.checkPageSize(maxCount)
+        switch scope {
+        case .allTenants:
+            return try await fetch(
+                """
+                SELECT \(unescaped: Self.columns) FROM events
+                WHERE global_position > \(position) AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+                ORDER BY global_position LIMIT \(maxCount)
+                """, operation: "read all")
+        case .tenant(let tenant):
+            return try await fetch(
+                """
+                SELECT \(unescaped: Self.columns) FROM events
+                WHERE tenant_id = \(tenant.rawValue) AND global_position > \(position)
+                  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+                ORDER BY global_position LIMIT \(maxCount)
+                """, operation: "read all of \(tenant)")
+        }
+    }
+
+    public func streamVersion(_ stream: StreamName, tenant: TenantID) async throws -> Int64 {
+        do {
+            let rows = try await client.query(
+                "SELECT coalesce(max(stream_version), 0) FROM events WHERE tenant_id = \(tenant.rawValue) AND stream_name = \(stream.description)",
+                logger: logger)
+            for try await version in rows.decode(Int64.self) { return version }
+            return 0
+        } catch {
+            throw Self.mapError(error, operation: "read the version of \(stream)")
+        }
+    }
+
+    public func headPosition(_ scope: TenantScope = .allTenants) async throws -> Int64 {
+        let query: PostgresQuery
+        switch scope {
+        case .allTenants:
+            query = """
+                SELECT global_position FROM events WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+                ORDER BY global_position DESC LIMIT 1
+                """
+        case .tenant(let tenant):
+            query = """
+                SELECT global_position FROM events
+                WHERE tenant_id = \(tenant.rawValue) AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+                ORDER BY global_position DESC LIMIT 1
+                """
+        }
+        do {
+            for try await position in try await client.query(query, logger: logger).decode(Int64.self) { return position }
+            return 0
+        } catch {
+            throw Self.mapError(error, operation: "read the head position")
+        }
+    }
+
+    public func subscribe(_ scope: TenantScope, after position: Int64) -> EventSubscription {
+        let pageSize = configuration.subscriptionPageSize
+        return EventSubscription(after: position, signal: signal, pollInterval: configuration.pollInterval) { [self] after in
+            try await readAll(scope, after: after, maxCount: pageSize)
+        }
+    }
+
+    // MARK: Rows
+
+    static let columns = "global_position, event_id, tenant_id, stream_name, stream_version, event_type, data, metadata, recorded_at"
+
+    private static func checkPageSize(_ maxCount: Int) throws {
+        guard (1...10_000).contains(maxCount) else {
+            throw EventStoreError(code: .invalidArgument, message: "a page holds 1 to 10,000 events")
+        }
+    }
+
+    private func fetch(_ query: PostgresQuery, operation: @autoclosure () -> String) async throws -> [RecordedEvent] {
+        var events: [RecordedEvent] = []
+        do {
+            let rows = try await client.query(query, logger: logger)
+            for try await (position, id, tenant, stream, version, type, data, metadata, at) in rows.decode(
+                (Int64, UUID, String, String, Int64, String, JSONB, JSONB, Date).self)
+            {
+                guard let tenant = TenantID(rawValue: tenant) else {
+                    throw EventStoreError(code: .storageFailure, message: "the event at position \(position) has an invalid tenant")
+                }
+                events.append(
+                    RecordedEvent(
+                        globalPosition: position, eventId: id, tenant: tenant, stream: StreamName(unchecked: stream), streamVersion: version,
+                        type: type, data: data.text, metadataJSON: metadata.text, recordedAt: at))
+            }
+        } catch {
+            throw Self.mapError(error, operation: operation())
+        }
+        return events
+    }
+
+    // MARK: Service
+
+    /// Announces local appends to other processes and wakes local subscriptions on theirs, until graceful
+    /// shutdown or cancellation.
+    public func run() async throws {
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.announceAppends() }
+            group.addTask { await self.listenForAppends() }
+        }
+    }
+
+    private func announceAppends() async {
+        // bufferingNewest(1) coalesces a burst of appends into one NOTIFY.
+        for await _ in notifications.cancelOnGracefulShutdown() {
+            do {
+                try await client.query("SELECT pg_notify(\(configuration.notificationChannel), '')", logger: logger)
+            } catch {
+                logger.debug("could not announce appends", metadata: ["convo.error": "\(error)"])
+            }
+        }
+    }
+
+    private func listenForAppends() async {
+        let channel = configuration.notificationChannel
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                try await cancelWhenGracefulShutdown {
+                    try await self.client.withConnection { connection in
+                        try await connection.listen(on: channel) { notifications in
+                            // Anything committed while no LISTEN was active is picked up now.
+                            self.signal.signal()
+                            for try await _ in notifications { self.signal.signal() }
+                        }
+                    }
+                }
+            } catch {
+                if Task.isCancelled || Task.isShuttingDownGracefully { return }
+                logger.info("event notifications interrupted, retrying", metadata: ["convo.error": "\(error)"])
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+import Foundation
+import NIOCore
+import NIOFoundationCompat
+import SharedTypes
+
+/// An event as the store holds it.
+public struct RecordedEvent: Sendable, Equatable {
+    /// The event's place in the whole store; grows with commit order (see ``PostgresEventStore``).
+    public let globalPosition: Int64
+    public let eventId: UUID
+    public let tenant: TenantID
+    public let stream: StreamName
+    /// The event's place in its stream: 1, 2, 3…
+    public let streamVersion: Int64
+    public let type: String
+    /// The payload, UTF-8 JSON.
+    public let data: ByteBuffer
+    /// The metadata, UTF-8 JSON; decoded on demand by ``metadata()`` because most readers never need it.
+    public let metadataJSON: ByteBuffer
+    public let recordedAt: Date
+
+    public init(
+        globalPosition: Int64, eventId: UUID, tenant: TenantID, stream: StreamName, streamVersion: Int64, type: String,
+        data: ByteBuffer, metadataJSON: ByteBuffer, recordedAt: Date
+    ) {
+        self.globalPosition = globalPosition
+        self.eventId = eventId
+        self.tenant = tenant
+        self.stream = stream
+        self.streamVersion = streamVersion
+        self.type = type
+        self.data = data
+        self.metadataJSON = metadataJSON
+        self.recordedAt = recordedAt
+    }
+
+    /// Decodes the payload.
+    ///
+    /// - Throws: `DecodingError` when the payload is not a `T`.
+    public func decode<T: Decodable>(_ type: T.Type = T.self) throws -> T {
+        try JSONCoding.decoder.decode(T.self, from: data)
+    }
+
+    /// Decodes the metadata.
+    ///
+    /// - Throws: `DecodingError` when the stored metadata is not valid.
+    public func metadata() throws -> EventMetadata {
+        try JSONCoding.decoder.decode(EventMetadata.self, from: metadataJSON)
+    }
+}
+
+/// Where the events of one append were stored.
+public struct AppendResult: Sendable, Equatable {
+    public struct Recorded: Sendable, Equatable {
+        public let eventId: UUID
+        public let streamVersion: Int64
+        public let globalPosition: Int64
+        public let recordedAt: Date
+    }
+
+    public let stream: StreamName
+    /// One per appended event, in order.
+    public let events: [Recorded]
+    /// Whether every event was already stored by an earlier append with the same ids (nothing was written).
+    public let isDuplicate: Bool
+
+    /// The stream's version after the append: the version of its last event.
+    public var streamVersion: Int64 { events.last?.streamVersion ?? 0 }
+    /// The global position of the append's last event.
+    public var lastPosition: Int64 { events.last?.globalPosition ?? 0 }
+}

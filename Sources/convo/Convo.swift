@@ -1,0 +1,2 @@
+@main
+struct Convo { static func main() {} }

@@ -1,0 +1,193 @@
+import EventStore
+import Foundation
+import PostgresNIO
+import SharedTypes
+import Testing
+
+@Suite struct ReadTests {
+    @Test func readsAreScopedToTheirTenantStreamAndCategory() async throws {
+        try await TestDatabase.withStore { store in
+            let tenantA = TestDatabase.uniqueTenant()
+            let tenantB = TestDatabase.uniqueTenant()
+            let shared = TestDatabase.uniqueStream("messages")
+            let workflow = try StreamName(category: "workflow", id: shared.id)
+            try await store.append([note("a1"), note("a2")], to: shared, tenant: tenantA, expectedVersion: .noStream)
+            try await store.append([note("b1")], to: shared, tenant: tenantB, expectedVersion: .noStream)
+            try await store.append([note("w1")], to: workflow, tenant: tenantA, expectedVersion: .noStream)
+
+            let streamA = try await store.readStream(shared, tenant: tenantA, fromVersion: 2, maxCount: 10)
+            #expect(try streamA.map { try $0.decode(Note.self).text } == ["a2"])
+            let allA = try await store.readAll(.tenant(tenantA), after: 0, maxCount: 100)
+            #expect(try allA.map { try $0.decode(Note.self).text } == ["a1", "a2", "w1"])
+            let categoryA = try await store.readCategory("messages", tenant: tenantA, after: 0, maxCount: 100)
+            #expect(try categoryA.map { try $0.decode(Note.self).text } == ["a1", "a2"])
+            let allB = try await store.readAll(.tenant(tenantB), after: 0, maxCount: 100)
+            #expect(try allB.map { try $0.decode(Note.self).text } == ["b1"])
+            #expect(try await store.headPosition(.tenant(tenantA)) == allA.last?.globalPosition)
+
+            let page = try await store.readAll(.tenant(tenantA), after: allA[0].globalPosition, maxCount: 1)
+            #expect(page.map(\.eventId) == [allA[1].eventId])
+            let everything = try await store.readAll(.allTenants, after: allA[0].globalPosition - 1, maxCount: 10_000)
+            #expect(everything.contains { $0.eventId == allB[0].eventId })
+        }
+    }
+
+    @Test func readAllWithholdsEventsThatCommitBeforeAnOlderOpenAppend() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let lateID = UUID()
+            try await store.client.withConnection { connection in
+                try await connection.query("BEGIN", logger: TestDatabase.logger)
+                // This append draws its position first and stays uncommitted.
+                let late = try await connection.query(
+                    """
+                    SELECT global_position FROM convo_append(\(tenant.rawValue), 'test-late', -1, ARRAY[\(lateID)]::uuid[],
+                        ARRAY['NoteTaken'], ARRAY['{"text":"late"}'::jsonb], ARRAY['{}'::jsonb])
+                    """, logger: TestDatabase.logger)
+                var latePosition: Int64 = 0
+                for try await position in late.decode(Int64.self) { latePosition = position }
+
+                let early = try await store.append([note("early")], to: TestDatabase.uniqueStream(), tenant: tenant, expectedVersion: .any)
+                #expect(early.lastPosition > latePosition)
+                // Handing out the committed event now would let a reader move past the open one's position.
+                #expect(try await store.readAll(.tenant(tenant), after: 0, maxCount: 100).isEmpty)
+                #expect(try await store.readAll(.allTenants, after: latePosition - 1, maxCount: 100).allSatisfy { $0.globalPosition < latePosition })
+
+                try await connection.query("COMMIT", logger: TestDatabase.logger)
+                let events = try await store.readAll(.tenant(tenant), after: 0, maxCount: 100)
+                #expect(events.map(\.globalPosition) == [latePosition, early.lastPosition])
+                #expect(events.first?.eventId == lateID)
+            }
+        }
+    }
+
+    @Test func aReaderFollowingConcurrentAppendsSeesEveryEventOnceInOrder() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let writers = 16
+            let appendsPerWriter = 40
+            let total = writers * appendsPerWriter
+            async let appended: Set<UUID> = withThrowingTaskGroup(of: [UUID].self) { group in
+                for writer in 0..<writers {
+                    group.addTask {
+                        var ids: [UUID] = []
+                        for index in 0..<appendsPerWriter {
+                            let event = note("\(writer).\(index)")
+                            ids.append(event.eventId)
+                            let stream = try StreamName(category: "race", id: "\(writer % 4)")
+                            try await store.append([event], to: stream, tenant: tenant, expectedVersion: .any)
+                        }
+                        return ids
+                    }
+                }
+                return try await group.reduce(into: Set<UUID>()) { $0.formUnion($1) }
+            }
+            var seen: [RecordedEvent] = []
+            var checkpoint: Int64 = 0
+            let deadline = ContinuousClock.now + .seconds(60)
+            while seen.count < total && ContinuousClock.now < deadline {
+                let page = try await store.readAll(.tenant(tenant), after: checkpoint, maxCount: 7)
+                seen += page
+                checkpoint = page.last?.globalPosition ?? checkpoint
+            }
+            let expected = try await appended
+            #expect(seen.count == total)
+            #expect(Set(seen.map(\.eventId)) == expected)
+            let positions = seen.map(\.globalPosition)
+            #expect(zip(positions, positions.dropFirst()).allSatisfy { $0 < $1 })
+        }
+    }
+
+    @Test func pageSizesOutOfRangeAreRefused() async throws {
+        try await TestDatabase.withStore { store in
+            for size in [0, -1, 10_001] {
+                let error = try await #require(throws: EventStoreError.self) {
+                    try await store.readAll(.allTenants, after: 0, maxCount: size)
+                }
+                #expect(error.code == .invalidArgument)
+            }
+        }
+    }
+}
+
+@Suite struct SubscriptionTests {
+    @Test func aSubscriberIsWokenByAnotherConnectionsAppendWithinASecond() async throws {
+        // A poll interval far beyond the deadline: only LISTEN/NOTIFY can deliver in time.
+        let slowPolling = PostgresEventStore.Configuration(pollInterval: .seconds(120))
+        try await TestDatabase.withStore(configuration: slowPolling) { subscriber in
+            try await TestDatabase.withStore(configuration: slowPolling) { writer in
+                let tenant = TestDatabase.uniqueTenant()
+                let start = try await subscriber.headPosition(.allTenants)
+                try await Task.sleep(for: .milliseconds(300))  // let both LISTEN connections settle
+                let delivered = try await withThrowingTaskGroup(of: (RecordedEvent, Duration)?.self) { group in
+                    group.addTask {
+                        for try await event in subscriber.subscribe(.tenant(tenant), after: start) {
+                            return (event, .zero)
+                        }
+                        return nil
+                    }
+                    try await Task.sleep(for: .milliseconds(200))  // the subscriber is waiting now
+                    let clock = ContinuousClock()
+                    let appendedAt = clock.now
+                    try await writer.append([note("hello")], to: TestDatabase.uniqueStream(), tenant: tenant, expectedVersion: .any)
+                    group.addTask {
+                        try await Task.sleep(for: .seconds(5))
+                        return nil
+                    }
+                    let first = try await group.next() ?? nil
+                    group.cancelAll()
+                    return first.map { ($0.0, clock.now - appendedAt) }
+                }
+                let (event, latency) = try #require(delivered)
+                #expect(try event.decode(Note.self).text == "hello")
+                #expect(latency < .seconds(1))
+            }
+        }
+    }
+
+    @Test func aSubscriptionResumesAfterItsPositionAndKeepsOrder() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let stream = TestDatabase.uniqueStream()
+            let first = try await store.append([note("1"), note("2")], to: stream, tenant: tenant, expectedVersion: .noStream)
+            let texts = try await withThrowingTaskGroup(of: [String].self) { group in
+                group.addTask {
+                    var texts: [String] = []
+                    for try await event in store.subscribe(.tenant(tenant), after: first.events[0].globalPosition) {
+                        texts.append(try event.decode(Note.self).text)
+                        if texts.count == 4 { break }
+                    }
+                    return texts
+                }
+                for text in ["3", "4", "5"] {
+                    try await store.append([note(text)], to: stream, tenant: tenant, expectedVersion: .any)
+                }
+                return try await group.next() ?? []
+            }
+            #expect(texts == ["2", "3", "4", "5"])
+        }
+    }
+}
+
+@Suite struct ImmutabilityTests {
+    @Test func updateDeleteAndTruncateOnEventsAreRefused() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let stream = TestDatabase.uniqueStream()
+            try await store.append([note("fact")], to: stream, tenant: tenant, expectedVersion: .noStream)
+            let statements: [PostgresQuery] = [
+                "UPDATE events SET event_type = 'Changed' WHERE tenant_id = \(tenant.rawValue)",
+                "UPDATE events SET data = '{}' WHERE tenant_id = \(tenant.rawValue)",
+                "DELETE FROM events WHERE tenant_id = \(tenant.rawValue)",
+                "TRUNCATE events",
+            ]
+            for statement in statements {
+                let error = try await #require(throws: PSQLError.self) { try await store.client.query(statement) }
+                #expect(error.serverInfo?[.sqlState] == "CV003")
+            }
+            let events = try await store.readStream(stream, tenant: tenant, fromVersion: 1, maxCount: 10)
+            #expect(events.count == 1)
+            #expect(events.first?.type == "NoteTaken")
+        }
+    }
+}

@@ -1,0 +1,87 @@
+import EventStore
+import Foundation
+import Logging
+import PostgresNIO
+import SharedTypes
+
+/// The PostgreSQL that `./scripts/test` starts, found through `CONVO_DATABASE_URL`.
+enum TestDatabase {
+    static let logger = Logger(label: "convo.test", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    static var url: DatabaseURL {
+        get throws {
+            guard let raw = ProcessInfo.processInfo.environment["CONVO_DATABASE_URL"] else {
+                throw EventStoreError(code: .invalidArgument, message: "CONVO_DATABASE_URL is not set: run the tests through ./scripts/test")
+            }
+            return try DatabaseURL(raw)
+        }
+    }
+
+    /// Runs `body` with a migrated store on the shared test database, its client and its service running.
+    static func withStore<T: Sendable>(
+        configuration: PostgresEventStore.Configuration = .init(), _ body: @Sendable (PostgresEventStore) async throws -> T
+    ) async throws -> T {
+        try await withClient(url: try url) { client in
+            try await Migrator(client: client, logger: logger).migrate()
+            let store = PostgresEventStore(client: client, configuration: configuration, logger: logger)
+            return try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await store.run() }
+                defer { group.cancelAll() }
+                return try await body(store)
+            }
+        }
+    }
+
+    /// Runs `body` with a client of `url` whose pool is running.
+    static func withClient<T: Sendable>(
+        url: DatabaseURL, maximumConnections: Int = 60, _ body: @Sendable (PostgresClient) async throws -> T
+    ) async throws -> T {
+        let client = PostgresClient(configuration: url.clientConfiguration(maximumConnections: maximumConnections), backgroundLogger: logger)
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await client.run() }
+            defer { group.cancelAll() }
+            return try await body(client)
+        }
+    }
+
+    /// Runs `body` against a new, empty database that is dropped afterwards.
+    static func withFreshDatabase<T: Sendable>(_ body: @Sendable (DatabaseURL) async throws -> T) async throws -> T {
+        let base = try url
+        let name = "convo_test_\(UUID().uuidString.prefix(8).lowercased())"
+        try await withClient(url: base, maximumConnections: 2) { client in
+            try await client.query("CREATE DATABASE \(unescaped: name)")
+        }
+        do {
+            let result = try await body(base.with(database: name))
+            try await dropDatabase(name, base: base)
+            return result
+        } catch {
+            try? await dropDatabase(name, base: base)
+            throw error
+        }
+    }
+
+    private static func dropDatabase(_ name: String, base: DatabaseURL) async throws {
+        try await withClient(url: base, maximumConnections: 2) { client in
+            try await client.query("DROP DATABASE IF EXISTS \(unescaped: name) WITH (FORCE)")
+        }
+    }
+
+    /// A stream name no other test uses.
+    static func uniqueStream(_ category: String = "test") -> StreamName {
+        try! StreamName(category: category, id: UUID().uuidString.lowercased())
+    }
+
+    /// A tenant no other test uses.
+    static func uniqueTenant() -> TenantID {
+        TenantID("t-\(UUID().uuidString.prefix(13).lowercased())")
+    }
+}
+
+struct Note: Codable, Equatable {
+    var text: String
+}
+
+func note(_ text: String, id: UUID = UUID()) -> NewEvent {
+    try! NewEvent(eventId: id, type: "NoteTaken", encoding: Note(text: text), metadata: EventMetadata(actorId: "test"))
+}

@@ -1,0 +1,106 @@
+# Shared set-up for ./scripts/dev and ./scripts/test: installs what is missing from Debian, and
+# starts or stops a private PostgreSQL cluster and Redis server on loopback under .convo/.
+# Sourced, not run. Every function prints what it does on stderr and fails loudly.
+
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+CONVO_OS_USER=${CONVO_OS_USER:-convo}
+
+log() { printf '[convo] %s\n' "$*" >&2; }
+die() { printf '[convo] error: %s\n' "$*" >&2; exit 1; }
+
+# Runs a command as the unprivileged user that owns the PostgreSQL cluster (initdb refuses root).
+as_pg_user() {
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u "$CONVO_OS_USER" -- "$@"
+    else
+        "$@"
+    fi
+}
+
+install_dependencies() {
+    local missing=()
+    [ -x "$PG_BIN/initdb" ] || missing+=(postgresql-15 postgresql-contrib)
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+    [ -f /usr/include/hiredis/hiredis.h ] || missing+=(libhiredis-dev)
+    command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing from Debian: ${missing[*]}"
+        local sudo=()
+        [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    command -v swift >/dev/null 2>&1 || die "swift is not on PATH: install the Swift 6 toolchain first"
+    if [ "$(id -u)" -eq 0 ] && ! id -u "$CONVO_OS_USER" >/dev/null 2>&1; then
+        log "creating the unprivileged user '$CONVO_OS_USER' that runs the private PostgreSQL"
+        useradd --system --no-create-home --shell /usr/sbin/nologin "$CONVO_OS_USER"
+    fi
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Prints a port on loopback that nothing listens on.
+free_port() {
+    local port
+    for _ in $(seq 1 200); do
+        port=$((20000 + RANDOM % 30000))
+        port_in_use "$port" || { echo "$port"; return 0; }
+    done
+    die "no free port found on 127.0.0.1"
+}
+
+# start_services DIR PG_PORT REDIS_PORT: starts both servers, exports CONVO_DATABASE_URL and CONVO_REDIS_URL.
+start_services() {
+    local dir=$1 pg_port=$2 redis_port=$3
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    stop_services "$dir" # a stale run (killed script, reboot) leaves servers or pid files behind
+    local pgdata=$dir/pg/data
+    mkdir -p "$dir/pg" "$dir/redis"
+    [ "$(id -u)" -eq 0 ] && chown -R "$CONVO_OS_USER" "$dir/pg"
+    if [ ! -f "$pgdata/PG_VERSION" ]; then
+        rm -rf "$pgdata"
+        log "initdb $pgdata"
+        as_pg_user "$PG_BIN/initdb" -D "$pgdata" -U convo --auth=trust --encoding=UTF8 --locale=C.UTF-8 >"$dir/pg/initdb.log" 2>&1 ||
+            { cat "$dir/pg/initdb.log" >&2; die "initdb failed"; }
+    fi
+    rm -f "$pgdata/postmaster.pid"
+    log "starting PostgreSQL on 127.0.0.1:$pg_port"
+    as_pg_user "$PG_BIN/pg_ctl" -D "$pgdata" -l "$dir/pg/server.log" -w -t 60 \
+        -o "-p $pg_port -k $dir/pg -c listen_addresses=127.0.0.1 -c max_connections=300 ${CONVO_PG_OPTIONS:-}" start >/dev/null ||
+        { tail -20 "$dir/pg/server.log" >&2; die "PostgreSQL did not start"; }
+    if ! as_pg_user "$PG_BIN/psql" -h 127.0.0.1 -p "$pg_port" -U convo -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = 'convo'" | grep -q 1; then
+        as_pg_user "$PG_BIN/createdb" -h 127.0.0.1 -p "$pg_port" -U convo convo
+    fi
+    log "starting Redis on 127.0.0.1:$redis_port"
+    redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir/redis" --daemonize yes \
+        --pidfile "$dir/redis/redis.pid" --logfile "$dir/redis/redis.log" --save '' --appendonly no >/dev/null ||
+        die "Redis did not start"
+    for _ in $(seq 1 50); do
+        redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    redis-cli -p "$redis_port" ping >/dev/null 2>&1 || die "Redis does not answer on port $redis_port"
+    echo "$pg_port $redis_port" >"$dir/ports"
+    export CONVO_DATABASE_URL="postgres://convo@127.0.0.1:$pg_port/convo"
+    export CONVO_REDIS_URL="redis://127.0.0.1:$redis_port"
+}
+
+# stop_services DIR: stops what start_services started there; quiet when nothing runs.
+stop_services() {
+    local dir=$1
+    [ -d "$dir" ] || return 0
+    if [ -f "$dir/pg/data/postmaster.pid" ]; then
+        as_pg_user "$PG_BIN/pg_ctl" -D "$dir/pg/data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+    fi
+    if [ -f "$dir/redis/redis.pid" ]; then
+        local pid
+        pid=$(cat "$dir/redis/redis.pid" 2>/dev/null)
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" 2>/dev/null
+            for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        fi
+        rm -f "$dir/redis/redis.pid"
+    fi
+}
