@@ -104,6 +104,18 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // What the integration tests share: the PostgreSQL and Redis that ./scripts/test starts.
+        .target(
+            name: "ConvoTestSupport",
+            dependencies: [
+                "EventStore",
+                "SharedTypes",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/Support",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "SharedTypesTests",
             dependencies: ["SharedTypes"],
@@ -113,6 +125,7 @@ let package = Package(
             name: "EventStoreTests",
             dependencies: [
                 "EventStore",
+                "ConvoTestSupport",
                 "SharedTypes",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -120,10 +133,20 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "ResponderTests",
+            dependencies: ["Responder", "ConvoTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "ConvoTests",
             dependencies: [
                 "convo",
+                "ConvoTestSupport",
+                "EventStore",
+                "Responder",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),

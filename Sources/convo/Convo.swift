@@ -1,2 +1,11 @@
+import ArgumentParser
+
+/// The `convo` command: the HTTP server and the operator's tools.
 @main
-struct Convo { static func main() {} }
+struct Convo: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "convo",
+        abstract: "An event-sourced conversation service: every visitor message and workflow step is an event.",
+        subcommands: [Serve.self, Migrate.self]
+    )
+}

@@ -1,3 +1,4 @@
+import ConvoTestSupport
 import Foundation
 import PostgresNIO
 import Testing

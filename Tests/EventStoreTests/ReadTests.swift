@@ -1,3 +1,4 @@
+import ConvoTestSupport
 import EventStore
 import Foundation
 import PostgresNIO

@@ -5,10 +5,20 @@ import PostgresNIO
 import SharedTypes
 
 /// The PostgreSQL that `./scripts/test` starts, found through `CONVO_DATABASE_URL`.
-enum TestDatabase {
-    static let logger = Logger(label: "convo.test", factory: { _ in SwiftLogNoOpLogHandler() })
+public enum TestDatabase {
+    public static let logger = Logger(label: "convo.test", factory: { _ in SwiftLogNoOpLogHandler() })
 
-    static var url: DatabaseURL {
+    /// The Redis that `./scripts/test` starts, found through `CONVO_REDIS_URL`.
+    public static var redisURL: String {
+        get throws {
+            guard let raw = ProcessInfo.processInfo.environment["CONVO_REDIS_URL"] else {
+                throw EventStoreError(code: .invalidArgument, message: "CONVO_REDIS_URL is not set: run the tests through ./scripts/test")
+            }
+            return raw
+        }
+    }
+
+    public static var url: DatabaseURL {
         get throws {
             guard let raw = ProcessInfo.processInfo.environment["CONVO_DATABASE_URL"] else {
                 throw EventStoreError(code: .invalidArgument, message: "CONVO_DATABASE_URL is not set: run the tests through ./scripts/test")
@@ -18,7 +28,7 @@ enum TestDatabase {
     }
 
     /// Runs `body` with a migrated store on the shared test database, its client and its service running.
-    static func withStore<T: Sendable>(
+    public static func withStore<T: Sendable>(
         configuration: PostgresEventStore.Configuration = .init(), _ body: @Sendable (PostgresEventStore) async throws -> T
     ) async throws -> T {
         try await withClient(url: try url) { client in
@@ -33,7 +43,7 @@ enum TestDatabase {
     }
 
     /// Runs `body` with a client of `url` whose pool is running.
-    static func withClient<T: Sendable>(
+    public static func withClient<T: Sendable>(
         url: DatabaseURL, maximumConnections: Int = 60, _ body: @Sendable (PostgresClient) async throws -> T
     ) async throws -> T {
         let client = PostgresClient(configuration: url.clientConfiguration(maximumConnections: maximumConnections), backgroundLogger: logger)
@@ -45,7 +55,7 @@ enum TestDatabase {
     }
 
     /// Runs `body` against a new, empty database that is dropped afterwards.
-    static func withFreshDatabase<T: Sendable>(_ body: @Sendable (DatabaseURL) async throws -> T) async throws -> T {
+    public static func withFreshDatabase<T: Sendable>(_ body: @Sendable (DatabaseURL) async throws -> T) async throws -> T {
         let base = try url
         let name = "convo_test_\(UUID().uuidString.prefix(8).lowercased())"
         try await withClient(url: base, maximumConnections: 2) { client in
@@ -68,20 +78,13 @@ enum TestDatabase {
     }
 
     /// A stream name no other test uses.
-    static func uniqueStream(_ category: String = "test") -> StreamName {
+    public static func uniqueStream(_ category: String = "test") -> StreamName {
         try! StreamName(category: category, id: UUID().uuidString.lowercased())
     }
 
     /// A tenant no other test uses.
-    static func uniqueTenant() -> TenantID {
+    public static func uniqueTenant() -> TenantID {
         TenantID("t-\(UUID().uuidString.prefix(13).lowercased())")
     }
 }
 
-struct Note: Codable, Equatable {
-    var text: String
-}
-
-func note(_ text: String, id: UUID = UUID()) -> NewEvent {
-    try! NewEvent(eventId: id, type: "NoteTaken", encoding: Note(text: text), metadata: EventMetadata(actorId: "test"))
-}

@@ -1,0 +1,139 @@
+import CHiredis
+import Dispatch
+import Foundation
+
+/// One hiredis connection. hiredis blocks and a `redisContext` is not thread-safe, so every call runs on
+/// this connection's own serial dispatch queue, never on Swift's cooperative pool, and callers await it.
+///
+/// `@unchecked Sendable`: `context` is read and written only on `queue`, which runs one block at a time.
+final class RedisConnection: @unchecked Sendable {
+    private let configuration: RedisConfiguration
+    private let queue: DispatchQueue
+    private var context: UnsafeMutablePointer<redisContext>?
+
+    init(configuration: RedisConfiguration, index: Int) {
+        self.configuration = configuration
+        self.queue = DispatchQueue(label: "convo.redis.connection.\(index)")
+    }
+
+    deinit {
+        if let context { redisFree(context) }
+    }
+
+    /// Sends one command (binary-safe arguments) and returns its reply. A Redis error reply is returned as
+    /// ``RedisReply/error(_:)``, not thrown.
+    ///
+    /// - Throws: ``ResponderError`` with ``ResponderError/Code/redisUnavailable`` when Redis cannot be reached or the
+    ///   connection breaks; the next call reconnects.
+    func send(_ arguments: [[UInt8]]) async throws -> RedisReply {
+        try await withCheckedThrowingContinuation { continuation in
+            queue.async {
+                continuation.resume(with: Result { try self.sendOnQueue(arguments) })
+            }
+        }
+    }
+
+    private func sendOnQueue(_ arguments: [[UInt8]]) throws -> RedisReply {
+        let context = try connectedContext()
+        guard let reply = Self.command(context, arguments) else {
+            let reason = Self.errorString(context)
+            disconnect()
+            throw ResponderError(code: .redisUnavailable, message: "the Redis connection broke: \(reason)")
+        }
+        return reply
+    }
+
+    private func connectedContext() throws -> UnsafeMutablePointer<redisContext> {
+        if let context { return context }
+        let timeout = Self.timeval(configuration.timeout)
+        guard let context = redisConnectWithTimeout(configuration.host, Int32(configuration.port), timeout) else {
+            throw ResponderError(code: .redisUnavailable, message: "could not allocate a Redis connection")
+        }
+        guard context.pointee.err == 0 else {
+            let reason = Self.errorString(context)
+            redisFree(context)
+            throw ResponderError(code: .redisUnavailable, message: "cannot connect to Redis at \(configuration.host):\(configuration.port): \(reason)")
+        }
+        _ = redisSetTimeout(context, timeout)
+        _ = redisEnableKeepAlive(context)
+        self.context = context
+        do {
+            if let password = configuration.password {
+                try expectOK(Self.command(context, [Array("AUTH".utf8), Array(password.utf8)]), what: "AUTH")
+            }
+            if configuration.database != 0 {
+                try expectOK(Self.command(context, [Array("SELECT".utf8), Array(String(configuration.database).utf8)]), what: "SELECT")
+            }
+        } catch {
+            disconnect()
+            throw error
+        }
+        return context
+    }
+
+    private func expectOK(_ reply: RedisReply?, what: String) throws {
+        switch reply {
+        case .status?: return
+        case .error(let message)?: throw ResponderError(code: .redisCommandFailed, message: "\(what) failed: \(message)")
+        default: throw ResponderError(code: .redisUnavailable, message: "\(what) got no answer")
+        }
+    }
+
+    private func disconnect() {
+        if let context { redisFree(context) }
+        context = nil
+    }
+
+    private static func command(_ context: UnsafeMutablePointer<redisContext>, _ arguments: [[UInt8]]) -> RedisReply? {
+        // One heap buffer per argument, alive until redisCommandArgv returns.
+        let buffers = arguments.map { bytes -> UnsafeMutablePointer<CChar> in
+            let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: max(bytes.count, 1))
+            bytes.withUnsafeBufferPointer { source in
+                source.withMemoryRebound(to: CChar.self) { chars in
+                    if let base = chars.baseAddress { buffer.initialize(from: base, count: bytes.count) }
+                }
+            }
+            return buffer
+        }
+        defer { buffers.forEach { $0.deallocate() } }
+        var argv: [UnsafePointer<CChar>?] = buffers.map { UnsafePointer($0) }
+        let lengths = arguments.map { $0.count }
+        guard let raw = redisCommandArgv(context, Int32(arguments.count), &argv, lengths) else { return nil }
+        defer { freeReplyObject(raw) }
+        return copyReply(raw.assumingMemoryBound(to: redisReply.self))
+    }
+
+    private static func copyReply(_ reply: UnsafeMutablePointer<redisReply>) -> RedisReply {
+        let value = reply.pointee
+        switch value.type {
+        case REDIS_REPLY_STRING:
+            return .string(bytes(value.str, value.len))
+        case REDIS_REPLY_STATUS:
+            return .status(String(decoding: bytes(value.str, value.len), as: UTF8.self))
+        case REDIS_REPLY_ERROR:
+            return .error(String(decoding: bytes(value.str, value.len), as: UTF8.self))
+        case REDIS_REPLY_INTEGER:
+            return .integer(Int64(value.integer))
+        case REDIS_REPLY_ARRAY:
+            return .array((0..<Int(value.elements)).compactMap { index in value.element[index].map(copyReply) })
+        default:
+            return .null
+        }
+    }
+
+    private static func bytes(_ pointer: UnsafeMutablePointer<CChar>?, _ count: Int) -> [UInt8] {
+        guard let pointer, count > 0 else { return [] }
+        return pointer.withMemoryRebound(to: UInt8.self, capacity: count) { Array(UnsafeBufferPointer(start: $0, count: count)) }
+    }
+
+    private static func errorString(_ context: UnsafeMutablePointer<redisContext>) -> String {
+        withUnsafeBytes(of: context.pointee.errstr) { raw in
+            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+        }
+    }
+
+    private static func timeval(_ duration: Duration) -> Glibc.timeval {
+        let (seconds, attoseconds) = duration.components
+        return Glibc.timeval(tv_sec: Int(seconds), tv_usec: Int(attoseconds / 1_000_000_000_000))
+    }
+}

@@ -1,0 +1,40 @@
+/// An error of the responder: Redis, the visitor lock, workflows, tools and AI providers. Its description
+/// never carries a message text, a key or a credential.
+public struct ResponderError: Error, CustomStringConvertible {
+    /// What went wrong, as a value callers can compare with `==`.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private enum Base: String, Hashable, Sendable {
+            case invalidConfiguration
+            case redisUnavailable
+            case redisCommandFailed
+        }
+
+        private let base: Base
+        private init(_ base: Base) { self.base = base }
+
+        /// A URL, a timeout or another setting is not valid.
+        public static let invalidConfiguration = Code(.invalidConfiguration)
+        /// Redis could not be reached, or the connection broke during a command.
+        public static let redisUnavailable = Code(.redisUnavailable)
+        /// Redis answered a command with an error.
+        public static let redisCommandFailed = Code(.redisCommandFailed)
+
+        public var description: String { base.rawValue }
+    }
+
+    public var code: Code
+    public var message: String
+    public var cause: (any Error)?
+    public var file: String
+    public var line: Int
+
+    public init(code: Code, message: String, cause: (any Error)? = nil, file: String = #fileID, line: Int = #line) {
+        self.code = code
+        self.message = message
+        self.cause = cause
+        self.file = file
+        self.line = line
+    }
+
+    public var description: String { "ResponderError.\(code): \(message)" }
+}

@@ -1,0 +1,84 @@
+import ArgumentParser
+import EventStore
+import Foundation
+import Logging
+import Responder
+
+/// Where PostgreSQL and Redis are, and how much to log. Flags win over `CONVO_*` variables, which win over
+/// the defaults `./scripts/dev` uses.
+struct GlobalOptions: ParsableArguments {
+    static let defaultDatabaseURL = "postgres://convo@127.0.0.1:55432/convo"
+    static let defaultRedisURL = "redis://127.0.0.1:56379"
+
+    @Option(name: .customLong("database-url"), help: "PostgreSQL URL (env CONVO_DATABASE_URL; default \(Self.defaultDatabaseURL)).")
+    var databaseURLFlag: String?
+
+    @Option(name: .customLong("redis-url"), help: "Redis URL (env CONVO_REDIS_URL; default \(Self.defaultRedisURL)).")
+    var redisURLFlag: String?
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (env CONVO_LOG_LEVEL; default info).")
+    var logLevelFlag: String?
+
+    @Option(name: .customLong("connect-timeout"), help: "Seconds to wait for PostgreSQL to answer before giving up (env CONVO_CONNECT_TIMEOUT; default 10).")
+    var connectTimeoutFlag: Double?
+
+    var environment: [String: String] { ProcessInfo.processInfo.environment }
+
+    func databaseURL() throws -> DatabaseURL {
+        try DatabaseURL(databaseURLFlag ?? environment["CONVO_DATABASE_URL"] ?? Self.defaultDatabaseURL)
+    }
+
+    func redisURL() -> String {
+        redisURLFlag ?? environment["CONVO_REDIS_URL"] ?? Self.defaultRedisURL
+    }
+
+    func connectTimeout() throws -> Duration {
+        var raw = connectTimeoutFlag ?? 10
+        if connectTimeoutFlag == nil, let variable = environment["CONVO_CONNECT_TIMEOUT"] {
+            guard let seconds = Double(variable) else { throw ValidationError("CONVO_CONNECT_TIMEOUT=\(variable) is not a number of seconds") }
+            raw = seconds
+        }
+        guard raw > 0, raw <= 3600 else { throw ValidationError("the connect timeout is between 0 and 3600 seconds") }
+        return .milliseconds(Int64(raw * 1000))
+    }
+
+    func logLevel() throws -> Logger.Level {
+        let raw = logLevelFlag ?? environment["CONVO_LOG_LEVEL"] ?? "info"
+        guard let level = Logger.Level(rawValue: raw) else { throw ValidationError("unknown log level '\(raw)'") }
+        return level
+    }
+
+    func validate() throws {
+        _ = try logLevel()
+        _ = try connectTimeout()
+        do {
+            _ = try databaseURL()
+            _ = try RedisConfiguration(url: redisURL())
+        } catch {
+            throw ValidationError(Self.message(of: error))
+        }
+    }
+
+    /// The root logger: only the executable creates one.
+    func makeLogger(label: String = "convo") throws -> Logger {
+        var logger = Logger(label: label) { StreamLogHandler.standardError(label: $0) }
+        logger.logLevel = try logLevel()
+        return logger
+    }
+
+    /// A human sentence for an error, without type names.
+    static func message(of error: any Error) -> String {
+        switch error {
+        case let error as EventStoreError: return error.message
+        case let error as ResponderError: return error.message
+        default: return "\(error)"
+        }
+    }
+}
+
+/// A command that failed for a reason the operator can act on: printed as `error: …`, exit status 1.
+struct CommandFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+    init(_ error: any Error) { self.description = GlobalOptions.message(of: error) }
+}

@@ -1,0 +1,92 @@
+import ConvoTestSupport
+import EventStore
+import Foundation
+import HummingbirdTesting
+import Logging
+import PostgresNIO
+import Responder
+import Testing
+
+@testable import convo
+
+@Suite struct HealthRouteTests {
+    struct Readiness: Decodable {
+        struct Failure: Decodable {
+            var code: String
+            var message: String
+        }
+
+        var status: String
+        var checks: [String: String]
+        var error: Failure?
+    }
+
+    func withApplication(database: DatabaseURL, redisURL: String, _ body: @Sendable (any TestClientProtocol) async throws -> Void) async throws {
+        let logger = TestDatabase.logger
+        let client = PostgresClient(configuration: database.clientConfiguration(maximumConnections: 4), backgroundLogger: logger)
+        let context = ServerContext(
+            client: client, store: PostgresEventStore(client: client, logger: logger),
+            redis: RedisClient(configuration: try RedisConfiguration(url: redisURL, timeout: .milliseconds(500))),
+            migrator: Migrator(client: client, logger: logger))
+        let app = buildApplication(context, host: "127.0.0.1", port: 0, logger: logger)
+        try await app.test(.live) { client in try await body(client) }
+    }
+
+    @Test func healthzAndReadyzAnswerWhenEverythingIsUp() async throws {
+        let database = try TestDatabase.url
+        try await TestDatabase.withClient(url: database) { try await Migrator(client: $0, logger: TestDatabase.logger).migrate() }
+        try await withApplication(database: database, redisURL: try TestDatabase.redisURL) { client in
+            try await client.execute(uri: "/healthz", method: .get) { response in
+                #expect(response.status == .ok)
+                #expect(String(buffer: response.body) == #"{"status":"ok"}"#)
+            }
+            try await client.execute(uri: "/readyz", method: .get) { response in
+                #expect(response.status == .ok)
+                let body = try JSONDecoder().decode(Readiness.self, from: response.body)
+                #expect(body.status == "ready")
+                #expect(body.checks == ["postgres": "ok", "migrations": "ok", "redis": "ok"])
+                #expect(body.error == nil)
+            }
+        }
+    }
+
+    @Test func readyzNamesAnUnreachableRedis() async throws {
+        try await withApplication(database: try TestDatabase.url, redisURL: "redis://127.0.0.1:1") { client in
+            try await client.execute(uri: "/readyz", method: .get) { response in
+                #expect(response.status == .serviceUnavailable)
+                let body = try JSONDecoder().decode(Readiness.self, from: response.body)
+                #expect(body.checks["redis"]?.hasPrefix("unavailable") == true)
+                #expect(body.checks["postgres"] == "ok")
+                #expect(body.error?.code == "not_ready")
+                #expect(body.error?.message.contains("redis") == true)
+            }
+        }
+    }
+
+    @Test func readyzNamesPendingMigrations() async throws {
+        try await TestDatabase.withFreshDatabase { database in
+            try await withApplication(database: database, redisURL: try TestDatabase.redisURL) { client in
+                try await client.execute(uri: "/readyz", method: .get) { response in
+                    #expect(response.status == .serviceUnavailable)
+                    let body = try JSONDecoder().decode(Readiness.self, from: response.body)
+                    #expect(body.checks["migrations"] == "\(Migration.all.count) pending: run convo migrate")
+                    #expect(body.checks["redis"] == "ok")
+                }
+            }
+        }
+    }
+
+    @Test func readyzNamesAnUnreachableDatabaseWithinItsTimeout() async throws {
+        let unreachable = try DatabaseURL("postgres://convo@127.0.0.1:1/convo")
+        try await withApplication(database: unreachable, redisURL: try TestDatabase.redisURL) { client in
+            let clock = ContinuousClock()
+            let start = clock.now
+            try await client.execute(uri: "/readyz", method: .get) { response in
+                #expect(response.status == .serviceUnavailable)
+                let body = try JSONDecoder().decode(Readiness.self, from: response.body)
+                #expect(body.checks["postgres"]?.hasPrefix("unavailable") == true)
+            }
+            #expect(clock.now - start < .seconds(5))
+        }
+    }
+}

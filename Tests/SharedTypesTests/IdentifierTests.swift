@@ -1,0 +1,41 @@
+import Foundation
+import SharedTypes
+import Testing
+
+@Suite struct IdentifierTests {
+    @Test func streamNamesSplitAtTheFirstDash() throws {
+        let name = try StreamName(parsing: "messages-8f2c-41aa")
+        #expect(name.category == "messages")
+        #expect(name.id == "8f2c-41aa")
+        #expect(name.description == "messages-8f2c-41aa")
+    }
+
+    @Test(arguments: ["messages", "-abc", "Messages-abc", "messages-", "messages-has space", "me ssages-x", String(repeating: "a", count: 65) + "-x"])
+    func invalidStreamNamesAreRefused(_ raw: String) {
+        #expect(throws: StreamName.InvalidName.self) { try StreamName(parsing: raw) }
+    }
+
+    @Test func tenantIDsAreLowercaseSlugs() {
+        #expect(TenantID(rawValue: "acme-eu_1") != nil)
+        for raw in ["", "Acme", "-acme", "acme corp", String(repeating: "a", count: 65), "acme/eu"] {
+            #expect(TenantID(rawValue: raw) == nil, "\(raw)")
+        }
+    }
+
+    @Test func metadataKeepsNamedAndFreeKeysThroughJSON() throws {
+        var metadata = EventMetadata(correlationId: UUID(), causationId: UUID(), actorId: "visitor:v1")
+        metadata["lockToken"] = "abc"
+        metadata["basedOnVersion"] = 7
+        let data = try JSONEncoder().encode(metadata)
+        let object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        #expect(object["lockToken"] as? String == "abc")
+        #expect(object["actorId"] as? String == "visitor:v1")
+        #expect(try JSONDecoder().decode(EventMetadata.self, from: data) == metadata)
+        #expect(metadata["basedOnVersion"]?.intValue == 7)
+    }
+
+    @Test func durationsConvertToNanoseconds() {
+        #expect(Duration.milliseconds(1500).nanoseconds == 1_500_000_000)
+        #expect(Duration.seconds(Int64.max).nanoseconds == .max)
+    }
+}

@@ -1,0 +1,45 @@
+import Foundation
+
+/// Runs the built `convo` binary as a separate process, as an operator or a second instance would.
+public enum ConvoProcess {
+    public struct Output: Sendable {
+        public var status: Int32
+        public var stdout: String
+        public var stderr: String
+    }
+
+    /// The `convo` binary: in `CONVO_TEST_BINARY_DIR` (set by `./scripts/test`), else the debug build folder.
+    public static var binary: URL {
+        if let dir = ProcessInfo.processInfo.environment["CONVO_TEST_BINARY_DIR"] {
+            return URL(fileURLWithPath: dir).appendingPathComponent("convo")
+        }
+        return URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../.build/debug/convo").standardized
+    }
+
+    /// Runs `convo arguments…` to completion with `environment` added to this process's, and returns its output.
+    public static func run(_ arguments: [String], environment: [String: String] = [:], timeout: Duration = .seconds(60)) async throws -> Output {
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let stdout = Pipe()
+        let stderr = Pipe()
+        process.standardOutput = stdout
+        process.standardError = stderr
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        // Read both pipes while the process runs, so a full pipe never blocks it.
+        async let out = Task.detached { stdout.fileHandleForReading.readDataToEndOfFile() }.value
+        async let err = Task.detached { stderr.fileHandleForReading.readDataToEndOfFile() }.value
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning {
+            if ContinuousClock.now > deadline {
+                process.terminate()
+                break
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        process.waitUntilExit()
+        return Output(status: process.terminationStatus, stdout: String(decoding: await out, as: UTF8.self), stderr: String(decoding: await err, as: UTF8.self))
+    }
+}
