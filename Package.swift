@@ -80,10 +80,17 @@ let package = Package(
                 "Projections",
                 "CHiredis",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            // Workflows/ (the demo support workflow) is linked into the target and compiled into the binary.
+            resources: [.embedInCode("Workflows")],
             swiftSettings: swiftSettings
         ),
         // The `convo` command: HTTP server and CLI.
@@ -133,8 +140,28 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "ProjectionsTests",
+            dependencies: [
+                "Projections",
+                "EventStore",
+                "SharedTypes",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "ResponderTests",
-            dependencies: ["Responder", "ConvoTestSupport"],
+            dependencies: [
+                "Responder",
+                "Projections",
+                "EventStore",
+                "SharedTypes",
+                "ConvoTestSupport",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -143,7 +170,9 @@ let package = Package(
                 "convo",
                 "ConvoTestSupport",
                 "EventStore",
+                "Projections",
                 "Responder",
+                "SharedTypes",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -13,6 +13,7 @@ public struct EventStoreError: Error, CustomStringConvertible {
             case storageFailure
             case migrationChecksumMismatch
             case migrationFailed
+            case schemaOutdated
         }
 
         private let base: Base
@@ -32,6 +33,8 @@ public struct EventStoreError: Error, CustomStringConvertible {
         public static let migrationChecksumMismatch = Code(.migrationChecksumMismatch)
         /// A migration's SQL failed; nothing of it was applied.
         public static let migrationFailed = Code(.migrationFailed)
+        /// Migrations this binary needs are not applied yet.
+        public static let schemaOutdated = Code(.schemaOutdated)
 
         public var description: String { base.rawValue }
     }

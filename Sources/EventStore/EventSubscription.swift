@@ -25,6 +25,9 @@ public struct EventSubscription: AsyncSequence, Sendable {
         var position: Int64
         var buffer: [RecordedEvent] = []
         var index = 0
+        /// Set when an append was signalled but nothing could be read: the append's transaction may still be
+        /// withheld behind an older open one, so look again soon, backing off up to the poll interval.
+        var heldBackDelay: Duration?
 
         init(subscription: EventSubscription, position: Int64) {
             self.subscription = subscription
@@ -43,8 +46,16 @@ public struct EventSubscription: AsyncSequence, Sendable {
                 let generation = subscription.signal.generation
                 buffer = try await subscription.fetch(position)
                 index = 0
-                if buffer.isEmpty {
-                    await subscription.signal.wait(after: generation, timeout: subscription.pollInterval)
+                guard buffer.isEmpty else {
+                    heldBackDelay = nil
+                    continue
+                }
+                let pollInterval = subscription.pollInterval
+                await subscription.signal.wait(after: generation, timeout: heldBackDelay.map { Swift.min($0, pollInterval) } ?? pollInterval)
+                if subscription.signal.generation != generation {
+                    heldBackDelay = .milliseconds(5)
+                } else if let delay = heldBackDelay {
+                    heldBackDelay = delay < pollInterval ? delay * 2 : nil
                 }
             }
         }

@@ -23,5 +23,8 @@ public struct Migration: Sendable, Hashable {
         Migration(fileName: "0001_events.sql", bytes: PackageResources._001_events_sql),
         Migration(fileName: "0002_events_immutable.sql", bytes: PackageResources._002_events_immutable_sql),
         Migration(fileName: "0003_append_function.sql", bytes: PackageResources._003_append_function_sql),
+        Migration(fileName: "0004_append_fast_path.sql", bytes: PackageResources._004_append_fast_path_sql),
+        Migration(fileName: "0005_users.sql", bytes: PackageResources._005_users_sql),
+        Migration(fileName: "0006_workflows.sql", bytes: PackageResources._006_workflows_sql),
     ]
 }

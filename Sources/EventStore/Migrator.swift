@@ -79,6 +79,18 @@ public struct Migrator: Sendable {
         }
     }
 
+    /// Fails unless every migration is applied: commands other than `migrate` call it first.
+    ///
+    /// - Throws: ``EventStoreError`` with ``EventStoreError/Code/schemaOutdated`` naming what is pending.
+    public func requireCurrent() async throws {
+        let pending = try await pending()
+        guard pending.isEmpty else {
+            throw EventStoreError(
+                code: .schemaOutdated,
+                message: "the database is missing \(pending.count) migration\(pending.count == 1 ? "" : "s") (\(pending.map(\.fileName).joined(separator: ", "))): run convo migrate")
+        }
+    }
+
     private struct Applied {
         var checksum: String
         var appliedAt: Date

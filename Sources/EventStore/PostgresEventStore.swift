@@ -8,7 +8,7 @@ import SharedTypes
 
 /// The event store on PostgreSQL, through PostgresNIO's `PostgresClient`.
 ///
-/// Appends run `convo_append` (see `Migrations/0003_append_function.sql`) in one round trip. Positions are
+/// Appends run `convo_append` (see `Migrations/0004_append_fast_path.sql`) in one round trip. Positions are
 /// drawn in transaction-id order, and reads of the whole store take only rows whose transaction id is below
 /// the oldest transaction still running, so a reader that follows positions never skips a late commit.
 ///
@@ -143,7 +143,7 @@ public final class PostgresEventStore: EventStore, Service {
     }
 
     /// Maps a PostgresNIO error to the store's error, keeping SQL and values out of the message.
-    static func mapError(_ error: any Error, operation: String) -> EventStoreError {
+    public static func mapError(_ error: any Error, operation: String) -> EventStoreError {
         if let error = error as? EventStoreError { return error }
         if let error = error as? PSQLError {
             switch error.code {

@@ -69,3 +69,5 @@ public struct AppendResult: Sendable, Equatable {
     /// The global position of the append's last event.
     public var lastPosition: Int64 { events.last?.globalPosition ?? 0 }
 }
+
+extension RecordedEvent: StoredPayload {}

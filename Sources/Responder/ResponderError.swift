@@ -7,6 +7,12 @@ public struct ResponderError: Error, CustomStringConvertible {
             case invalidConfiguration
             case redisUnavailable
             case redisCommandFailed
+            case aiProviderFailed
+            case lockLost
+            case invalidWorkflow
+            case conversationOwnedByAnotherVisitor
+            case workflowNotFound
+            case invalidMessage
         }
 
         private let base: Base
@@ -18,6 +24,20 @@ public struct ResponderError: Error, CustomStringConvertible {
         public static let redisUnavailable = Code(.redisUnavailable)
         /// Redis answered a command with an error.
         public static let redisCommandFailed = Code(.redisCommandFailed)
+
+        /// The AI provider gave no usable answer (timeout, refusal, HTTP error, malformed reply).
+        public static let aiProviderFailed = Code(.aiProviderFailed)
+        /// The visitor lock expired or was taken by another worker while this one worked.
+        public static let lockLost = Code(.lockLost)
+        /// A workflow definition is not valid.
+        public static let invalidWorkflow = Code(.invalidWorkflow)
+        /// A message names a conversation that belongs to another visitor.
+        public static let conversationOwnedByAnotherVisitor = Code(.conversationOwnedByAnotherVisitor)
+        /// No workflow with this id (and version) is published.
+        public static let workflowNotFound = Code(.workflowNotFound)
+
+        /// A message to ingest is not valid (empty text, too long, bad id).
+        public static let invalidMessage = Code(.invalidMessage)
 
         public var description: String { base.rawValue }
     }

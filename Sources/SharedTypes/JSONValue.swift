@@ -44,6 +44,12 @@ public enum JSONValue: Hashable, Sendable, Codable, CustomStringConvertible {
         return nil
     }
 
+    /// A field of an object; `nil` for a missing field or a value that is not an object.
+    public subscript(key: String) -> JSONValue? {
+        if case .object(let fields) = self { return fields[key] }
+        return nil
+    }
+
     /// The number as an integer, when this is a whole number.
     public var intValue: Int64? {
         if case .number(let value) = self, value.rounded() == value, abs(value) < 9.0e15 { return Int64(value) }
@@ -67,6 +73,14 @@ public enum JSONValue: Hashable, Sendable, Codable, CustomStringConvertible {
         if case .string(let value) = self { return "\"\(value)\"" }
         return description
     }
+}
+
+extension JSONValue: ExpressibleByDictionaryLiteral, ExpressibleByArrayLiteral {
+    public init(dictionaryLiteral elements: (String, JSONValue)...) {
+        self = .object(Dictionary(elements, uniquingKeysWith: { $1 }))
+    }
+
+    public init(arrayLiteral elements: JSONValue...) { self = .array(elements) }
 }
 
 extension JSONValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByBooleanLiteral, ExpressibleByNilLiteral {

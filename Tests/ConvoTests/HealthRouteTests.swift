@@ -24,11 +24,9 @@ import Testing
     func withApplication(database: DatabaseURL, redisURL: String, _ body: @Sendable (any TestClientProtocol) async throws -> Void) async throws {
         let logger = TestDatabase.logger
         let client = PostgresClient(configuration: database.clientConfiguration(maximumConnections: 4), backgroundLogger: logger)
-        let context = ServerContext(
-            client: client, store: PostgresEventStore(client: client, logger: logger),
-            redis: RedisClient(configuration: try RedisConfiguration(url: redisURL, timeout: .milliseconds(500))),
-            migrator: Migrator(client: client, logger: logger))
-        let app = buildApplication(context, host: "127.0.0.1", port: 0, logger: logger)
+        let context = ServerContext.make(
+            client: client, redis: RedisClient(configuration: try RedisConfiguration(url: redisURL, timeout: .milliseconds(500))), logger: logger)
+        let app = buildApplication(context, host: "127.0.0.1", port: 0, responder: false, logger: logger)
         try await app.test(.live) { client in try await body(client) }
     }
 

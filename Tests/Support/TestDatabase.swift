@@ -29,9 +29,10 @@ public enum TestDatabase {
 
     /// Runs `body` with a migrated store on the shared test database, its client and its service running.
     public static func withStore<T: Sendable>(
-        configuration: PostgresEventStore.Configuration = .init(), _ body: @Sendable (PostgresEventStore) async throws -> T
+        url databaseURL: DatabaseURL? = nil, configuration: PostgresEventStore.Configuration = .init(),
+        _ body: @Sendable (PostgresEventStore) async throws -> T
     ) async throws -> T {
-        try await withClient(url: try url) { client in
+        try await withClient(url: try databaseURL ?? url) { client in
             try await Migrator(client: client, logger: logger).migrate()
             let store = PostgresEventStore(client: client, configuration: configuration, logger: logger)
             return try await withThrowingTaskGroup(of: Void.self) { group in

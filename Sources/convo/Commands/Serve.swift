@@ -37,9 +37,16 @@ extension Convo {
             postgres.options.connectTimeout = .seconds(5)
             let client = PostgresClient(configuration: postgres, backgroundLogger: backgroundLogger(logger))
             let redis = RedisClient(configuration: try RedisConfiguration(url: options.redisURL(), connections: try resolved(redisPoolSize, "CONVO_REDIS_POOL_SIZE", 4)))
-            let context = ServerContext(
-                client: client, store: PostgresEventStore(client: client, logger: logger), redis: redis,
-                migrator: Migrator(client: client, logger: logger))
+            let provider: any AIProvider
+            if let ai = try OpenAICompatibleProvider.Configuration.fromEnvironment(options.environment) {
+                provider = OpenAICompatibleProvider(configuration: ai, logger: logger)
+                logger.info("AI provider: OpenAI-compatible", metadata: ["convo.ai.base_url": "\(ai.baseURL)", "convo.ai.model": "\(ai.model)"])
+            } else {
+                provider = RuleProvider()
+            }
+            let lockTTL = try resolved(nil, "CONVO_LOCK_TTL_MS", 30_000)
+            let context = ServerContext.make(
+                client: client, redis: redis, provider: provider, processing: .init(lockTTL: .milliseconds(lockTTL)), logger: logger)
             let host = host ?? options.environment["CONVO_HOST"] ?? "127.0.0.1"
             let port = try resolvedPort()
             logger.info("convo serving", metadata: ["convo.http.address": "\(host):\(port)", "convo.database": "\(url)"])

@@ -1,3 +1,4 @@
+import Synchronization
 import EventStore
 import Responder
 
@@ -44,19 +45,59 @@ struct ReadinessCheck: Sendable {
         var reason: String
     }
 
+    /// The check's result, or a failure once `timeout` passes. A check that ignores cancellation (a
+    /// connection attempt) is left to finish in the background: the answer never waits for it.
     private func outcome(_ check: @escaping @Sendable () async throws -> String) async -> Result<String, Failure> {
         let timeout = self.timeout
-        return await withTaskGroup(of: Result<String, Failure>.self) { group in
-            group.addTask {
-                do { return .success(try await check()) } catch { return .failure(Failure(reason: "unavailable: \(GlobalOptions.message(of: error))")) }
+        let first = FirstResult<Result<String, Failure>>()
+        let checking = Task {
+            do { first.offer(.success(try await check())) } catch { first.offer(.failure(Failure(reason: "unavailable: \(GlobalOptions.message(of: error))"))) }
+        }
+        let timer = Task {
+            try? await Task.sleep(for: timeout)
+            first.offer(.failure(Failure(reason: "unavailable: no answer within \(timeout)")))
+        }
+        let result = await first.value()
+        checking.cancel()
+        timer.cancel()
+        return result
+    }
+}
+
+/// The first of several values offered concurrently; later offers are ignored.
+final class FirstResult<Value: Sendable>: Sendable {
+    private enum State {
+        case empty
+        case waiting(CheckedContinuation<Value, Never>)
+        case done(Value)
+    }
+
+    private let state = Mutex(State.empty)
+
+    func offer(_ value: Value) {
+        let waiter = state.withLock { state -> CheckedContinuation<Value, Never>? in
+            switch state {
+            case .empty:
+                state = .done(value)
+                return nil
+            case .waiting(let continuation):
+                state = .done(value)
+                return continuation
+            case .done:
+                return nil
             }
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                return .failure(Failure(reason: "unavailable: no answer within \(timeout)"))
+        }
+        waiter?.resume(returning: value)
+    }
+
+    func value() async -> Value {
+        await withCheckedContinuation { continuation in
+            let ready = state.withLock { state -> Value? in
+                if case .done(let value) = state { return value }
+                state = .waiting(continuation)
+                return nil
             }
-            let first = await group.next()!
-            group.cancelAll()
-            return first
+            if let ready { continuation.resume(returning: ready) }
         }
     }
 }

@@ -1,0 +1,53 @@
+import EventStore
+import Foundation
+import Logging
+import PostgresNIO
+
+/// A database made for one benchmark run on the server of `CONVO_DATABASE_URL`, migrated, and dropped after.
+enum BenchDatabase {
+    static let logger = Logger(label: "convo.bench", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    static func serverURL() throws -> DatabaseURL {
+        try DatabaseURL(ProcessInfo.processInfo.environment["CONVO_DATABASE_URL"] ?? "postgres://convo@127.0.0.1:55432/convo")
+    }
+
+    static func withDatabase<T: Sendable>(maximumConnections: Int, _ body: @Sendable (PostgresClient, DatabaseURL) async throws -> T) async throws -> T {
+        let server = try serverURL()
+        let name = "convo_bench_\(UUID().uuidString.prefix(8).lowercased())"
+        try await withClient(server, maximumConnections: 1) { try await $0.query("CREATE DATABASE \(unescaped: name)") }
+        let url = server.with(database: name)
+        do {
+            let result = try await withClient(url, maximumConnections: maximumConnections) { client in
+                try await Migrator(client: client, logger: logger).migrate()
+                return try await body(client, url)
+            }
+            try await withClient(server, maximumConnections: 1) { try await $0.query("DROP DATABASE \(unescaped: name) WITH (FORCE)") }
+            return result
+        } catch {
+            try? await withClient(server, maximumConnections: 1) { try await $0.query("DROP DATABASE IF EXISTS \(unescaped: name) WITH (FORCE)") }
+            throw error
+        }
+    }
+
+    static func withClient<T: Sendable>(_ url: DatabaseURL, maximumConnections: Int, _ body: @Sendable (PostgresClient) async throws -> T) async throws -> T {
+        let client = PostgresClient(configuration: url.clientConfiguration(maximumConnections: maximumConnections), backgroundLogger: logger)
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await client.run() }
+            defer { group.cancelAll() }
+            return try await body(client)
+        }
+    }
+}
+
+/// Prints a line at once, also when standard output is a pipe.
+func report(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+extension Double {
+    func formatted(_ digits: Int) -> String { String(format: "%.\(digits)f", self) }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}

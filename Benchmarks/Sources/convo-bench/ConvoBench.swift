@@ -1,0 +1,10 @@
+import ArgumentParser
+
+@main
+struct ConvoBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "convo-bench",
+        abstract: "convo's code against a raw baseline, in one process and one run; prints rates and ratios.",
+        subcommands: [EventStoreBenchmark.self]
+    )
+}

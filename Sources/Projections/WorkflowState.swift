@@ -1,0 +1,122 @@
+import EventStore
+import Foundation
+import SharedTypes
+
+/// Where a conversation's workflow stands: a pure fold of its `workflow-` stream. Nobody writes it; it is
+/// rebuilt from the events at will, so an overwrite cannot go unnoticed.
+public struct WorkflowState: Sendable, Equatable, Codable {
+    public enum Status: String, Sendable, Codable, CaseIterable {
+        /// No workflow event yet.
+        case notStarted = "not_started"
+        /// Between nodes while the responder works.
+        case running
+        /// Paused at a `wait_for_input` node.
+        case waitingForInput = "waiting_for_input"
+        /// With a human; the AI no longer answers.
+        case handedOff = "handed_off"
+        case completed
+        case failed
+
+        /// Whether the workflow no longer reacts to visitor messages.
+        public var isFinal: Bool { self == .handedOff || self == .completed || self == .failed }
+    }
+
+    public var workflowId: String?
+    public var workflowVersion: Int?
+    public var currentNode: String?
+    public var status: Status
+    public var variables: [String: JSONValue]
+    /// The `messages-` stream version the workflow has consumed up to.
+    public var messagesConsumed: Int64
+    /// The `workflow-` stream version this state reflects.
+    public var version: Int64
+    public var handedOffTo: String?
+    public var failureReason: String?
+    public var updatedAt: Date?
+
+    public init() {
+        status = .notStarted
+        variables = [:]
+        messagesConsumed = 0
+        version = 0
+    }
+
+    /// Applies one event. Pure: the same events in the same order always give the same state.
+    public mutating func apply(_ event: WorkflowEvent, version: Int64, at date: Date?) {
+        switch event {
+        case .started(let started):
+            workflowId = started.workflowId
+            workflowVersion = started.workflowVersion
+            currentNode = started.startNodeId
+            status = .running
+        case .transitioned(let transition):
+            currentNode = transition.to
+            if !status.isFinal { status = .running }
+        case .variableSet(let set):
+            variables[set.name] = set.value
+        case .assistantMessageSent, .toolCalled, .aiReplyFailed:
+            break
+        case .waitingForInput(let waiting):
+            currentNode = waiting.nodeId
+            status = .waitingForInput
+        case .handedOff(let handoff):
+            currentNode = handoff.nodeId
+            status = .handedOff
+            handedOffTo = handoff.team ?? "agents"
+        case .completed(let completed):
+            currentNode = completed.nodeId
+            status = .completed
+        case .failed(let failed):
+            if let node = failed.nodeId { currentNode = node }
+            status = .failed
+            failureReason = failed.reason
+        case .messagesProcessed(let processed):
+            messagesConsumed = max(messagesConsumed, processed.upToVersion)
+        }
+        self.version = version
+        if let date { updatedAt = date }
+    }
+
+    /// Applies a stored event of the conversation's `workflow-` stream.
+    ///
+    /// - Throws: ``FoldError`` when the event is not a workflow event or its payload does not decode.
+    public mutating func apply(_ recorded: RecordedEvent) throws {
+        guard recorded.streamVersion == version + 1 else {
+            throw FoldError(position: recorded.globalPosition, eventType: recorded.type, reason: "expected stream version \(version + 1), got \(recorded.streamVersion)")
+        }
+        let event: WorkflowEvent?
+        do {
+            event = try WorkflowEvent.decode(recorded)
+        } catch {
+            throw FoldError(position: recorded.globalPosition, eventType: recorded.type, reason: "payload does not decode: \(error)")
+        }
+        guard let event else {
+            throw FoldError(position: recorded.globalPosition, eventType: recorded.type, reason: "not a workflow event type")
+        }
+        apply(event, version: recorded.streamVersion, at: recorded.recordedAt)
+    }
+
+    /// The state after `events`, from the beginning of the stream.
+    ///
+    /// - Throws: ``FoldError`` for an event the fold cannot apply.
+    public static func fold(_ events: some Sequence<RecordedEvent>) throws -> WorkflowState {
+        var state = WorkflowState()
+        for event in events { try state.apply(event) }
+        return state
+    }
+}
+
+/// An event a fold cannot apply: the projection stops there, visibly, instead of skipping it.
+public struct FoldError: Error, CustomStringConvertible, Sendable {
+    public var position: Int64
+    public var eventType: String
+    public var reason: String
+
+    public init(position: Int64, eventType: String, reason: String) {
+        self.position = position
+        self.eventType = eventType
+        self.reason = reason
+    }
+
+    public var description: String { "cannot apply \(eventType) at position \(position): \(reason)" }
+}

@@ -1,0 +1,296 @@
+import EventStore
+import Foundation
+import Logging
+import Metrics
+import Projections
+import SharedTypes
+import Synchronization
+
+/// Advances visitors' workflows: under the visitor's lock, reads the workflow stream, folds the state,
+/// decides on every pending message in order and appends the result at the exact version read.
+///
+/// A visitor with work pending is written to the Redis set `visitorPending:{tenant}:{visitor}` before the
+/// lock is tried, so a worker that finds the lock held can return at once: the holder takes the set's
+/// members before it lets go and looks at the set once more after releasing (no lost wake-up).
+public struct ConversationProcessor: Sendable {
+    public struct Configuration: Sendable {
+        /// The visitor lock's time to live. Default: 30 seconds.
+        public var lockTTL: Duration
+        /// How often a held lock is renewed; `nil` never (tests of a stale holder). Default: a third of the ttl.
+        public var renewEvery: Duration?
+        /// The workflow new conversations start. Default: ``WorkflowRepository/defaultWorkflowID``.
+        public var defaultWorkflowID: String
+        /// Names this process in conflict events.
+        public var instance: String
+
+        public init(
+            lockTTL: Duration = .seconds(30), renewEvery: Duration?? = nil, defaultWorkflowID: String = WorkflowRepository.defaultWorkflowID,
+            instance: String = ConversationProcessor.defaultInstance
+        ) {
+            self.lockTTL = lockTTL
+            self.renewEvery = renewEvery ?? lockTTL / 3
+            self.defaultWorkflowID = defaultWorkflowID
+            self.instance = instance
+        }
+    }
+
+    /// `host:pid`.
+    public static var defaultInstance: String {
+        "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier)"
+    }
+
+    /// What one call did.
+    public struct Outcome: Sendable, Equatable {
+        /// Another worker held the visitor's lock; it will handle what is pending.
+        public var busy: Bool
+        public var eventsAppended: Int
+        public var conflicts: Int
+    }
+
+    public let store: any EventStore
+    public let lock: VisitorLock
+    public let workflows: WorkflowRepository
+    public let provider: any AIProvider
+    public let engine: WorkflowEngine
+    public let configuration: Configuration
+    let logger: Logger
+
+    private let conflictsCounter = Counter(label: "convo.responder.conflicts")
+    private let lockLostCounter = Counter(label: "convo.responder.lock_lost")
+    private let busyCounter = Counter(label: "convo.responder.busy")
+    private let processedCounter = Counter(label: "convo.responder.messages_processed")
+
+    public init(
+        store: any EventStore, redis: RedisClient, workflows: WorkflowRepository, provider: any AIProvider = RuleProvider(),
+        engine: WorkflowEngine = WorkflowEngine(), configuration: Configuration = Configuration(), logger: Logger
+    ) {
+        self.store = store
+        self.lock = VisitorLock(redis: redis, ttl: configuration.lockTTL)
+        self.workflows = workflows
+        self.provider = provider
+        self.engine = engine
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    static func pendingKey(tenant: TenantID, visitor: VisitorUID) -> String {
+        "visitorPending:\(tenant.rawValue):\(visitor.rawValue)"
+    }
+
+    /// Processes the conversation's pending messages, and every other conversation of the visitor that
+    /// was handed to this worker meanwhile; returns at once when another worker holds the visitor's lock.
+    ///
+    /// - Throws: ``ResponderError`` when Redis is unavailable or the lock was lost, ``EventStoreError`` when
+    ///   PostgreSQL fails. Nothing is lost either way: the messages stay pending for the next attempt.
+    @discardableResult
+    public func process(tenant: TenantID, visitor: VisitorUID, conversation: ConversationID) async throws -> Outcome {
+        let pendingKey = Self.pendingKey(tenant: tenant, visitor: visitor)
+        try await lock.redis.execute(["SADD", pendingKey, conversation.rawValue])
+        try await lock.redis.execute(["PEXPIRE", pendingKey, String(Duration.seconds(86_400).milliseconds)])
+        var outcome = Outcome(busy: false, eventsAppended: 0, conflicts: 0)
+        while true {
+            guard let lease = try await lock.acquire(key: VisitorLock.key(tenant: tenant, visitor: visitor)) else {
+                busyCounter.increment()
+                logger.debug("visitor is busy, its lock holder takes over", metadata: ["convo.visitor": "\(visitor)"])
+                outcome.busy = true
+                return outcome
+            }
+            let lost = LostFlag()
+            do {
+                try await withRenewal(lease, lost: lost) {
+                    while case .string(let member) = try await lock.redis.execute(["SPOP", pendingKey]) {
+                        guard let id = ConversationID(rawValue: String(decoding: member, as: UTF8.self)) else { continue }
+                        do {
+                            let drained = try await drain(tenant: tenant, visitor: visitor, conversation: id, lease: lease, lost: lost)
+                            outcome.eventsAppended += drained.eventsAppended
+                            outcome.conflicts += drained.conflicts
+                        } catch {
+                            // Hand it back so the next attempt (or the sweep) finds it.
+                            _ = try? await lock.redis.execute(["SADD", pendingKey, id.rawValue])
+                            throw error
+                        }
+                    }
+                }
+            } catch {
+                _ = try? await lock.release(lease)
+                throw error
+            }
+            if try await !lock.release(lease) {
+                lockLostCounter.increment()
+                logger.warning("visitor lock had expired before release", metadata: ["convo.visitor": "\(visitor)", "convo.lock": "\(lease.token)"])
+            }
+            // A worker that found the lock held while we released has left its conversation in the set.
+            guard let count = try await lock.redis.execute(["SCARD", pendingKey]).integer, count > 0 else { return outcome }
+        }
+    }
+
+    /// Runs `body` while renewing the lease every `renewEvery`; a failed renewal sets `lost`.
+    private func withRenewal(_ lease: VisitorLock.Lease, lost: LostFlag, _ body: () async throws -> Void) async throws {
+        guard let interval = configuration.renewEvery else { return try await body() }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    if Task.isCancelled { return }
+                    let renewed: Bool
+                    do {
+                        renewed = try await lock.renew(lease)
+                    } catch {
+                        logger.warning("could not renew the visitor lock", metadata: ["convo.lock": "\(lease.token)", "convo.error": "\(error)"])
+                        continue
+                    }
+                    if !renewed {
+                        lost.set()
+                        lockLostCounter.increment()
+                        logger.warning("visitor lock lost: another worker holds it now", metadata: ["convo.lock": "\(lease.token)"])
+                        return
+                    }
+                }
+            }
+            defer { group.cancelAll() }
+            try await body()
+        }
+    }
+
+    /// Handles the conversation's pending messages until none is left.
+    func drain(tenant: TenantID, visitor: VisitorUID, conversation: ConversationID, lease: VisitorLock.Lease, lost: LostFlag) async throws -> Outcome {
+        var outcome = Outcome(busy: false, eventsAppended: 0, conflicts: 0)
+        var state = try await readState(tenant: tenant, conversation: conversation)
+        var definition: WorkflowDefinition?
+        while true {
+            let (pending, messagesVersion, owner) = try await readPending(tenant: tenant, conversation: conversation, after: state.messagesConsumed)
+            guard owner == nil || owner == visitor else {
+                logger.error("conversation belongs to another visitor; not processed", metadata: ["convo.conversation": "\(conversation)"])
+                return outcome
+            }
+            guard !pending.isEmpty || state.status == .running else { return outcome }
+            if definition == nil {
+                definition = try await workflow(for: state, tenant: tenant)
+            }
+            guard let definition else { return outcome }
+            var decision = engine.decide(state: state, definition: definition, pending: pending)
+            if case .askAI(let request) = decision {
+                let aiOutcome: AIOutcome
+                do {
+                    aiOutcome = .answered(try await provider.reply(to: request))
+                } catch {
+                    logger.warning("AI provider failed", metadata: ["convo.provider": "\(provider.name)", "convo.error": "\(error)"])
+                    aiOutcome = .failed(provider: provider.name, reason: (error as? ResponderError)?.message ?? "\(type(of: error))")
+                }
+                decision = engine.decide(state: state, definition: definition, pending: pending, aiOutcome: aiOutcome)
+            }
+            guard case .append(let events) = decision, !events.isEmpty else { return outcome }
+            guard !lost.isSet else {
+                throw ResponderError(code: .lockLost, message: "the visitor lock was lost; stopped before appending")
+            }
+            let cause = pending.first
+            let metadata = EventMetadata(
+                correlationId: cause?.eventId, causationId: cause?.eventId, actorId: SystemActor.actorID,
+                extra: [
+                    "lockToken": .string(lease.token), "messagesVersion": .number(Double(messagesVersion)),
+                    "instance": .string(configuration.instance),
+                ])
+            let newEvents = try events.map { event in
+                try NewEvent(type: event.eventType, encoding: AnyEncodable(event.payload), metadata: metadata)
+            }
+            do {
+                let result = try await store.append(
+                    newEvents, to: conversation.workflowStream, tenant: tenant, expectedVersion: .exact(state.version))
+                for (event, recorded) in zip(events, result.events) {
+                    state.apply(event, version: recorded.streamVersion, at: recorded.recordedAt)
+                }
+                outcome.eventsAppended += events.count
+                processedCounter.increment(by: pending.filter { $0.streamVersion <= state.messagesConsumed }.count)
+            } catch let error as EventStoreError where error.code == .wrongExpectedVersion {
+                // Another writer advanced this visitor: throw the stale decision away, record, re-read.
+                outcome.conflicts += 1
+                conflictsCounter.increment()
+                logger.warning(
+                    "workflow stream moved on under the lock: decision discarded",
+                    metadata: ["convo.stream": "\(conversation.workflowStream)", "convo.expected": "\(state.version)", "convo.actual": "\(error.actual ?? -1)"])
+                try await recordConflict(
+                    tenant: tenant, visitor: visitor, conversation: conversation, expected: state.version, actual: error.actual ?? -1,
+                    lease: lease)
+                state = try await readState(tenant: tenant, conversation: conversation)
+            }
+        }
+    }
+
+    private func recordConflict(
+        tenant: TenantID, visitor: VisitorUID, conversation: ConversationID, expected: Int64, actual: Int64, lease: VisitorLock.Lease
+    ) async throws {
+        let conflict = ProcessingConflictDetected(
+            conversationId: conversation, visitorUid: visitor, stream: conversation.workflowStream.description, expectedVersion: expected,
+            actualVersion: actual, lockToken: lease.token, instance: configuration.instance)
+        let event = try NewEvent(
+            type: ProcessingConflictDetected.eventType, encoding: conflict,
+            metadata: EventMetadata(actorId: SystemActor.actorID, extra: ["lockToken": .string(lease.token)]))
+        try await store.append([event], to: Self.auditStream(tenant), tenant: tenant, expectedVersion: .any)
+    }
+
+    /// The tenant's audit stream: `audit-{tenant}`.
+    public static func auditStream(_ tenant: TenantID) -> StreamName {
+        try! StreamName(category: "audit", id: tenant.rawValue)
+    }
+
+    /// The workflow state, folded from the whole `workflow-` stream.
+    public func readState(tenant: TenantID, conversation: ConversationID) async throws -> WorkflowState {
+        var state = WorkflowState()
+        while true {
+            let page = try await store.readStream(conversation.workflowStream, tenant: tenant, fromVersion: state.version + 1, maxCount: 1000)
+            for event in page { try state.apply(event) }
+            if page.count < 1000 { return state }
+        }
+    }
+
+    /// The visitor messages after `version`, the stream's version, and the conversation's visitor.
+    func readPending(tenant: TenantID, conversation: ConversationID, after version: Int64) async throws -> ([PendingMessage], Int64, VisitorUID?) {
+        var pending: [PendingMessage] = []
+        var owner: VisitorUID?
+        var from = max(1, version + 1)
+        var last = version
+        while true {
+            let page = try await store.readStream(conversation.messagesStream, tenant: tenant, fromVersion: from, maxCount: 1000)
+            for event in page {
+                last = event.streamVersion
+                switch event.type {
+                case VisitorMessageReceived.eventType:
+                    let message = try event.decode(VisitorMessageReceived.self)
+                    if owner == nil { owner = message.visitorUid }
+                    pending.append(PendingMessage(messageId: message.messageId, text: message.text, streamVersion: event.streamVersion, eventId: event.eventId))
+                case ConversationStarted.eventType:
+                    owner = try event.decode(ConversationStarted.self).visitorUid
+                default:
+                    continue
+                }
+            }
+            if page.count < 1000 { return (pending, last, owner) }
+            from = last + 1
+        }
+    }
+
+    private func workflow(for state: WorkflowState, tenant: TenantID) async throws -> WorkflowDefinition? {
+        if let id = state.workflowId, let version = state.workflowVersion {
+            guard let definition = try await workflows.definition(id, version: version, tenant: tenant) else {
+                logger.error("the conversation's workflow version is not published", metadata: ["convo.workflow": "\(id) v\(version)"])
+                return nil
+            }
+            return definition
+        }
+        return try await workflows.forNewConversation(configuration.defaultWorkflowID, tenant: tenant)
+    }
+}
+
+/// Encodes any payload through its own `Encodable` conformance.
+struct AnyEncodable: Encodable {
+    let value: any Encodable
+    init(_ value: any Encodable) { self.value = value }
+    func encode(to encoder: any Encoder) throws { try value.encode(to: encoder) }
+}
+
+/// Set once the visitor lock is known lost; checked before every append.
+final class LostFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .sequentiallyConsistent) }
+    var isSet: Bool { value.load(ordering: .sequentiallyConsistent) }
+}

@@ -1,0 +1,117 @@
+import Crypto
+import EventStore
+import Foundation
+import Logging
+import SharedTypes
+
+/// A visitor message as a caller hands it in.
+public struct IncomingMessage: Sendable, Equatable {
+    public var tenant: TenantID
+    public var conversationId: ConversationID
+    public var visitorUid: VisitorUID
+    /// The caller's id of the message: its idempotency key within the conversation.
+    public var messageId: String
+    public var text: String
+    public var sentAt: Date
+
+    public init(tenant: TenantID, conversationId: ConversationID, visitorUid: VisitorUID, messageId: String, text: String, sentAt: Date) {
+        self.tenant = tenant
+        self.conversationId = conversationId
+        self.visitorUid = visitorUid
+        self.messageId = messageId
+        self.text = text
+        self.sentAt = sentAt
+    }
+
+    /// The longest text a message may carry, in characters.
+    public static let maxTextLength = 10_000
+}
+
+/// Where an ingested message was stored.
+public struct IngestResult: Sendable, Equatable {
+    public var eventId: UUID
+    /// The message's version in the `messages-` stream.
+    public var streamVersion: Int64
+    public var globalPosition: Int64
+    /// Whether the message had been ingested before (nothing was written this time).
+    public var isDuplicate: Bool
+    /// Whether this message started the conversation.
+    public var startedConversation: Bool
+}
+
+/// Appends visitor messages to their conversation's `messages-` stream: no lock, idempotent by the caller's
+/// message id (the event id is derived from it), and refused for a conversation of another visitor.
+public struct MessageIngestor: Sendable {
+    public let store: any EventStore
+    let logger: Logger
+
+    public init(store: any EventStore, logger: Logger) {
+        self.store = store
+        self.logger = logger
+    }
+
+    /// Stores the message.
+    ///
+    /// - Throws: ``ResponderError`` with ``ResponderError/Code/invalidMessage`` for a bad message,
+    ///   ``ResponderError/Code/conversationOwnedByAnotherVisitor``; ``EventStoreError`` when PostgreSQL fails.
+    public func ingest(_ message: IncomingMessage) async throws -> IngestResult {
+        guard (1...200).contains(message.messageId.utf8.count) else {
+            throw ResponderError(code: .invalidMessage, message: "a message id has 1 to 200 bytes")
+        }
+        guard !message.text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, message.text.count <= IncomingMessage.maxTextLength else {
+            throw ResponderError(code: .invalidMessage, message: "a message text has 1 to \(IncomingMessage.maxTextLength) characters")
+        }
+        let stream = message.conversationId.messagesStream
+        let received = try NewEvent(
+            eventId: StableID.make("message", message.tenant.rawValue, message.conversationId.rawValue, message.messageId),
+            type: VisitorMessageReceived.eventType,
+            encoding: VisitorMessageReceived(messageId: message.messageId, visitorUid: message.visitorUid, text: message.text, sentAt: message.sentAt),
+            metadata: EventMetadata(actorId: message.visitorUid.actorID))
+
+        var first = try await store.readStream(stream, tenant: message.tenant, fromVersion: 1, maxCount: 1).first
+        if first == nil {
+            let started = try NewEvent(
+                eventId: StableID.make("started", message.tenant.rawValue, message.conversationId.rawValue),
+                type: ConversationStarted.eventType, encoding: ConversationStarted(visitorUid: message.visitorUid, startedAt: message.sentAt),
+                metadata: EventMetadata(actorId: message.visitorUid.actorID))
+            do {
+                let result = try await store.append([started, received], to: stream, tenant: message.tenant, expectedVersion: .noStream)
+                let stored = result.events[1]
+                return IngestResult(
+                    eventId: stored.eventId, streamVersion: stored.streamVersion, globalPosition: stored.globalPosition,
+                    isDuplicate: result.isDuplicate, startedConversation: !result.isDuplicate)
+            } catch let error as EventStoreError where error.code == .wrongExpectedVersion || error.code == .duplicateEventID {
+                // Another message started the conversation first; it may be another visitor's.
+                first = try await store.readStream(stream, tenant: message.tenant, fromVersion: 1, maxCount: 1).first
+            }
+        }
+        guard let first, first.type == ConversationStarted.eventType else {
+            throw EventStoreError(code: .storageFailure, message: "conversation \(message.conversationId) has no ConversationStarted event")
+        }
+        let owner = try first.decode(ConversationStarted.self).visitorUid
+        guard owner == message.visitorUid else {
+            throw ResponderError(
+                code: .conversationOwnedByAnotherVisitor, message: "conversation \(message.conversationId) belongs to another visitor")
+        }
+        let result = try await store.append([received], to: stream, tenant: message.tenant, expectedVersion: .streamExists)
+        let stored = result.events[0]
+        return IngestResult(
+            eventId: stored.eventId, streamVersion: stored.streamVersion, globalPosition: stored.globalPosition, isDuplicate: result.isDuplicate,
+            startedConversation: false)
+    }
+}
+
+/// Event ids derived from names, so a retried request maps to the same event (UUID version 8 from SHA-256).
+public enum StableID {
+    public static func make(_ parts: String...) -> UUID {
+        var hasher = SHA256()
+        for part in parts {
+            hasher.update(data: Data(part.utf8))
+            hasher.update(data: Data([0]))
+        }
+        var bytes = Array(hasher.finalize().prefix(16))
+        bytes[6] = (bytes[6] & 0x0F) | 0x80
+        bytes[8] = (bytes[8] & 0x3F) | 0x80
+        return UUID(uuid: (bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7], bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15]))
+    }
+}

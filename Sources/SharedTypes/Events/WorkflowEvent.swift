@@ -1,0 +1,61 @@
+/// One event of a `workflow-` stream, typed. The engine decides these; the workflowState fold applies them.
+public enum WorkflowEvent: Sendable, Equatable {
+    case started(WorkflowStarted)
+    case transitioned(WorkflowTransitioned)
+    case variableSet(WorkflowVariableSet)
+    case assistantMessageSent(AssistantMessageSent)
+    case toolCalled(ToolCalled)
+    case waitingForInput(WorkflowWaitingForInput)
+    case handedOff(ConversationHandedOff)
+    case completed(WorkflowCompleted)
+    case failed(WorkflowFailed)
+    case aiReplyFailed(AIReplyFailed)
+    case messagesProcessed(MessagesProcessed)
+
+    /// The payload, for encoding.
+    public var payload: any DomainEvent {
+        switch self {
+        case .started(let event): return event
+        case .transitioned(let event): return event
+        case .variableSet(let event): return event
+        case .assistantMessageSent(let event): return event
+        case .toolCalled(let event): return event
+        case .waitingForInput(let event): return event
+        case .handedOff(let event): return event
+        case .completed(let event): return event
+        case .failed(let event): return event
+        case .aiReplyFailed(let event): return event
+        case .messagesProcessed(let event): return event
+        }
+    }
+
+    /// The stored type name.
+    public var eventType: String { type(of: payload).eventType }
+
+    /// Decodes a stored workflow event; `nil` when its type is not a workflow event type.
+    ///
+    /// - Throws: the payload decoder's error when the payload does not fit its type.
+    public static func decode(_ stored: some StoredPayload) throws -> WorkflowEvent? {
+        let eventType = stored.type
+        switch eventType {
+        case WorkflowStarted.eventType: return .started(try stored.decode(WorkflowStarted.self))
+        case WorkflowTransitioned.eventType: return .transitioned(try stored.decode(WorkflowTransitioned.self))
+        case WorkflowVariableSet.eventType: return .variableSet(try stored.decode(WorkflowVariableSet.self))
+        case AssistantMessageSent.eventType: return .assistantMessageSent(try stored.decode(AssistantMessageSent.self))
+        case ToolCalled.eventType: return .toolCalled(try stored.decode(ToolCalled.self))
+        case WorkflowWaitingForInput.eventType: return .waitingForInput(try stored.decode(WorkflowWaitingForInput.self))
+        case ConversationHandedOff.eventType: return .handedOff(try stored.decode(ConversationHandedOff.self))
+        case WorkflowCompleted.eventType: return .completed(try stored.decode(WorkflowCompleted.self))
+        case WorkflowFailed.eventType: return .failed(try stored.decode(WorkflowFailed.self))
+        case AIReplyFailed.eventType: return .aiReplyFailed(try stored.decode(AIReplyFailed.self))
+        case MessagesProcessed.eventType: return .messagesProcessed(try stored.decode(MessagesProcessed.self))
+        default: return nil
+        }
+    }
+}
+
+/// A stored event's type name and a way to decode its payload; the event store's recorded events are one.
+public protocol StoredPayload {
+    var type: String { get }
+    func decode<T: Decodable>(_ type: T.Type) throws -> T
+}

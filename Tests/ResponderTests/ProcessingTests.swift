@@ -1,0 +1,316 @@
+import ConvoTestSupport
+import EventStore
+import Foundation
+import Logging
+import Projections
+import Responder
+import SharedTypes
+import Testing
+
+/// A store, Redis and a tenant of its own with the echo workflow published as its default.
+struct Harness: Sendable {
+    let store: PostgresEventStore
+    let redis: RedisClient
+    let workflows: WorkflowRepository
+    let tenant: TenantID
+
+    static let echoJSON = """
+        {"id": "echo", "start": "wait", "nodes": [
+          {"id": "wait", "type": "wait_for_input", "saveAs": "last", "next": "say"},
+          {"id": "say", "type": "message", "text": "You said {{last}}", "next": "wait"}
+        ]}
+        """
+    static let aiJSON = """
+        {"id": "ai", "start": "wait", "nodes": [
+          {"id": "wait", "type": "wait_for_input", "next": "answer"},
+          {"id": "answer", "type": "ai_reply", "fallback": "Noted.", "next": "wait"}
+        ]}
+        """
+
+    static func run(_ body: @Sendable (Harness) async throws -> Void) async throws {
+        try await TestDatabase.withStore { store in
+            let harness = Harness(
+                store: store, redis: RedisClient(configuration: try RedisConfiguration(url: try TestDatabase.redisURL, connections: 8)),
+                workflows: WorkflowRepository(client: store.client, logger: TestDatabase.logger), tenant: TestDatabase.uniqueTenant())
+            _ = try await harness.workflows.publish(Array(echoJSON.utf8), tenant: harness.tenant, publishedBy: "test")
+            _ = try await harness.workflows.publish(Array(aiJSON.utf8), tenant: harness.tenant, publishedBy: "test")
+            try await body(harness)
+        }
+    }
+
+    func processor(
+        workflow: String = "echo", ttl: Duration = .seconds(10), renewEvery: Duration?? = nil, provider: any AIProvider = RuleProvider(),
+        instance: String = "test"
+    ) -> ConversationProcessor {
+        ConversationProcessor(
+            store: store, redis: redis, workflows: workflows, provider: provider,
+            configuration: .init(lockTTL: ttl, renewEvery: renewEvery, defaultWorkflowID: workflow, instance: instance), logger: TestDatabase.logger)
+    }
+
+    var ingestor: MessageIngestor { MessageIngestor(store: store, logger: TestDatabase.logger) }
+
+    func message(_ conversation: ConversationID, _ visitor: VisitorUID, id: String, text: String) -> IncomingMessage {
+        IncomingMessage(tenant: tenant, conversationId: conversation, visitorUid: visitor, messageId: id, text: text, sentAt: Date())
+    }
+
+    func all(_ stream: StreamName) async throws -> [RecordedEvent] {
+        var events: [RecordedEvent] = []
+        while true {
+            let page = try await store.readStream(stream, tenant: tenant, fromVersion: Int64(events.count + 1), maxCount: 1000)
+            events += page
+            if page.count < 1000 { return events }
+        }
+    }
+
+    func conflicts() async throws -> [ProcessingConflictDetected] {
+        try await all(ConversationProcessor.auditStream(tenant)).map { try $0.decode(ProcessingConflictDetected.self) }
+    }
+}
+
+func newConversation() -> ConversationID { ConversationID(rawValue: "c-\(UUID().uuidString.prefix(12))")! }
+func newVisitor() -> VisitorUID { VisitorUID(rawValue: "v-\(UUID().uuidString.prefix(12))")! }
+
+/// An AI double: answers like the rule provider after a delay (the outside AI service is the only thing
+/// the tests replace).
+struct SlowProvider: AIProvider {
+    let name = "slow"
+    let delay: Duration
+    func reply(to request: AIRequest) async throws -> AIAnswer {
+        try await Task.sleep(for: delay)
+        var answer = try await RuleProvider().reply(to: request)
+        answer.provider = name
+        return answer
+    }
+}
+
+@Suite struct IngestTests {
+    @Test func ingestIsIdempotentByMessageIdAndStartsTheConversationOnce() async throws {
+        try await Harness.run { harness in
+            let conversation = newConversation()
+            let visitor = newVisitor()
+            let first = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m1", text: "hello"))
+            #expect(first.startedConversation && !first.isDuplicate && first.streamVersion == 2)
+            let retry = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m1", text: "hello"))
+            #expect(retry.isDuplicate && retry.eventId == first.eventId && retry.globalPosition == first.globalPosition)
+            let second = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m2", text: "again"))
+            #expect(second.streamVersion == 3 && !second.startedConversation)
+            #expect(try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m1", text: "hello")).isDuplicate)
+            let events = try await harness.all(conversation.messagesStream)
+            #expect(events.map(\.type) == ["ConversationStarted", "VisitorMessageReceived", "VisitorMessageReceived"])
+            #expect(try events[0].decode(ConversationStarted.self).visitorUid == visitor)
+        }
+    }
+
+    @Test func concurrentFirstMessagesStartTheConversationOnce() async throws {
+        try await Harness.run { harness in
+            let conversation = newConversation()
+            let visitor = newVisitor()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<20 {
+                    group.addTask { _ = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m\(index % 10)", text: "hi \(index)")) }
+                }
+                try await group.waitForAll()
+            }
+            let events = try await harness.all(conversation.messagesStream)
+            #expect(events.filter { $0.type == "ConversationStarted" }.count == 1)
+            #expect(events[0].type == "ConversationStarted")
+            #expect(Set(try events.dropFirst().map { try $0.decode(VisitorMessageReceived.self).messageId }).count == 10)
+            #expect(events.count == 11)
+        }
+    }
+
+    @Test func aMessageForAnotherVisitorsConversationIsRefusedAndNothingIsWritten() async throws {
+        try await Harness.run { harness in
+            let conversation = newConversation()
+            _ = try await harness.ingestor.ingest(harness.message(conversation, newVisitor(), id: "m1", text: "mine"))
+            let error = await #expect(throws: ResponderError.self) {
+                try await harness.ingestor.ingest(harness.message(conversation, newVisitor(), id: "m2", text: "also mine?"))
+            }
+            #expect(error?.code == .conversationOwnedByAnotherVisitor)
+            #expect(try await harness.all(conversation.messagesStream).count == 2)
+        }
+    }
+
+    @Test func invalidMessagesAreRefused() async throws {
+        try await Harness.run { harness in
+            for (id, text) in [("", "hi"), ("m1", "   "), ("m1", String(repeating: "x", count: IncomingMessage.maxTextLength + 1))] {
+                let error = await #expect(throws: ResponderError.self) {
+                    try await harness.ingestor.ingest(harness.message(newConversation(), newVisitor(), id: id, text: text))
+                }
+                #expect(error?.code == .invalidMessage)
+            }
+        }
+    }
+}
+
+@Suite struct ProcessingTests {
+    /// The ids of the messages the echo workflow consumed, in the order it consumed them.
+    func consumed(_ harness: Harness, _ conversation: ConversationID) async throws -> [String] {
+        try await harness.all(conversation.workflowStream).compactMap { event -> String? in
+            guard event.type == WorkflowTransitioned.eventType else { return nil }
+            let transition = try event.decode(WorkflowTransitioned.self)
+            return transition.from == "wait" ? transition.causedByMessageId : nil
+        }
+    }
+
+    func sent(_ harness: Harness, _ conversation: ConversationID) async throws -> [String] {
+        try await harness.all(conversation.messagesStream).compactMap { event in
+            event.type == VisitorMessageReceived.eventType ? try event.decode(VisitorMessageReceived.self).messageId : nil
+        }
+    }
+
+    @Test func twoHundredMessagesFromTwentyTasksAreEachProcessedOnceInOrderWithoutConflicts() async throws {
+        try await Harness.run { harness in
+            let conversation = newConversation()
+            let visitor = newVisitor()
+            let outcomes = try await withThrowingTaskGroup(of: (Int, Int).self) { group in
+                for task in 0..<20 {
+                    group.addTask {
+                        // Each task is a worker of its own, as separate requests would be.
+                        let processor = harness.processor(instance: "task-\(task)")
+                        var conflicts = 0
+                        var busy = 0
+                        for index in 0..<10 {
+                            _ = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "t\(task)-\(index)", text: "message \(task)/\(index)"))
+                            let outcome = try await processor.process(tenant: harness.tenant, visitor: visitor, conversation: conversation)
+                            conflicts += outcome.conflicts
+                            if outcome.busy { busy += 1 }
+                        }
+                        return (conflicts, busy)
+                    }
+                }
+                return try await group.reduce(into: [(Int, Int)]()) { $0.append($1) }
+            }
+            let sent = try await sent(harness, conversation)
+            #expect(sent.count == 200)
+            #expect(Set(sent).count == 200)
+            // Every message consumed exactly once, in the order the stream holds them: nothing dropped.
+            #expect(try await consumed(harness, conversation) == sent)
+            let state = try await harness.processor().readState(tenant: harness.tenant, conversation: conversation)
+            #expect(state.messagesConsumed == 201)
+            #expect(state.status == .waitingForInput)
+            #expect(outcomes.map(\.0).reduce(0, +) == 0)
+            #expect(try await harness.conflicts().isEmpty)
+            // The lock really was contended: some workers found it busy and left their message to the holder.
+            #expect(outcomes.map(\.1).reduce(0, +) > 0)
+            // Every workflow event names the lock token it was written under and the messages version it read.
+            for event in try await harness.all(conversation.workflowStream) {
+                let metadata = try event.metadata()
+                #expect(metadata["lockToken"]?.stringValue?.isEmpty == false)
+                #expect(metadata["messagesVersion"]?.intValue != nil)
+                #expect(metadata.actorId == SystemActor.actorID)
+            }
+        }
+    }
+
+    @Test func aStaleHolderIsFencedOutItsConflictRecordedAndNothingLost() async throws {
+        try await Harness.run { harness in
+            let conversation = newConversation()
+            let visitor = newVisitor()
+            // A: a 300 ms lock it never renews, and an AI that takes 1.5 s. B: a normal worker.
+            let stale = harness.processor(workflow: "ai", ttl: .milliseconds(300), renewEvery: .some(nil), provider: SlowProvider(delay: .milliseconds(1500)), instance: "stale")
+            let healthy = harness.processor(workflow: "ai", instance: "healthy")
+            _ = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m1", text: "hello"))
+            async let staleOutcome = stale.process(tenant: harness.tenant, visitor: visitor, conversation: conversation)
+            try await Task.sleep(for: .milliseconds(700))  // A is waiting for its AI; its lock has expired
+            let healthyOutcome = try await healthy.process(tenant: harness.tenant, visitor: visitor, conversation: conversation)
+            #expect(!healthyOutcome.busy && healthyOutcome.eventsAppended > 0)
+            let outcome = try await staleOutcome
+            #expect(outcome.conflicts == 1)
+            #expect(outcome.eventsAppended == 0)
+
+            let conflicts = try await harness.conflicts()
+            #expect(conflicts.count == 1)
+            let conflict = try #require(conflicts.first)
+            #expect(conflict.stream == conversation.workflowStream.description)
+            #expect(conflict.instance == "stale")
+            #expect(conflict.actualVersion > conflict.expectedVersion)
+            #expect(conflict.visitorUid == visitor)
+
+            let workflow = try await harness.all(conversation.workflowStream)
+            let replies = try workflow.filter { $0.type == AssistantMessageSent.eventType }.map { try $0.decode(AssistantMessageSent.self) }
+            #expect(replies.map(\.inReplyTo) == [["m1"]])
+            #expect(replies.first?.provider == "rules")
+            #expect(try workflow.allSatisfy { try $0.metadata()["lockToken"]?.stringValue != conflict.lockToken })
+            let state = try await healthy.readState(tenant: harness.tenant, conversation: conversation)
+            #expect(state.messagesConsumed == 2)
+            #expect(state.status == .waitingForInput)
+        }
+    }
+
+    @Test func aWorkerThatLosesItsLockStopsBeforeAppending() async throws {
+        try await Harness.run { harness in
+            let conversation = newConversation()
+            let visitor = newVisitor()
+            let worker = harness.processor(workflow: "ai", ttl: .milliseconds(600), renewEvery: .milliseconds(100), provider: SlowProvider(delay: .milliseconds(800)))
+            _ = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m1", text: "hello"))
+            let result = Task { try await worker.process(tenant: harness.tenant, visitor: visitor, conversation: conversation) }
+            try await Task.sleep(for: .milliseconds(300))
+            // Someone else takes the lock (as after an expiry): the worker's next renewal finds it gone.
+            try await harness.redis.execute(["SET", VisitorLock.key(tenant: harness.tenant, visitor: visitor), "someone-else", "PX", "5000"])
+            let error = await #expect(throws: ResponderError.self) { _ = try await result.value }
+            #expect(error?.code == .lockLost)
+            #expect(try await harness.all(conversation.workflowStream).isEmpty)
+            try await harness.redis.execute(["DEL", VisitorLock.key(tenant: harness.tenant, visitor: visitor)])
+            // The message is still pending, and the next worker handles it.
+            let next = try await harness.processor(workflow: "ai").process(tenant: harness.tenant, visitor: visitor, conversation: conversation)
+            #expect(next.eventsAppended > 0)
+            #expect(try await harness.processor().readState(tenant: harness.tenant, conversation: conversation).messagesConsumed == 2)
+        }
+    }
+
+    @Test func aConversationKeepsItsWorkflowVersionWhenANewOneIsPublished() async throws {
+        try await Harness.run { harness in
+            let conversation = newConversation()
+            let visitor = newVisitor()
+            let processor = harness.processor()
+            _ = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m1", text: "one"))
+            try await processor.process(tenant: harness.tenant, visitor: visitor, conversation: conversation)
+            let v2 = Harness.echoJSON.replacingOccurrences(of: "You said", with: "Version two heard")
+            let published = try await harness.workflows.publish(Array(v2.utf8), tenant: harness.tenant, publishedBy: "test")
+            #expect(published.isNew && published.definition.version == 2)
+            #expect(try await harness.workflows.publish(Array(v2.utf8), tenant: harness.tenant, publishedBy: "test").isNew == false)
+
+            _ = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m2", text: "two"))
+            try await processor.process(tenant: harness.tenant, visitor: visitor, conversation: conversation)
+            let fresh = newConversation()
+            _ = try await harness.ingestor.ingest(harness.message(fresh, visitor, id: "m1", text: "three"))
+            try await processor.process(tenant: harness.tenant, visitor: visitor, conversation: fresh)
+
+            func texts(_ id: ConversationID) async throws -> [String] {
+                try await harness.all(id.workflowStream).filter { $0.type == AssistantMessageSent.eventType }.map { try $0.decode(AssistantMessageSent.self).text }
+            }
+            #expect(try await texts(conversation) == ["You said one", "You said two"])
+            #expect(try await texts(fresh) == ["Version two heard three"])
+            #expect(try await processor.readState(tenant: harness.tenant, conversation: fresh).workflowVersion == 2)
+        }
+    }
+
+    @Test func theResponderServiceProcessesIngestedMessagesAndSweepsUpStrandedOnes() async throws {
+        try await Harness.run { harness in
+            let visitor = newVisitor()
+            let stranded = newConversation()
+            // Ingested while no responder ran: only the sweep can find it.
+            _ = try await harness.ingestor.ingest(harness.message(stranded, visitor, id: "m1", text: "anyone?"))
+            let service = ResponderService(
+                processor: harness.processor(), store: harness.store, configuration: .init(sweepInterval: .seconds(60), scope: .tenant(harness.tenant)), logger: TestDatabase.logger)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await service.run() }
+                defer { group.cancelAll() }
+                let live = newConversation()
+                try await Task.sleep(for: .milliseconds(300))
+                _ = try await harness.ingestor.ingest(harness.message(live, visitor, id: "m1", text: "hi"))
+                let processor = harness.processor()
+                let deadline = ContinuousClock.now + .seconds(10)
+                var done = false
+                while !done && ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(50))
+                    let a = try await processor.readState(tenant: harness.tenant, conversation: stranded).messagesConsumed
+                    let b = try await processor.readState(tenant: harness.tenant, conversation: live).messagesConsumed
+                    done = a == 2 && b == 2
+                }
+                #expect(done, "both conversations processed by the service")
+            }
+        }
+    }
+}

@@ -1,0 +1,97 @@
+import Synchronization
+import ConvoTestSupport
+import Foundation
+import Responder
+import SharedTypes
+import Testing
+
+@Suite struct VisitorLockTests {
+    func makeLock(ttl: Duration = .seconds(5)) throws -> VisitorLock {
+        VisitorLock(redis: RedisClient(configuration: try RedisConfiguration(url: try TestDatabase.redisURL)), ttl: ttl)
+    }
+
+    func uniqueVisitor() -> VisitorUID { VisitorUID(rawValue: "v-\(UUID().uuidString.prefix(8))")! }
+
+    @Test func aHeldLockIsBusyForOthersUntilItsHolderReleasesIt() async throws {
+        let lock = try makeLock()
+        let tenant = TestDatabase.uniqueTenant()
+        let visitor = uniqueVisitor()
+        let lease = try #require(try await lock.acquire(tenant: tenant, visitor: visitor))
+        #expect(lease.key == "visitorLock:\(tenant.rawValue):\(visitor.rawValue)")
+        #expect(try await lock.acquire(tenant: tenant, visitor: visitor) == nil)
+        // Another visitor, or the same visitor of another tenant, is independent.
+        let other = try #require(try await lock.acquire(tenant: tenant, visitor: uniqueVisitor()))
+        let otherTenant = try #require(try await lock.acquire(tenant: TestDatabase.uniqueTenant(), visitor: visitor))
+        #expect(try await lock.release(lease))
+        let again = try #require(try await lock.acquire(tenant: tenant, visitor: visitor))
+        #expect(again.token != lease.token)
+        for held in [again, other, otherTenant] { try await lock.release(held) }
+    }
+
+    @Test func releaseAndRenewCheckTheToken() async throws {
+        let lock = try makeLock()
+        let tenant = TestDatabase.uniqueTenant()
+        let visitor = uniqueVisitor()
+        let lease = try #require(try await lock.acquire(tenant: tenant, visitor: visitor))
+        let impostor = VisitorLock.Lease(key: lease.key, token: "not-the-token", ttl: lease.ttl)
+        #expect(try await lock.release(impostor) == false)
+        #expect(try await lock.renew(impostor) == false)
+        #expect(try await lock.acquire(tenant: tenant, visitor: visitor) == nil)  // still held
+        #expect(try await lock.renew(lease))
+        #expect(try await lock.release(lease))
+        #expect(try await lock.release(lease) == false)  // already gone
+        #expect(try await lock.renew(lease) == false)
+    }
+
+    @Test func aLockExpiresAfterItsTTLUnlessRenewed() async throws {
+        let lock = try makeLock(ttl: .milliseconds(300))
+        let tenant = TestDatabase.uniqueTenant()
+        let visitor = uniqueVisitor()
+        let lease = try #require(try await lock.acquire(tenant: tenant, visitor: visitor))
+        for _ in 0..<4 {
+            try await Task.sleep(for: .milliseconds(150))
+            #expect(try await lock.renew(lease))
+        }
+        #expect(try await lock.acquire(tenant: tenant, visitor: visitor) == nil)  // 600 ms in, kept by renewals
+        try await Task.sleep(for: .milliseconds(450))
+        let successor = try #require(try await lock.acquire(tenant: tenant, visitor: visitor))
+        #expect(try await lock.renew(lease) == false)  // the expired holder cannot take it back
+        #expect(try await lock.release(lease) == false)
+        #expect(try await lock.release(successor))
+    }
+
+    @Test func manyContendersGetTheLockOneAtATime() async throws {
+        let lock = try makeLock()
+        let tenant = TestDatabase.uniqueTenant()
+        let visitor = uniqueVisitor()
+        let holders = Counter()
+        let maxHolders = Counter()
+        let acquired = try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<20 {
+                group.addTask {
+                    var count = 0
+                    for _ in 0..<20 {
+                        guard let lease = try await lock.acquire(tenant: tenant, visitor: visitor) else { continue }
+                        maxHolders.max(holders.add(1))
+                        try await Task.sleep(for: .milliseconds(1))
+                        holders.add(-1)
+                        #expect(try await lock.release(lease))
+                        count += 1
+                    }
+                    return count
+                }
+            }
+            return try await group.reduce(0, +)
+        }
+        #expect(acquired > 0)
+        #expect(maxHolders.value == 1)
+    }
+}
+
+/// A thread-safe counter for tests.
+final class Counter: Sendable {
+    private let state = Mutex(0)
+    @discardableResult func add(_ delta: Int) -> Int { state.withLock { $0 += delta; return $0 } }
+    func max(_ candidate: Int) { state.withLock { $0 = Swift.max($0, candidate) } }
+    var value: Int { state.withLock { $0 } }
+}
