@@ -22,6 +22,8 @@ let package = Package(
             dependencies: [
                 .product(name: "EventStore", package: convoPackage),
                 .product(name: "SharedTypes", package: convoPackage),
+                .product(name: "Responder", package: convoPackage),
+                .product(name: "Projections", package: convoPackage),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

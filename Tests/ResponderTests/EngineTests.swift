@@ -208,6 +208,15 @@ let echo = """
         #expect(applying(events(WorkflowEngine().decide(state: WorkflowState(), definition: definition, pending: [])), to: WorkflowState()).status == .completed)
     }
 
+    @Test func theStepLimitCountsPerMessageSoALongBurstIsFine() throws {
+        let definition = try workflow(echo)
+        let burst = (2...301).map { message(Int64($0), "m\($0)") }
+        let result = events(WorkflowEngine(stepLimit: 10).decide(state: WorkflowState(), definition: definition, pending: burst))
+        let state = applying(result, to: WorkflowState())
+        #expect(state.status == .waitingForInput)
+        #expect(state.messagesConsumed == 301)
+    }
+
     @Test func aStateAtANodeTheWorkflowLacksFailsVisibly() throws {
         let definition = try workflow(echo)
         var state = WorkflowState()

@@ -74,7 +74,8 @@ public enum Decision: Sendable, Equatable {
 /// the events to append. Same input, same output; the AI call happens outside, between two calls of
 /// ``decide(state:definition:pending:aiOutcome:)`` (the first asks, the second gets the outcome).
 public struct WorkflowEngine: Sendable {
-    /// The most nodes one decision may visit; validation refuses loops that never wait, this guards the rest.
+    /// The most nodes a decision may visit per visitor message it handles (the count starts again with
+    /// each message taken); validation refuses loops that never wait, this guards the rest.
     public var stepLimit: Int
 
     public init(stepLimit: Int = 100) {
@@ -130,6 +131,7 @@ public struct WorkflowEngine: Sendable {
                 }
                 let message = run.queue.removeFirst()
                 run.consume([message])
+                steps = 0
                 if let saveAs {
                     run.emit(.variableSet(WorkflowVariableSet(name: saveAs, value: .string(message.text), nodeId: node.id)))
                 }

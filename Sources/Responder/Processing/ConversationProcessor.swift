@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import EventStore
 import Foundation
 import Logging
@@ -22,11 +27,15 @@ public struct ConversationProcessor: Sendable {
         public var defaultWorkflowID: String
         /// Names this process in conflict events.
         public var instance: String
+        /// Whether to take the visitor lock. Only the benchmark turns it off, to measure what the lock
+        /// costs: without it the expected-version check still fences racing writers, but they waste work.
+        public var locking: Bool
 
         public init(
             lockTTL: Duration = .seconds(30), renewEvery: Duration?? = nil, defaultWorkflowID: String = WorkflowRepository.defaultWorkflowID,
-            instance: String = ConversationProcessor.defaultInstance
+            instance: String = ConversationProcessor.defaultInstance, locking: Bool = true
         ) {
+            self.locking = locking
             self.lockTTL = lockTTL
             self.renewEvery = renewEvery ?? lockTTL / 3
             self.defaultWorkflowID = defaultWorkflowID
@@ -34,10 +43,13 @@ public struct ConversationProcessor: Sendable {
         }
     }
 
-    /// `host:pid`.
-    public static var defaultInstance: String {
-        "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier)"
-    }
+    /// `host:pid`. Read with `gethostname`, not `ProcessInfo.hostName`, which resolves the name through DNS
+    /// and can block a thread of the cooperative pool for seconds.
+    public static let defaultInstance: String = {
+        var buffer = [CChar](repeating: 0, count: 256)
+        let host = gethostname(&buffer, buffer.count) == 0 ? String(cString: buffer) : "unknown-host"
+        return "\(host):\(getpid())"
+    }()
 
     /// What one call did.
     public struct Outcome: Sendable, Equatable {
@@ -84,6 +96,10 @@ public struct ConversationProcessor: Sendable {
     ///   PostgreSQL fails. Nothing is lost either way: the messages stay pending for the next attempt.
     @discardableResult
     public func process(tenant: TenantID, visitor: VisitorUID, conversation: ConversationID) async throws -> Outcome {
+        guard configuration.locking else {
+            let unlocked = VisitorLock.Lease(key: VisitorLock.key(tenant: tenant, visitor: visitor), token: "unlocked", ttl: configuration.lockTTL)
+            return try await drain(tenant: tenant, visitor: visitor, conversation: conversation, lease: unlocked, lost: LostFlag())
+        }
         let pendingKey = Self.pendingKey(tenant: tenant, visitor: visitor)
         try await lock.redis.execute(["SADD", pendingKey, conversation.rawValue])
         try await lock.redis.execute(["PEXPIRE", pendingKey, String(Duration.seconds(86_400).milliseconds)])

@@ -13,7 +13,7 @@ struct ReadinessCheck: Sendable {
     let migrator: Migrator
     let redis: RedisClient
     /// How long one check may take before it counts as failed.
-    var timeout: Duration = .seconds(2)
+    var timeout: Duration = .seconds(3)
 
     func run() async -> Report {
         async let migrations = outcome { () -> String in
