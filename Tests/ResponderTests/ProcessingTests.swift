@@ -259,6 +259,23 @@ struct SlowProvider: AIProvider {
         }
     }
 
+    @Test func withRedisDownIngestKeepsWorkingAndProcessingFailsClearlyThenResumes() async throws {
+        try await Harness.run { harness in
+            let conversation = newConversation()
+            let visitor = newVisitor()
+            let down = ConversationProcessor(
+                store: harness.store, redis: RedisClient(configuration: try RedisConfiguration(url: "redis://127.0.0.1:1", timeout: .milliseconds(300))),
+                workflows: harness.workflows, configuration: .init(defaultWorkflowID: "echo"), logger: TestDatabase.logger)
+            _ = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m1", text: "still there?"))
+            let error = await #expect(throws: ResponderError.self) { try await down.process(tenant: harness.tenant, visitor: visitor, conversation: conversation) }
+            #expect(error?.code == .redisUnavailable)
+            #expect(try await harness.all(conversation.workflowStream).isEmpty)
+            // Redis back: the message is still pending and is processed.
+            try await harness.processor().process(tenant: harness.tenant, visitor: visitor, conversation: conversation)
+            #expect(try await harness.processor().readState(tenant: harness.tenant, conversation: conversation).messagesConsumed == 2)
+        }
+    }
+
     @Test func aConversationKeepsItsWorkflowVersionWhenANewOneIsPublished() async throws {
         try await Harness.run { harness in
             let conversation = newConversation()
