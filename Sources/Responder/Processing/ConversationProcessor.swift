@@ -66,6 +66,8 @@ public struct ConversationProcessor: Sendable {
     public let engine: WorkflowEngine
     public let configuration: Configuration
     let logger: Logger
+    /// Folded states of recently processed conversations, shared by copies of this processor.
+    private let states = StateCache(capacity: 10_000)
 
     private let conflictsCounter = Counter(label: "convo.responder.conflicts")
     private let lockLostCounter = Counter(label: "convo.responder.lock_lost")
@@ -215,6 +217,7 @@ public struct ConversationProcessor: Sendable {
                 for (event, recorded) in zip(events, result.events) {
                     state.apply(event, version: recorded.streamVersion, at: recorded.recordedAt)
                 }
+                states.put("\(tenant.rawValue)/\(conversation.rawValue)", state)
                 outcome.eventsAppended += events.count
                 processedCounter.increment(by: pending.filter { $0.streamVersion <= state.messagesConsumed }.count)
             } catch let error as EventStoreError where error.code == .wrongExpectedVersion {
@@ -250,12 +253,18 @@ public struct ConversationProcessor: Sendable {
     }
 
     /// The workflow state, folded from the whole `workflow-` stream.
+    ///
+    /// Events never change, so a state folded earlier is a valid start: only the events after it are read.
     public func readState(tenant: TenantID, conversation: ConversationID) async throws -> WorkflowState {
-        var state = WorkflowState()
+        let key = "\(tenant.rawValue)/\(conversation.rawValue)"
+        var state = states.get(key) ?? WorkflowState()
         while true {
             let page = try await store.readStream(conversation.workflowStream, tenant: tenant, fromVersion: state.version + 1, maxCount: 1000)
             for event in page { try state.apply(event) }
-            if page.count < 1000 { return state }
+            if page.count < 1000 {
+                states.put(key, state)
+                return state
+            }
         }
     }
 
@@ -309,4 +318,31 @@ final class LostFlag: Sendable {
     private let value = Atomic<Bool>(false)
     func set() { value.store(true, ordering: .sequentiallyConsistent) }
     var isSet: Bool { value.load(ordering: .sequentiallyConsistent) }
+}
+
+/// A bounded map of folded workflow states. When full, the oldest half is dropped.
+final class StateCache: Sendable {
+    private struct Entries {
+        var states: [String: (state: WorkflowState, stamp: UInt64)] = [:]
+        var clock: UInt64 = 0
+    }
+
+    private let entries = Mutex(Entries())
+    private let capacity: Int
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    func get(_ key: String) -> WorkflowState? { entries.withLock { $0.states[key]?.state } }
+
+    func put(_ key: String, _ state: WorkflowState) {
+        entries.withLock { entries in
+            if let existing = entries.states[key], existing.state.version > state.version { return }
+            entries.clock &+= 1
+            entries.states[key] = (state, entries.clock)
+            if entries.states.count > capacity {
+                let cutoff = entries.states.values.map(\.stamp).sorted()[entries.states.count / 2]
+                entries.states = entries.states.filter { $0.value.stamp >= cutoff }
+            }
+        }
+    }
 }
