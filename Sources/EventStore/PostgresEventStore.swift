@@ -74,16 +74,15 @@ public final class PostgresEventStore: EventStore, Service {
             data.append(JSONB(event.data))
             metadata.append(JSONB(try JSONCoding.encoder.encodeAsByteBuffer(event.metadata, allocator: ByteBufferAllocator())))
         }
-        let query: PostgresQuery = """
-            SELECT event_id, stream_version, global_position, recorded_at, duplicate
-            FROM convo_append(\(tenant.rawValue), \(stream.description), \(expectedVersion.sqlValue), \(ids), \(types), \(data), \(metadata))
-            """
+        let statement = AppendStatement(
+            tenant: tenant.rawValue, stream: stream.description, expected: expectedVersion.sqlValue, ids: ids, types: types, data: data,
+            metadata: metadata)
         var recorded: [AppendResult.Recorded] = []
         recorded.reserveCapacity(events.count)
         var duplicate = false
         do {
-            let rows = try await client.query(query, logger: logger)
-            for try await (id, version, position, at, isDuplicate) in rows.decode((UUID, Int64, Int64, Date, Bool).self) {
+            // Prepared once per connection: the server neither parses nor plans the call again.
+            for try await (id, version, position, at, isDuplicate) in try await client.execute(statement, logger: logger) {
                 recorded.append(.init(eventId: id, streamVersion: version, globalPosition: position, recordedAt: at))
                 duplicate = isDuplicate
             }
@@ -323,5 +322,39 @@ public final class PostgresEventStore: EventStore, Service {
                 try? await Task.sleep(for: .seconds(1))
             }
         }
+    }
+}
+
+/// `convo_append` as a prepared statement.
+struct AppendStatement: PostgresPreparedStatement {
+    static let name = "convo_append_v1"
+    static let sql = """
+        SELECT event_id, stream_version, global_position, recorded_at, duplicate
+        FROM convo_append($1, $2, $3, $4, $5, $6, $7)
+        """
+    typealias Row = (UUID, Int64, Int64, Date, Bool)
+
+    var tenant: String
+    var stream: String
+    var expected: Int64
+    var ids: [UUID]
+    var types: [String]
+    var data: [JSONB]
+    var metadata: [JSONB]
+
+    func makeBindings() throws -> PostgresBindings {
+        var bindings = PostgresBindings(capacity: 7)
+        bindings.append(tenant)
+        bindings.append(stream)
+        bindings.append(expected)
+        bindings.append(ids)
+        bindings.append(types)
+        bindings.append(data)
+        bindings.append(metadata)
+        return bindings
+    }
+
+    func decodeRow(_ row: PostgresRow) throws -> Row {
+        try row.decode(Row.self)
     }
 }

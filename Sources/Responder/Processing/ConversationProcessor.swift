@@ -87,6 +87,17 @@ public struct ConversationProcessor: Sendable {
         self.logger = logger
     }
 
+    /// SADD the conversation to the visitor's pending set and keep the set a day at most.
+    static let markPendingScript = """
+        redis.call('SADD', KEYS[1], ARGV[1]); return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+        """
+    /// The lock's compare-and-delete, then the size of the pending set: `{released, pending}`.
+    static let releaseAndCountScript = """
+        local released = 0
+        if redis.call('GET', KEYS[1]) == ARGV[1] then released = redis.call('DEL', KEYS[1]) end
+        return {released, redis.call('SCARD', KEYS[2])}
+        """
+
     static func pendingKey(tenant: TenantID, visitor: VisitorUID) -> String {
         "visitorPending:\(tenant.rawValue):\(visitor.rawValue)"
     }
@@ -103,8 +114,7 @@ public struct ConversationProcessor: Sendable {
             return try await drain(tenant: tenant, visitor: visitor, conversation: conversation, lease: unlocked, lost: LostFlag())
         }
         let pendingKey = Self.pendingKey(tenant: tenant, visitor: visitor)
-        try await lock.redis.execute(["SADD", pendingKey, conversation.rawValue])
-        try await lock.redis.execute(["PEXPIRE", pendingKey, String(Duration.seconds(86_400).milliseconds)])
+        try await lock.redis.execute(["EVAL", Self.markPendingScript, "1", pendingKey, conversation.rawValue, "86400000"])
         var outcome = Outcome(busy: false, eventsAppended: 0, conflicts: 0)
         while true {
             guard let lease = try await lock.acquire(key: VisitorLock.key(tenant: tenant, visitor: visitor)) else {
@@ -133,12 +143,17 @@ public struct ConversationProcessor: Sendable {
                 _ = try? await lock.release(lease)
                 throw error
             }
-            if try await !lock.release(lease) {
+            // Compare-and-delete the lock and count what was handed over meanwhile, in one round trip.
+            let reply = try await lock.redis.execute(["EVAL", Self.releaseAndCountScript, "2", lease.key, pendingKey, lease.token])
+            guard case .array(let fields) = reply, fields.count == 2, let released = fields[0].integer, let pending = fields[1].integer else {
+                throw ResponderError(code: .redisCommandFailed, message: "unexpected reply to the release script")
+            }
+            if released != 1 {
                 lockLostCounter.increment()
                 logger.warning("visitor lock had expired before release", metadata: ["convo.visitor": "\(visitor)", "convo.lock": "\(lease.token)"])
             }
             // A worker that found the lock held while we released has left its conversation in the set.
-            guard let count = try await lock.redis.execute(["SCARD", pendingKey]).integer, count > 0 else { return outcome }
+            guard pending > 0 else { return outcome }
         }
     }
 
