@@ -78,16 +78,34 @@ public final class PostgresEventStore: EventStore, Service {
             tenant: tenant.rawValue, stream: stream.description, expected: expectedVersion.sqlValue, ids: ids, types: types, data: data,
             metadata: metadata)
         var recorded: [AppendResult.Recorded] = []
-        recorded.reserveCapacity(events.count)
         var duplicate = false
-        do {
-            // Prepared once per connection: the server neither parses nor plans the call again.
-            for try await (id, version, position, at, isDuplicate) in try await client.execute(statement, logger: logger) {
-                recorded.append(.init(eventId: id, streamVersion: version, globalPosition: position, recordedAt: at))
-                duplicate = isDuplicate
+        var attempt = 0
+        while true {
+            attempt += 1
+            recorded.removeAll(keepingCapacity: true)
+            recorded.reserveCapacity(events.count)
+            do {
+                // Prepared once per connection: the server neither parses nor plans the call again.
+                for try await (id, version, position, at, isDuplicate) in try await client.execute(statement, logger: logger) {
+                    recorded.append(.init(eventId: id, streamVersion: version, globalPosition: position, recordedAt: at))
+                    duplicate = isDuplicate
+                }
+                break
+            } catch let error as PSQLError where error.serverInfo?[.sqlState] == "23505" && error.serverInfo?[.constraintName] == "events_stream_version_key" {
+                // A racer took the version this append computed or expected; nothing was written.
+                switch expectedVersion {
+                case .any, .streamExists:
+                    // The version was computed from the stream: compute it again.
+                    if attempt < 5 { continue }
+                    throw mapAppendError(error, stream: stream, expected: expectedVersion)
+                case .exact, .noStream:
+                    conflicts.increment()
+                    let actual = (try? await streamVersion(stream, tenant: tenant)) ?? -1
+                    throw EventStoreError.wrongExpectedVersion(stream: stream, expected: expectedVersion, actual: actual)
+                }
+            } catch let error as PSQLError {
+                throw mapAppendError(error, stream: stream, expected: expectedVersion)
             }
-        } catch let error as PSQLError {
-            throw mapAppendError(error, stream: stream, expected: expectedVersion)
         }
         appendDuration.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
         if !duplicate {

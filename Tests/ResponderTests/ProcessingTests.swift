@@ -75,7 +75,10 @@ func newVisitor() -> VisitorUID { VisitorUID(rawValue: "v-\(UUID().uuidString.pr
 struct SlowProvider: AIProvider {
     let name = "slow"
     let delay: Duration
+    /// Set when the first request arrives.
+    let called = Counter()
     func reply(to request: AIRequest) async throws -> AIAnswer {
+        called.add(1)
         try await Task.sleep(for: delay)
         var answer = try await RuleProvider().reply(to: request)
         answer.provider = name
@@ -208,11 +211,14 @@ struct SlowProvider: AIProvider {
             let conversation = newConversation()
             let visitor = newVisitor()
             // A: a 300 ms lock it never renews, and an AI that takes 1.5 s. B: a normal worker.
-            let stale = harness.processor(workflow: "ai", ttl: .milliseconds(300), renewEvery: .some(nil), provider: SlowProvider(delay: .milliseconds(1500)), instance: "stale")
+            let slowAI = SlowProvider(delay: .milliseconds(2000))
+            let stale = harness.processor(workflow: "ai", ttl: .milliseconds(300), renewEvery: .some(nil), provider: slowAI, instance: "stale")
             let healthy = harness.processor(workflow: "ai", instance: "healthy")
             _ = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m1", text: "hello"))
             async let staleOutcome = stale.process(tenant: harness.tenant, visitor: visitor, conversation: conversation)
-            try await Task.sleep(for: .milliseconds(700))  // A is waiting for its AI; its lock has expired
+            // Wait until A is waiting for its AI, then until its lock has expired.
+            while slowAI.called.value == 0 { try await Task.sleep(for: .milliseconds(10)) }
+            try await Task.sleep(for: .milliseconds(500))
             let healthyOutcome = try await healthy.process(tenant: harness.tenant, visitor: visitor, conversation: conversation)
             #expect(!healthyOutcome.busy && healthyOutcome.eventsAppended > 0)
             let outcome = try await staleOutcome
