@@ -8,8 +8,9 @@ import SharedTypes
 
 /// The event store on PostgreSQL, through PostgresNIO's `PostgresClient`.
 ///
-/// Appends run `convo_append` (see `Migrations/0004_append_fast_path.sql`) in one round trip. Positions are
-/// drawn in transaction-id order, and reads of the whole store take only rows whose transaction id is below
+/// Appends run `convo_append` (see `Migrations/0007_positions_from_transaction_ids.sql`) as a prepared
+/// statement, in one round trip. Positions grow with transaction ids (the id shifted left 16 bits plus the
+/// event's place in the append), and reads of the whole store take only rows whose transaction id is below
 /// the oldest transaction still running, so a reader that follows positions never skips a late commit.
 ///
 /// As a `Service`, ``run()`` tells other processes about local appends (`NOTIFY`) and wakes local
