@@ -111,14 +111,17 @@ public final class ResponderService: Service, Sendable {
             do {
                 try await processor.process(tenant: work.tenant, visitor: work.visitor, conversation: work.conversation)
             } catch {
-                logger.warning(
-                    "processing failed; retrying later",
-                    metadata: ["convo.conversation": "\(work.conversation)", "convo.error": "\(error)"])
-                try? await Task.sleep(for: configuration.retryDelay)
-                inFlight.withLock { $0[work] = true }
+                if !Task.isCancelled {
+                    logger.warning(
+                        "processing failed; retrying later",
+                        metadata: ["convo.conversation": "\(work.conversation)", "convo.error": "\(error)"])
+                    try? await Task.sleep(for: configuration.retryDelay)
+                    inFlight.withLock { $0[work] = true }
+                }
             }
+            // Stopping (shutdown or cancellation) ends the retries: the sweep of the next start finds the rest.
             again = inFlight.withLock { inFlight in
-                if inFlight[work] == true && !Task.isShuttingDownGracefully {
+                if inFlight[work] == true && !Task.isShuttingDownGracefully && !Task.isCancelled {
                     inFlight[work] = false
                     return true
                 }
