@@ -1,10 +1,20 @@
--- convo_append, faster: the same contract as 0003 with less work on the common path.
+-- convo_append, faster, with the same contract as 0003.
 --
--- * The idempotency check moves off the common path: the insert skips event ids already stored
---   (ON CONFLICT DO NOTHING on events_event_id_key), and only when it inserted fewer rows than asked,
---   or when the expected version does not match, does the function look for a retried append.
--- * Locks, the transaction id and positions are taken with plain assignments, which PL/pgSQL evaluates
---   without starting an executor, instead of PERFORM and ARRAY(SELECT …).
+-- * Positions come from transaction ids, with no lock and no sequence. 0003 drew them from a sequence
+--   under a short global advisory lock so that they grew with transaction ids (readers hand out only rows
+--   below the oldest running transaction, pg_snapshot_xmin, in position order, and must never meet a lower
+--   position later); that lock serialised every append. Now an event's position is
+--   (transaction id << 16) + its place in the append: it grows with transaction ids by construction and
+--   is unique because an append must be its transaction's first write and carries at most 65,535 events.
+--   Positions stay increasing across this migration (a sequence-drawn position is at most 1,000 per
+--   transaction, far below transaction id << 16) and now have gaps between transactions. xid8 values
+--   stay below 2^47 for any realistic lifetime, so the shifted value fits in bigint.
+-- * Appends with an exact expected version (or none) take no per-stream lock: the unique
+--   (tenant, stream, version) index fences racers, and the store reports a wrong expected version.
+-- * The idempotency check leaves the common path: the insert skips ids already stored (ON CONFLICT DO
+--   NOTHING on events_event_id_key), and only when it inserted fewer rows than asked, or when the
+--   expected version does not match, does the function look for a retried append.
+-- * Plain PL/pgSQL assignments, which run without starting an executor, instead of PERFORM.
 --
 -- Errors, as before: CV001 wrong expected version (DETAIL: the actual version), CV002 an event id already
 -- stored at another place (DETAIL: the id), CV004 bad call.
@@ -24,7 +34,7 @@ DECLARE
     v_current   bigint;
     v_positions bigint[] := '{}';
     v_inserted  bigint;
-    v_xid       xid8;
+    v_base      bigint;
     v_ignored   text;
 BEGIN
     IF v_count = 0 OR cardinality(p_types) <> v_count OR cardinality(p_data) <> v_count
@@ -33,12 +43,20 @@ BEGIN
             USING ERRCODE = 'CV004';
     END IF;
     IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
-        -- Positions must be drawn right after the transaction id is assigned; see below.
+        -- Positions come from this transaction's id: one append per transaction, its first write.
         RAISE EXCEPTION 'convo_append must be the first write of its transaction' USING ERRCODE = 'CV004';
     END IF;
+    IF v_count > 65535 THEN
+        RAISE EXCEPTION 'convo_append takes at most 65,535 events' USING ERRCODE = 'CV004';
+    END IF;
 
-    -- One appender per stream at a time. An advisory lock assigns no transaction id.
-    v_ignored := pg_advisory_xact_lock(1668183670, hashtext(p_tenant || '/' || p_stream))::text;
+    -- An append that computes its version from the stream (any, stream exists) takes the stream's lock so
+    -- that such appends queue instead of colliding. One with an exact expectation needs no lock: a racer
+    -- that read the same version collides on events_stream_version_key at insert and fails, which the
+    -- store reports as a wrong expected version. An advisory lock assigns no transaction id.
+    IF p_expected < 0 THEN
+        v_ignored := pg_advisory_xact_lock(1668183670, hashtext(p_tenant || '/' || p_stream))::text;
+    END IF;
 
     SELECT coalesce(max(e.stream_version), 0) INTO v_current
     FROM events e WHERE e.tenant_id = p_tenant AND e.stream_name = p_stream;
@@ -52,14 +70,13 @@ BEGIN
         RAISE EXCEPTION 'wrong expected version' USING ERRCODE = 'CV001', DETAIL = v_current::text;
     END IF;
 
-    -- Draw positions in transaction-id order: assign this transaction's id and its positions under one
-    -- short global lock (session level, so it is not held until commit). Readers rely on it.
-    v_ignored := pg_advisory_lock(1668183670)::text;
-    v_xid := pg_current_xact_id();
+    -- Positions follow transaction ids with no lock: this transaction's id (assigned here), shifted left
+    -- 16 bits, plus the event's place in the append (at most 1,000 events, and one append per
+    -- transaction). Readers rely on positions growing with transaction ids.
+    v_base := pg_current_xact_id()::text::bigint << 16;
     FOR i IN 1 .. v_count LOOP
-        v_positions[i] := nextval('events_global_position_seq');
+        v_positions[i] := v_base + i;
     END LOOP;
-    v_ignored := pg_advisory_unlock(1668183670)::text;
 
     RETURN QUERY
         INSERT INTO events AS e (global_position, event_id, tenant_id, stream_name, stream_version, event_type, data, metadata)
@@ -86,6 +103,7 @@ BEGIN
     END IF;
 END
 $$;
+
 
 -- Whether every id is stored in this stream, consecutively and in the order given.
 CREATE FUNCTION convo_append_is_stored(p_tenant text, p_stream text, p_ids uuid[]) RETURNS boolean

@@ -33,3 +33,17 @@ public protocol EventStore: Sendable {
     /// Events after `position`, as they commit: a sequence that ends only when its task is cancelled.
     func subscribe(_ scope: TenantScope, after position: Int64) -> EventSubscription
 }
+
+extension EventStore {
+    /// Every event of a stream from `fromVersion` to its end, read in pages of `pageSize`.
+    public func readStreamToEnd(_ stream: StreamName, tenant: TenantID, fromVersion: Int64 = 1, pageSize: Int = 1000) async throws -> [RecordedEvent] {
+        var events: [RecordedEvent] = []
+        var next = fromVersion
+        while true {
+            let page = try await readStream(stream, tenant: tenant, fromVersion: next, maxCount: pageSize)
+            events += page
+            guard page.count == pageSize, let last = page.last else { return events }
+            next = last.streamVersion + 1
+        }
+    }
+}

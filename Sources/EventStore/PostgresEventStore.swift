@@ -8,7 +8,7 @@ import SharedTypes
 
 /// The event store on PostgreSQL, through PostgresNIO's `PostgresClient`.
 ///
-/// Appends run `convo_append` (see `Migrations/0007_positions_from_transaction_ids.sql`) as a prepared
+/// Appends run `convo_append` (see `Migrations/0004_append_fast_path.sql`) as a prepared
 /// statement, in one round trip. Positions grow with transaction ids (the id shifted left 16 bits plus the
 /// event's place in the append), and reads of the whole store take only rows whose transaction id is below
 /// the oldest transaction still running, so a reader that follows positions never skips a late commit.

@@ -38,18 +38,8 @@ import Testing
             #expect(first.status == 0, "\(first.stderr)")
             #expect(second.status == 0, "\(second.stderr)")
 
-            var messages: [RecordedEvent] = []
-            var workflow: [RecordedEvent] = []
-            while true {
-                let page = try await store.readStream(conversation.messagesStream, tenant: tenant, fromVersion: Int64(messages.count + 1), maxCount: 1000)
-                messages += page
-                if page.count < 1000 { break }
-            }
-            while true {
-                let page = try await store.readStream(conversation.workflowStream, tenant: tenant, fromVersion: Int64(workflow.count + 1), maxCount: 1000)
-                workflow += page
-                if page.count < 1000 { break }
-            }
+            let messages = try await store.readStreamToEnd(conversation.messagesStream, tenant: tenant)
+            let workflow = try await store.readStreamToEnd(conversation.workflowStream, tenant: tenant)
             let sent = try messages.filter { $0.type == VisitorMessageReceived.eventType }.map { try $0.decode(VisitorMessageReceived.self).messageId }
             #expect(sent.count == 200 && Set(sent).count == 200)
             let consumed = try workflow.filter { $0.type == WorkflowTransitioned.eventType }.map { try $0.decode(WorkflowTransitioned.self) }

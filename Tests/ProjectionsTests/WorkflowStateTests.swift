@@ -12,16 +12,11 @@ func recorded(_ events: [WorkflowEvent], stream: String = "workflow-c1") throws 
     return try events.enumerated().map { index, event in
         RecordedEvent(
             globalPosition: Int64(100 + index), eventId: UUID(), tenant: .default, stream: StreamName(unchecked: stream),
-            streamVersion: Int64(index + 1), type: event.eventType, data: ByteBuffer(data: try encoder.encode(AnyPayload(event.payload))),
+            streamVersion: Int64(index + 1), type: event.eventType, data: ByteBuffer(data: try encoder.encode(event)),
             metadataJSON: ByteBuffer(string: "{}"), recordedAt: Date(timeIntervalSince1970: 1_800_000_000 + Double(index)))
     }
 }
 
-struct AnyPayload: Encodable {
-    let payload: any DomainEvent
-    init(_ payload: any DomainEvent) { self.payload = payload }
-    func encode(to encoder: any Encoder) throws { try payload.encode(to: encoder) }
-}
 
 @Suite struct WorkflowStateTests {
     @Test func everyWorkflowEventTypeFoldsAsDocumented() throws {

@@ -54,12 +54,7 @@ struct Harness: Sendable {
     }
 
     func all(_ stream: StreamName) async throws -> [RecordedEvent] {
-        var events: [RecordedEvent] = []
-        while true {
-            let page = try await store.readStream(stream, tenant: tenant, fromVersion: Int64(events.count + 1), maxCount: 1000)
-            events += page
-            if page.count < 1000 { return events }
-        }
+        try await store.readStreamToEnd(stream, tenant: tenant)
     }
 
     func conflicts() async throws -> [ProcessingConflictDetected] {

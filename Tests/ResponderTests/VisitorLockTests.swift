@@ -22,10 +22,30 @@ import Testing
         // Another visitor, or the same visitor of another tenant, is independent.
         let other = try #require(try await lock.acquire(tenant: tenant, visitor: uniqueVisitor()))
         let otherTenant = try #require(try await lock.acquire(tenant: TestDatabase.uniqueTenant(), visitor: visitor))
-        #expect(try await lock.release(lease))
+        #expect(try await lock.release(lease).wasHeld)
         let again = try #require(try await lock.acquire(tenant: tenant, visitor: visitor))
         #expect(again.token != lease.token)
         for held in [again, other, otherTenant] { try await lock.release(held) }
+    }
+
+    @Test func theReleaseCountsConversationsHandedOverMeanwhile() async throws {
+        let lock = try makeLock()
+        let tenant = TestDatabase.uniqueTenant()
+        let visitor = VisitorLock.Visitor(tenant: tenant, visitor: uniqueVisitor())
+        let c1 = ConversationID(rawValue: "c-1")!
+        let c2 = ConversationID(rawValue: "c-2")!
+        try await lock.markPending(visitor, conversation: c1)
+        let lease = try #require(try await lock.acquire(visitor))
+        #expect(try await lock.takePending(lease) == c1)
+        #expect(try await lock.takePending(lease) == nil)
+        // Another worker hands over c2 (twice: a set keeps it once) while the lock is held.
+        try await lock.markPending(visitor, conversation: c2)
+        try await lock.markPending(visitor, conversation: c2)
+        #expect(try await lock.acquire(visitor) == nil)
+        #expect(try await lock.release(lease) == VisitorLock.Release(wasHeld: true, pending: 1))
+        let next = try #require(try await lock.acquire(visitor))
+        #expect(try await lock.takePending(next) == c2)
+        #expect(try await lock.release(next) == VisitorLock.Release(wasHeld: true, pending: 0))
     }
 
     @Test func releaseAndRenewCheckTheToken() async throws {
@@ -33,13 +53,13 @@ import Testing
         let tenant = TestDatabase.uniqueTenant()
         let visitor = uniqueVisitor()
         let lease = try #require(try await lock.acquire(tenant: tenant, visitor: visitor))
-        let impostor = VisitorLock.Lease(key: lease.key, token: "not-the-token", ttl: lease.ttl)
-        #expect(try await lock.release(impostor) == false)
+        let impostor = VisitorLock.Lease(visitor: lease.visitor, token: "not-the-token", ttl: lease.ttl)
+        #expect(try await lock.release(impostor).wasHeld == false)
         #expect(try await lock.renew(impostor) == false)
         #expect(try await lock.acquire(tenant: tenant, visitor: visitor) == nil)  // still held
         #expect(try await lock.renew(lease))
-        #expect(try await lock.release(lease))
-        #expect(try await lock.release(lease) == false)  // already gone
+        #expect(try await lock.release(lease).wasHeld)
+        #expect(try await lock.release(lease).wasHeld == false)  // already gone
         #expect(try await lock.renew(lease) == false)
     }
 
@@ -57,8 +77,8 @@ import Testing
         try await Task.sleep(for: .milliseconds(1700))
         let successor = try #require(try await lock.acquire(tenant: tenant, visitor: visitor))
         #expect(try await lock.renew(lease) == false)  // the expired holder cannot take it back
-        #expect(try await lock.release(lease) == false)
-        #expect(try await lock.release(successor))
+        #expect(try await lock.release(lease).wasHeld == false)
+        #expect(try await lock.release(successor).wasHeld)
     }
 
     @Test func manyContendersGetTheLockOneAtATime() async throws {
@@ -76,7 +96,7 @@ import Testing
                         maxHolders.max(holders.add(1))
                         try await Task.sleep(for: .milliseconds(1))
                         holders.add(-1)
-                        #expect(try await lock.release(lease))
+                        #expect(try await lock.release(lease).wasHeld)
                         count += 1
                     }
                     return count

@@ -271,12 +271,8 @@ public enum Template {
         }
     }
 
-    /// A variable's value as text.
+    /// A variable's value as text: ``JSONValue/description``, with null as empty text.
     public static func text(_ value: JSONValue) -> String {
-        switch value {
-        case .string(let text): return text
-        case .null: return ""
-        default: return value.description
-        }
+        value == .null ? "" : value.description
     }
 }

@@ -87,21 +87,6 @@ public struct ConversationProcessor: Sendable {
         self.logger = logger
     }
 
-    /// SADD the conversation to the visitor's pending set and keep the set a day at most.
-    static let markPendingScript = """
-        redis.call('SADD', KEYS[1], ARGV[1]); return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-        """
-    /// The lock's compare-and-delete, then the size of the pending set: `{released, pending}`.
-    static let releaseAndCountScript = """
-        local released = 0
-        if redis.call('GET', KEYS[1]) == ARGV[1] then released = redis.call('DEL', KEYS[1]) end
-        return {released, redis.call('SCARD', KEYS[2])}
-        """
-
-    static func pendingKey(tenant: TenantID, visitor: VisitorUID) -> String {
-        "visitorPending:\(tenant.rawValue):\(visitor.rawValue)"
-    }
-
     /// Processes the conversation's pending messages, and every other conversation of the visitor that
     /// was handed to this worker meanwhile; returns at once when another worker holds the visitor's lock.
     ///
@@ -109,15 +94,15 @@ public struct ConversationProcessor: Sendable {
     ///   PostgreSQL fails. Nothing is lost either way: the messages stay pending for the next attempt.
     @discardableResult
     public func process(tenant: TenantID, visitor: VisitorUID, conversation: ConversationID) async throws -> Outcome {
+        let owner = VisitorLock.Visitor(tenant: tenant, visitor: visitor)
         guard configuration.locking else {
-            let unlocked = VisitorLock.Lease(key: VisitorLock.key(tenant: tenant, visitor: visitor), token: "unlocked", ttl: configuration.lockTTL)
+            let unlocked = VisitorLock.Lease(visitor: owner, token: "unlocked", ttl: configuration.lockTTL)
             return try await drain(tenant: tenant, visitor: visitor, conversation: conversation, lease: unlocked, lost: LostFlag())
         }
-        let pendingKey = Self.pendingKey(tenant: tenant, visitor: visitor)
-        try await lock.redis.execute(["EVAL", Self.markPendingScript, "1", pendingKey, conversation.rawValue, "86400000"])
+        try await lock.markPending(owner, conversation: conversation)
         var outcome = Outcome(busy: false, eventsAppended: 0, conflicts: 0)
         while true {
-            guard let lease = try await lock.acquire(key: VisitorLock.key(tenant: tenant, visitor: visitor)) else {
+            guard let lease = try await lock.acquire(owner) else {
                 busyCounter.increment()
                 logger.debug("visitor is busy, its lock holder takes over", metadata: ["convo.visitor": "\(visitor)"])
                 outcome.busy = true
@@ -126,15 +111,14 @@ public struct ConversationProcessor: Sendable {
             let lost = LostFlag()
             do {
                 try await withRenewal(lease, lost: lost) {
-                    while case .string(let member) = try await lock.redis.execute(["SPOP", pendingKey]) {
-                        guard let id = ConversationID(rawValue: String(decoding: member, as: UTF8.self)) else { continue }
+                    while let id = try await lock.takePending(lease) {
                         do {
                             let drained = try await drain(tenant: tenant, visitor: visitor, conversation: id, lease: lease, lost: lost)
                             outcome.eventsAppended += drained.eventsAppended
                             outcome.conflicts += drained.conflicts
                         } catch {
                             // Hand it back so the next attempt (or the sweep) finds it.
-                            _ = try? await lock.redis.execute(["SADD", pendingKey, id.rawValue])
+                            try? await lock.markPending(owner, conversation: id)
                             throw error
                         }
                     }
@@ -143,17 +127,13 @@ public struct ConversationProcessor: Sendable {
                 _ = try? await lock.release(lease)
                 throw error
             }
-            // Compare-and-delete the lock and count what was handed over meanwhile, in one round trip.
-            let reply = try await lock.redis.execute(["EVAL", Self.releaseAndCountScript, "2", lease.key, pendingKey, lease.token])
-            guard case .array(let fields) = reply, fields.count == 2, let released = fields[0].integer, let pending = fields[1].integer else {
-                throw ResponderError(code: .redisCommandFailed, message: "unexpected reply to the release script")
-            }
-            if released != 1 {
+            let release = try await lock.release(lease)
+            if !release.wasHeld {
                 lockLostCounter.increment()
                 logger.warning("visitor lock had expired before release", metadata: ["convo.visitor": "\(visitor)", "convo.lock": "\(lease.token)"])
             }
             // A worker that found the lock held while we released has left its conversation in the set.
-            guard pending > 0 else { return outcome }
+            guard release.pending > 0 else { return outcome }
         }
     }
 
@@ -224,7 +204,7 @@ public struct ConversationProcessor: Sendable {
                     "instance": .string(configuration.instance),
                 ])
             let newEvents = try events.map { event in
-                try NewEvent(type: event.eventType, encoding: AnyEncodable(event.payload), metadata: metadata)
+                try NewEvent(type: event.eventType, encoding: event, metadata: metadata)
             }
             do {
                 let result = try await store.append(
@@ -273,40 +253,32 @@ public struct ConversationProcessor: Sendable {
     public func readState(tenant: TenantID, conversation: ConversationID) async throws -> WorkflowState {
         let key = "\(tenant.rawValue)/\(conversation.rawValue)"
         var state = states.get(key) ?? WorkflowState()
-        while true {
-            let page = try await store.readStream(conversation.workflowStream, tenant: tenant, fromVersion: state.version + 1, maxCount: 1000)
-            for event in page { try state.apply(event) }
-            if page.count < 1000 {
-                states.put(key, state)
-                return state
-            }
+        for event in try await store.readStreamToEnd(conversation.workflowStream, tenant: tenant, fromVersion: state.version + 1) {
+            try state.apply(event)
         }
+        states.put(key, state)
+        return state
     }
 
     /// The visitor messages after `version`, the stream's version, and the conversation's visitor.
     func readPending(tenant: TenantID, conversation: ConversationID, after version: Int64) async throws -> ([PendingMessage], Int64, VisitorUID?) {
         var pending: [PendingMessage] = []
         var owner: VisitorUID?
-        var from = max(1, version + 1)
         var last = version
-        while true {
-            let page = try await store.readStream(conversation.messagesStream, tenant: tenant, fromVersion: from, maxCount: 1000)
-            for event in page {
-                last = event.streamVersion
-                switch event.type {
-                case VisitorMessageReceived.eventType:
-                    let message = try event.decode(VisitorMessageReceived.self)
-                    if owner == nil { owner = message.visitorUid }
-                    pending.append(PendingMessage(messageId: message.messageId, text: message.text, streamVersion: event.streamVersion, eventId: event.eventId))
-                case ConversationStarted.eventType:
-                    owner = try event.decode(ConversationStarted.self).visitorUid
-                default:
-                    continue
-                }
+        for event in try await store.readStreamToEnd(conversation.messagesStream, tenant: tenant, fromVersion: version + 1) {
+            last = event.streamVersion
+            switch event.type {
+            case VisitorMessageReceived.eventType:
+                let message = try event.decode(VisitorMessageReceived.self)
+                if owner == nil { owner = message.visitorUid }
+                pending.append(PendingMessage(messageId: message.messageId, text: message.text, streamVersion: event.streamVersion, eventId: event.eventId))
+            case ConversationStarted.eventType:
+                owner = try event.decode(ConversationStarted.self).visitorUid
+            default:
+                continue
             }
-            if page.count < 1000 { return (pending, last, owner) }
-            from = last + 1
         }
+        return (pending, last, owner)
     }
 
     private func workflow(for state: WorkflowState, tenant: TenantID) async throws -> WorkflowDefinition? {
@@ -321,12 +293,6 @@ public struct ConversationProcessor: Sendable {
     }
 }
 
-/// Encodes any payload through its own `Encodable` conformance.
-struct AnyEncodable: Encodable {
-    let value: any Encodable
-    init(_ value: any Encodable) { self.value = value }
-    func encode(to encoder: any Encoder) throws { try value.encode(to: encoder) }
-}
 
 /// Set once the visitor lock is known lost; checked before every append.
 final class LostFlag: Sendable {

@@ -31,13 +31,18 @@ public enum WorkflowParser {
     ///
     /// - Throws: ``InvalidWorkflow`` listing every problem.
     public static func parse(_ data: Data) throws -> WorkflowDefinition {
-        let json: JSONValue
+        try parse(decodeJSON(data))
+    }
+
+    /// A workflow file's JSON, not yet checked.
+    ///
+    /// - Throws: ``InvalidWorkflow`` when the bytes are not JSON.
+    public static func decodeJSON(_ data: Data) throws -> JSONValue {
         do {
-            json = try JSONDecoder().decode(JSONValue.self, from: data)
+            return try JSONDecoder().decode(JSONValue.self, from: data)
         } catch {
             throw InvalidWorkflow(issues: [WorkflowIssue(nodeId: nil, message: "not valid JSON")])
         }
-        return try parse(json)
     }
 
     /// Parses and validates a workflow from a JSON value.

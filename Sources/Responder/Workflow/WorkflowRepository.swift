@@ -35,11 +35,11 @@ public final class WorkflowRepository: Sendable {
     ///
     /// - Throws: ``InvalidWorkflow`` for a bad definition, ``EventStoreError`` when PostgreSQL fails.
     public func publish(_ json: [UInt8], tenant: TenantID, publishedBy: String) async throws -> Published {
-        var parsed = try WorkflowParser.parse(Data(json))
-        // Store the canonical JSON without the file's version: the table assigns it.
-        guard case .object(var fields) = try JSONDecoder().decode(JSONValue.self, from: Data(json)) else {
-            throw InvalidWorkflow(issues: [WorkflowIssue(nodeId: nil, message: "a workflow is a JSON object")])
-        }
+        let document = try WorkflowParser.decodeJSON(Data(json))
+        var parsed = try WorkflowParser.parse(document)
+        // Store the canonical JSON without the file's version: the table assigns it. (A parsed workflow is
+        // an object.)
+        guard case .object(var fields) = document else { preconditionFailure("a parsed workflow is a JSON object") }
         fields["version"] = nil
         let canonical = try Self.canonicalEncoder.encode(JSONValue.object(fields))
         let checksum = SHA256.hash(data: canonical).map { String(format: "%02x", $0) }.joined()

@@ -54,6 +54,11 @@ public enum WorkflowEvent: Sendable, Equatable {
     }
 }
 
+/// A workflow event encodes as its payload: what is stored under ``WorkflowEvent/eventType``.
+extension WorkflowEvent: Encodable {
+    public func encode(to encoder: any Encoder) throws { try payload.encode(to: encoder) }
+}
+
 /// A stored event's type name and a way to decode its payload; the event store's recorded events are one.
 public protocol StoredPayload {
     var type: String { get }
