@@ -34,6 +34,19 @@ public struct EventSubscription: AsyncSequence, Sendable {
             self.position = position
         }
 
+        /// The events that are ready, at least one, waiting for one when none is: for readers that apply
+        /// events in batches. `nil` when the task is cancelled.
+        public mutating func nextBatch() async throws -> [RecordedEvent]? {
+            guard let first = try await next() else { return nil }
+            var batch = [first]
+            if index < buffer.count {
+                batch += buffer[index...]
+                index = buffer.count
+                position = batch[batch.count - 1].globalPosition
+            }
+            return batch
+        }
+
         public mutating func next() async throws -> RecordedEvent? {
             while true {
                 if index < buffer.count {

@@ -282,22 +282,24 @@ public final class PostgresEventStore: EventStore, Service {
     private func fetch(_ query: PostgresQuery, operation: @autoclosure () -> String) async throws -> [RecordedEvent] {
         var events: [RecordedEvent] = []
         do {
-            let rows = try await client.query(query, logger: logger)
-            for try await (position, id, tenant, stream, version, type, data, metadata, at) in rows.decode(
-                (Int64, UUID, String, String, Int64, String, JSONB, JSONB, Date).self)
-            {
-                guard let tenant = TenantID(rawValue: tenant) else {
-                    throw EventStoreError(code: .storageFailure, message: "the event at position \(position) has an invalid tenant")
-                }
-                events.append(
-                    RecordedEvent(
-                        globalPosition: position, eventId: id, tenant: tenant, stream: StreamName(unchecked: stream), streamVersion: version,
-                        type: type, data: data.text, metadataJSON: metadata.text, recordedAt: at))
-            }
+            for try await event in Self.events(in: try await client.query(query, logger: logger)) { events.append(event) }
         } catch {
             throw Self.mapError(error, operation: operation())
         }
         return events
+    }
+
+    /// The events of rows selected with ``columns``, decoded as they stream in.
+    static func events(in rows: PostgresRowSequence) -> some AsyncSequence<RecordedEvent, any Error> {
+        rows.decode((Int64, UUID, String, String, Int64, String, JSONB, JSONB, Date).self).map { row in
+            let (position, id, tenant, stream, version, type, data, metadata, at) = row
+            guard let tenant = TenantID(rawValue: tenant) else {
+                throw EventStoreError(code: .storageFailure, message: "the event at position \(position) has an invalid tenant")
+            }
+            return RecordedEvent(
+                globalPosition: position, eventId: id, tenant: tenant, stream: StreamName(unchecked: stream), streamVersion: version,
+                type: type, data: data.text, metadataJSON: metadata.text, recordedAt: at)
+        }
     }
 
     // MARK: Service

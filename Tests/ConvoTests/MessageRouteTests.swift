@@ -44,7 +44,7 @@ import Testing
         _ = try await TestDatabase.withClient(url: database) { try await Migrator(client: $0, logger: logger).migrate() }
         let client = PostgresClient(configuration: database.clientConfiguration(maximumConnections: 8), backgroundLogger: logger)
         let context = ServerContext.make(client: client, redis: RedisClient(configuration: try RedisConfiguration(url: try TestDatabase.redisURL)), logger: logger)
-        let app = buildApplication(context, host: "127.0.0.1", port: 0, responder: false, logger: logger)
+        let app = buildApplication(context, host: "127.0.0.1", port: 0, background: false, logger: logger)
         try await app.test(.live) { client in try await body(client) }
     }
 

@@ -47,7 +47,9 @@ public struct ConversationProcessor: Sendable {
     /// and can block a thread of the cooperative pool for seconds.
     public static let defaultInstance: String = {
         var buffer = [CChar](repeating: 0, count: 256)
-        let host = gethostname(&buffer, buffer.count) == 0 ? String(cString: buffer) : "unknown-host"
+        let host =
+            gethostname(&buffer, buffer.count) == 0
+            ? String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : "unknown-host"
         return "\(host):\(getpid())"
     }()
 
@@ -200,7 +202,7 @@ public struct ConversationProcessor: Sendable {
             let metadata = EventMetadata(
                 correlationId: cause?.eventId, causationId: cause?.eventId, actorId: SystemActor.actorID,
                 extra: [
-                    "lockToken": .string(lease.token), "messagesVersion": .number(Double(messagesVersion)),
+                    "lockToken": .string(lease.token), "visitorUid": .string(visitor.rawValue), "messagesVersion": .number(Double(messagesVersion)),
                     "instance": .string(configuration.instance),
                 ])
             let newEvents = try events.map { event in

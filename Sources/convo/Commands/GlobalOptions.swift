@@ -2,6 +2,7 @@ import ArgumentParser
 import EventStore
 import Foundation
 import Logging
+import Projections
 import Responder
 
 /// Where PostgreSQL and Redis are, and how much to log. Flags win over `CONVO_*` variables, which win over
@@ -71,6 +72,7 @@ struct GlobalOptions: ParsableArguments {
         switch error {
         case let error as EventStoreError: return error.message
         case let error as ResponderError: return error.message
+        case let error as ProjectionError: return error.message
         default: return "\(error)"
         }
     }

@@ -131,6 +131,6 @@ func printJSON(_ value: some Encodable) {
     print(String(decoding: (try? encoder.encode(value)) ?? Data("null".utf8), as: UTF8.self))
 }
 
-func printError(_ line: String) {
-    FileHandle.standardError.write(Data((line + "\n").utf8))
+func printError(_ line: String, newline: Bool = true) {
+    FileHandle.standardError.write(Data((line + (newline ? "\n" : "")).utf8))
 }

@@ -17,11 +17,13 @@ struct ServerContext: Sendable {
     let ingestor: MessageIngestor
     let processor: ConversationProcessor
     let responder: ResponderService
+    /// One runner per projection; each is active in one process at a time.
+    let runners: [ProjectionRunner]
 
     /// The context of one `convo serve` process.
     static func make(
         client: PostgresClient, redis: RedisClient, provider: any AIProvider = RuleProvider(),
-        processing: ConversationProcessor.Configuration = .init(), logger: Logger
+        processing: ConversationProcessor.Configuration = .init(), runners: ProjectionRunner.Configuration = .init(), logger: Logger
     ) -> ServerContext {
         let store = PostgresEventStore(client: client, logger: logger)
         let processor = ConversationProcessor(
@@ -30,19 +32,22 @@ struct ServerContext: Sendable {
         return ServerContext(
             client: client, store: store, redis: redis, migrator: Migrator(client: client, logger: logger),
             ingestor: MessageIngestor(store: store, logger: logger), processor: processor,
-            responder: ResponderService(processor: processor, store: store, logger: logger))
+            responder: ResponderService(processor: processor, store: store, logger: logger),
+            runners: ProjectionRegistry.standard.map { ProjectionRunner(projection: $0, store: store, configuration: runners, logger: logger) })
     }
 }
 
 /// The routes of `convo serve`.
-func buildRouter(_ context: ServerContext) -> Router<BasicRequestContext> {
+///
+/// `background: false` leaves the projection runners out of `/readyz` (they do not run).
+func buildRouter(_ context: ServerContext, background: Bool = true) -> Router<BasicRequestContext> {
     let router = Router()
     router.add(middleware: LogRequestsMiddleware(.debug))
     router.get("healthz") { _, _ in
         HealthResponse(status: "ok")
     }
     router.get("readyz") { _, _ in
-        let report = await ReadinessCheck(migrator: context.migrator, redis: context.redis).run()
+        let report = await ReadinessCheck(migrator: context.migrator, redis: context.redis, runners: background ? context.runners : []).run()
         let failed = report.checks.filter { $0.value != "ok" }.sorted { $0.key < $1.key }
         let body = ReadinessResponse(
             status: report.ready ? "ready" : "unavailable", checks: report.checks,
@@ -91,7 +96,7 @@ func buildRouter(_ context: ServerContext) -> Router<BasicRequestContext> {
         guard let conversation = requestContext.parameters.get("conversation").flatMap(ConversationID.init(rawValue:)) else {
             throw APIError(.badRequest, "invalid_conversation", "a conversation id has 1 to 128 characters of A-Z a-z 0-9 _ . : -")
         }
-        let state = try await context.processor.readState(tenant: .default, conversation: conversation)
+        let state = try await WorkflowStateProjection().current(conversation, tenant: .default, store: context.store, logger: requestContext.logger)
         let messages = try await context.store.streamVersion(conversation.messagesStream, tenant: .default)
         guard state.version > 0 || messages > 0 else {
             throw APIError(.notFound, "conversation_not_found", "no conversation \(conversation)")
@@ -144,12 +149,13 @@ struct WorkflowStateResponse: ResponseCodable {
 /// The `convo serve` application: the HTTP server with the PostgreSQL client and the event store as services
 /// of one ServiceGroup (started in that order, shut down in reverse).
 ///
-/// `responder: false` leaves the responder service out (route tests that share a database with others).
-func buildApplication(_ context: ServerContext, host: String, port: Int, responder: Bool = true, logger: Logger) -> some ApplicationProtocol {
+/// `background: false` leaves the responder service and the projection runners out (route tests that share
+/// a database with others).
+func buildApplication(_ context: ServerContext, host: String, port: Int, background: Bool = true, logger: Logger) -> some ApplicationProtocol {
     Application(
-        router: buildRouter(context),
+        router: buildRouter(context, background: background),
         configuration: .init(address: .hostname(host, port: port), serverName: "convo"),
-        services: responder ? [context.client, context.store, context.responder] : [context.client, context.store],
+        services: background ? [context.client, context.store] + context.runners + [context.responder] : [context.client, context.store],
         logger: logger
     )
 }

@@ -1,17 +1,20 @@
 import Synchronization
 import EventStore
+import Projections
 import Responder
 
 /// What `/readyz` reports: whether PostgreSQL and Redis answer and the schema is current.
 struct ReadinessCheck: Sendable {
     struct Report: Codable, Sendable {
         var ready: Bool
-        /// Per dependency (`postgres`, `migrations`, `redis`): `ok`, or what is wrong.
+        /// Per dependency (`postgres`, `migrations`, `redis`, `projection.NAME`): `ok`, or what is wrong.
         var checks: [String: String]
     }
 
     let migrator: Migrator
     let redis: RedisClient
+    /// This process's projection runners: ready when running or standing by; not while rebuilding or failed.
+    var runners: [ProjectionRunner] = []
     /// How long one check may take before it counts as failed.
     var timeout: Duration = .seconds(3)
 
@@ -37,6 +40,12 @@ struct ReadinessCheck: Sendable {
         switch cache {
         case .success(let state): checks["redis"] = state
         case .failure(let failure): checks["redis"] = failure.reason
+        }
+        for runner in runners {
+            switch runner.state {
+            case .running, .standby, .superseded: checks["projection.\(runner.projection.name)"] = "ok"
+            case let state: checks["projection.\(runner.projection.name)"] = "\(state)"
+            }
         }
         return Report(ready: checks.values.allSatisfy { $0 == "ok" }, checks: checks)
     }

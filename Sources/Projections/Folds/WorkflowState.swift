@@ -105,18 +105,3 @@ public struct WorkflowState: Sendable, Equatable, Codable {
         return state
     }
 }
-
-/// An event a fold cannot apply: the projection stops there, visibly, instead of skipping it.
-public struct FoldError: Error, CustomStringConvertible, Sendable {
-    public var position: Int64
-    public var eventType: String
-    public var reason: String
-
-    public init(position: Int64, eventType: String, reason: String) {
-        self.position = position
-        self.eventType = eventType
-        self.reason = reason
-    }
-
-    public var description: String { "cannot apply \(eventType) at position \(position): \(reason)" }
-}

@@ -1,0 +1,113 @@
+import Logging
+import PostgresNIO
+import SharedTypes
+
+extension PostgresEventStore {
+    /// Streams every event after `position`, in position order, to `body` in batches of up to `batchSize`,
+    /// with one query whose rows arrive as they are consumed: memory stays bounded by the batch, however many
+    /// events there are. Like ``readAll(_:after:maxCount:)`` it never hands out an event past one that may
+    /// still commit with a lower position.
+    ///
+    /// - Returns: how many events were handed out.
+    /// - Throws: ``EventStoreError`` when the read fails; whatever `body` throws.
+    @discardableResult
+    public func scanAll(after position: Int64, batchSize: Int = 1000, _ body: ([RecordedEvent]) async throws -> Void) async throws -> Int {
+        let query: PostgresQuery = """
+            SELECT \(unescaped: Self.columns) FROM events
+            WHERE global_position > \(position) AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+            ORDER BY global_position
+            """
+        var batch: [RecordedEvent] = []
+        batch.reserveCapacity(batchSize)
+        var count = 0
+        do {
+            for try await event in Self.events(in: try await client.query(query, logger: logger)) {
+                batch.append(event)
+                if batch.count == batchSize {
+                    count += batch.count
+                    try await body(batch)
+                    batch.removeAll(keepingCapacity: true)
+                }
+            }
+        } catch let error as EventStoreError {
+            throw error
+        } catch let error as PSQLError {
+            throw Self.mapError(error, operation: "scan the events")
+        }
+        if !batch.isEmpty {
+            count += batch.count
+            try await body(batch)
+        }
+        return count
+    }
+
+    /// Reads up to `maxCount` events after `position` on `connection`, for callers that must read inside
+    /// their own transaction; the same rule as ``readAll(_:after:maxCount:)``.
+    ///
+    /// - Throws: ``EventStoreError`` when the read fails.
+    public static func readAll(on connection: PostgresConnection, after position: Int64, maxCount: Int, logger: Logger) async throws -> [RecordedEvent] {
+        var found: [RecordedEvent] = []
+        do {
+            let rows = try await connection.query(
+                """
+                SELECT \(unescaped: columns) FROM events
+                WHERE global_position > \(position) AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+                ORDER BY global_position LIMIT \(maxCount)
+                """, logger: logger)
+            for try await event in events(in: rows) { found.append(event) }
+        } catch {
+            throw mapError(error, operation: "read all")
+        }
+        return found
+    }
+
+    /// Counts the events after `position` that readers can see now: a total for progress reports.
+    ///
+    /// - Throws: ``EventStoreError`` when the count fails.
+    public func countEvents(after position: Int64 = 0) async throws -> Int64 {
+        do {
+            let rows = try await client.query(
+                "SELECT count(*) FROM events WHERE global_position > \(position) AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
+                logger: logger)
+            for try await count in rows.decode(Int64.self) { return count }
+            return 0
+        } catch {
+            throw Self.mapError(error, operation: "count the events")
+        }
+    }
+}
+
+extension PostgresEventStore {
+    /// Hands `body` every event up to and including `position`, in position order, on `connection` (inside
+    /// the caller's transaction and snapshot); only those of `streams` of `tenant` when given.
+    ///
+    /// For readers that already know every event up to `position` has committed, such as a projection's
+    /// checkpoint read in the same snapshot.
+    /// - Throws: ``EventStoreError`` when the read fails; whatever `body` throws.
+    public static func scan(
+        on connection: PostgresConnection, through position: Int64, tenant: TenantID? = nil, streams: [StreamName]? = nil, logger: Logger,
+        _ body: (RecordedEvent) throws -> Void
+    ) async throws {
+        let rows: PostgresRowSequence
+        do {
+            if let tenant, let streams {
+                rows = try await connection.query(
+                    """
+                    SELECT \(unescaped: columns) FROM events
+                    WHERE tenant_id = \(tenant.rawValue) AND stream_name = ANY(\(streams.map(\.description))) AND global_position <= \(position)
+                    ORDER BY global_position
+                    """, logger: logger)
+            } else {
+                rows = try await connection.query(
+                    "SELECT \(unescaped: columns) FROM events WHERE global_position <= \(position) ORDER BY global_position", logger: logger)
+            }
+        } catch {
+            throw mapError(error, operation: "scan the events")
+        }
+        do {
+            for try await event in events(in: rows) { try body(event) }
+        } catch let error as PSQLError {
+            throw mapError(error, operation: "scan the events")
+        }
+    }
+}

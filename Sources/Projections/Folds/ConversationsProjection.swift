@@ -1,0 +1,174 @@
+import EventStore
+import Foundation
+import SharedTypes
+
+/// `conversations`: one row per conversation for inboxes and dashboards — visitor, status, hand-off, tags,
+/// notes, message counts, how many visitor messages still wait for the responder, last activity. Folded
+/// from the conversation's `messages-` and `workflow-` streams; tools act through the `ToolCalled` events
+/// they record.
+public struct ConversationsProjection: Projection {
+    public var name: String
+    public var version: Int
+
+    public init(name: String = "conversations", version: Int = 1) {
+        self.name = name
+        self.version = version
+    }
+
+    static let categories: Set<String> = ["messages", "workflow"]
+
+    public func keys(of event: RecordedEvent) throws -> [ConversationKey] {
+        ConversationKey.of(event, categories: Self.categories).map { [$0] } ?? []
+    }
+
+    public func apply(_ event: RecordedEvent, to row: ConversationRow?, key: ConversationKey) throws -> ConversationRow {
+        var row = row ?? ConversationRow(key: key)
+        let at = RowCoding.truncated(event.recordedAt)
+        row.lastActivityAt = max(row.lastActivityAt ?? at, at)
+        switch event.stream.category {
+        case "messages":
+            try applyMessage(event, to: &row, at: at)
+        default:
+            try applyWorkflow(event, to: &row)
+        }
+        row.unprocessedCount = max(0, row.messagesVersion - max(row.messagesConsumed, row.startedVersion))
+        return row
+    }
+
+    private func applyMessage(_ event: RecordedEvent, to row: inout ConversationRow, at: Date) throws {
+        guard event.streamVersion == row.messagesVersion + 1 else {
+            throw FoldError(event, "expected messages version \(row.messagesVersion + 1), got \(event.streamVersion)")
+        }
+        row.messagesVersion = event.streamVersion
+        switch event.type {
+        case ConversationStarted.eventType:
+            let started = try event.payload(ConversationStarted.self)
+            row.visitorUid = started.visitorUid.rawValue
+            row.startedAt = at
+            row.startedVersion = event.streamVersion
+        case VisitorMessageReceived.eventType:
+            let message = try event.payload(VisitorMessageReceived.self)
+            if row.visitorUid == nil { row.visitorUid = message.visitorUid.rawValue }
+            row.visitorMessages += 1
+            // A visitor writing again reopens a resolved conversation.
+            if row.status == "resolved" { row.status = "open" }
+        default:
+            throw FoldError(event, "not a message event type")
+        }
+    }
+
+    private func applyWorkflow(_ event: RecordedEvent, to row: inout ConversationRow) throws {
+        let decoded: WorkflowEvent?
+        do {
+            decoded = try WorkflowEvent.decode(event)
+        } catch {
+            throw FoldError(event, "payload does not decode: \(error)")
+        }
+        guard let decoded else { throw FoldError(event, "not a workflow event type") }
+        switch decoded {
+        case .started, .transitioned, .variableSet, .waitingForInput, .aiReplyFailed:
+            break
+        case .assistantMessageSent:
+            row.assistantMessages += 1
+        case .toolCalled(let call):
+            guard call.outcome == .succeeded, let tool = ToolName(rawValue: call.tool) else { break }
+            switch tool {
+            case .setConversationStatus:
+                if let status = call.arguments["status"]?.stringValue { row.status = status }
+            case .addVisitorNote:
+                row.noteCount += 1
+            case .addTag:
+                if let tag = call.arguments["tag"]?.stringValue, !row.tags.contains(tag) {
+                    row.tags.append(tag)
+                    row.tags.sort()
+                }
+            case .updateVisitorProfile, .requestHandoff:
+                // The profile is the visitors projection's; the hand-off arrives as its own event.
+                break
+            }
+        case .handedOff(let handoff):
+            row.handedOffTo = handoff.team ?? "agents"
+            row.status = "pending"
+        case .completed:
+            row.workflowStatus = WorkflowState.Status.completed.rawValue
+        case .failed:
+            row.workflowStatus = WorkflowState.Status.failed.rawValue
+        case .messagesProcessed(let processed):
+            row.messagesConsumed = max(row.messagesConsumed, processed.upToVersion)
+        }
+        if case .handedOff = decoded { row.workflowStatus = WorkflowState.Status.handedOff.rawValue }
+        if case .started = decoded { row.workflowStatus = WorkflowState.Status.running.rawValue }
+    }
+}
+
+/// A row of `conversations`.
+public struct ConversationRow: ProjectionRow {
+    public var tenantId: String
+    public var conversationId: String
+    public var visitorUid: String?
+    /// `open`, `pending` (with a human) or `resolved`, as `set_conversation_status` and hand-offs set it.
+    public var status = "open"
+    public var handedOffTo: String?
+    public var tags: [String] = []
+    public var noteCount: Int64 = 0
+    public var visitorMessages: Int64 = 0
+    public var assistantMessages: Int64 = 0
+    /// The `messages-` stream's version, and how far the responder has consumed it.
+    public var messagesVersion: Int64 = 0
+    public var messagesConsumed: Int64 = 0
+    /// The version of `ConversationStarted` in the `messages-` stream (it is not a message to answer).
+    public var startedVersion: Int64 = 0
+    /// Visitor messages the responder has not consumed yet.
+    public var unprocessedCount: Int64 = 0
+    /// `not_started`, `running`, `handed_off`, `completed` or `failed`: the workflow's coarse status.
+    public var workflowStatus = WorkflowState.Status.notStarted.rawValue
+    public var startedAt: Date?
+    public var lastActivityAt: Date?
+
+    public init(key: ConversationKey) {
+        self.tenantId = key.tenantId
+        self.conversationId = key.conversationId
+    }
+
+    public var key: ConversationKey { ConversationKey(tenantId: tenantId, conversationId: conversationId) }
+
+    public static let columns: [ProjectionColumn] = [
+        .init("tenant_id", "text NOT NULL"),
+        .init("conversation_id", "text NOT NULL"),
+        .init("visitor_uid", "text"),
+        .init("status", "text NOT NULL"),
+        .init("handed_off_to", "text"),
+        .init("tags", "text[] NOT NULL"),
+        .init("note_count", "bigint NOT NULL"),
+        .init("visitor_messages", "bigint NOT NULL"),
+        .init("assistant_messages", "bigint NOT NULL"),
+        .init("messages_version", "bigint NOT NULL"),
+        .init("messages_consumed", "bigint NOT NULL"),
+        .init("started_version", "bigint NOT NULL"),
+        .init("unprocessed_count", "bigint NOT NULL"),
+        .init("workflow_status", "text NOT NULL"),
+        .init("started_at", "timestamptz"),
+        .init("last_activity_at", "timestamptz"),
+    ]
+    public static let keyColumnCount = 2
+    public static let indexes = [["tenant_id", "status", "last_activity_at"], ["tenant_id", "visitor_uid"], ["unprocessed_count"]]
+
+    enum CodingKeys: String, CodingKey {
+        case tenantId = "tenant_id"
+        case conversationId = "conversation_id"
+        case visitorUid = "visitor_uid"
+        case status
+        case handedOffTo = "handed_off_to"
+        case tags
+        case noteCount = "note_count"
+        case visitorMessages = "visitor_messages"
+        case assistantMessages = "assistant_messages"
+        case messagesVersion = "messages_version"
+        case messagesConsumed = "messages_consumed"
+        case startedVersion = "started_version"
+        case unprocessedCount = "unprocessed_count"
+        case workflowStatus = "workflow_status"
+        case startedAt = "started_at"
+        case lastActivityAt = "last_activity_at"
+    }
+}

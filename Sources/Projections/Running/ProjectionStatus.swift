@@ -1,0 +1,95 @@
+import EventStore
+import Foundation
+import Logging
+import PostgresNIO
+
+/// Where each projection stands, across every process: read from the catalogue and the advisory locks.
+public struct ProjectionStatus: Sendable, Codable {
+    public struct Rebuild: Sendable, Codable {
+        public var version: Int
+        public var reason: String
+        public var startedAt: Date
+        public var finishedAt: Date?
+        /// `running`, `swapped`, `failed` or `interrupted`.
+        public var outcome: String
+        public var events: Int64
+        public var error: String?
+    }
+
+    public var name: String
+    /// The version this binary folds with.
+    public var version: Int
+    /// The version the stored rows were folded with; `nil` before the first build.
+    public var storedVersion: Int?
+    public var checkpoint: Int64
+    public var head: Int64
+    /// Events after the checkpoint that readers can already see.
+    public var lag: Int64
+    /// `running`, `stopped` (no runner in any process), `rebuilding`, `stale` (built by another version),
+    /// `failed`, or `not_built`.
+    public var state: String
+    /// Runners standing by to take over.
+    public var standby: Int
+    public var failedPosition: Int64?
+    public var error: String?
+    public var lastRebuild: Rebuild?
+
+    /// The status of `projections`.
+    ///
+    /// - Throws: ``ProjectionError`` when PostgreSQL cannot be read.
+    public static func read(_ projections: [any Projection], store: PostgresEventStore, logger: Logger) async throws -> [ProjectionStatus] {
+        do {
+            let head = try await store.headPosition(.allTenants)
+            var statuses: [ProjectionStatus] = []
+            for projection in projections {
+                var status = try await store.client.withConnection { connection in
+                    try await read(projection, head: head, on: connection, logger: logger)
+                }
+                if let entry = status.storedVersion.map({ _ in status.checkpoint }) {
+                    status.lag = try await store.countEvents(after: entry)
+                }
+                statuses.append(status)
+            }
+            return statuses
+        } catch let error as ProjectionError {
+            throw error
+        } catch {
+            throw ProjectionError(code: .storageFailure, message: "\(PostgresEventStore.mapError(error, operation: "read the projections' status"))", cause: error)
+        }
+    }
+
+    private static func read(_ projection: any Projection, head: Int64, on connection: PostgresConnection, logger: Logger) async throws -> ProjectionStatus {
+        let name = projection.name
+        let entry = try await ProjectionCatalogue.entry(name, on: connection, logger: logger)
+        let running = try await ProjectionCatalogue.holders(.runner, name, on: connection, logger: logger) > 0
+        let rebuilding = try await ProjectionCatalogue.holders(.rebuild, name, on: connection, logger: logger) > 0
+        let standby = try await ProjectionCatalogue.holders(.standby, name, on: connection, logger: logger)
+        var lastRebuild: Rebuild?
+        let rows = try await connection.query(
+            """
+            SELECT version, reason, started_at, finished_at, outcome, events, error FROM projection_rebuilds
+            WHERE name = \(name) ORDER BY id DESC LIMIT 1
+            """, logger: logger)
+        for try await (version, reason, started, finished, outcome, events, error) in rows.decode((Int, String, Date, Date?, String, Int64, String?).self) {
+            // A rebuild recorded as running that holds no lock died without saying so.
+            let outcome = outcome == "running" && !rebuilding ? "interrupted" : outcome
+            lastRebuild = Rebuild(version: version, reason: reason, startedAt: started, finishedAt: finished, outcome: outcome, events: events, error: error)
+        }
+        let state: String
+        if rebuilding {
+            state = "rebuilding"
+        } else if entry == nil {
+            state = "not_built"
+        } else if entry?.failedPosition != nil {
+            state = "failed"
+        } else if entry?.version != projection.version {
+            state = "stale"
+        } else {
+            state = running ? "running" : "stopped"
+        }
+        return ProjectionStatus(
+            name: name, version: projection.version, storedVersion: entry?.version, checkpoint: entry?.checkpoint ?? 0, head: head, lag: 0, state: state,
+            standby: standby, failedPosition: entry?.failedPosition,
+            error: entry?.failedPosition != nil ? "\(entry?.failedEvent ?? "?"): \(entry?.error ?? "")" : nil, lastRebuild: lastRebuild)
+    }
+}

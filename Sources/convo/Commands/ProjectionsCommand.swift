@@ -1,0 +1,271 @@
+import ArgumentParser
+import EventStore
+import Foundation
+import Logging
+import Projections
+import SharedTypes
+import Synchronization
+
+extension Convo {
+    /// `convo projections`: rebuild, verify and inspect the stored projections.
+    struct Projections: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Rebuild, verify and inspect the projections (workflow_state, conversations, visitors).",
+            subcommands: [Rebuild.self, Verify.self, Status.self])
+
+        /// Which projections a command acts on: names, or `--all`.
+        struct Selection: ParsableArguments {
+            @Argument(help: "Projection names: \(ProjectionRegistry.standard.map(\.name).joined(separator: ", ")).")
+            var names: [String] = []
+
+            @Flag(help: "Every projection.") var all = false
+
+            func validate() throws {
+                guard all != !names.isEmpty else { throw ValidationError("name one or more projections, or pass --all") }
+            }
+
+            func projections() throws -> [any Projection] {
+                do {
+                    return try ProjectionRegistry.select(all ? [] : names)
+                } catch let error as ProjectionError {
+                    throw ValidationError(error.message)
+                }
+            }
+        }
+
+        struct Rebuild: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Rebuild from the first event into new tables, then swap them in; the live tables keep serving until then.")
+
+            @OptionGroup var options: GlobalOptions
+            @OptionGroup var selection: Selection
+            @Flag(help: "Print the summary as JSON (progress still goes to standard error).") var json = false
+
+            func run() async throws {
+                let projections = try selection.projections()
+                let logger = try options.makeLogger()
+                let progress = ProgressPrinter(interactive: ProgressPrinter.isInteractive)
+                let summaries = try await withStore(options, logger: logger) { store in
+                    try await ProjectionRebuilder(store: store, logger: logger).rebuild(projections, reason: "cli") { progress.update($0) }
+                }
+                progress.finish()
+                if json {
+                    printJSON(summaries)
+                } else {
+                    for summary in summaries {
+                        print(
+                            "\(summary.projection) v\(summary.version): rebuilt from \(summary.events) events into \(summary.rows) rows in "
+                                + "\(String(format: "%.1f", summary.seconds)) s (\(Int(Double(summary.events) / max(summary.seconds, 0.001))) events/s), "
+                                + "checkpoint \(summary.checkpoint)")
+                    }
+                }
+            }
+        }
+
+        struct Verify: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Replay the events and compare with the stored rows; print every difference, exit 1 when there is one.")
+
+            @OptionGroup var options: GlobalOptions
+            @OptionGroup var selection: Selection
+            @Option(help: "Only the rows this conversation touches.") var conversation: String?
+            @Option(help: "The conversation's tenant (default: default).") var tenant: String = TenantID.default.rawValue
+            @Flag(help: "Print the reports as JSON.") var json = false
+
+            func run() async throws {
+                let projections = try selection.projections()
+                guard let tenant = TenantID(rawValue: tenant) else { throw ValidationError("invalid tenant '\(self.tenant)'") }
+                var scope: (TenantID, ConversationID)?
+                if let conversation {
+                    guard let id = ConversationID(rawValue: conversation) else { throw ValidationError("invalid conversation id '\(conversation)'") }
+                    scope = (tenant, id)
+                }
+                let logger = try options.makeLogger()
+                let filter = scope
+                let reports = try await withStore(options, logger: logger) { store in
+                    var reports: [ProjectionVerifier.Report] = []
+                    for projection in projections {
+                        reports.append(try await ProjectionVerifier(store: store, logger: logger).verify(projection, conversation: filter))
+                    }
+                    return reports
+                }
+                if json {
+                    printJSON(reports)
+                } else {
+                    for report in reports { printReport(report) }
+                }
+                if reports.contains(where: { !$0.isClean }) { throw ExitCode(1) }
+            }
+
+            private func printReport(_ report: ProjectionVerifier.Report) {
+                if let stale = report.stale {
+                    print("\(report.projection): STALE — \(stale)")
+                    return
+                }
+                guard !report.differences.isEmpty else {
+                    print("\(report.projection): OK — \(report.rowsCompared) rows match the events up to position \(report.checkpoint)")
+                    return
+                }
+                print("\(report.projection): \(report.differences.count) of \(report.rowsCompared) rows differ from the events up to position \(report.checkpoint)")
+                for difference in report.differences {
+                    print("  \(difference.kind.rawValue) \(difference.key)")
+                    for field in difference.fields {
+                        print("    \(field.column): stored \(field.stored), events say \(field.expected)")
+                    }
+                }
+            }
+        }
+
+        struct Status: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Per projection: version, checkpoint, head, lag, state (running, standby, rebuilding, failed) and last rebuild.")
+
+            @OptionGroup var options: GlobalOptions
+            @Flag(help: "Print the status as JSON.") var json = false
+
+            func run() async throws {
+                let logger = try options.makeLogger()
+                let statuses = try await withStore(options, logger: logger) { store in
+                    try await ProjectionStatus.read(ProjectionRegistry.standard, store: store, logger: logger)
+                }
+                if json {
+                    printJSON(statuses)
+                    return
+                }
+                for status in statuses {
+                    let stored = status.storedVersion.map { $0 == status.version ? "v\($0)" : "v\($0) (code v\(status.version))" } ?? "v\(status.version)"
+                    var line = "\(status.name) \(stored): \(status.state)"
+                    if status.standby > 0 { line += " (\(status.standby) standby)" }
+                    line += ", checkpoint \(status.checkpoint), head \(status.head), lag \(status.lag) events"
+                    print(line)
+                    if let error = status.error { print("  error at position \(status.failedPosition ?? 0): \(error)") }
+                    if let rebuild = status.lastRebuild {
+                        var text = "  last rebuild: \(rebuild.outcome), v\(rebuild.version), \(rebuild.events) events, started \(rebuild.startedAt), reason \(rebuild.reason)"
+                        if let error = rebuild.error { text += ", error: \(error)" }
+                        print(text)
+                    }
+                }
+            }
+        }
+    }
+
+    /// `convo state`: a conversation's workflowState now or as it was, folded from its events.
+    struct State: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print a conversation's workflowState, now or as it was at a stream version or a time (folded from the events).")
+
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "The conversation id.") var conversation: String
+        @Option(help: "The conversation's tenant (default: default).") var tenant: String = TenantID.default.rawValue
+        @Option(name: .customLong("at-version"), help: "The last workflow stream version to apply.") var atVersion: Int64?
+        @Option(help: "A moment, ISO 8601 (e.g. 2026-11-22T10:15:00Z): only events recorded by then.") var at: String?
+        @Flag(help: "Print the state as JSON.") var json = false
+
+        func validate() throws {
+            if atVersion != nil && at != nil { throw ValidationError("give --at-version or --at, not both") }
+            if let atVersion, atVersion < 0 { throw ValidationError("--at-version is 0 or more") }
+            if let at, Self.parseDate(at) == nil { throw ValidationError("--at '\(at)' is not an ISO 8601 time such as 2026-11-22T10:15:00Z") }
+        }
+
+        static func parseDate(_ text: String) -> Date? {
+            let formatter = ISO8601DateFormatter()
+            if let date = formatter.date(from: text) { return date }
+            formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+            return formatter.date(from: text)
+        }
+
+        func run() async throws {
+            guard let tenant = TenantID(rawValue: tenant) else { throw ValidationError("invalid tenant '\(self.tenant)'") }
+            guard let id = ConversationID(rawValue: conversation) else { throw ValidationError("invalid conversation id '\(conversation)'") }
+            let date = at.flatMap(Self.parseDate)
+            let version = atVersion
+            let logger = try options.makeLogger()
+            let (state, messages) = try await withStore(options, logger: logger) { store in
+                let state = try await WorkflowState.history(of: id, tenant: tenant, atVersion: version, at: date, store: store)
+                return (state, try await store.streamVersion(id.messagesStream, tenant: tenant))
+            }
+            guard state.version > 0 || messages > 0 else { throw CommandFailure("no conversation '\(id)' for tenant \(tenant)") }
+            if json {
+                printJSON(StateReport(conversationId: id.rawValue, tenant: tenant.rawValue, atVersion: version, at: date, state: state))
+                return
+            }
+            print("conversation \(id) (tenant \(tenant))" + (version.map { " at version \($0)" } ?? "") + (at.map { " at \($0)" } ?? ""))
+            print("  workflow:   \(state.workflowId.map { "\($0) v\(state.workflowVersion ?? 0)" } ?? "none yet")")
+            print("  status:     \(state.status.rawValue)")
+            print("  node:       \(state.currentNode ?? "-")")
+            print("  version:    \(state.version) (messages consumed up to \(state.messagesConsumed))")
+            if let team = state.handedOffTo { print("  handed off: \(team)") }
+            if let reason = state.failureReason { print("  failure:    \(reason)") }
+            for (name, value) in state.variables.sorted(by: { $0.key < $1.key }) { print("  var \(name) = \(value)") }
+        }
+    }
+}
+
+struct StateReport: Encodable {
+    var conversationId: String
+    var tenant: String
+    var atVersion: Int64?
+    var at: Date?
+    var state: WorkflowState
+}
+
+/// Runs `body` with an event store on a reachable, migrated database; turns failures into `error: …` exits.
+func withStore<T: Sendable>(_ options: GlobalOptions, logger: Logger, _ body: @Sendable (PostgresEventStore) async throws -> T) async throws -> T {
+    try await withPostgresClient(url: try options.databaseURL(), maximumConnections: 6, connectTimeout: try options.connectTimeout(), logger: logger) {
+        client in
+        do {
+            try await Migrator(client: client, logger: logger).requireCurrent()
+            return try await body(PostgresEventStore(client: client, logger: logger))
+        } catch let error as ExitCode {
+            throw error
+        } catch {
+            throw CommandFailure(error)
+        }
+    }
+}
+
+/// Prints rebuild progress: a bar redrawn in place on a terminal, a plain line every few seconds otherwise.
+final class ProgressPrinter: Sendable {
+    private let interactive: Bool
+    private let lastPrint = Mutex<ContinuousClock.Instant?>(nil)
+
+    init(interactive: Bool) { self.interactive = interactive }
+
+    /// A terminal on standard error, and not CI.
+    static var isInteractive: Bool {
+        isatty(STDERR_FILENO) == 1 && ProcessInfo.processInfo.environment["CI"] != "true"
+    }
+
+    func update(_ progress: ProjectionRebuilder.Progress) {
+        let now = ContinuousClock.now
+        let due = lastPrint.withLock { last -> Bool in
+            let interval: Duration = interactive ? .milliseconds(100) : .seconds(2)
+            guard last.map({ now - $0 >= interval }) ?? true else { return false }
+            last = now
+            return true
+        }
+        guard due || progress.events == progress.total else { return }
+        let fraction = progress.total > 0 ? Double(progress.events) / Double(progress.total) : 1
+        let eta = progress.secondsLeft.map { Self.duration($0) } ?? "?"
+        let rate = Int(progress.eventsPerSecond)
+        if interactive {
+            let width = 30
+            let filled = min(width, Int(fraction * Double(width)))
+            let bar = String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled)
+            printError(
+                "\r\(progress.projections.joined(separator: ",")) \(bar) \(Int(fraction * 100))% \(progress.events)/\(progress.total) events  \(rate) ev/s  ETA \(eta)   ",
+                newline: false)
+        } else {
+            printError("rebuild \(progress.projections.joined(separator: ",")): \(progress.events)/\(progress.total) events (\(Int(fraction * 100))%), \(rate) events/s, ETA \(eta)")
+        }
+    }
+
+    func finish() {
+        if interactive { printError("") }
+    }
+
+    static func duration(_ seconds: Double) -> String {
+        let total = Int(seconds.rounded())
+        return total >= 3600 ? "\(total / 3600)h\(total % 3600 / 60)m" : total >= 60 ? "\(total / 60)m\(total % 60)s" : "\(total)s"
+    }
+}
