@@ -22,12 +22,15 @@ extension WorkflowStateProjection {
         } catch {
             logger.debug("workflow_state row unreadable; folding the stream", metadata: ["convo.error": "\(error)"])
         }
-        if var state = stored {
+        if var state = stored, state.version > 0 {
             do {
-                for event in try await store.readStreamToEnd(conversation.workflowStream, tenant: tenant, fromVersion: state.version + 1) {
-                    try state.apply(event)
+                // Read from the row's own version: the event there must exist, or the row is not of these events.
+                let tail = try await store.readStreamToEnd(conversation.workflowStream, tenant: tenant, fromVersion: state.version)
+                if tail.first?.streamVersion == state.version {
+                    for event in tail.dropFirst() { try state.apply(event) }
+                    return state
                 }
-                return state
+                logger.warning("workflow_state row is ahead of its events; folding the stream", metadata: ["convo.conversation": "\(conversation)"])
             } catch is FoldError {
                 logger.warning("workflow_state row does not fit its events; folding the stream", metadata: ["convo.conversation": "\(conversation)"])
             }
