@@ -1,0 +1,132 @@
+import ArgumentParser
+import EventStore
+import Foundation
+import PostgresNIO
+import Projections
+import SharedTypes
+
+/// Rebuilding `workflow_state` and `conversations` against reading the same rows raw with `COPY … TO
+/// STDOUT` (psql, into /dev/null), in one run on one database; and the peak memory of the rebuild at two
+/// store sizes, each in a process of its own (peak RSS only ever grows within a process).
+struct ProjectionBenchmark: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "projections", abstract: "projection rebuild vs raw COPY; memory at two sizes.")
+
+    @Option(help: "Events at each size, comma-separated; each size runs in a child process.") var sizes: String = "100000,1000000"
+    @Option(help: "Conversations the events are spread over.") var conversations: Int = 10_000
+    @Option(help: "Run one size in this process (used by the parent).") var events: Int?
+    @Flag(help: "Exit 1 when a target is missed.") var check = false
+
+    static let rateTarget = 0.3
+    /// Peak memory at the largest size may exceed the smallest's by at most this factor.
+    static let memoryTarget = 1.5
+
+    func run() async throws {
+        if let events {
+            try await runOne(events: events)
+            return
+        }
+        let counts = sizes.split(separator: ",").compactMap { Int($0) }
+        var peaks: [(Int, Double)] = []
+        var missed = false
+        for count in counts {
+            let child = Process()
+            child.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
+            child.arguments = ["projections", "--events", String(count), "--conversations", String(conversations)]
+            let pipe = Pipe()
+            child.standardOutput = pipe
+            try child.run()
+            let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            child.waitUntilExit()
+            FileHandle.standardOutput.write(Data(output.utf8))
+            if output.contains("MISSED") { missed = true }
+            if let line = output.split(separator: "\n").first(where: { $0.hasPrefix("peak-rss-mb ") }), let value = Double(line.split(separator: " ")[1]) {
+                peaks.append((count, value))
+            }
+        }
+        if let small = peaks.first, let large = peaks.last, peaks.count > 1 {
+            let growth = large.1 / small.1
+            let ok = growth <= Self.memoryTarget
+            if !ok { missed = true }
+            report(
+                "memory  peak RSS \(small.1.formatted(1)) MB at \(small.0) events, \(large.1.formatted(1)) MB at \(large.0) events: ×\(growth.formatted(2)) (target ≤ \(Self.memoryTarget)) \(ok ? "ok" : "MISSED")")
+        }
+        if check && missed { throw ExitCode(1) }
+    }
+
+    private func runOne(events: Int) async throws {
+        try await BenchDatabase.withDatabase(maximumConnections: 8) { client, url in
+            let perConversation = max(9, events / conversations)
+            let turns = (perConversation - 2) / 7
+            let started = ContinuousClock.now
+            try await client.query(Self.generate(conversations: conversations, turns: turns), logger: BenchDatabase.logger)
+            try await client.query("ANALYZE events", logger: BenchDatabase.logger)
+            let store = PostgresEventStore(client: client, logger: BenchDatabase.logger)
+            let total = try await store.countEvents()
+            report("projections: \(total) events over \(conversations) conversations (\(turns) turns each) generated in \((ContinuousClock.now - started).seconds.formatted(1)) s")
+
+            // Raw: the same rows, in the same order, as fast as PostgreSQL can hand them out.
+            let rawStart = ContinuousClock.now
+            let psql = Process()
+            psql.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            psql.arguments = [
+                "psql", "-X", "-q", "-h", url.host, "-p", String(url.port), "-U", url.username, "-d", url.database, "-c",
+                "COPY (SELECT global_position, event_id, tenant_id, stream_name, stream_version, event_type, data, metadata, recorded_at FROM events ORDER BY global_position) TO STDOUT",
+            ]
+            psql.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+            try psql.run()
+            psql.waitUntilExit()
+            let rawSeconds = (ContinuousClock.now - rawStart).seconds
+            let rawRate = Double(total) / rawSeconds
+
+            let rssBefore = Self.memory("VmRSS")
+            let rebuildStart = ContinuousClock.now
+            _ = try await ProjectionRebuilder(store: store, logger: BenchDatabase.logger).rebuild(
+                [WorkflowStateProjection(), ConversationsProjection()], reason: "benchmark")
+            let rebuildSeconds = (ContinuousClock.now - rebuildStart).seconds
+            let rate = Double(total) / rebuildSeconds
+            let ratio = rate / rawRate
+            report(
+                "rebuild workflow_state+conversations  ours \(rate.formatted(0)) events/s (\(rebuildSeconds.formatted(1)) s)  raw COPY \(rawRate.formatted(0)) events/s (\(rawSeconds.formatted(1)) s)  ratio \(ratio.formatted(2))  (target ≥ \(Self.rateTarget)) \(ratio >= Self.rateTarget ? "ok" : "MISSED")"
+            )
+            report("rss before rebuild \(rssBefore.formatted(1)) MB")
+            report("peak-rss-mb \(Self.memory("VmHWM").formatted(1))")
+        }
+    }
+
+    /// Megabytes of a `/proc/self/status` field.
+    static func memory(_ field: String) -> Double {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix(field + ":") })
+        else { return 0 }
+        return (Double(line.split(separator: " ").dropFirst().first ?? "0") ?? 0) / 1024
+    }
+
+    /// SQL that writes what the responder writes for `turns` turns of each conversation, interleaved across
+    /// conversations turn by turn: per turn one visitor message and six workflow events (two more per
+    /// conversation at its start).
+    static func generate(conversations: Int, turns: Int) -> PostgresQuery {
+        """
+        INSERT INTO events (global_position, event_id, tenant_id, stream_name, stream_version, event_type, data, metadata)
+        SELECT row_number() OVER (ORDER BY t, c, k), gen_random_uuid(), 'bench',
+               CASE WHEN k <= 1 THEN 'messages-c' ELSE 'workflow-c' END || c,
+               CASE k WHEN 0 THEN 1 WHEN 1 THEN t + 1 WHEN 2 THEN 1 ELSE 1 + 6 * (t - 1) + (k - 2) END,
+               (ARRAY['ConversationStarted','VisitorMessageReceived','WorkflowStarted','WorkflowVariableSet','WorkflowTransitioned',
+                      'AssistantMessageSent','ToolCalled','WorkflowWaitingForInput','MessagesProcessed'])[k + 1],
+               CASE k
+                 WHEN 0 THEN jsonb_build_object('visitorUid', 'v' || c, 'startedAt', '2026-11-22T10:00:00Z')
+                 WHEN 1 THEN jsonb_build_object('messageId', 'm' || t, 'visitorUid', 'v' || c, 'text', 'question number ' || t, 'sentAt', '2026-11-22T10:00:00Z')
+                 WHEN 2 THEN jsonb_build_object('workflowId', 'support', 'workflowVersion', 1, 'startNodeId', 'wait')
+                 WHEN 3 THEN jsonb_build_object('name', 'last', 'value', 'question number ' || t, 'nodeId', 'wait')
+                 WHEN 4 THEN jsonb_build_object('from', 'wait', 'to', 'say', 'causedByMessageId', 'm' || t)
+                 WHEN 5 THEN jsonb_build_object('text', 'You asked question number ' || t, 'nodeId', 'say', 'inReplyTo', jsonb_build_array('m' || t), 'provider', 'workflow')
+                 WHEN 6 THEN jsonb_build_object('tool', 'add_tag', 'arguments', jsonb_build_object('tag', 't' || (t % 5)), 'outcome', 'succeeded',
+                                                'actorId', '00000000-0000-4000-8000-000000000001', 'nodeId', 'say')
+                 WHEN 7 THEN jsonb_build_object('nodeId', 'wait')
+                 ELSE jsonb_build_object('upToVersion', t + 1)
+               END,
+               jsonb_build_object('actorId', '00000000-0000-4000-8000-000000000001', 'visitorUid', 'v' || c)
+        FROM generate_series(1, \(turns)) t, generate_series(1, \(conversations)) c, generate_series(0, 8) k
+        WHERE t = 1 OR k NOT IN (0, 2)
+        """
+    }
+}
