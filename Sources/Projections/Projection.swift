@@ -46,17 +46,14 @@ public protocol ProjectionRow: Codable, Sendable, Equatable {
 /// A column of a projection's table.
 public struct ProjectionColumn: Sendable, Equatable {
     public var name: String
-    /// The SQL type, e.g. `text NOT NULL`, `bigint`, `jsonb NOT NULL`.
-    public var definition: String
+    /// The SQL type, e.g. `text`, `bigint`, `jsonb`, `text[]`.
+    public var type: String
+    public var nullable: Bool
 
-    public init(_ name: String, _ definition: String) {
+    public init(_ name: String, _ type: String, nullable: Bool = false) {
         self.name = name
-        self.definition = definition
-    }
-
-    /// The type alone (`text NOT NULL` → `text`), as `jsonb_to_recordset` needs it.
-    var type: String {
-        definition.replacingOccurrences(of: " NOT NULL", with: "").replacingOccurrences(of: " not null", with: "")
+        self.type = type
+        self.nullable = nullable
     }
 }
 
@@ -95,6 +92,18 @@ public struct FoldError: Error, CustomStringConvertible, Sendable {
 }
 
 extension RecordedEvent {
+    /// The workflow event this is, or the fold error saying why it is none.
+    func workflowEvent() throws -> WorkflowEvent {
+        let event: WorkflowEvent?
+        do {
+            event = try WorkflowEvent.decode(self)
+        } catch {
+            throw FoldError(self, "payload does not decode: \(error)")
+        }
+        guard let event else { throw FoldError(self, "not a workflow event type") }
+        return event
+    }
+
     /// Decodes the payload, or fails the fold with where and why.
     func payload<T: Decodable>(_ type: T.Type) throws -> T {
         do {

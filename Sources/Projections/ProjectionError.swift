@@ -5,7 +5,7 @@ public struct ProjectionError: Error, CustomStringConvertible, Sendable {
             case invalidArgument = "invalid_argument"
             case unknownProjection = "unknown_projection"
             case fold
-            case checkpointMoved = "checkpoint_moved"
+            case notBuilt = "not_built"
             case busy
             case storageFailure = "storage_failure"
         }
@@ -19,8 +19,8 @@ public struct ProjectionError: Error, CustomStringConvertible, Sendable {
         public static let unknownProjection = Code(.unknownProjection)
         /// The fold could not apply an event; ``ProjectionError/fold`` says which.
         public static let fold = Code(.fold)
-        /// The projection's checkpoint moved under a writer (a rebuild swapped its table in): start again.
-        public static let checkpointMoved = Code(.checkpointMoved)
+        /// The projection's table has not been built yet.
+        public static let notBuilt = Code(.notBuilt)
         /// Another process is rebuilding the projection.
         public static let busy = Code(.busy)
         /// PostgreSQL failed or holds something convo cannot read.

@@ -4,6 +4,7 @@ import Foundation
 import PostgresNIO
 import Projections
 import SharedTypes
+import Synchronization
 import Testing
 
 @Suite struct RebuildVerifyTests {
@@ -119,6 +120,84 @@ import Testing
                 try await store.client.query("UPDATE workflow_state SET stream_version = 99 WHERE conversation_id = 'ryw'")
                 let again = try await WorkflowStateProjection().current(id, tenant: traffic.tenant, store: store, logger: TestDatabase.logger)
                 #expect(again == current)
+            }
+        }
+    }
+}
+
+/// How many events a rebuild has reported.
+final class Seen: Sendable {
+    let events = Atomic<Int64>(0)
+}
+
+@Suite struct InterruptedRebuildTests {
+    @Test func aRebuildStoppedHalfwayLeavesTheLiveTablesAsTheyWereAndTheNextOneCleansUp() async throws {
+        try await TestDatabase.withFreshDatabase { url in
+            try await TestDatabase.withStore(url: url) { store in
+                try await Traffic(store: store).run(turns: 60, conversations: 6)
+                let projection = ConversationsProjection()
+                _ = try await ProjectionRebuilder(store: store, logger: TestDatabase.logger).rebuild([projection], reason: "first")
+                try await store.client.query("UPDATE conversations SET note_count = 42 WHERE conversation_id = 'c1'")
+                let before = try #require(try await ProjectionStatus.read([projection], store: store, logger: TestDatabase.logger).first)
+
+                // Stop a rebuild once it has folded some events but not all.
+                let seen = Seen()
+                let slow = ProjectionRebuilder(store: store, configuration: .init(batchSize: 5), logger: TestDatabase.logger)
+                await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        _ = try await slow.rebuild([projection], reason: "stopped") { seen.events.store($0.events, ordering: .relaxed) }
+                    }
+                    while seen.events.load(ordering: .relaxed) == 0 { try? await Task.sleep(for: .milliseconds(1)) }
+                    group.cancelAll()
+                    await #expect(throws: (any Error).self) { try await group.next() }
+                }
+                #expect(seen.events.load(ordering: .relaxed) < (try await store.countEvents()))
+                let after = try #require(try await ProjectionStatus.read([projection], store: store, logger: TestDatabase.logger).first)
+                #expect(after.checkpoint == before.checkpoint && after.state == "stopped")
+                #expect(after.lastRebuild?.reason == "stopped" && after.lastRebuild?.outcome == "interrupted", "\(String(describing: after.lastRebuild))")
+                // The live rows are the old ones, tampered row included: the half-built table never replaced them.
+                let notes = try await store.client.query("SELECT note_count FROM conversations WHERE conversation_id = 'c1'")
+                for try await count in notes.decode(Int64.self) { #expect(count == 42) }
+                let leftovers = try await store.client.query("SELECT count(*) FROM pg_tables WHERE tablename ~ '_r[0-9]+$'")
+                for try await count in leftovers.decode(Int64.self) { #expect(count == 0) }
+
+                // A crash leaves a half-built table and a rebuild recorded as running: status says interrupted,
+                // and the next rebuild drops the table.
+                try await store.client.query("CREATE TABLE conversations_r999999 (x int)")
+                try await store.client.query("INSERT INTO projection_rebuilds (name, version, reason) VALUES ('conversations', 1, 'crashed')")
+                let crashed = try #require(try await ProjectionStatus.read([projection], store: store, logger: TestDatabase.logger).first)
+                #expect(crashed.lastRebuild?.reason == "crashed" && crashed.lastRebuild?.outcome == "interrupted")
+                _ = try await ProjectionRebuilder(store: store, logger: TestDatabase.logger).rebuild([projection], reason: "again")
+                let orphan = try await store.client.query("SELECT to_regclass('conversations_r999999') IS NULL")
+                for try await gone in orphan.decode(Bool.self) { #expect(gone) }
+                let outcomes = try await store.client.query("SELECT reason, outcome FROM projection_rebuilds ORDER BY id")
+                var recorded: [String: String] = [:]
+                for try await (reason, outcome) in outcomes.decode((String, String).self) { recorded[reason] = outcome }
+                #expect(recorded == ["first": "swapped", "stopped": "interrupted", "crashed": "interrupted", "again": "swapped"])
+                #expect(try await ProjectionVerifier(store: store, logger: TestDatabase.logger).verify(projection).isClean)
+            }
+        }
+    }
+
+    @Test func aSecondRebuildOfTheSameProjectionIsRefusedWhileOneRuns() async throws {
+        try await TestDatabase.withFreshDatabase { url in
+            try await TestDatabase.withStore(url: url) { store in
+                try await Traffic(store: store).run(turns: 3, conversations: 1)
+                let projection = VisitorsProjection()
+                try await store.client.withConnection { holder in
+                    // Another process's rebuild, as far as the lock is concerned.
+                    try await holder.query("SELECT pg_advisory_lock(\(Int32(0x434F_4E56)), hashtext('convo.projection.rebuild.visitors'))", logger: TestDatabase.logger)
+                    let error = await #expect(throws: ProjectionError.self) {
+                        try await ProjectionRebuilder(store: store, logger: TestDatabase.logger).rebuild([WorkflowStateProjection(), projection], reason: "second")
+                    }
+                    #expect(error?.code == .busy)
+                    let status = try #require(try await ProjectionStatus.read([projection], store: store, logger: TestDatabase.logger).first)
+                    #expect(status.state == "rebuilding")
+                    try await holder.query("SELECT pg_advisory_unlock_all()", logger: TestDatabase.logger)
+                }
+                // The lock the refused rebuild took first (workflow_state) was given back.
+                let summaries = try await ProjectionRebuilder(store: store, logger: TestDatabase.logger).rebuild([WorkflowStateProjection(), projection], reason: "after")
+                #expect(summaries.count == 2)
             }
         }
     }

@@ -44,6 +44,7 @@ public enum TestDatabase {
     }
 
     /// Runs `body` with a client of `url` whose pool is running.
+    @discardableResult
     public static func withClient<T: Sendable>(
         url: DatabaseURL, maximumConnections: Int = 60, _ body: @Sendable (PostgresClient) async throws -> T
     ) async throws -> T {

@@ -18,7 +18,7 @@ public struct ConversationsProjection: Projection {
     static let categories: Set<String> = ["messages", "workflow"]
 
     public func keys(of event: RecordedEvent) throws -> [ConversationKey] {
-        ConversationKey.of(event, categories: Self.categories).map { [$0] } ?? []
+        Self.categories.contains(event.stream.category) ? [ConversationKey(event)] : []
     }
 
     public func apply(_ event: RecordedEvent, to row: ConversationRow?, key: ConversationKey) throws -> ConversationRow {
@@ -58,15 +58,8 @@ public struct ConversationsProjection: Projection {
     }
 
     private func applyWorkflow(_ event: RecordedEvent, to row: inout ConversationRow) throws {
-        let decoded: WorkflowEvent?
-        do {
-            decoded = try WorkflowEvent.decode(event)
-        } catch {
-            throw FoldError(event, "payload does not decode: \(error)")
-        }
-        guard let decoded else { throw FoldError(event, "not a workflow event type") }
-        switch decoded {
-        case .started, .transitioned, .variableSet, .waitingForInput, .aiReplyFailed:
+        switch try event.workflowEvent() {
+        case .started, .transitioned, .variableSet, .waitingForInput, .aiReplyFailed, .completed, .failed:
             break
         case .assistantMessageSent:
             row.assistantMessages += 1
@@ -87,17 +80,11 @@ public struct ConversationsProjection: Projection {
                 break
             }
         case .handedOff(let handoff):
-            row.handedOffTo = handoff.team ?? "agents"
+            row.handedOffTo = handoff.assignee
             row.status = "pending"
-        case .completed:
-            row.workflowStatus = WorkflowState.Status.completed.rawValue
-        case .failed:
-            row.workflowStatus = WorkflowState.Status.failed.rawValue
         case .messagesProcessed(let processed):
             row.messagesConsumed = max(row.messagesConsumed, processed.upToVersion)
         }
-        if case .handedOff = decoded { row.workflowStatus = WorkflowState.Status.handedOff.rawValue }
-        if case .started = decoded { row.workflowStatus = WorkflowState.Status.running.rawValue }
     }
 }
 
@@ -120,8 +107,6 @@ public struct ConversationRow: ProjectionRow {
     public var startedVersion: Int64 = 0
     /// Visitor messages the responder has not consumed yet.
     public var unprocessedCount: Int64 = 0
-    /// `not_started`, `running`, `handed_off`, `completed` or `failed`: the workflow's coarse status.
-    public var workflowStatus = WorkflowState.Status.notStarted.rawValue
     public var startedAt: Date?
     public var lastActivityAt: Date?
 
@@ -133,22 +118,21 @@ public struct ConversationRow: ProjectionRow {
     public var key: ConversationKey { ConversationKey(tenantId: tenantId, conversationId: conversationId) }
 
     public static let columns: [ProjectionColumn] = [
-        .init("tenant_id", "text NOT NULL"),
-        .init("conversation_id", "text NOT NULL"),
-        .init("visitor_uid", "text"),
-        .init("status", "text NOT NULL"),
-        .init("handed_off_to", "text"),
-        .init("tags", "text[] NOT NULL"),
-        .init("note_count", "bigint NOT NULL"),
-        .init("visitor_messages", "bigint NOT NULL"),
-        .init("assistant_messages", "bigint NOT NULL"),
-        .init("messages_version", "bigint NOT NULL"),
-        .init("messages_consumed", "bigint NOT NULL"),
-        .init("started_version", "bigint NOT NULL"),
-        .init("unprocessed_count", "bigint NOT NULL"),
-        .init("workflow_status", "text NOT NULL"),
-        .init("started_at", "timestamptz"),
-        .init("last_activity_at", "timestamptz"),
+        .init("tenant_id", "text"),
+        .init("conversation_id", "text"),
+        .init("visitor_uid", "text", nullable: true),
+        .init("status", "text"),
+        .init("handed_off_to", "text", nullable: true),
+        .init("tags", "text[]"),
+        .init("note_count", "bigint"),
+        .init("visitor_messages", "bigint"),
+        .init("assistant_messages", "bigint"),
+        .init("messages_version", "bigint"),
+        .init("messages_consumed", "bigint"),
+        .init("started_version", "bigint"),
+        .init("unprocessed_count", "bigint"),
+        .init("started_at", "timestamptz", nullable: true),
+        .init("last_activity_at", "timestamptz", nullable: true),
     ]
     public static let keyColumnCount = 2
     public static let indexes = [["tenant_id", "status", "last_activity_at"], ["tenant_id", "visitor_uid"], ["unprocessed_count"]]
@@ -167,7 +151,6 @@ public struct ConversationRow: ProjectionRow {
         case messagesConsumed = "messages_consumed"
         case startedVersion = "started_version"
         case unprocessedCount = "unprocessed_count"
-        case workflowStatus = "workflow_status"
         case startedAt = "started_at"
         case lastActivityAt = "last_activity_at"
     }

@@ -86,16 +86,16 @@ public struct VisitorRow: ProjectionRow {
     public var key: VisitorKey { VisitorKey(tenantId: tenantId, visitorUid: visitorUid) }
 
     public static let columns: [ProjectionColumn] = [
-        .init("tenant_id", "text NOT NULL"),
-        .init("visitor_uid", "text NOT NULL"),
-        .init("name", "text"),
-        .init("email", "text"),
-        .init("phone", "text"),
-        .init("conversations", "bigint NOT NULL"),
-        .init("messages", "bigint NOT NULL"),
-        .init("first_seen_at", "timestamptz"),
-        .init("last_seen_at", "timestamptz"),
-        .init("profile_updated_at", "timestamptz"),
+        .init("tenant_id", "text"),
+        .init("visitor_uid", "text"),
+        .init("name", "text", nullable: true),
+        .init("email", "text", nullable: true),
+        .init("phone", "text", nullable: true),
+        .init("conversations", "bigint"),
+        .init("messages", "bigint"),
+        .init("first_seen_at", "timestamptz", nullable: true),
+        .init("last_seen_at", "timestamptz", nullable: true),
+        .init("profile_updated_at", "timestamptz", nullable: true),
     ]
     public static let keyColumnCount = 2
     public static let indexes = [["tenant_id", "email"]]

@@ -62,7 +62,7 @@ public struct WorkflowState: Sendable, Equatable, Codable {
         case .handedOff(let handoff):
             currentNode = handoff.nodeId
             status = .handedOff
-            handedOffTo = handoff.team ?? "agents"
+            handedOffTo = handoff.assignee
         case .completed(let completed):
             currentNode = completed.nodeId
             status = .completed
@@ -82,17 +82,9 @@ public struct WorkflowState: Sendable, Equatable, Codable {
     /// - Throws: ``FoldError`` when the event is not a workflow event or its payload does not decode.
     public mutating func apply(_ recorded: RecordedEvent) throws {
         guard recorded.streamVersion == version + 1 else {
-            throw FoldError(position: recorded.globalPosition, eventType: recorded.type, reason: "expected stream version \(version + 1), got \(recorded.streamVersion)")
+            throw FoldError(recorded, "expected stream version \(version + 1), got \(recorded.streamVersion)")
         }
-        let event: WorkflowEvent?
-        do {
-            event = try WorkflowEvent.decode(recorded)
-        } catch {
-            throw FoldError(position: recorded.globalPosition, eventType: recorded.type, reason: "payload does not decode: \(error)")
-        }
-        guard let event else {
-            throw FoldError(position: recorded.globalPosition, eventType: recorded.type, reason: "not a workflow event type")
-        }
+        let event = try recorded.workflowEvent()
         apply(event, version: recorded.streamVersion, at: recorded.recordedAt)
     }
 

@@ -14,8 +14,7 @@ public struct WorkflowStateProjection: Projection {
     }
 
     public func keys(of event: RecordedEvent) throws -> [ConversationKey] {
-        guard event.stream.category == "workflow" else { return [] }
-        return [ConversationKey(tenantId: event.tenant.rawValue, conversationId: event.stream.id)]
+        event.stream.category == "workflow" ? [ConversationKey(event)] : []
     }
 
     public func apply(_ event: RecordedEvent, to row: WorkflowStateRow?, key: ConversationKey) throws -> WorkflowStateRow {
@@ -37,18 +36,18 @@ public struct WorkflowStateRow: ProjectionRow {
     }
 
     public static let columns: [ProjectionColumn] = [
-        .init("tenant_id", "text NOT NULL"),
-        .init("conversation_id", "text NOT NULL"),
-        .init("workflow_id", "text"),
-        .init("workflow_version", "int"),
-        .init("current_node", "text"),
-        .init("status", "text NOT NULL"),
-        .init("variables", "jsonb NOT NULL"),
-        .init("messages_consumed", "bigint NOT NULL"),
-        .init("stream_version", "bigint NOT NULL"),
-        .init("handed_off_to", "text"),
-        .init("failure_reason", "text"),
-        .init("updated_at", "timestamptz"),
+        .init("tenant_id", "text"),
+        .init("conversation_id", "text"),
+        .init("workflow_id", "text", nullable: true),
+        .init("workflow_version", "int", nullable: true),
+        .init("current_node", "text", nullable: true),
+        .init("status", "text"),
+        .init("variables", "jsonb"),
+        .init("messages_consumed", "bigint"),
+        .init("stream_version", "bigint"),
+        .init("handed_off_to", "text", nullable: true),
+        .init("failure_reason", "text", nullable: true),
+        .init("updated_at", "timestamptz", nullable: true),
     ]
     public static let keyColumnCount = 2
     public static let indexes = [["tenant_id", "status"]]

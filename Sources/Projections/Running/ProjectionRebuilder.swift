@@ -18,8 +18,7 @@ public struct ProjectionRebuilder: Sendable {
         public var total: Int64
         public var elapsed: Duration
         public var eventsPerSecond: Double {
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            return seconds > 0 ? Double(events) / seconds : 0
+            elapsed.seconds > 0 ? Double(events) / elapsed.seconds : 0
         }
         /// Seconds left at the current rate; `nil` until there is a rate.
         public var secondsLeft: Double? {
@@ -39,7 +38,7 @@ public struct ProjectionRebuilder: Sendable {
     }
 
     public struct Configuration: Sendable {
-        /// Events per transaction into the new tables. Default: 2,000.
+        /// Events per read and fold step. Default: 2,000.
         public var batchSize: Int
         /// A catch-up pass that finds fewer events than this is the last before the swap. Default: 1,000.
         public var swapThreshold: Int
@@ -96,7 +95,7 @@ public struct ProjectionRebuilder: Sendable {
     }
 
     private func withRebuildLocks<T>(_ projections: [any Projection], on connection: PostgresConnection, _ body: () async throws -> T) async throws -> T {
-        var held: [String] = []
+        var held: [(role: ProjectionCatalogue.Role, projection: String)] = []
         do {
             for projection in projections {
                 while !(try await ProjectionCatalogue.tryLock(.rebuild, projection.name, on: connection, logger: logger)) {
@@ -105,15 +104,23 @@ public struct ProjectionRebuilder: Sendable {
                     }
                     try await Task.sleep(for: .milliseconds(500))
                 }
-                held.append(projection.name)
+                held.append((.rebuild, projection.name))
             }
-            let result = try await body()
-            for name in held { await ProjectionCatalogue.release(.rebuild, name, on: connection, logger: logger) }
-            return result
         } catch {
-            for name in held { await ProjectionCatalogue.release(.rebuild, name, on: connection, logger: logger) }
+            // The locks taken before the one that failed.
+            _ = try? await ProjectionCatalogue.releasing(held, on: connection, logger: logger) {}
             throw error
         }
+        return try await ProjectionCatalogue.releasing(held, on: connection, logger: logger, body)
+    }
+
+    /// One projection being rebuilt into a table of its own, `NAME_rID` (ID: its `projection_rebuilds` row).
+    private struct Build {
+        let projection: any Projection
+        let id: Int64
+        let writer: any AnyProjectionWriter
+        var table: String { Self.table(projection.name, id) }
+        static func table(_ name: String, _ id: Int64) -> String { "\(name)_r\(id)" }
     }
 
     private func rebuildLocked(
@@ -121,140 +128,143 @@ public struct ProjectionRebuilder: Sendable {
     ) async throws -> [Summary] {
         let clock = ContinuousClock()
         let started = clock.now
-        var ids: [String: Int64] = [:]
-        var writers: [any AnyProjectionWriter] = []
+        var builds: [Build] = []
         for projection in projections {
             try await dropLeftovers(of: projection.name, on: connection)
             let rows = try await connection.query(
                 "INSERT INTO projection_rebuilds (name, version, reason) VALUES (\(projection.name), \(projection.version), \(reason)) RETURNING id",
                 logger: logger)
-            for try await id in rows.decode(Int64.self) { ids[projection.name] = id }
-            let id = ids[projection.name] ?? 0
-            let writer = try projection.makeWriter(table: "\(projection.name)_r\(id)")
-            try await writer.createTable(suffix: "r\(id)", on: connection, logger: logger)
-            writers.append(writer)
+            var id: Int64 = 0
+            for try await value in rows.decode(Int64.self) { id = value }
+            let build = Build(projection: projection, id: id, writer: try projection.makeWriter(table: Build.table(projection.name, id)))
+            try await build.writer.createTable(suffix: "r\(id)", on: connection, logger: logger)
+            builds.append(build)
         }
+        let ids = builds.map(\.id)
         logger.info("projection rebuild started", metadata: ["convo.projections": "\(projections.map(\.name))", "convo.reason": "\(reason)"])
         do {
-            var checkpoint: Int64 = 0
-            var done: Int64 = 0
-            var total = try await store.countEvents()
-            func report(_ done: Int64, _ total: Int64) {
-                progress(Progress(projections: projections.map(\.name), events: done, total: max(total, done), elapsed: clock.now - started))
+            var pass = Pass(checkpoint: 0, done: 0, total: try await store.countEvents())
+            func report(_ pass: Pass) {
+                progress(Progress(projections: projections.map(\.name), events: pass.done, total: max(pass.total, pass.done), elapsed: clock.now - started))
             }
-            report(0, total)
+            report(pass)
+            var lastRecorded = clock.now
             // Catch up in passes until a pass finds only a few events; the swap applies the rest.
-            var failure: FoldError?
-            let partial = configuration.installUpToFailure && writers.count == 1
-            scanning: while true {
-                let before = done
+            let partial = configuration.installUpToFailure && builds.count == 1
+            while pass.failure == nil {
+                let before = pass.done
                 do {
-                    try await store.scanAll(after: checkpoint, batchSize: configuration.batchSize) { batch in
-                        var batch = batch
-                        if let (applied, error) = try await apply(batch, to: writers, on: connection, partial: partial) {
-                            failure = error
-                            batch = Array(batch.prefix(applied))
+                    try await store.scanAll(after: pass.checkpoint, batchSize: configuration.batchSize) { batch in
+                        try await consume(batch, into: builds, pass: &pass, partial: partial, on: connection)
+                        report(pass)
+                        if clock.now - lastRecorded > .seconds(2) {
+                            lastRecorded = clock.now
+                            try await connection.query(
+                                "UPDATE projection_rebuilds SET events = \(pass.done), checkpoint = \(pass.checkpoint) WHERE id = ANY(\(ids))", logger: logger)
                         }
-                        if let last = batch.last {
-                            try await connection.withTransaction(logger: logger) { transaction in
-                                for writer in writers { try await writer.flush(on: transaction, logger: logger) }
-                                for id in ids.values {
-                                    try await transaction.query(
-                                        "UPDATE projection_rebuilds SET events = \(done + Int64(batch.count)), checkpoint = \(last.globalPosition) WHERE id = \(id)",
-                                        logger: logger)
-                                }
-                            }
-                            for writer in writers { writer.committed() }
-                            done += Int64(batch.count)
-                            checkpoint = last.globalPosition
-                            total = max(total, done)
-                            report(done, total)
-                        }
-                        if failure != nil { throw StopScan() }
+                        if pass.failure != nil { throw StopScan() }
                     }
-                } catch is StopScan {
-                    break scanning
-                }
-                if done - before < configuration.swapThreshold { break }
-                total = done + (try await store.countEvents(after: checkpoint))
+                } catch is StopScan {}
+                if pass.done - before < configuration.swapThreshold { break }
+                pass.total = pass.done + (try await store.countEvents(after: pass.checkpoint))
             }
-            let final = try await swap(projections, writers: writers, ids: ids, after: checkpoint, done: done, failure: failure, on: connection)
-            done = final.done
-            report(done, done)
+            // Write what the passes folded before taking the live projections' locks: the swap then holds
+            // them only for the last few events.
+            try await connection.withTransaction(logger: logger) { transaction in
+                for build in builds { try await build.writer.flush(on: transaction, logger: logger) }
+            }
+            for build in builds { build.writer.committed() }
+            try await swap(builds, pass: &pass, on: connection)
+            report(pass)
             let seconds = (clock.now - started).seconds
             var summaries: [Summary] = []
-            for projection in projections {
-                let rows = try await connection.query("SELECT count(*) FROM \(unescaped: projection.name)", logger: logger)
+            for build in builds {
+                let rows = try await connection.query("SELECT count(*) FROM \(unescaped: build.projection.name)", logger: logger)
                 var count: Int64 = 0
                 for try await value in rows.decode(Int64.self) { count = value }
                 summaries.append(
-                    Summary(projection: projection.name, version: projection.version, events: done, checkpoint: final.checkpoint, rows: count, seconds: seconds))
+                    Summary(
+                        projection: build.projection.name, version: build.projection.version, events: pass.done, checkpoint: pass.checkpoint, rows: count,
+                        seconds: seconds))
             }
-            logger.info("projection rebuild swapped in", metadata: ["convo.projections": "\(projections.map(\.name))", "convo.events": "\(done)"])
+            logger.info("projection rebuild swapped in", metadata: ["convo.projections": "\(projections.map(\.name))", "convo.events": "\(pass.done)"])
             return summaries
         } catch {
             let message = (error as? ProjectionError)?.message ?? "\(error)"
             let outcome = error is CancellationError || Task.isCancelled ? "interrupted" : "failed"
-            for (name, id) in ids {
-                _ = try? await connection.query(
-                    "UPDATE projection_rebuilds SET outcome = \(outcome), error = \(message), finished_at = now() WHERE id = \(id)", logger: logger)
-                _ = try? await connection.query("DROP TABLE IF EXISTS \(unescaped: name)_r\(unescaped: String(id))", logger: logger)
+            _ = try? await connection.query(
+                "UPDATE projection_rebuilds SET outcome = \(outcome), error = \(message), finished_at = now() WHERE id = ANY(\(ids))", logger: logger)
+            for build in builds {
+                _ = try? await connection.query("DROP TABLE IF EXISTS \(unescaped: build.table)", logger: logger)
             }
             throw error
         }
     }
 
-    /// Applies a batch to every writer, or fails the rebuild at the first event a fold cannot apply.
-    ///
-    /// - Returns: with `partial`, how many events were applied and the fold error that stopped the batch;
-    ///   `nil` when every event was applied.
-    private func apply(
-        _ batch: [RecordedEvent], to writers: [any AnyProjectionWriter], on connection: PostgresConnection, partial: Bool = false
-    ) async throws -> (Int, FoldError)? {
-        for writer in writers {
-            let (applied, failure) = try await writer.apply(batch, loadingOn: connection, logger: logger)
-            if let failure {
-                if partial { return (applied, failure) }
-                throw ProjectionError(code: .fold, message: "\(writer.name): \(failure)", fold: failure)
-            }
-        }
-        return nil
+    /// How far a rebuild has come.
+    private struct Pass {
+        var checkpoint: Int64
+        var done: Int64
+        var total: Int64
+        /// The event a start-up build stopped at (``Configuration/installUpToFailure``).
+        var failure: FoldError?
     }
 
     private struct StopScan: Error {}
 
+    /// Folds a batch into the builds' rows in memory. Rows go to the new tables only when a writer holds more
+    /// than it may keep (and at the swap): a rebuild that fails starts over anyway, so it needs no
+    /// checkpoint of its own, and each row is written about once instead of once per batch.
+    private func consume(_ batch: [RecordedEvent], into builds: [Build], pass: inout Pass, partial: Bool, on connection: PostgresConnection) async throws {
+        // Ctrl-C or shutdown: stop here; the live tables were never touched.
+        try Task.checkCancellation()
+        var applied = batch.count
+        for build in builds {
+            let (count, failure) = try await build.writer.apply(batch, loadingOn: connection, logger: logger)
+            guard let failure else { continue }
+            guard partial else { throw ProjectionError(code: .fold, message: "\(build.projection.name): \(failure)", fold: failure) }
+            applied = count
+            pass.failure = failure
+        }
+        if applied > 0 {
+            pass.done += Int64(applied)
+            pass.checkpoint = batch[applied - 1].globalPosition
+            pass.total = max(pass.total, pass.done)
+        }
+        if builds.contains(where: \.writer.isFull) {
+            try await connection.withTransaction(logger: logger) { transaction in
+                for build in builds { try await build.writer.flush(on: transaction, logger: logger) }
+            }
+            for build in builds { build.writer.committed() }
+        }
+    }
+
     /// Applies what is left under the catalogue rows' locks, then renames the new tables over the live ones.
-    private func swap(
-        _ projections: [any Projection], writers: [any AnyProjectionWriter], ids: [String: Int64], after checkpoint: Int64, done: Int64,
-        failure: FoldError?, on connection: PostgresConnection
-    ) async throws -> (checkpoint: Int64, done: Int64) {
-        try await connection.withTransaction(logger: logger) { transaction in
-            for projection in projections {
-                _ = try await ProjectionCatalogue.entry(projection.name, forUpdate: true, on: transaction, logger: logger)
+    private func swap(_ builds: [Build], pass: inout Pass, on connection: PostgresConnection) async throws {
+        pass = try await connection.withTransaction(logger: logger) { transaction in
+            var pass = pass
+            for build in builds {
+                _ = try await ProjectionCatalogue.entry(build.projection.name, forUpdate: true, on: transaction, logger: logger)
             }
-            var checkpoint = checkpoint
-            var done = done
-            while failure == nil {
-                let batch = try await PostgresEventStore.readAll(on: transaction, after: checkpoint, maxCount: configuration.batchSize, logger: logger)
-                guard let last = batch.last else { break }
-                try await apply(batch, to: writers, on: transaction)
-                checkpoint = last.globalPosition
-                done += Int64(batch.count)
+            while pass.failure == nil {
+                let batch = try await PostgresEventStore.readAll(on: transaction, after: pass.checkpoint, maxCount: configuration.batchSize, logger: logger)
+                guard !batch.isEmpty else { break }
+                try await consume(batch, into: builds, pass: &pass, partial: builds.count == 1 && configuration.installUpToFailure, on: transaction)
             }
-            for writer in writers { try await writer.flush(on: transaction, logger: logger) }
-            for projection in projections {
-                let id = ids[projection.name] ?? 0
-                try await transaction.query("DROP TABLE IF EXISTS \(unescaped: projection.name)", logger: logger)
-                try await transaction.query("ALTER TABLE \(unescaped: projection.name)_r\(unescaped: String(id)) RENAME TO \(unescaped: projection.name)", logger: logger)
-                try await ProjectionCatalogue.install(projection.name, version: projection.version, checkpoint: checkpoint, on: transaction, logger: logger)
-                if let failure { try await ProjectionCatalogue.recordFailure(projection.name, failure, on: transaction, logger: logger) }
-                try await transaction.query(
-                    """
-                    UPDATE projection_rebuilds SET outcome = 'swapped', finished_at = now(), events = \(done), checkpoint = \(checkpoint)
-                    WHERE id = \(id)
-                    """, logger: logger)
+            for build in builds {
+                let name = build.projection.name
+                try await build.writer.flush(on: transaction, logger: logger)
+                try await transaction.query("DROP TABLE IF EXISTS \(unescaped: name)", logger: logger)
+                try await transaction.query("ALTER TABLE \(unescaped: build.table) RENAME TO \(unescaped: name)", logger: logger)
+                try await ProjectionCatalogue.install(name, version: build.projection.version, checkpoint: pass.checkpoint, on: transaction, logger: logger)
+                if let failure = pass.failure { try await ProjectionCatalogue.recordFailure(name, failure, on: transaction, logger: logger) }
             }
-            return (checkpoint, done)
+            try await transaction.query(
+                """
+                UPDATE projection_rebuilds SET outcome = 'swapped', finished_at = now(), events = \(pass.done), checkpoint = \(pass.checkpoint)
+                WHERE id = ANY(\(builds.map(\.id)))
+                """, logger: logger)
+            return pass
         }
     }
 
@@ -266,7 +276,7 @@ public struct ProjectionRebuilder: Sendable {
             """, logger: logger)
         var tables: [String] = []
         for try await table in rows.decode(String.self) { tables.append(table) }
-        for table in tables where ProjectionTable<WorkflowStateRow>.isValidName(table) {
+        for table in tables where isValidTableName(table) {
             try await connection.query("DROP TABLE IF EXISTS \(unescaped: table)", logger: logger)
         }
         try await connection.query(

@@ -88,18 +88,6 @@ public final class ProjectionRunner: Service, Sendable {
         if changed { logger.info("projection runner state", metadata: ["convo.projection": "\(projection.name)", "convo.state": "\(state)"]) }
     }
 
-    /// Waits until this process's runner has stored everything up to `position`, or `timeout` passes.
-    ///
-    /// - Returns: whether the position was reached.
-    public func waitUntil(position: Int64, timeout: Duration) async -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while checkpoint < position {
-            guard ContinuousClock.now < deadline, !Task.isCancelled else { return false }
-            try? await Task.sleep(for: .milliseconds(5))
-        }
-        return true
-    }
-
     public func run() async throws {
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
@@ -116,41 +104,34 @@ public final class ProjectionRunner: Service, Sendable {
         }
     }
 
-    /// Stands by until this session holds the runner lock, then follows the events; releases the locks on
-    /// the way out (the session goes back to the pool).
+    /// Stands by until this session holds the runner lock, then keeps the projection; the lock goes with the
+    /// session back to the pool released.
     private func runOnce(on connection: PostgresConnection) async throws {
         let name = projection.name
-        var standby = false
-        var active = false
-        do {
-            while !(try await ProjectionCatalogue.tryLock(.runner, name, on: connection, logger: logger)) {
-                if !standby {
-                    standby = try await ProjectionCatalogue.tryLock(.standby, name, shared: true, on: connection, logger: logger)
-                }
-                set(.standby)
-                try await Task.sleep(for: configuration.standbyPoll)
-            }
-            active = true
-            if standby {
-                try await ProjectionCatalogue.unlock(.standby, name, shared: true, on: connection, logger: logger)
-                standby = false
-            }
+        try await acquireRunnerLock(on: connection)
+        try await ProjectionCatalogue.releasing([(.runner, name)], on: connection, logger: logger) {
             if let entry = try await ProjectionCatalogue.entry(name, on: connection, logger: logger), entry.version > projection.version {
-                // Let a newer version's runner have the lock; never rebuild newer rows back to an older fold.
-                try await ProjectionCatalogue.unlock(.runner, name, on: connection, logger: logger)
-                active = false
+                // A newer convo built these rows: leave them to its runner, never rebuild them back to an older fold.
                 set(.superseded(storedVersion: entry.version))
-                try await Task.sleep(for: configuration.standbyPoll)
                 return
             }
             try await ensureCurrent(on: connection)
             try await follow(on: connection)
-        } catch {
-            if active { await ProjectionCatalogue.release(.runner, name, on: connection, logger: logger) }
-            if standby { await ProjectionCatalogue.release(.standby, name, shared: true, on: connection, logger: logger) }
-            throw error
         }
-        await ProjectionCatalogue.release(.runner, name, on: connection, logger: logger)
+        if case .superseded = state { try await Task.sleep(for: configuration.standbyPoll) }
+    }
+
+    /// Returns once this session holds the runner lock; meanwhile stands by, counted through a shared lock.
+    private func acquireRunnerLock(on connection: PostgresConnection) async throws {
+        let name = projection.name
+        if try await ProjectionCatalogue.tryLock(.runner, name, on: connection, logger: logger) { return }
+        let counted = try await ProjectionCatalogue.tryLock(.standby, name, shared: true, on: connection, logger: logger)
+        try await ProjectionCatalogue.releasing(counted ? [(.standby, name)] : [], shared: true, on: connection, logger: logger) {
+            set(.standby)
+            repeat {
+                try await Task.sleep(for: configuration.standbyPoll)
+            } while !(try await ProjectionCatalogue.tryLock(.runner, name, on: connection, logger: logger))
+        }
     }
 
     /// Rebuilds the projection when its table was never built or was built by another version.

@@ -40,15 +40,13 @@ public struct ProjectionStatus: Sendable, Codable {
     public static func read(_ projections: [any Projection], store: PostgresEventStore, logger: Logger) async throws -> [ProjectionStatus] {
         do {
             let head = try await store.headPosition(.allTenants)
-            var statuses: [ProjectionStatus] = []
-            for projection in projections {
-                var status = try await store.client.withConnection { connection in
-                    try await read(projection, head: head, on: connection, logger: logger)
-                }
-                if let entry = status.storedVersion.map({ _ in status.checkpoint }) {
-                    status.lag = try await store.countEvents(after: entry)
-                }
-                statuses.append(status)
+            var statuses = try await store.client.withConnection { connection in
+                var statuses: [ProjectionStatus] = []
+                for projection in projections { statuses.append(try await read(projection, head: head, on: connection, logger: logger)) }
+                return statuses
+            }
+            for index in statuses.indices where statuses[index].storedVersion != nil {
+                statuses[index].lag = try await store.countEvents(after: statuses[index].checkpoint)
             }
             return statuses
         } catch let error as ProjectionError {

@@ -50,7 +50,7 @@ public struct ProjectionVerifier: Sendable {
 
     /// Verifies `projection`, or only its rows that `conversation` touches.
     ///
-    /// - Throws: ``ProjectionError`` when the projection was never built, or a fold fails.
+    /// - Throws: ``ProjectionError`` with ``ProjectionError/Code/notBuilt`` when the projection was never built, ``ProjectionError/Code/fold`` when a fold fails.
     public func verify(_ projection: any Projection, conversation: (TenantID, ConversationID)? = nil) async throws -> Report {
         do {
             return try await store.client.withConnection { connection in
@@ -76,7 +76,7 @@ public struct ProjectionVerifier: Sendable {
             try await ProjectionCatalogue.tableExists(projection.name, on: connection, logger: logger)
         else {
             throw ProjectionError(
-                code: .unknownProjection, message: "\(projection.name) has not been built yet: run `convo projections rebuild \(projection.name)`")
+                code: .notBuilt, message: "\(projection.name) has not been built yet: run `convo projections rebuild \(projection.name)`")
         }
         guard entry.version == projection.version else {
             return Report(

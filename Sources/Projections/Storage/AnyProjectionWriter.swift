@@ -5,9 +5,7 @@ import PostgresNIO
 /// A ``ProjectionWriter`` of any projection, so the runner, rebuilds and `verify` handle every projection
 /// with one piece of code.
 protocol AnyProjectionWriter: AnyObject, Sendable {
-    var name: String { get }
-    var version: Int { get }
-    var tableName: String { get }
+    var isFull: Bool { get }
     func apply(_ events: [RecordedEvent], loadingOn connection: PostgresConnection, logger: Logger) async throws -> (applied: Int, error: FoldError?)
     func flush(on connection: PostgresConnection, logger: Logger) async throws
     func committed()
@@ -16,10 +14,6 @@ protocol AnyProjectionWriter: AnyObject, Sendable {
 }
 
 extension ProjectionWriter: AnyProjectionWriter {
-    var name: String { projection.name }
-    var version: Int { projection.version }
-    var tableName: String { table.name }
-
     func createTable(suffix: String, on connection: PostgresConnection, logger: Logger) async throws {
         try await table.create(suffix: suffix, on: connection, logger: logger)
     }

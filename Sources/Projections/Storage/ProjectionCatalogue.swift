@@ -60,6 +60,20 @@ enum ProjectionCatalogue {
         }
     }
 
+    /// Runs `body`, then releases `locks` (held by this session) whether `body` returned or threw.
+    static func releasing<T>(
+        _ locks: [(role: Role, projection: String)], shared: Bool = false, on connection: PostgresConnection, logger: Logger, _ body: () async throws -> T
+    ) async throws -> T {
+        do {
+            let result = try await body()
+            for lock in locks { await release(lock.role, lock.projection, shared: shared, on: connection, logger: logger) }
+            return result
+        } catch {
+            for lock in locks { await release(lock.role, lock.projection, shared: shared, on: connection, logger: logger) }
+            throw error
+        }
+    }
+
     /// How many sessions hold the lock, in any process (advisory locks belong to one database).
     static func holders(_ role: Role, _ projection: String, on connection: PostgresConnection, logger: Logger) async throws -> Int {
         let rows = try await connection.query(

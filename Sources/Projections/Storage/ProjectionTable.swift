@@ -9,19 +9,20 @@ import PostgresNIO
 /// every projection shares this code.
 ///
 /// Table and column names come from the projections' definitions, never from input; they are checked
-/// against ``isValidName(_:)`` before they reach SQL.
+/// against ``isValidTableName(_:)`` before they reach SQL.
+/// Whether `name` is safe to put in SQL as a table name: a lowercase letter, then letters, digits and `_`.
+func isValidTableName(_ name: String) -> Bool {
+    let utf8 = name.utf8
+    return (1...60).contains(utf8.count) && utf8.first.map { (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) } == true
+        && utf8.allSatisfy { (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || $0 == UInt8(ascii: "_") }
+}
+
 struct ProjectionTable<Row: ProjectionRow>: Sendable {
     let name: String
 
     init(_ name: String) throws {
-        guard Self.isValidName(name) else { throw ProjectionError(code: .invalidArgument, message: "invalid projection table name '\(name)'") }
+        guard isValidTableName(name) else { throw ProjectionError(code: .invalidArgument, message: "invalid projection table name '\(name)'") }
         self.name = name
-    }
-
-    static func isValidName(_ name: String) -> Bool {
-        let utf8 = name.utf8
-        return (1...60).contains(utf8.count) && utf8.first.map { (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) } == true
-            && utf8.allSatisfy { (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || $0 == UInt8(ascii: "_") }
     }
 
     private var keyColumns: [ProjectionColumn] { Array(Row.columns.prefix(Row.keyColumnCount)) }
@@ -31,7 +32,7 @@ struct ProjectionTable<Row: ProjectionRow>: Sendable {
     /// `CREATE TABLE` with the primary key and indexes; names carry `suffix` so a rebuild's table never
     /// collides with the live one's constraints.
     func create(suffix: String, on connection: PostgresConnection, logger: Logger) async throws {
-        let columns = Row.columns.map { "\($0.name) \($0.definition)" }.joined(separator: ",\n    ")
+        let columns = Row.columns.map { "\($0.name) \($0.type)\($0.nullable ? "" : " NOT NULL")" }.joined(separator: ",\n    ")
         try await connection.query(
             "CREATE TABLE \(unescaped: name) (\n    \(unescaped: columns),\n    CONSTRAINT \(unescaped: name)_\(unescaped: suffix)_pkey PRIMARY KEY (\(unescaped: keyList)))",
             logger: logger)

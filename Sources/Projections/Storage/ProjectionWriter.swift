@@ -13,7 +13,7 @@ final class ProjectionWriter<P: Projection>: @unchecked Sendable {
     typealias Key = P.Row.Key
 
     let projection: P
-    private(set) var table: ProjectionTable<P.Row>
+    let table: ProjectionTable<P.Row>
     private let capacity: Int
     /// Rows as the fold left them; `nil` for a key known to have no row.
     private var cache: [Key: P.Row?] = [:]
@@ -81,8 +81,6 @@ final class ProjectionWriter<P: Projection>: @unchecked Sendable {
         dirty.removeAll()
     }
 
-    func retarget(_ table: String) throws {
-        self.table = try ProjectionTable(table)
-        reset()
-    }
+    /// Whether the writer keeps more rows than it may: flush, then ``committed()`` starts the cache over.
+    var isFull: Bool { cache.count > capacity }
 }

@@ -110,6 +110,9 @@ public struct ConversationHandedOff: DomainEvent {
         self.team = team
         self.reason = reason
     }
+
+    /// Who takes the conversation: the team, or `agents` when the workflow named none.
+    public var assignee: String { team ?? "agents" }
 }
 
 /// The workflow reached an `end` node.
