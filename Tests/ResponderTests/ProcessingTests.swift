@@ -27,8 +27,8 @@ struct Harness: Sendable {
         ]}
         """
 
-    static func run(_ body: @Sendable (Harness) async throws -> Void) async throws {
-        try await TestDatabase.withStore { store in
+    static func run(url: DatabaseURL? = nil, _ body: @Sendable (Harness) async throws -> Void) async throws {
+        try await TestDatabase.withStore(url: url) { store in
             let harness = Harness(
                 store: store, redis: RedisClient(configuration: try RedisConfiguration(url: try TestDatabase.redisURL, connections: 8)),
                 workflows: WorkflowRepository(client: store.client, logger: TestDatabase.logger), tenant: TestDatabase.uniqueTenant())
@@ -305,29 +305,51 @@ struct SlowProvider: AIProvider {
     }
 
     @Test func theResponderServiceProcessesIngestedMessagesAndSweepsUpStrandedOnes() async throws {
-        try await Harness.run { harness in
-            let visitor = newVisitor()
-            let stranded = newConversation()
-            // Ingested while no responder ran: only the sweep can find it.
-            _ = try await harness.ingestor.ingest(harness.message(stranded, visitor, id: "m1", text: "anyone?"))
-            let service = ResponderService(
-                processor: harness.processor(), store: harness.store, configuration: .init(sweepInterval: .seconds(60), scope: .tenant(harness.tenant)), logger: TestDatabase.logger)
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await service.run() }
-                defer { group.cancelAll() }
-                let live = newConversation()
-                try await Task.sleep(for: .milliseconds(300))
-                _ = try await harness.ingestor.ingest(harness.message(live, visitor, id: "m1", text: "hi"))
-                let processor = harness.processor()
-                let deadline = ContinuousClock.now + .seconds(10)
-                var done = false
-                while !done && ContinuousClock.now < deadline {
-                    try await Task.sleep(for: .milliseconds(50))
-                    let a = try await processor.readState(tenant: harness.tenant, conversation: stranded).messagesConsumed
-                    let b = try await processor.readState(tenant: harness.tenant, conversation: live).messagesConsumed
-                    done = a == 2 && b == 2
+        // A database of its own: the sweep reads the conversations projection, whose runner follows every tenant.
+        try await TestDatabase.withFreshDatabase { url in
+            try await Harness.run(url: url) { harness in
+                let visitor = newVisitor()
+                let stranded = newConversation()
+                // Ingested while no responder ran: only the sweep can find it.
+                _ = try await harness.ingestor.ingest(harness.message(stranded, visitor, id: "m1", text: "anyone?"))
+                let projection = ConversationsProjection()
+                let runner = ProjectionRunner(projection: projection, store: harness.store, logger: TestDatabase.logger)
+                let service = ResponderService(
+                    processor: harness.processor(), store: harness.store, configuration: .init(sweepInterval: .seconds(60), scope: .tenant(harness.tenant)),
+                    logger: TestDatabase.logger)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask { try await runner.run() }
+                    defer { group.cancelAll() }
+                    // The sweep sees what the projection has stored: wait for the stranded message to be counted.
+                    let deadline = ContinuousClock.now + .seconds(10)
+                    var counted: [ConversationsProjection.Pending] = []
+                    while counted.isEmpty && ContinuousClock.now < deadline {
+                        try await Task.sleep(for: .milliseconds(20))
+                        counted = try await projection.pending(.tenant(harness.tenant), client: harness.store.client, logger: TestDatabase.logger)
+                    }
+                    #expect(counted.map(\.conversation) == [stranded])
+
+                    group.addTask { try await service.run() }
+                    let live = newConversation()
+                    try await Task.sleep(for: .milliseconds(300))
+                    _ = try await harness.ingestor.ingest(harness.message(live, visitor, id: "m1", text: "hi"))
+                    let processor = harness.processor()
+                    var done = false
+                    while !done && ContinuousClock.now < deadline + .seconds(10) {
+                        try await Task.sleep(for: .milliseconds(50))
+                        let a = try await processor.readState(tenant: harness.tenant, conversation: stranded).messagesConsumed
+                        let b = try await processor.readState(tenant: harness.tenant, conversation: live).messagesConsumed
+                        done = a == 2 && b == 2
+                    }
+                    #expect(done, "both conversations processed by the service")
+                    // Once the projection has the answers, nothing is pending any more.
+                    var left = counted
+                    while !left.isEmpty && ContinuousClock.now < deadline + .seconds(20) {
+                        try await Task.sleep(for: .milliseconds(20))
+                        left = try await projection.pending(.tenant(harness.tenant), client: harness.store.client, logger: TestDatabase.logger)
+                    }
+                    #expect(left.isEmpty)
                 }
-                #expect(done, "both conversations processed by the service")
             }
         }
     }

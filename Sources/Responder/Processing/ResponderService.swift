@@ -1,4 +1,5 @@
 import EventStore
+import Projections
 import Foundation
 import Logging
 import PostgresNIO
@@ -8,7 +9,8 @@ import Synchronization
 
 /// The long-lived responder inside `convo serve`: processes visitors as their messages arrive (woken by
 /// the event store's subscription, so messages ingested by any instance are seen), and sweeps for
-/// conversations with pending messages at start-up and periodically, so a crash never strands a message.
+/// conversations with pending messages at start-up and periodically (through the `conversations`
+/// projection's unprocessed count), so a crash never strands a message.
 public final class ResponderService: Service, Sendable {
     public struct Configuration: Sendable {
         /// How often to look for conversations with unprocessed messages. Default: 30 seconds.
@@ -164,51 +166,13 @@ public final class ResponderService: Service, Sendable {
         }
     }
 
-    /// Conversations whose `messages-` stream is ahead of what their workflow has consumed.
+    /// Conversations with visitor messages their workflow has not consumed, from the `conversations`
+    /// projection: a sweep is a safety net for wake-ups that were lost (a crash between ingest and
+    /// processing), so being as current as the projection is enough, and it reads an index instead of
+    /// aggregating the whole events table.
     func sweep() async throws -> [Work] {
-        try await Self.conversationsWithPendingMessages(client: store.client, scope: configuration.scope, logger: logger).map {
+        try await ConversationsProjection().pending(configuration.scope, client: store.client, logger: logger).map {
             Work(tenant: $0.tenant, visitor: $0.visitor, conversation: $0.conversation)
         }
-    }
-
-    /// Every conversation whose last visitor message is not consumed by its workflow yet.
-    public static func conversationsWithPendingMessages(
-        client: PostgresClient, scope: TenantScope = .allTenants, logger: Logger
-    ) async throws -> [(tenant: TenantID, visitor: VisitorUID, conversation: ConversationID)] {
-        let tenant: String?
-        switch scope {
-        case .allTenants: tenant = nil
-        case .tenant(let id): tenant = id.rawValue
-        }
-        let query: PostgresQuery = """
-            WITH messages AS (
-                SELECT tenant_id, substr(stream_name, 10) AS conversation, max(stream_version) AS last_message
-                FROM events WHERE stream_category = 'messages' AND event_type = 'VisitorMessageReceived'
-                  AND (\(tenant)::text IS NULL OR tenant_id = \(tenant))
-                GROUP BY tenant_id, stream_name
-            ), consumed AS (
-                SELECT tenant_id, substr(stream_name, 10) AS conversation, max((data->>'upToVersion')::bigint) AS up_to
-                FROM events WHERE stream_category = 'workflow' AND event_type = 'MessagesProcessed'
-                  AND (\(tenant)::text IS NULL OR tenant_id = \(tenant))
-                GROUP BY tenant_id, stream_name
-            )
-            SELECT m.tenant_id, m.conversation,
-                   (SELECT e.data->>'visitorUid' FROM events e
-                    WHERE e.tenant_id = m.tenant_id AND e.stream_name = 'messages-' || m.conversation AND e.stream_version = 1)
-            FROM messages m LEFT JOIN consumed c USING (tenant_id, conversation)
-            WHERE coalesce(c.up_to, 0) < m.last_message
-            """
-        var found: [(TenantID, VisitorUID, ConversationID)] = []
-        do {
-            for try await (tenant, conversation, visitor) in try await client.query(query, logger: logger).decode((String, String, String?).self) {
-                guard let tenant = TenantID(rawValue: tenant), let conversation = ConversationID(rawValue: conversation),
-                    let visitor = visitor.flatMap(VisitorUID.init(rawValue:))
-                else { continue }
-                found.append((tenant, visitor, conversation))
-            }
-        } catch {
-            throw PostgresEventStore.mapError(error, operation: "look for pending messages")
-        }
-        return found
     }
 }
