@@ -2,7 +2,7 @@
 ///
 /// A tenant id is 1 to 64 characters of lowercase ASCII letters, digits, `_` and `-`, starting with a
 /// letter or digit, so it is safe in URLs, log metadata and Redis keys.
-public struct TenantID: RawRepresentable, Hashable, Sendable, Codable, CustomStringConvertible, Comparable {
+public struct TenantID: StringIdentifier {
     public let rawValue: String
 
     /// Creates a tenant id, or returns `nil` when `rawValue` is not a valid one.
@@ -21,24 +21,6 @@ public struct TenantID: RawRepresentable, Hashable, Sendable, Codable, CustomStr
 
     /// The tenant that `./scripts/dev` creates.
     public static let `default` = TenantID("default")
-
-    public var description: String { rawValue }
-
-    public static func < (lhs: TenantID, rhs: TenantID) -> Bool { lhs.rawValue < rhs.rawValue }
-
-    public init(from decoder: any Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        let raw = try container.decode(String.self)
-        guard let id = TenantID(rawValue: raw) else {
-            throw DecodingError.dataCorruptedError(in: container, debugDescription: "invalid tenant id")
-        }
-        self = id
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        try container.encode(rawValue)
-    }
 
     static func isValid(_ raw: String) -> Bool {
         let utf8 = raw.utf8

@@ -67,7 +67,11 @@ import Testing
         let both = try await ConvoProcess.run(["state", "c", "--at-version", "1", "--at", "2026-01-01T00:00:00Z"])
         #expect(both.status != 0)
         let badTime = try await ConvoProcess.run(["state", "c", "--at", "yesterday"])
-        #expect(badTime.status != 0 && badTime.stderr.contains("ISO 8601"))
+        #expect(badTime.status != 0 && badTime.stderr.contains("'yesterday' is invalid for '--at"), "\(badTime.stderr)")
+        let badTenant = try await ConvoProcess.run(["projections", "verify", "--all", "--conversation", "c", "--tenant", "Not A Tenant"])
+        #expect(badTenant.status != 0 && badTenant.stderr.contains("--tenant"), "\(badTenant.stderr)")
+        let badConversation = try await ConvoProcess.run(["state", "has space"])
+        #expect(badConversation.status != 0 && badConversation.stderr.contains("'has space' is invalid"), "\(badConversation.stderr)")
         let unreachable = try await ConvoProcess.run(
             ["projections", "status", "--database-url", "postgres://convo@127.0.0.1:1/convo", "--connect-timeout", "1"])
         #expect(unreachable.status != 0 && unreachable.stderr.contains("cannot reach PostgreSQL"))

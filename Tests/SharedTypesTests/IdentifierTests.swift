@@ -22,6 +22,23 @@ import Testing
         }
     }
 
+    @Test func identifiersTravelAsBareStringsAndInvalidOnesAreRefused() throws {
+        struct Ids: Codable, Equatable {
+            var tenant: TenantID
+            var conversation: ConversationID
+            var visitor: VisitorUID
+        }
+        let ids = Ids(tenant: TenantID("acme"), conversation: ConversationID(rawValue: "c:1")!, visitor: VisitorUID(rawValue: "V.1")!)
+        let data = try JSONEncoder().encode(ids)
+        #expect(String(decoding: data, as: UTF8.self).contains(#""conversation":"c:1""#))
+        #expect(try JSONDecoder().decode(Ids.self, from: data) == ids)
+        for bad in [#"{"tenant":"Acme","conversation":"c","visitor":"v"}"#, #"{"tenant":"a","conversation":"has space","visitor":"v"}"#,
+                    #"{"tenant":"a","conversation":"c","visitor":""}"#] {
+            #expect(throws: DecodingError.self) { try JSONDecoder().decode(Ids.self, from: Data(bad.utf8)) }
+        }
+        #expect(ConversationID(rawValue: String(repeating: "x", count: 129)) == nil && ConversationID(rawValue: "a")! < ConversationID(rawValue: "b")!)
+    }
+
     @Test func metadataKeepsNamedAndFreeKeysThroughJSON() throws {
         var metadata = EventMetadata(correlationId: UUID(), causationId: UUID(), actorId: "visitor:v1")
         metadata["lockToken"] = "abc"

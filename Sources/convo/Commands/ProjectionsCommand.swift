@@ -68,20 +68,14 @@ extension Convo {
 
             @OptionGroup var options: GlobalOptions
             @OptionGroup var selection: Selection
-            @Option(help: "Only the rows this conversation touches.") var conversation: String?
-            @Option(help: "The conversation's tenant (default: default).") var tenant: String = TenantID.default.rawValue
+            @Option(help: "Only the rows this conversation touches.") var conversation: ConversationID?
+            @Option(help: "The conversation's tenant.") var tenant: TenantID = .default
             @Flag(help: "Print the reports as JSON.") var json = false
 
             func run() async throws {
                 let projections = try selection.projections()
-                guard let tenant = TenantID(rawValue: tenant) else { throw ValidationError("invalid tenant '\(self.tenant)'") }
-                var scope: (TenantID, ConversationID)?
-                if let conversation {
-                    guard let id = ConversationID(rawValue: conversation) else { throw ValidationError("invalid conversation id '\(conversation)'") }
-                    scope = (tenant, id)
-                }
+                let filter = conversation.map { (tenant, $0) }
                 let logger = try options.makeLogger()
-                let filter = scope
                 let reports = try await withStore(options, logger: logger) { store in
                     var reports: [ProjectionVerifier.Report] = []
                     for projection in projections {
@@ -155,29 +149,19 @@ extension Convo {
             abstract: "Print a conversation's workflowState, now or as it was at a stream version or a time (folded from the events).")
 
         @OptionGroup var options: GlobalOptions
-        @Argument(help: "The conversation id.") var conversation: String
-        @Option(help: "The conversation's tenant (default: default).") var tenant: String = TenantID.default.rawValue
+        @Argument(help: "The conversation id.") var conversation: ConversationID
+        @Option(help: "The conversation's tenant.") var tenant: TenantID = .default
         @Option(name: .customLong("at-version"), help: "The last workflow stream version to apply.") var atVersion: Int64?
-        @Option(help: "A moment, ISO 8601 (e.g. 2026-11-22T10:15:00Z): only events recorded by then.") var at: String?
+        @Option(help: "A moment, ISO 8601 (e.g. 2026-11-22T10:15:00Z): only events recorded by then.") var at: Moment?
         @Flag(help: "Print the state as JSON.") var json = false
 
         func validate() throws {
             if atVersion != nil && at != nil { throw ValidationError("give --at-version or --at, not both") }
             if let atVersion, atVersion < 0 { throw ValidationError("--at-version is 0 or more") }
-            if let at, Self.parseDate(at) == nil { throw ValidationError("--at '\(at)' is not an ISO 8601 time such as 2026-11-22T10:15:00Z") }
-        }
-
-        static func parseDate(_ text: String) -> Date? {
-            let formatter = ISO8601DateFormatter()
-            if let date = formatter.date(from: text) { return date }
-            formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-            return formatter.date(from: text)
         }
 
         func run() async throws {
-            guard let tenant = TenantID(rawValue: tenant) else { throw ValidationError("invalid tenant '\(self.tenant)'") }
-            guard let id = ConversationID(rawValue: conversation) else { throw ValidationError("invalid conversation id '\(conversation)'") }
-            let date = at.flatMap(Self.parseDate)
+            let (id, tenant, date) = (conversation, tenant, at?.date)
             let version = atVersion
             let logger = try options.makeLogger()
             let (state, messages) = try await withStore(options, logger: logger) { store in
@@ -189,7 +173,7 @@ extension Convo {
                 printJSON(StateReport(conversationId: id.rawValue, tenant: tenant.rawValue, atVersion: version, at: date, state: state))
                 return
             }
-            print("conversation \(id) (tenant \(tenant))" + (version.map { " at version \($0)" } ?? "") + (at.map { " at \($0)" } ?? ""))
+            print("conversation \(id) (tenant \(tenant))" + (version.map { " at version \($0)" } ?? "") + (date.map { " at \($0)" } ?? ""))
             print("  workflow:   \(state.workflowId.map { "\($0) v\(state.workflowVersion ?? 0)" } ?? "none yet")")
             print("  status:     \(state.status.rawValue)")
             print("  node:       \(state.currentNode ?? "-")")

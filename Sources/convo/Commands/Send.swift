@@ -13,26 +13,21 @@ extension Convo {
             discussion: "With --count N, sends N messages '<text> 1' … '<text> N' with ids '<message-id>-1' …; a resent id is stored once.")
 
         @OptionGroup var options: GlobalOptions
-        @Argument(help: "The conversation's id.") var conversation: String
-        @Option(help: "The visitor's id.") var visitor: String
+        @Argument(help: "The conversation's id.") var conversation: ConversationID
+        @Option(help: "The visitor's id.") var visitor: VisitorUID
         @Option(help: "The message text.") var text: String
         @Option(name: .customLong("message-id"), help: "The message's id (default: a new UUID).") var messageId: String?
         @Option(help: "How many messages to send.") var count: Int = 1
-        @Option(help: "The tenant (default: default).") var tenant: String = TenantID.default.rawValue
+        @Option(help: "The tenant.") var tenant: TenantID = .default
         @Flag(help: "Process the visitor after each message, under the visitor lock, as convo serve does.") var process = false
         @Option(help: "The workflow new conversations start (with --process).") var workflow: String = WorkflowRepository.defaultWorkflowID
 
         func validate() throws {
             guard (1...100_000).contains(count) else { throw ValidationError("--count is 1 to 100000") }
-            guard ConversationID(rawValue: conversation) != nil else { throw ValidationError("invalid conversation id '\(conversation)'") }
-            guard VisitorUID(rawValue: visitor) != nil else { throw ValidationError("invalid visitor id '\(visitor)'") }
-            guard TenantID(rawValue: tenant) != nil else { throw ValidationError("invalid tenant '\(tenant)'") }
         }
 
         func run() async throws {
-            let tenant = TenantID(rawValue: tenant)!
-            let conversation = ConversationID(rawValue: conversation)!
-            let visitor = VisitorUID(rawValue: visitor)!
+            let (tenant, conversation, visitor) = (tenant, conversation, visitor)
             let logger = try options.makeLogger()
             let baseID = messageId ?? UUID().uuidString.lowercased()
             let redisURL = options.redisURL()

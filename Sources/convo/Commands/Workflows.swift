@@ -44,11 +44,11 @@ extension Convo {
 
             @OptionGroup var options: GlobalOptions
             @Argument(help: "The workflow's JSON file.") var file: String
-            @Option(help: "The tenant to publish for (default: default).") var tenant: String = TenantID.default.rawValue
+            @Option(help: "The tenant to publish for.") var tenant: TenantID = .default
             @Flag(help: "Print the result as JSON.") var json = false
 
             func run() async throws {
-                guard let tenant = TenantID(rawValue: tenant) else { throw ValidationError("invalid tenant '\(self.tenant)'") }
+                let tenant = tenant
                 let bytes = try readWorkflowFile(file)
                 let logger = try options.makeLogger()
                 try await withPostgresClient(url: try options.databaseURL(), connectTimeout: try options.connectTimeout(), logger: logger) { client in
