@@ -30,7 +30,24 @@ import Testing
         let rows = try await store.client.query("SELECT max(global_position) FROM events")
         var last: Int64 = 0
         for try await value in rows.decode(Int64?.self) { last = value ?? 0 }
-        return try await eventually { runners.allSatisfy { $0.state == .running && $0.checkpoint >= last } }
+        if try await eventually(timeout: .seconds(90), { runners.allSatisfy { $0.state == .running && $0.checkpoint >= last } }) { return true }
+        // A slow CI machine gets time. On failure, say what held them back: their states, what a reader may
+        // see, and the oldest writing transaction in the cluster (readers withhold events behind it, across
+        // databases).
+        let visible = try await store.headPosition()
+        let oldest = try await store.client.query(
+            """
+            SELECT coalesce(max(now() - xact_start)::text, 'none') || ' ' || coalesce(max(datname), '') || ' ' || coalesce(max(left(query, 120)), '')
+            FROM (SELECT * FROM pg_stat_activity WHERE backend_xid IS NOT NULL ORDER BY xact_start LIMIT 1) oldest
+            """)
+        var transaction = ""
+        for try await text in oldest.decode(String.self) { transaction = text }
+        Issue.record(
+            """
+            not caught up with \(last) (visible head \(visible)): \(runners.map { "\($0.projection.name) \($0.state) at \($0.checkpoint)" }); \
+            oldest writing transaction: \(transaction)
+            """)
+        return false
     }
 
     static func verifyClean(_ store: PostgresEventStore, _ projections: [any Projection] = ProjectionRegistry.standard) async throws {
