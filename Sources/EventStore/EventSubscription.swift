@@ -28,6 +28,8 @@ public struct EventSubscription: AsyncSequence, Sendable {
         /// Set when an append was signalled but nothing could be read: the append's transaction may still be
         /// withheld behind an older open one, so look again soon, backing off up to the poll interval.
         var heldBackDelay: Duration?
+        var heldBackSince: ContinuousClock.Instant?
+        static let heldBackCap = Duration.milliseconds(200)
 
         init(subscription: EventSubscription, position: Int64) {
             self.subscription = subscription
@@ -67,8 +69,11 @@ public struct EventSubscription: AsyncSequence, Sendable {
                 await subscription.signal.wait(after: generation, timeout: heldBackDelay.map { Swift.min($0, pollInterval) } ?? pollInterval)
                 if subscription.signal.generation != generation {
                     heldBackDelay = .milliseconds(5)
-                } else if let delay = heldBackDelay {
-                    heldBackDelay = delay < pollInterval ? delay * 2 : nil
+                    heldBackSince = .now
+                } else if let delay = heldBackDelay, let since = heldBackSince {
+                    // Something was appended: look again at most every 200 ms, for up to a poll interval
+                    // (the append may be of another scope, never to show here).
+                    heldBackDelay = ContinuousClock.now - since < pollInterval ? Swift.min(delay * 2, Self.heldBackCap) : nil
                 }
             }
         }

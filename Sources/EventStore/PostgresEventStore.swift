@@ -163,6 +163,10 @@ public final class PostgresEventStore: EventStore, Service {
     /// Maps a PostgresNIO error to the store's error, keeping SQL and values out of the message.
     public static func mapError(_ error: any Error, operation: String) -> EventStoreError {
         if let error = error as? EventStoreError { return error }
+        if let error = error as? PostgresTransactionError {
+            // The statement that failed inside (or around) a transaction says what happened.
+            if let inner = error.closureError ?? error.beginError ?? error.commitError { return mapError(inner, operation: operation) }
+        }
         if let error = error as? PSQLError {
             switch error.code {
             case .server:
@@ -179,6 +183,9 @@ public final class PostgresEventStore: EventStore, Service {
             }
         }
         if error is CancellationError { return EventStoreError(code: .storageFailure, message: "\(operation) was cancelled", cause: error) }
+        if error is PostgresDecodingError {
+            return EventStoreError(code: .storageFailure, message: "\(operation) failed: a stored value has an unexpected type", cause: error)
+        }
         return EventStoreError(code: .unavailable, message: "\(operation): PostgreSQL is unavailable", cause: error)
     }
 
@@ -225,6 +232,35 @@ public final class PostgresEventStore: EventStore, Service {
                 ORDER BY global_position LIMIT \(maxCount)
                 """, operation: "read all of \(tenant)")
         }
+    }
+
+    /// Reads up to `maxCount` events of several streams of one tenant (a conversation's `messages-` and
+    /// `workflow-` streams) after a global position, in position order.
+    ///
+    /// - Parameter following: withhold, like ``readAll(_:after:maxCount:)``, what commits behind an older open
+    ///   transaction, so a reader paging on with the last position never skips an event that commits late.
+    ///   `false` for a one-off read that wants everything committed now (read-your-writes). Default: `true`.
+    public func readStreams(
+        _ streams: [StreamName], tenant: TenantID, after position: Int64, maxCount: Int = 1000, following: Bool = true
+    ) async throws -> [RecordedEvent] {
+        try Self.checkPageSize(maxCount)
+        let names = streams.map(\.description)
+        let operation = "read \(names.joined(separator: ", "))"
+        guard following else {
+            return try await fetch(
+                """
+                SELECT \(unescaped: Self.columns) FROM events
+                WHERE tenant_id = \(tenant.rawValue) AND stream_name = ANY(\(names)) AND global_position > \(position)
+                ORDER BY global_position LIMIT \(maxCount)
+                """, operation: operation)
+        }
+        return try await fetch(
+            """
+            SELECT \(unescaped: Self.columns) FROM events
+            WHERE tenant_id = \(tenant.rawValue) AND stream_name = ANY(\(names)) AND global_position > \(position)
+              AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+            ORDER BY global_position LIMIT \(maxCount)
+            """, operation: operation)
     }
 
     public func streamVersion(_ stream: StreamName, tenant: TenantID) async throws -> Int64 {

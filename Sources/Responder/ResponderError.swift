@@ -13,6 +13,7 @@ public struct ResponderError: Error, CustomStringConvertible {
             case conversationOwnedByAnotherVisitor
             case workflowNotFound
             case invalidMessage
+            case messageIdReused
         }
 
         private let base: Base
@@ -38,6 +39,8 @@ public struct ResponderError: Error, CustomStringConvertible {
 
         /// A message to ingest is not valid (empty text, too long, bad id).
         public static let invalidMessage = Code(.invalidMessage)
+        /// A message id was ingested before with another text or visitor.
+        public static let messageIdReused = Code(.messageIdReused)
 
         public var description: String { base.rawValue }
     }

@@ -194,26 +194,26 @@ import Testing
         try await TestDatabase.withFreshDatabase { url in
             try await TestDatabase.withStore(url: url) { store in
                 try await Traffic(store: store).run(turns: 6, conversations: 2)
-                let v1 = Self.runners(store, [ConversationsProjection()])
+                let v1 = Self.runners(store, [ConversationsProjection(version: 2)])
                 try await Self.running(v1) {
                     let caughtUp = try await Self.caughtUp(v1, store)
                     #expect(caughtUp)
                 }
-                let v2 = Self.runners(store, [ConversationsProjection(version: 2)])
+                let v2 = Self.runners(store, [ConversationsProjection(version: 3)])
                 try await Self.running(v2) {
                     let caughtUp = try await Self.caughtUp(v2, store)
                     #expect(caughtUp)
                 }
-                let status = try #require(try await ProjectionStatus.read([ConversationsProjection(version: 2)], store: store, logger: TestDatabase.logger).first)
-                #expect(status.storedVersion == 2 && status.state == "stopped", "\(status)")
-                #expect(status.lastRebuild?.reason == "version 1 → 2" && status.lastRebuild?.outcome == "swapped")
+                let status = try #require(try await ProjectionStatus.read([ConversationsProjection(version: 3)], store: store, logger: TestDatabase.logger).first)
+                #expect(status.storedVersion == 3 && status.state == "stopped", "\(status)")
+                #expect(status.lastRebuild?.reason == "version 2 → 3" && status.lastRebuild?.outcome == "swapped")
                 // An older binary's runner leaves the newer rows alone instead of rebuilding them back.
                 try await Self.running(v1) {
-                    let superseded = try await eventually { v1.allSatisfy { $0.state == .superseded(storedVersion: 2) } }
+                    let superseded = try await eventually { v1.allSatisfy { $0.state == .superseded(storedVersion: 3) } }
                     #expect(superseded)
                 }
-                let after = try #require(try await ProjectionStatus.read([ConversationsProjection(version: 2)], store: store, logger: TestDatabase.logger).first)
-                #expect(after.storedVersion == 2 && after.lastRebuild?.reason == "version 1 → 2")
+                let after = try #require(try await ProjectionStatus.read([ConversationsProjection(version: 3)], store: store, logger: TestDatabase.logger).first)
+                #expect(after.storedVersion == 3 && after.lastRebuild?.reason == "version 2 → 3")
             }
         }
     }

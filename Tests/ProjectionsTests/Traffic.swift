@@ -75,3 +75,11 @@ func eventually(timeout: Duration = .seconds(30), _ condition: () async throws -
     }
     return try await condition()
 }
+
+/// Waits until readers may see every stored event: none is withheld behind an open transaction any more.
+func settled(_ store: PostgresEventStore) async throws -> Bool {
+    let rows = try await store.client.query("SELECT coalesce(max(global_position), 0) FROM events")
+    var last: Int64 = 0
+    for try await value in rows.decode(Int64.self) { last = value }
+    return try await eventually { try await store.headPosition() >= last }
+}

@@ -93,6 +93,11 @@ struct SlowProvider: AIProvider {
             let second = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m2", text: "again"))
             #expect(second.streamVersion == 3 && !second.startedConversation)
             #expect(try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m1", text: "hello")).isDuplicate)
+            // The same id for another text is not a retry: refused, nothing written.
+            let reused = await #expect(throws: ResponderError.self) {
+                try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m2", text: "something else"))
+            }
+            #expect(reused?.code == .messageIdReused)
             let events = try await harness.all(conversation.messagesStream)
             #expect(events.map(\.type) == ["ConversationStarted", "VisitorMessageReceived", "VisitorMessageReceived"])
             #expect(try events[0].decode(ConversationStarted.self).visitorUid == visitor)
@@ -105,7 +110,7 @@ struct SlowProvider: AIProvider {
             let visitor = newVisitor()
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for index in 0..<20 {
-                    group.addTask { _ = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m\(index % 10)", text: "hi \(index)")) }
+                    group.addTask { _ = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m\(index % 10)", text: "hi \(index % 10)")) }
                 }
                 try await group.waitForAll()
             }

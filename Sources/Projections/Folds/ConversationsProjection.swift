@@ -10,7 +10,7 @@ public struct ConversationsProjection: Projection {
     public var name: String
     public var version: Int
 
-    public init(name: String = "conversations", version: Int = 1) {
+    public init(name: String = "conversations", version: Int = 2) {
         self.name = name
         self.version = version
     }
@@ -25,6 +25,7 @@ public struct ConversationsProjection: Projection {
         var row = row ?? ConversationRow(key: key)
         let at = RowCoding.truncated(event.recordedAt)
         row.lastActivityAt = max(row.lastActivityAt ?? at, at)
+        row.lastPosition = max(row.lastPosition, event.globalPosition)
         switch event.stream.category {
         case "messages":
             try applyMessage(event, to: &row, at: at)
@@ -58,6 +59,10 @@ public struct ConversationsProjection: Projection {
     }
 
     private func applyWorkflow(_ event: RecordedEvent, to row: inout ConversationRow) throws {
+        guard event.streamVersion == row.workflowVersion + 1 else {
+            throw FoldError(event, "expected workflow version \(row.workflowVersion + 1), got \(event.streamVersion)")
+        }
+        row.workflowVersion = event.streamVersion
         switch try event.workflowEvent() {
         case .started, .transitioned, .variableSet, .waitingForInput, .aiReplyFailed, .completed, .failed:
             break
@@ -103,6 +108,10 @@ public struct ConversationRow: ProjectionRow {
     /// The `messages-` stream's version, and how far the responder has consumed it.
     public var messagesVersion: Int64 = 0
     public var messagesConsumed: Int64 = 0
+    /// The `workflow-` stream's version.
+    public var workflowVersion: Int64 = 0
+    /// The global position of the last event folded in.
+    public var lastPosition: Int64 = 0
     /// The version of `ConversationStarted` in the `messages-` stream (it is not a message to answer).
     public var startedVersion: Int64 = 0
     /// Visitor messages the responder has not consumed yet.
@@ -129,6 +138,8 @@ public struct ConversationRow: ProjectionRow {
         .init("assistant_messages", "bigint"),
         .init("messages_version", "bigint"),
         .init("messages_consumed", "bigint"),
+        .init("workflow_version", "bigint"),
+        .init("last_position", "bigint"),
         .init("started_version", "bigint"),
         .init("unprocessed_count", "bigint"),
         .init("started_at", "timestamptz", nullable: true),
@@ -149,6 +160,8 @@ public struct ConversationRow: ProjectionRow {
         case assistantMessages = "assistant_messages"
         case messagesVersion = "messages_version"
         case messagesConsumed = "messages_consumed"
+        case workflowVersion = "workflow_version"
+        case lastPosition = "last_position"
         case startedVersion = "started_version"
         case unprocessedCount = "unprocessed_count"
         case startedAt = "started_at"

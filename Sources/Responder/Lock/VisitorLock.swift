@@ -73,6 +73,7 @@ public struct VisitorLock: Sendable {
 
     private let acquired = Counter(label: "convo.lock.acquired")
     private let busy = Counter(label: "convo.lock.busy")
+    private let renewed = Counter(label: "convo.lock.renewed")
 
     public init(redis: RedisClient, ttl: Duration = .seconds(30)) {
         self.redis = redis
@@ -133,7 +134,9 @@ public struct VisitorLock: Sendable {
     /// - Throws: ``ResponderError`` when Redis cannot be reached.
     public func renew(_ lease: Lease) async throws -> Bool {
         let reply = try await redis.execute(["EVAL", Self.renewScript, "1", lease.key, lease.token, String(lease.ttl.milliseconds)])
-        return reply.integer == 1
+        guard reply.integer == 1 else { return false }
+        renewed.increment()
+        return true
     }
 }
 

@@ -75,6 +75,8 @@ public struct ConversationProcessor: Sendable {
     private let lockLostCounter = Counter(label: "convo.responder.lock_lost")
     private let busyCounter = Counter(label: "convo.responder.busy")
     private let processedCounter = Counter(label: "convo.responder.messages_processed")
+    private let aiLatency = Timer(label: "convo.ai.latency")
+    private let aiFailures = Counter(label: "convo.ai.failures")
 
     public init(
         store: any EventStore, redis: RedisClient, workflows: WorkflowRepository, provider: any AIProvider = RuleProvider(),
@@ -186,9 +188,12 @@ public struct ConversationProcessor: Sendable {
             var decision = engine.decide(state: state, definition: definition, pending: pending)
             if case .askAI(let request) = decision {
                 let aiOutcome: AIOutcome
+                let started = ContinuousClock.now
                 do {
                     aiOutcome = .answered(try await provider.reply(to: request))
+                    aiLatency.record(duration: ContinuousClock.now - started)
                 } catch {
+                    aiFailures.increment()
                     logger.warning("AI provider failed", metadata: ["convo.provider": "\(provider.name)", "convo.error": "\(error)"])
                     aiOutcome = .failed(provider: provider.name, reason: (error as? ResponderError)?.message ?? "\(type(of: error))")
                 }

@@ -77,6 +77,7 @@ public struct MessageIngestor: Sendable {
             do {
                 let result = try await store.append([started, received], to: stream, tenant: message.tenant, expectedVersion: .noStream)
                 let stored = result.events[1]
+                if result.isDuplicate { try await requireSameContent(message, at: stored.streamVersion) }
                 return IngestResult(
                     eventId: stored.eventId, streamVersion: stored.streamVersion, globalPosition: stored.globalPosition,
                     isDuplicate: result.isDuplicate, startedConversation: !result.isDuplicate)
@@ -95,9 +96,26 @@ public struct MessageIngestor: Sendable {
         }
         let result = try await store.append([received], to: stream, tenant: message.tenant, expectedVersion: .streamExists)
         let stored = result.events[0]
+        if result.isDuplicate { try await requireSameContent(message, at: stored.streamVersion) }
         return IngestResult(
             eventId: stored.eventId, streamVersion: stored.streamVersion, globalPosition: stored.globalPosition, isDuplicate: result.isDuplicate,
             startedConversation: false)
+    }
+}
+
+extension MessageIngestor {
+    /// A retry must carry what the first request did: the same id with another text or visitor is a client
+    /// bug (or two messages sharing an id), refused rather than answered as a duplicate of something else.
+    func requireSameContent(_ message: IncomingMessage, at version: Int64) async throws {
+        let stream = message.conversationId.messagesStream
+        guard let original = try await store.readStream(stream, tenant: message.tenant, fromVersion: version, maxCount: 1).first,
+            original.type == VisitorMessageReceived.eventType
+        else { return }
+        let stored = try original.decode(VisitorMessageReceived.self)
+        guard stored.text == message.text, stored.visitorUid == message.visitorUid else {
+            throw ResponderError(
+                code: .messageIdReused, message: "message id '\(message.messageId)' was already used in this conversation for another message")
+        }
     }
 }
 

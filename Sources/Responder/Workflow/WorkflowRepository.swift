@@ -103,6 +103,38 @@ public final class WorkflowRepository: Sendable {
         return nil
     }
 
+    /// A published version as stored: its JSON document (without `version`), who published it and when.
+    public struct Stored: Sendable {
+        public var id: String
+        public var version: Int
+        public var document: JSONValue
+        public var publishedAt: Date
+        public var publishedBy: String
+        /// Every version of this workflow id, oldest first.
+        public var versions: [Int]
+    }
+
+    /// A published version as stored (the latest when `version` is `nil`); `nil` when there is none.
+    public func stored(_ id: String, version: Int? = nil, tenant: TenantID) async throws -> Stored? {
+        do {
+            let rows = try await client.query(
+                """
+                SELECT version, definition::text, published_at, published_by,
+                       array(SELECT version FROM workflows WHERE tenant_id = w.tenant_id AND workflow_id = w.workflow_id ORDER BY version)
+                FROM workflows w
+                WHERE tenant_id = \(tenant.rawValue) AND workflow_id = \(id) AND (\(version)::int IS NULL OR version = \(version))
+                ORDER BY version DESC LIMIT 1
+                """, logger: logger)
+            for try await (version, text, at, by, versions) in rows.decode((Int, String, Date, String, [Int]).self) {
+                let document = try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
+                return Stored(id: id, version: version, document: document, publishedAt: at, publishedBy: by, versions: versions)
+            }
+            return nil
+        } catch {
+            throw PostgresEventStore.mapError(error, operation: "load workflow \(id)")
+        }
+    }
+
     /// The latest version of a workflow; `nil` when none is published.
     public func latest(_ id: String, tenant: TenantID) async throws -> WorkflowDefinition? {
         do {

@@ -23,7 +23,19 @@ extension Convo {
         @Option(name: .customLong("redis-pool-size"), help: "Redis connections (env CONVO_REDIS_POOL_SIZE; default 4).")
         var redisPoolSize: Int?
 
+        @Option(name: .customLong("lock-ttl-ms"), help: "How long a visitor lock lives without renewal, in ms (env CONVO_LOCK_TTL_MS; default 30000).")
+        var lockTTL: Int?
+
+        @Option(name: .customLong("key-cache-seconds"), help: "How long a checked API key is remembered; a revoked key works at most this long (env CONVO_KEY_CACHE_SECONDS; default 5).")
+        var keyCacheSeconds: Int?
+
         func validate() throws {
+            guard (1000...600_000).contains(try resolved(lockTTL, "CONVO_LOCK_TTL_MS", 30_000)) else {
+                throw ValidationError("the lock ttl is between 1000 and 600000 ms")
+            }
+            guard (0...3600).contains(try resolved(keyCacheSeconds, "CONVO_KEY_CACHE_SECONDS", 5)) else {
+                throw ValidationError("the key cache lasts 0 to 3600 seconds")
+            }
             for (name, value) in [("port", try resolvedPort()), ("database pool size", try resolved(databasePoolSize, "CONVO_DATABASE_POOL_SIZE", 20)),
                                   ("redis pool size", try resolved(redisPoolSize, "CONVO_REDIS_POOL_SIZE", 4))] where value < 1 || value > 65535 {
                 throw ValidationError("\(name) \(value) is out of range")
@@ -44,9 +56,10 @@ extension Convo {
             } else {
                 provider = RuleProvider()
             }
-            let lockTTL = try resolved(nil, "CONVO_LOCK_TTL_MS", 30_000)
+            let lockTTL = try resolved(lockTTL, "CONVO_LOCK_TTL_MS", 30_000)
             let context = ServerContext.make(
-                client: client, redis: redis, provider: provider, processing: .init(lockTTL: .milliseconds(lockTTL)), logger: logger)
+                client: client, redis: redis, provider: provider, processing: .init(lockTTL: .milliseconds(lockTTL)),
+                keyCacheTTL: .seconds(try resolved(keyCacheSeconds, "CONVO_KEY_CACHE_SECONDS", 5)), logger: logger)
             let host = host ?? options.environment["CONVO_HOST"] ?? "127.0.0.1"
             let port = try resolvedPort()
             logger.info("convo serving", metadata: ["convo.http.address": "\(host):\(port)", "convo.database": "\(url)"])

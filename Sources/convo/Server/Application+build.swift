@@ -2,8 +2,10 @@ import EventStore
 import Foundation
 import Hummingbird
 import Logging
+import Metrics
 import PostgresNIO
 import Projections
+import Prometheus
 import Responder
 import ServiceLifecycle
 import SharedTypes
@@ -17,37 +19,48 @@ struct ServerContext: Sendable {
     let ingestor: MessageIngestor
     let processor: ConversationProcessor
     let responder: ResponderService
+    let workflows: WorkflowRepository
+    let keys: KeyAuthenticator
+    let feed: ConversationFeed
+    let metrics: PrometheusCollectorRegistry
     /// One runner per projection; each is active in one process at a time.
     let runners: [ProjectionRunner]
 
     /// The context of one `convo serve` process.
     static func make(
         client: PostgresClient, redis: RedisClient, provider: any AIProvider = RuleProvider(),
-        processing: ConversationProcessor.Configuration = .init(), runners: ProjectionRunner.Configuration = .init(), logger: Logger
+        processing: ConversationProcessor.Configuration = .init(), runners: ProjectionRunner.Configuration = .init(),
+        keyCacheTTL: Duration = .seconds(5), logger: Logger
     ) -> ServerContext {
+        let metrics = ConvoMetrics.bootstrap()
         let store = PostgresEventStore(client: client, logger: logger)
+        let workflows = WorkflowRepository(client: client, logger: logger)
         let processor = ConversationProcessor(
-            store: store, redis: redis, workflows: WorkflowRepository(client: client, logger: logger), provider: provider,
-            configuration: processing, logger: logger)
+            store: store, redis: redis, workflows: workflows, provider: provider, configuration: processing, logger: logger)
         return ServerContext(
             client: client, store: store, redis: redis, migrator: Migrator(client: client, logger: logger),
             ingestor: MessageIngestor(store: store, logger: logger), processor: processor,
-            responder: ResponderService(processor: processor, store: store, logger: logger),
+            responder: ResponderService(processor: processor, store: store, logger: logger), workflows: workflows,
+            keys: KeyAuthenticator(store: APIKeyStore(client: client, logger: logger), ttl: keyCacheTTL),
+            feed: ConversationFeed(store: store, logger: logger), metrics: metrics,
             runners: ProjectionRegistry.standard.map { ProjectionRunner(projection: $0, store: store, configuration: runners, logger: logger) })
     }
 }
 
-/// The routes of `convo serve`.
+/// The routes of `convo serve`, and the table of the API routes among them (for the OpenAPI check).
 ///
-/// `background: false` leaves the projection runners out of `/readyz` (they do not run).
-func buildRouter(_ context: ServerContext, background: Bool = true) -> Router<BasicRequestContext> {
-    let router = Router()
+/// `background: false` leaves the projection runners out of `/readyz` and `/metrics` (they do not run).
+func buildRouter(_ context: ServerContext, background: Bool = true) -> (Router<ConvoRequestContext>, RouteTable) {
+    let router = Router(context: ConvoRequestContext.self)
+    let table = RouteTable()
+    router.add(middleware: MetricsMiddleware())
     router.add(middleware: LogRequestsMiddleware(.debug))
-    router.get("healthz") { _, _ in
-        HealthResponse(status: "ok")
-    }
-    router.get("readyz") { _, _ in
-        let report = await ReadinessCheck(migrator: context.migrator, redis: context.redis, runners: background ? context.runners : []).run()
+    router.add(middleware: ErrorMiddleware())
+    let runners = background ? context.runners : []
+
+    table.add(.get, "/healthz", on: router) { _, _ in HealthResponse(status: "ok") }
+    table.add(.get, "/readyz", on: router) { _, _ in
+        let report = await ReadinessCheck(migrator: context.migrator, redis: context.redis, runners: runners).run()
         let failed = report.checks.filter { $0.value != "ok" }.sorted { $0.key < $1.key }
         let body = ReadinessResponse(
             status: report.ready ? "ready" : "unavailable", checks: report.checks,
@@ -56,69 +69,30 @@ func buildRouter(_ context: ServerContext, background: Bool = true) -> Router<Ba
                 : .init(code: "not_ready", message: failed.map { "\($0.key): \($0.value)" }.joined(separator: "; ")))
         return EditedResponse(status: report.ready ? .ok : .serviceUnavailable, response: body)
     }
-    router.get("v1/tools") { _, _ in
-        ToolsResponse(tools: ToolCatalogue.all)
+    table.add(.get, "/metrics", on: router) { _, requestContext -> Response in
+        await recordProjectionLag(runners, store: context.store, logger: requestContext.logger)
+        return Response(
+            status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(bytes: context.metrics.emitToBuffer())))
     }
-    router.post("v1/conversations/:conversation/messages") { request, requestContext -> EditedResponse<MessageAccepted> in
-        guard let conversation = requestContext.parameters.get("conversation").flatMap(ConversationID.init(rawValue:)) else {
-            throw APIError(.badRequest, "invalid_conversation", "a conversation id has 1 to 128 characters of A-Z a-z 0-9 _ . : -")
-        }
-        let body: IngestRequest
-        do {
-            body = try await request.decode(as: IngestRequest.self, context: requestContext)
-        } catch {
-            throw APIError(.badRequest, "invalid_body", "the body is JSON with visitorUid, messageId and text")
-        }
-        guard let visitor = VisitorUID(rawValue: body.visitorUid) else {
-            throw APIError(.badRequest, "invalid_visitor", "a visitor id has 1 to 128 characters of A-Z a-z 0-9 _ . : -")
-        }
-        do {
-            let result = try await context.ingestor.ingest(
-                IncomingMessage(
-                    tenant: .default, conversationId: conversation, visitorUid: visitor, messageId: body.messageId, text: body.text,
-                    sentAt: body.sentAt ?? Date()))
-            // The responder service is woken by the store's subscription; scheduling here only saves the hop.
-            context.responder.messageIngested(tenant: .default, visitor: visitor, conversation: conversation)
-            return EditedResponse(
-                status: result.isDuplicate ? .ok : .accepted,
-                response: MessageAccepted(
-                    conversationId: conversation.rawValue, messageId: body.messageId, streamVersion: result.streamVersion,
-                    position: result.globalPosition, duplicate: result.isDuplicate))
-        } catch let error as ResponderError where error.code == .invalidMessage {
-            throw APIError(.badRequest, "invalid_message", error.message)
-        } catch let error as ResponderError where error.code == .conversationOwnedByAnotherVisitor {
-            throw APIError(.conflict, "conversation_owned_by_another_visitor", error.message)
-        } catch let error as EventStoreError where error.code == .unavailable {
-            throw APIError(.serviceUnavailable, "database_unavailable", "PostgreSQL is unavailable; retry with the same messageId")
-        }
+    table.add(.get, "/openapi.json", on: router) { _, _ in
+        Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: PackageResources.openapi_json)))
     }
-    router.get("v1/conversations/:conversation/state") { _, requestContext -> WorkflowStateResponse in
-        guard let conversation = requestContext.parameters.get("conversation").flatMap(ConversationID.init(rawValue:)) else {
-            throw APIError(.badRequest, "invalid_conversation", "a conversation id has 1 to 128 characters of A-Z a-z 0-9 _ . : -")
-        }
-        let state = try await WorkflowStateProjection().current(conversation, tenant: .default, store: context.store, logger: requestContext.logger)
-        let messages = try await context.store.streamVersion(conversation.messagesStream, tenant: .default)
-        guard state.version > 0 || messages > 0 else {
-            throw APIError(.notFound, "conversation_not_found", "no conversation \(conversation)")
-        }
-        return WorkflowStateResponse(conversationId: conversation.rawValue, state: state)
-    }
-    return router
+
+    let api = router.group().add(middleware: Authenticate(keys: context.keys))
+    // The tool catalogue is the same for every tenant; any key may read it.
+    table.add(.get, "/v1/tools", on: api) { _, _ in ToolsResponse(tools: ToolCatalogue.all) }
+    ConversationRoutes(context: context).register(on: api, table: table)
+    StreamRoute(context: context).register(on: api, table: table)
+    WorkflowRoutes(context: context).register(on: api, table: table)
+    return (router, table)
 }
 
-/// An error answered as `{"error": {"code", "message"}}` with its status.
-struct APIError: HTTPResponseError {
-    var status: HTTPResponse.Status
-    var body: ErrorBody
-
-    init(_ status: HTTPResponse.Status, _ code: String, _ message: String) {
-        self.status = status
-        self.body = ErrorBody(code: code, message: message)
-    }
-
-    func response(from request: Request, context: some RequestContext) throws -> Response {
-        let data = try JSONEncoder().encode(["error": body])
-        return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+/// How far each active runner of this process is behind the head, as the `convo_projection_lag` gauge.
+private func recordProjectionLag(_ runners: [ProjectionRunner], store: PostgresEventStore, logger: Logger) async {
+    guard !runners.isEmpty, let head = try? await store.headPosition(.allTenants) else { return }
+    for runner in runners where runner.state == .running {
+        Gauge(label: "convo.projection.lag", dimensions: [("projection", runner.projection.name)]).record(max(0, head - runner.checkpoint))
     }
 }
 
@@ -126,36 +100,18 @@ struct ToolsResponse: ResponseCodable {
     var tools: [ToolDefinition]
 }
 
-struct IngestRequest: Decodable {
-    var visitorUid: String
-    var messageId: String
-    var text: String
-    var sentAt: Date?
-}
-
-struct MessageAccepted: ResponseCodable {
-    var conversationId: String
-    var messageId: String
-    var streamVersion: Int64
-    var position: Int64
-    var duplicate: Bool
-}
-
-struct WorkflowStateResponse: ResponseCodable {
-    var conversationId: String
-    var state: WorkflowState
-}
-
-/// The `convo serve` application: the HTTP server with the PostgreSQL client and the event store as services
-/// of one ServiceGroup (started in that order, shut down in reverse).
+/// The `convo serve` application: the HTTP server with the PostgreSQL client, the event store, the
+/// conversation feed, the projection runners and the responder as services of one ServiceGroup (started in
+/// that order; on SIGTERM or SIGINT the server stops first, finishing in-flight requests, then the others).
 ///
 /// `background: false` leaves the responder service and the projection runners out (route tests that share
 /// a database with others).
 func buildApplication(_ context: ServerContext, host: String, port: Int, background: Bool = true, logger: Logger) -> some ApplicationProtocol {
-    Application(
-        router: buildRouter(context, background: background),
+    let base: [any Service] = [context.client, context.store, context.feed]
+    return Application(
+        router: buildRouter(context, background: background).0,
         configuration: .init(address: .hostname(host, port: port), serverName: "convo"),
-        services: background ? [context.client, context.store] + context.runners + [context.responder] : [context.client, context.store],
+        services: background ? base + context.runners + [context.responder] : base,
         logger: logger
     )
 }
@@ -168,10 +124,4 @@ struct ReadinessResponse: ResponseCodable {
     var status: String
     var checks: [String: String]
     var error: ErrorBody?
-}
-
-/// The body of every error convo returns: `{"error": {"code": "…", "message": "…"}}`.
-struct ErrorBody: Codable, Sendable {
-    var code: String
-    var message: String
 }

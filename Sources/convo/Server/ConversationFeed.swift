@@ -1,0 +1,130 @@
+import EventStore
+import Foundation
+import Logging
+import ServiceLifecycle
+import SharedTypes
+import Synchronization
+
+/// Live events for `GET /v1/conversations/{id}/stream`: one subscription to the store per process, fanned out
+/// to the listeners of each conversation, so a thousand open streams cost one query per wake-up, not a
+/// thousand. A listener that falls too far behind is ended; its client reconnects with `Last-Event-ID` and
+/// catches up from the database.
+final class ConversationFeed: Service, Sendable {
+    enum Item: Sendable {
+        case event(RecordedEvent)
+        /// Sent to every listener now and then, so proxies keep idle streams open.
+        case heartbeat
+    }
+
+    struct Key: Hashable, Sendable {
+        var tenant: TenantID
+        var conversation: ConversationID
+    }
+
+    /// A registered listener: its items, and the position the feed had handed out before it registered
+    /// (everything after comes through `items`).
+    struct Listener: Sendable {
+        let id: UUID
+        let key: Key
+        let items: AsyncStream<Item>
+    }
+
+    let store: PostgresEventStore
+    let heartbeat: Duration
+    let logger: Logger
+    /// Items a listener may have waiting before it is ended.
+    static let bufferLimit = 10_000
+    private let listeners = Mutex<[Key: [UUID: AsyncStream<Item>.Continuation]]>([:])
+    private let stopped = Atomic<Bool>(false)
+
+    init(store: PostgresEventStore, heartbeat: Duration = .seconds(15), logger: Logger) {
+        self.store = store
+        self.heartbeat = heartbeat
+        self.logger = logger
+    }
+
+    /// Registers a listener of a conversation's new events. Call ``remove(_:)`` when done.
+    func listen(tenant: TenantID, conversation: ConversationID) -> Listener {
+        let key = Key(tenant: tenant, conversation: conversation)
+        let id = UUID()
+        let (items, continuation) = AsyncStream<Item>.makeStream(bufferingPolicy: .bufferingOldest(Self.bufferLimit))
+        listeners.withLock { $0[key, default: [:]][id] = continuation }
+        if stopped.load(ordering: .relaxed) { continuation.finish() }
+        return Listener(id: id, key: key, items: items)
+    }
+
+    func remove(_ listener: Listener) {
+        let continuation = listeners.withLock { entries -> AsyncStream<Item>.Continuation? in
+            let removed = entries[listener.key]?.removeValue(forKey: listener.id)
+            if entries[listener.key]?.isEmpty == true { entries[listener.key] = nil }
+            return removed
+        }
+        continuation?.finish()
+    }
+
+    var listenerCount: Int { listeners.withLock { $0.values.reduce(0) { $0 + $1.count } } }
+
+    func run() async throws {
+        defer {
+            stopped.store(true, ordering: .relaxed)
+            // Shutting down: every open stream ends, its client reconnects to another instance.
+            let all = listeners.withLock { entries in
+                defer { entries.removeAll() }
+                return entries.values.flatMap(\.values)
+            }
+            for continuation in all { continuation.finish() }
+        }
+        await cancelWhenGracefulShutdown {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await self.follow() }
+                group.addTask { await self.beat() }
+                await group.next()
+                group.cancelAll()
+            }
+        }
+    }
+
+    private func follow() async {
+        var position: Int64?
+        while !Task.isCancelled {
+            do {
+                let start: Int64
+                if let position { start = position } else { start = try await store.headPosition(.allTenants) }
+                position = start
+                var events = store.subscribe(.allTenants, after: start).makeAsyncIterator()
+                while let batch = try await events.nextBatch() {
+                    dispatch(batch)
+                    position = batch[batch.count - 1].globalPosition
+                }
+                return
+            } catch {
+                if Task.isCancelled { return }
+                logger.warning("conversation feed interrupted; resuming", metadata: ["convo.error": "\(error)"])
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+
+    private func beat() async {
+        while (try? await Task.sleep(for: heartbeat)) != nil {
+            let all = listeners.withLock { $0.values.flatMap(\.values) }
+            for continuation in all { continuation.yield(.heartbeat) }
+        }
+    }
+
+    private func dispatch(_ batch: [RecordedEvent]) {
+        var overflowing: [AsyncStream<Item>.Continuation] = []
+        listeners.withLock { entries in
+            guard !entries.isEmpty else { return }
+            for event in batch where event.stream.category == "messages" || event.stream.category == "workflow" {
+                guard let conversation = ConversationID(rawValue: event.stream.id),
+                    let targets = entries[Key(tenant: event.tenant, conversation: conversation)]
+                else { continue }
+                for continuation in targets.values {
+                    if case .dropped = continuation.yield(.event(event)) { overflowing.append(continuation) }
+                }
+            }
+        }
+        for continuation in overflowing { continuation.finish() }
+    }
+}

@@ -1,0 +1,324 @@
+import EventStore
+import Foundation
+import Hummingbird
+import Metrics
+import Projections
+import Responder
+import SharedTypes
+
+/// `POST /v1/conversations/{conversationId}/messages` and the conversation's reads.
+struct ConversationRoutes: Sendable {
+    let context: ServerContext
+    private let accepted = Counter(label: "convo.ingest.messages", dimensions: [("outcome", "accepted")])
+    private let duplicates = Counter(label: "convo.ingest.messages", dimensions: [("outcome", "duplicate")])
+
+    init(context: ServerContext) {
+        self.context = context
+    }
+
+    func register(on router: some RouterMethods<ConvoRequestContext>, table: RouteTable) {
+        table.add(.post, "/v1/conversations/{conversationId}/messages", on: router, use: ingest)
+        table.add(.get, "/v1/conversations/{conversationId}", on: router, use: conversation)
+        table.add(.get, "/v1/conversations/{conversationId}/messages", on: router, use: transcript)
+        table.add(.get, "/v1/conversations/{conversationId}/events", on: router, use: events)
+        table.add(.get, "/v1/conversations/{conversationId}/state", on: router, use: state)
+    }
+
+    @Sendable func ingest(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> EditedResponse<MessageAccepted> {
+        let tenant = try requestContext.tenant(for: .ingest)
+        let conversation = try Self.conversationID(requestContext)
+        let body = try await request.decodeJSON(IngestRequest.self, context: requestContext)
+        guard let visitor = VisitorUID(rawValue: body.visitorUid) else {
+            throw APIError(.badRequest, "invalid_field", "visitorUid has 1 to 128 characters of A-Z a-z 0-9 _ . : -")
+        }
+        let messageId = body.messageId ?? UUID().uuidString.lowercased()
+        guard (1...200).contains(messageId.utf8.count) else { throw APIError(.badRequest, "invalid_field", "messageId has 1 to 200 bytes") }
+        guard body.text.count <= IncomingMessage.maxTextLength else {
+            throw APIError(.contentTooLarge, "text_too_long", "text has at most \(IncomingMessage.maxTextLength) characters")
+        }
+        guard !body.text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else {
+            throw APIError(.badRequest, "invalid_field", "text is empty")
+        }
+        var sentAt = Date()
+        if let raw = body.sentAt {
+            guard let date = try? Date(raw, strategy: .iso8601) else {
+                throw APIError(.badRequest, "invalid_field", "sentAt is an ISO 8601 date and time, e.g. 2026-11-22T10:15:00Z")
+            }
+            sentAt = date
+        }
+        do {
+            let result = try await context.ingestor.ingest(
+                IncomingMessage(
+                    tenant: tenant, conversationId: conversation, visitorUid: visitor, messageId: messageId, text: body.text,
+                    sentAt: sentAt))
+            (result.isDuplicate ? duplicates : accepted).increment()
+            // The responder is woken by the store's subscription too; scheduling here only saves the hop.
+            if !result.isDuplicate { context.responder.messageIngested(tenant: tenant, visitor: visitor, conversation: conversation) }
+            return EditedResponse(
+                status: result.isDuplicate ? .ok : .accepted,
+                response: MessageAccepted(
+                    conversationId: conversation.rawValue, messageId: messageId, streamVersion: result.streamVersion,
+                    globalPosition: result.globalPosition, duplicate: result.isDuplicate))
+        } catch let error as ResponderError where error.code == .invalidMessage {
+            throw APIError(.badRequest, "invalid_field", error.message)
+        } catch let error as ResponderError where error.code == .conversationOwnedByAnotherVisitor {
+            throw APIError(.conflict, "conversation_owned_by_another_visitor", error.message)
+        } catch let error as ResponderError where error.code == .messageIdReused {
+            throw APIError(.conflict, "message_id_reused", error.message)
+        }
+    }
+
+    @Sendable func conversation(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> ConversationResponse {
+        let tenant = try requestContext.tenant(for: .read)
+        let conversation = try Self.conversationID(requestContext)
+        guard let row = try await ConversationsProjection().current(conversation, tenant: tenant, store: context.store, logger: requestContext.logger)
+        else { throw Self.notFound(conversation) }
+        let state = try await WorkflowStateProjection().current(conversation, tenant: tenant, store: context.store, logger: requestContext.logger)
+        return ConversationResponse(row: row, state: state)
+    }
+
+    @Sendable func transcript(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> TranscriptResponse {
+        let tenant = try requestContext.tenant(for: .read)
+        let conversation = try Self.conversationID(requestContext)
+        let (after, limit) = try Self.page(request)
+        var messages: [TranscriptMessage] = []
+        var position = after
+        var exhausted = false
+        reading: while true {
+            let page = try await context.store.readStreams(
+                [conversation.messagesStream, conversation.workflowStream], tenant: tenant, after: position, maxCount: APILimits.maxPageSize)
+            for event in page {
+                position = event.globalPosition
+                guard let message = try TranscriptMessage(event) else { continue }
+                messages.append(message)
+                if messages.count == limit { break reading }
+            }
+            if page.count < APILimits.maxPageSize {
+                exhausted = true
+                break
+            }
+        }
+        if messages.isEmpty, after == 0, try await !exists(conversation, tenant: tenant) { throw Self.notFound(conversation) }
+        return TranscriptResponse(conversationId: conversation.rawValue, messages: messages, next: exhausted ? nil : position)
+    }
+
+    @Sendable func events(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> EventsResponse {
+        let tenant = try requestContext.tenant(for: .read)
+        let conversation = try Self.conversationID(requestContext)
+        let (after, limit) = try Self.page(request)
+        let page = try await context.store.readStreams(
+            [conversation.messagesStream, conversation.workflowStream], tenant: tenant, after: after, maxCount: limit)
+        if page.isEmpty, after == 0, try await !exists(conversation, tenant: tenant) { throw Self.notFound(conversation) }
+        return EventsResponse(
+            conversationId: conversation.rawValue, events: try page.map(EventBody.init),
+            next: page.count == limit ? page.last?.globalPosition : nil)
+    }
+
+    /// The workflow state alone (kept from before `GET /v1/conversations/{id}` carried it).
+    @Sendable func state(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> WorkflowStateResponse {
+        let tenant = try requestContext.tenant(for: .read)
+        let conversation = try Self.conversationID(requestContext)
+        let state = try await WorkflowStateProjection().current(conversation, tenant: tenant, store: context.store, logger: requestContext.logger)
+        if state.version == 0, try await !exists(conversation, tenant: tenant) { throw Self.notFound(conversation) }
+        return WorkflowStateResponse(conversationId: conversation.rawValue, state: state)
+    }
+
+    func exists(_ conversation: ConversationID, tenant: TenantID) async throws -> Bool {
+        try await context.store.streamVersion(conversation.messagesStream, tenant: tenant) > 0
+    }
+
+    static func conversationID(_ context: ConvoRequestContext) throws -> ConversationID {
+        guard let conversation = context.parameters.get("conversationId").flatMap(ConversationID.init(rawValue:)) else {
+            throw APIError(.badRequest, "invalid_conversation", "a conversation id has 1 to 128 characters of A-Z a-z 0-9 _ . : -")
+        }
+        return conversation
+    }
+
+    static func notFound(_ conversation: ConversationID) -> APIError {
+        APIError(.notFound, "conversation_not_found", "no conversation \(conversation)")
+    }
+
+    /// `after` (a global position, default 0) and `limit` (1…1000, default 100) of a keyset-paginated read.
+    static func page(_ request: Request) throws -> (after: Int64, limit: Int) {
+        let query = request.uri.queryParameters
+        var after: Int64 = 0
+        if let raw = query["after"] {
+            guard let value = Int64(String(raw)), value >= 0 else { throw APIError(.badRequest, "invalid_parameter", "after is a position ≥ 0") }
+            after = value
+        }
+        var limit = APILimits.defaultPageSize
+        if let raw = query["limit"] {
+            guard let value = Int(String(raw)), (1...APILimits.maxPageSize).contains(value) else {
+                throw APIError(.badRequest, "invalid_parameter", "limit is between 1 and \(APILimits.maxPageSize)")
+            }
+            limit = value
+        }
+        return (after, limit)
+    }
+}
+
+struct IngestRequest: Decodable {
+    var visitorUid: String
+    var messageId: String?
+    var text: String
+    /// ISO 8601; checked by the route so a bad one is named.
+    var sentAt: String?
+}
+
+struct MessageAccepted: ResponseCodable {
+    var conversationId: String
+    var messageId: String
+    var streamVersion: Int64
+    var globalPosition: Int64
+    var duplicate: Bool
+}
+
+struct WorkflowStateResponse: ResponseCodable {
+    var conversationId: String
+    var state: WorkflowState
+}
+
+/// `GET /v1/conversations/{id}`.
+struct ConversationResponse: ResponseCodable {
+    struct Counts: Codable {
+        var visitorMessages: Int64
+        var assistantMessages: Int64
+        var notes: Int64
+        /// Visitor messages the responder has not consumed yet.
+        var unprocessed: Int64
+    }
+
+    struct State: Codable {
+        var workflowId: String?
+        var workflowVersion: Int?
+        var currentNodeId: String?
+        var status: String
+        var variables: [String: JSONValue]
+        var handedOffTo: String?
+        var failureReason: String?
+        var updatedAt: Date?
+    }
+
+    /// What the answer reflects: the two streams' versions and the last event's global position.
+    struct Reflects: Codable {
+        var messagesVersion: Int64
+        var workflowVersion: Int64
+        var globalPosition: Int64
+    }
+
+    var conversationId: String
+    var visitorUid: String?
+    var status: String
+    var handedOffTo: String?
+    var tags: [String]
+    var counts: Counts
+    var startedAt: Date?
+    var lastActivityAt: Date?
+    var workflowState: State
+    var reflects: Reflects
+
+    init(row: ConversationRow, state: WorkflowState) {
+        conversationId = row.conversationId
+        visitorUid = row.visitorUid
+        status = row.status
+        handedOffTo = row.handedOffTo
+        tags = row.tags
+        counts = Counts(
+            visitorMessages: row.visitorMessages, assistantMessages: row.assistantMessages, notes: row.noteCount, unprocessed: row.unprocessedCount)
+        startedAt = row.startedAt
+        lastActivityAt = row.lastActivityAt
+        workflowState = State(
+            workflowId: state.workflowId, workflowVersion: state.workflowVersion, currentNodeId: state.currentNode, status: state.status.rawValue,
+            variables: state.variables, handedOffTo: state.handedOffTo, failureReason: state.failureReason, updatedAt: state.updatedAt)
+        reflects = Reflects(messagesVersion: row.messagesVersion, workflowVersion: max(row.workflowVersion, state.version), globalPosition: row.lastPosition)
+    }
+}
+
+/// One message of a transcript.
+struct TranscriptMessage: Codable {
+    /// `visitor` or `assistant`.
+    var role: String
+    var text: String
+    var eventId: UUID
+    var globalPosition: Int64
+    var at: Date
+    /// The visitor's message id.
+    var messageId: String?
+    var visitorUid: String?
+    /// For an assistant message: the visitor messages it answers, and who wrote it.
+    var inReplyTo: [String]?
+    var provider: String?
+    var model: String?
+
+    /// The message an event is, or `nil` when it is not a message.
+    init?(_ event: RecordedEvent) throws {
+        switch event.type {
+        case VisitorMessageReceived.eventType:
+            let message = try event.decode(VisitorMessageReceived.self)
+            self.init(
+                role: "visitor", text: message.text, eventId: event.eventId, globalPosition: event.globalPosition, at: event.recordedAt,
+                messageId: message.messageId, visitorUid: message.visitorUid.rawValue)
+        case AssistantMessageSent.eventType:
+            let message = try event.decode(AssistantMessageSent.self)
+            self.init(
+                role: "assistant", text: message.text, eventId: event.eventId, globalPosition: event.globalPosition, at: event.recordedAt,
+                inReplyTo: message.inReplyTo, provider: message.provider, model: message.model)
+        default:
+            return nil
+        }
+    }
+
+    init(
+        role: String, text: String, eventId: UUID, globalPosition: Int64, at: Date, messageId: String? = nil, visitorUid: String? = nil,
+        inReplyTo: [String]? = nil, provider: String? = nil, model: String? = nil
+    ) {
+        self.role = role
+        self.text = text
+        self.eventId = eventId
+        self.globalPosition = globalPosition
+        self.at = at
+        self.messageId = messageId
+        self.visitorUid = visitorUid
+        self.inReplyTo = inReplyTo
+        self.provider = provider
+        self.model = model
+    }
+}
+
+struct TranscriptResponse: ResponseCodable {
+    var conversationId: String
+    var messages: [TranscriptMessage]
+    /// The `after` of the next page; `null` at the end.
+    var next: Int64?
+}
+
+/// An event as the API shows it.
+struct EventBody: Codable {
+    var eventId: UUID
+    var type: String
+    var stream: String
+    var streamVersion: Int64
+    var globalPosition: Int64
+    var recordedAt: Date
+    var data: JSONValue
+    /// Actor, causation and correlation ids, the lock token and instance of the worker that wrote it.
+    var metadata: JSONValue
+
+    init(_ event: RecordedEvent) throws {
+        eventId = event.eventId
+        type = event.type
+        stream = event.stream.description
+        streamVersion = event.streamVersion
+        globalPosition = event.globalPosition
+        recordedAt = event.recordedAt
+        data = try JSONDecoder().decode(JSONValue.self, from: event.data)
+        metadata = try JSONDecoder().decode(JSONValue.self, from: event.metadataJSON)
+    }
+}
+
+struct EventsResponse: ResponseCodable {
+    var conversationId: String
+    var events: [EventBody]
+    /// The `after` of the next page; `null` when this page was not full.
+    var next: Int64?
+}

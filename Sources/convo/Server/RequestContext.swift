@@ -1,0 +1,37 @@
+import Hummingbird
+import SharedTypes
+
+/// The context of one request: Hummingbird's, plus the API key that made it (set by ``Authenticate``).
+struct ConvoRequestContext: RequestContext {
+    var coreContext: CoreRequestContextStorage
+    /// The caller's key; `nil` on the routes that need none (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`).
+    var key: APIKeyRecord?
+
+    init(source: ApplicationRequestContextSource) {
+        self.coreContext = .init(source: source)
+        self.key = nil
+    }
+
+    /// Bodies are small JSON documents; anything bigger is refused with 413 before it is read.
+    var maxUploadSize: Int { APILimits.maxBodyBytes }
+
+    /// The tenant of the caller's key, when the key has `scope`.
+    ///
+    /// - Throws: 401 without a key, 403 when the key lacks the scope.
+    func tenant(for scope: Scope) throws -> TenantID {
+        guard let key else { throw APIError(.unauthorized, "missing_key", "send Authorization: Bearer KEY") }
+        guard key.scopes.contains(scope) else {
+            throw APIError(.forbidden, "missing_scope", "this key has no '\(scope.rawValue)' scope")
+        }
+        return key.tenant
+    }
+}
+
+/// The documented limits of the API.
+enum APILimits {
+    /// The largest request body, in bytes (64 KiB).
+    static let maxBodyBytes = 64 * 1024
+    /// The most items a page of events or messages holds.
+    static let maxPageSize = 1000
+    static let defaultPageSize = 100
+}

@@ -1,0 +1,136 @@
+import ConvoTestSupport
+import EventStore
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import NIOCore
+import NIOFoundationCompat
+import PostgresNIO
+import Responder
+import SharedTypes
+
+@testable import convo
+
+/// The application on the shared test database, with a tenant of its own and a key per scope.
+struct APIHarness: Sendable {
+    let client: any TestClientProtocol
+    let tenant: TenantID
+    /// Keys of `tenant`: one per scope, and one with all three.
+    let ingest: String
+    let read: String
+    let admin: String
+    let all: String
+    /// A key of another tenant, with every scope.
+    let stranger: String
+    let pg: PostgresClient
+    let table: RouteTable
+
+    struct Reply: Sendable {
+        var status: HTTPResponse.Status
+        var headers: HTTPFields
+        var body: Data
+        var errorCode: String? { (try? JSONDecoder().decode(ErrorResponse.self, from: body))?.error.code }
+        var errorMessage: String { (try? JSONDecoder().decode(ErrorResponse.self, from: body))?.error.message ?? "" }
+        func decode<T: Decodable>(_ type: T.Type) throws -> T {
+            do {
+                return try JSONDecoder.iso8601.decode(type, from: body)
+            } catch {
+                throw Unexpected(description: "\(status) \(text.prefix(500)): \(error)")
+            }
+        }
+
+        struct Unexpected: Error, CustomStringConvertible {
+            var description: String
+        }
+        var text: String { String(decoding: body, as: UTF8.self) }
+    }
+
+    /// Runs `body` against a live application (no responder or runners: `process` runs the responder's step).
+    static func with(_ body: @Sendable (APIHarness) async throws -> Void) async throws {
+        let logger = TestDatabase.logger
+        let database = try TestDatabase.url
+        try await TestDatabase.withClient(url: database) { pg in
+            try await Migrator(client: pg, logger: logger).migrate()
+            let keys = APIKeyStore(client: pg, logger: logger)
+            let tenant = TestDatabase.uniqueTenant()
+            let made = try await [[Scope.ingest], [.read], [.admin], Scope.allCases].asyncMap { try await keys.create(tenant: tenant, scopes: Set($0), name: "test").key }
+            let stranger = try await keys.create(tenant: TestDatabase.uniqueTenant(), scopes: Set(Scope.allCases), name: "stranger").key
+            let client = PostgresClient(configuration: database.clientConfiguration(maximumConnections: 8), backgroundLogger: logger)
+            let context = ServerContext.make(
+                client: client, redis: RedisClient(configuration: try RedisConfiguration(url: try TestDatabase.redisURL)), keyCacheTTL: .zero,
+                logger: logger)
+            let table = buildRouter(context, background: false).1
+            let app = buildApplication(context, host: "127.0.0.1", port: 0, background: false, logger: logger)
+            try await app.test(.live) { client in
+                try await body(
+                    APIHarness(
+                        client: client, tenant: tenant, ingest: made[0], read: made[1], admin: made[2], all: made[3], stranger: stranger, pg: pg,
+                        table: table))
+            }
+        }
+    }
+
+    func request(
+        _ method: HTTPRequest.Method, _ uri: String, key: String?, body: String? = nil, headers: HTTPFields = [:], json: Bool = true
+    ) async throws -> Reply {
+        var fields = headers
+        if let key { fields[.authorization] = "Bearer \(key)" }
+        if body != nil, json, fields[.contentType] == nil { fields[.contentType] = "application/json" }
+        return try await client.execute(uri: uri, method: method, headers: fields, body: body.map { ByteBuffer(string: $0) }) { response in
+            Reply(status: response.status, headers: response.headers, body: Data(buffer: response.body))
+        }
+    }
+
+    func post(_ conversation: String, _ json: String, key: String? = nil) async throws -> Reply {
+        try await request(.post, "/v1/conversations/\(conversation)/messages", key: key ?? ingest, body: json)
+    }
+
+    /// Runs the responder's step for a conversation, as the responder service would.
+    func process(_ conversation: String, visitor: String) async throws {
+        let logger = TestDatabase.logger
+        let processor = ConversationProcessor(
+            store: PostgresEventStore(client: pg, logger: logger), redis: RedisClient(configuration: try RedisConfiguration(url: try TestDatabase.redisURL)),
+            workflows: WorkflowRepository(client: pg, logger: logger), logger: logger)
+        try await processor.process(tenant: tenant, visitor: VisitorUID(rawValue: visitor)!, conversation: ConversationID(rawValue: conversation)!)
+    }
+
+    /// How many events the conversation has, counted in the table.
+    func eventCount(_ conversation: String) async throws -> Int64 {
+        let rows = try await pg.query(
+            """
+            SELECT count(*) FROM events WHERE tenant_id = \(tenant.rawValue)
+              AND stream_name IN (\("messages-" + conversation), \("workflow-" + conversation))
+            """)
+        for try await count in rows.decode(Int64.self) { return count }
+        return 0
+    }
+
+    static func conversationID() -> String { "c-\(UUID().uuidString.prefix(12).lowercased())" }
+}
+
+extension Array {
+    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var result: [T] = []
+        for element in self { result.append(try await transform(element)) }
+        return result
+    }
+}
+
+extension JSONDecoder {
+    static var iso8601: JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return decoder
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes.
+func eventually(timeout: Duration = .seconds(30), _ condition: () async throws -> Bool) async throws -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    return try await condition()
+}
