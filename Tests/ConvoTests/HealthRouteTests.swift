@@ -3,6 +3,7 @@ import EventStore
 import Foundation
 import HummingbirdTesting
 import Logging
+import NIOCore
 import PostgresNIO
 import Responder
 import Testing
@@ -25,7 +26,8 @@ import Testing
         let logger = TestDatabase.logger
         let client = PostgresClient(configuration: database.clientConfiguration(maximumConnections: 4), backgroundLogger: logger)
         let context = ServerContext.make(
-            client: client, redis: RedisClient(configuration: try RedisConfiguration(url: redisURL, timeout: .milliseconds(500))), logger: logger)
+            client: client, redis: RedisClient(configuration: try RedisConfiguration(url: redisURL, timeout: .milliseconds(500))),
+            requestDeadline: .seconds(2), logger: logger)
         let app = buildApplication(context, host: "127.0.0.1", port: 0, background: false, logger: logger)
         try await app.test(.live) { client in try await body(client) }
     }
@@ -85,6 +87,23 @@ import Testing
                 #expect(body.checks["postgres"]?.hasPrefix("unavailable") == true)
             }
             #expect(clock.now - start < .seconds(5))
+        }
+    }
+
+    @Test func anUnreachableDatabaseAnswers503WithRetryAfterAndJSON() async throws {
+        let unreachable = try DatabaseURL("postgres://convo@127.0.0.1:1/convo")
+        try await withApplication(database: unreachable, redisURL: try TestDatabase.redisURL) { client in
+            let key = "cvk_0123456789abcdef_" + String(repeating: "A", count: 43)
+            try await client.execute(
+                uri: "/v1/conversations/c1/messages", method: .post,
+                headers: [.authorization: "Bearer \(key)", .contentType: "application/json"],
+                body: ByteBuffer(string: #"{"visitorUid": "v-1", "text": "hello"}"#)
+            ) { response in
+                #expect(response.status == .serviceUnavailable)
+                #expect(response.headers[.retryAfter] == "\(APIError.retryAfterSeconds)")
+                let body = try JSONDecoder().decode(ErrorResponse.self, from: response.body)
+                #expect(body.error.code == "timeout" && body.error.message.contains("PostgreSQL"))
+            }
         }
     }
 }

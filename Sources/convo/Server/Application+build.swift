@@ -23,6 +23,8 @@ struct ServerContext: Sendable {
     let keys: KeyAuthenticator
     let feed: ConversationFeed
     let metrics: PrometheusCollectorRegistry
+    /// How long a request may wait for its answer before it is refused with 503.
+    let requestDeadline: Duration
     /// One runner per projection; each is active in one process at a time.
     let runners: [ProjectionRunner]
 
@@ -30,7 +32,7 @@ struct ServerContext: Sendable {
     static func make(
         client: PostgresClient, redis: RedisClient, provider: any AIProvider = RuleProvider(),
         processing: ConversationProcessor.Configuration = .init(), runners: ProjectionRunner.Configuration = .init(),
-        keyCacheTTL: Duration = .seconds(5), logger: Logger
+        keyCacheTTL: Duration = .seconds(5), requestDeadline: Duration = .seconds(10), logger: Logger
     ) -> ServerContext {
         let metrics = ConvoMetrics.bootstrap()
         let store = PostgresEventStore(client: client, logger: logger)
@@ -42,7 +44,7 @@ struct ServerContext: Sendable {
             ingestor: MessageIngestor(store: store, logger: logger), processor: processor,
             responder: ResponderService(processor: processor, store: store, logger: logger), workflows: workflows,
             keys: KeyAuthenticator(store: APIKeyStore(client: client, logger: logger), ttl: keyCacheTTL),
-            feed: ConversationFeed(store: store, logger: logger), metrics: metrics,
+            feed: ConversationFeed(store: store, logger: logger), metrics: metrics, requestDeadline: requestDeadline,
             runners: ProjectionRegistry.standard.map { ProjectionRunner(projection: $0, store: store, configuration: runners, logger: logger) })
     }
 }
@@ -56,6 +58,7 @@ func buildRouter(_ context: ServerContext, background: Bool = true) -> (Router<C
     router.add(middleware: MetricsMiddleware())
     router.add(middleware: LogRequestsMiddleware(.debug))
     router.add(middleware: ErrorMiddleware())
+    router.add(middleware: DeadlineMiddleware(deadline: context.requestDeadline))
     let runners = background ? context.runners : []
 
     table.add(.get, "/healthz", on: router) { _, _ in HealthResponse(status: "ok") }

@@ -1,0 +1,99 @@
+import AsyncHTTPClient
+import ConvoTestSupport
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import NIOCore
+import Testing
+
+@testable import convo
+
+/// `GET /v1/conversations/{id}/stream`, read as a browser's EventSource reads it: a streamed body, frame by frame.
+@Suite struct StreamRouteTests {
+    struct Frame: Equatable {
+        var id: Int64
+        var event: String
+    }
+
+    /// Opens the stream and collects frames until `until` holds for them (or the timeout passes).
+    static func collect(
+        port: Int, conversation: String, key: String, lastEventID: Int64? = nil, timeout: Duration = .seconds(20),
+        until: @escaping @Sendable ([Frame]) -> Bool
+    ) async throws -> [Frame] {
+        var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/conversations/\(conversation)/stream")
+        request.headers.add(name: "Authorization", value: "Bearer \(key)")
+        if let lastEventID { request.headers.add(name: "Last-Event-ID", value: "\(lastEventID)") }
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(Int64(timeout.components.seconds)))
+        #expect(response.status == .ok && response.headers["Content-Type"].first == "text/event-stream")
+        let body = response.body
+        return try await withThrowingTaskGroup(of: [Frame].self) { group in
+            group.addTask {
+                var frames: [Frame] = []
+                var pending = ""
+                for try await chunk in body {
+                    pending += String(buffer: chunk)
+                    while let end = pending.range(of: "\n\n") {
+                        let block = pending[..<end.lowerBound]
+                        pending = String(pending[end.upperBound...])
+                        var id: Int64?
+                        var event: String?
+                        for line in block.split(separator: "\n") {
+                            if line.hasPrefix("id: ") { id = Int64(line.dropFirst(4)) }
+                            if line.hasPrefix("event: ") { event = String(line.dropFirst(7)) }
+                        }
+                        if let id, let event { frames.append(Frame(id: id, event: event)) }
+                        if until(frames) { return frames }
+                    }
+                }
+                return frames
+            }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                return []
+            }
+            let result = try await group.next() ?? []
+            group.cancelAll()
+            return result
+        }
+    }
+
+    @Test func newEventsArriveLiveAndAReconnectResumesAfterLastEventID() async throws {
+        try await APIHarness.with { api in
+            let port = try #require(api.client.port)
+            let conversation = APIHarness.conversationID()
+            // The stream is open before the conversation exists; the message and the responder's answer arrive live.
+            let live = Task {
+                try await Self.collect(port: port, conversation: conversation, key: api.read) { frames in
+                    frames.contains { $0.event == "AssistantMessageSent" } && frames.contains { $0.event == "MessagesProcessed" }
+                }
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(try await api.post(conversation, #"{"visitorUid": "v-1", "messageId": "m1", "text": "where is my order?"}"#).status == .accepted)
+            try await api.process(conversation, visitor: "v-1")
+            let frames = try await live.value
+            #expect(frames.first?.event == "ConversationStarted" && frames.contains { $0.event == "VisitorMessageReceived" })
+            #expect(frames.map(\.id) == frames.map(\.id).sorted() && Set(frames.map(\.id)).count == frames.count)
+            #expect(frames.contains { $0.event == "AssistantMessageSent" })
+
+            // Reconnecting after the second event: the stored rest comes first, then a new message live, nothing twice.
+            let resumeAfter = frames[1].id
+            let expectedStored = frames.filter { $0.id > resumeAfter }
+            let resumed = Task {
+                try await Self.collect(port: port, conversation: conversation, key: api.read, lastEventID: resumeAfter) { frames in
+                    frames.filter { $0.event == "VisitorMessageReceived" }.count == 1 && frames.count > expectedStored.count
+                }
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(try await api.post(conversation, #"{"visitorUid": "v-1", "messageId": "m2", "text": "thanks"}"#).status == .accepted)
+            let after = try await resumed.value
+            #expect(Array(after.prefix(expectedStored.count)) == expectedStored, "\(after)")
+            #expect(after.last?.event == "VisitorMessageReceived" && after.allSatisfy { $0.id > resumeAfter })
+
+            // Another tenant's key sees none of it; a bad Last-Event-ID is refused.
+            let stranger = try await Self.collect(port: port, conversation: conversation, key: api.stranger, timeout: .seconds(1)) { !$0.isEmpty }
+            #expect(stranger.isEmpty)
+            let bad = try await api.request(.get, "/v1/conversations/\(conversation)/stream", key: api.read, headers: [StreamRoute.lastEventID: "soon"])
+            #expect(bad.status == .badRequest && bad.errorCode == "invalid_parameter")
+        }
+    }
+}
