@@ -115,7 +115,8 @@ import Testing
             let open = try await HTTPClient.shared.execute(stream, timeout: .seconds(60))
             #expect(open.status == .ok)
             for server in servers {
-                let status = try await server.stop(timeout: .seconds(20))
+                // Well under the sweep interval (30 s): nothing waits it out.
+                let status = try await server.stop(timeout: .seconds(10))
                 #expect(status == 0, "\(server.output.suffix(2000))")
             }
         }

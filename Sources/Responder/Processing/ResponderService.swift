@@ -148,7 +148,7 @@ public final class ResponderService: Service, Sendable {
             } catch {
                 if Task.isShuttingDownGracefully || Task.isCancelled { return }
                 logger.warning("event subscription failed; resuming", metadata: ["convo.error": "\(error)"])
-                try? await Task.sleep(for: configuration.retryDelay)
+                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: self.configuration.retryDelay) }
             }
         }
     }
@@ -162,7 +162,8 @@ public final class ResponderService: Service, Sendable {
             } catch {
                 logger.warning("sweep failed", metadata: ["convo.error": "\(error)"])
             }
-            try? await Task.sleep(for: configuration.sweepInterval)
+            // Ends at once on graceful shutdown, so a stopping server does not wait out the interval.
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: self.configuration.sweepInterval) }
         }
     }
 

@@ -3,6 +3,7 @@ import EventStore
 import Hummingbird
 import PostgresNIO
 import Responder
+import ServiceLifecycle
 
 extension Convo {
     /// `convo serve`: the HTTP service.
@@ -29,7 +30,13 @@ extension Convo {
         @Option(name: .customLong("key-cache-seconds"), help: "How long a checked API key is remembered; a revoked key works at most this long (env CONVO_KEY_CACHE_SECONDS; default 5).")
         var keyCacheSeconds: Int?
 
+        @Option(name: .customLong("shutdown-timeout"), help: "Seconds a graceful shutdown may take before work is cancelled (env CONVO_SHUTDOWN_TIMEOUT; default 30).")
+        var shutdownTimeout: Int?
+
         func validate() throws {
+            guard (1...3600).contains(try resolved(shutdownTimeout, "CONVO_SHUTDOWN_TIMEOUT", 30)) else {
+                throw ValidationError("the shutdown timeout is between 1 and 3600 seconds")
+            }
             guard (1000...600_000).contains(try resolved(lockTTL, "CONVO_LOCK_TTL_MS", 30_000)) else {
                 throw ValidationError("the lock ttl is between 1000 and 600000 ms")
             }
@@ -63,7 +70,14 @@ extension Convo {
             let host = host ?? options.environment["CONVO_HOST"] ?? "127.0.0.1"
             let port = try resolvedPort()
             logger.info("convo serving", metadata: ["convo.http.address": "\(host):\(port)", "convo.database": "\(url)"])
-            try await buildApplication(context, host: host, port: port, logger: logger).runService()
+            // SIGTERM or SIGINT: stop accepting, finish in-flight requests and processing, release locks. Work that
+            // cannot finish (PostgreSQL gone) is cancelled after the shutdown timeout.
+            var group = ServiceGroupConfiguration(
+                services: [buildApplication(context, host: host, port: port, logger: logger)], gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger)
+            group.maximumGracefulShutdownDuration = .seconds(try resolved(shutdownTimeout, "CONVO_SHUTDOWN_TIMEOUT", 30))
+            group.maximumCancellationDuration = .seconds(5)
+            try await ServiceGroup(configuration: group).run()
         }
 
         private func resolvedPort() throws -> Int { try resolved(port, "CONVO_PORT", 8080) }
