@@ -43,10 +43,10 @@ public final class PostgresEventStore: EventStore, Service {
     let logger: Logger
     let signal = WakeUpSignal()
     private let notifications: AsyncStream<Void>
-    private let notify: AsyncStream<Void>.Continuation
-    private let appendedEvents = Counter(label: "convo.eventstore.appended")
-    private let conflicts = Counter(label: "convo.eventstore.conflicts")
-    private let appendDuration = Timer(label: "convo.eventstore.append.duration")
+    let notify: AsyncStream<Void>.Continuation
+    let appendedEvents = Counter(label: "convo.eventstore.appended")
+    let conflicts = Counter(label: "convo.eventstore.conflicts")
+    let appendDuration = Timer(label: "convo.eventstore.append.duration")
 
     public init(client: PostgresClient, configuration: Configuration = Configuration(), logger: Logger) {
         self.client = client
@@ -117,7 +117,7 @@ public final class PostgresEventStore: EventStore, Service {
         return AppendResult(stream: stream, events: recorded, isDuplicate: duplicate)
     }
 
-    private func validate(_ events: [NewEvent], expectedVersion: ExpectedVersion) throws {
+    func validate(_ events: [NewEvent], expectedVersion: ExpectedVersion) throws {
         guard !events.isEmpty else { throw EventStoreError(code: .invalidArgument, message: "an append needs at least one event") }
         guard events.count <= configuration.maxEventsPerAppend else {
             throw EventStoreError(code: .invalidArgument, message: "an append takes at most \(configuration.maxEventsPerAppend) events")
@@ -261,6 +261,18 @@ public final class PostgresEventStore: EventStore, Service {
               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
             ORDER BY global_position LIMIT \(maxCount)
             """, operation: operation)
+    }
+
+    /// The first event of each stream that has one, keyed by tenant and stream: one query for many streams.
+    public func readFirstEvents(_ streams: [(tenant: TenantID, stream: StreamName)]) async throws -> [StreamKey: RecordedEvent] {
+        guard !streams.isEmpty else { return [:] }
+        let events = try await fetch(
+            """
+            SELECT \(unescaped: Self.columns) FROM events
+            JOIN unnest(\(streams.map(\.tenant.rawValue)), \(streams.map(\.stream.description))) AS k (tenant, stream)
+              ON tenant_id = k.tenant AND stream_name = k.stream AND stream_version = 1
+            """, operation: "read the first events of \(streams.count) streams")
+        return Dictionary(events.map { (StreamKey(tenant: $0.tenant, stream: $0.stream), $0) }, uniquingKeysWith: { first, _ in first })
     }
 
     public func streamVersion(_ stream: StreamName, tenant: TenantID) async throws -> Int64 {

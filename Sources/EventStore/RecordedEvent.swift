@@ -71,3 +71,14 @@ public struct AppendResult: Sendable, Equatable {
 }
 
 extension RecordedEvent: StoredPayload {}
+
+/// A stream of a tenant, as a dictionary key.
+public struct StreamKey: Hashable, Sendable {
+    public var tenant: TenantID
+    public var stream: StreamName
+
+    public init(tenant: TenantID, stream: StreamName) {
+        self.tenant = tenant
+        self.stream = stream
+    }
+}

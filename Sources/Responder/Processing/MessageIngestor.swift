@@ -55,25 +55,13 @@ public struct MessageIngestor: Sendable {
     /// - Throws: ``ResponderError`` with ``ResponderError/Code/invalidMessage`` for a bad message,
     ///   ``ResponderError/Code/conversationOwnedByAnotherVisitor``; ``EventStoreError`` when PostgreSQL fails.
     public func ingest(_ message: IncomingMessage) async throws -> IngestResult {
-        guard (1...200).contains(message.messageId.utf8.count) else {
-            throw ResponderError(code: .invalidMessage, message: "a message id has 1 to 200 bytes")
-        }
-        guard !message.text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, message.text.count <= IncomingMessage.maxTextLength else {
-            throw ResponderError(code: .invalidMessage, message: "a message text has 1 to \(IncomingMessage.maxTextLength) characters")
-        }
+        try Self.validate(message)
         let stream = message.conversationId.messagesStream
-        let received = try NewEvent(
-            eventId: StableID.make("message", message.tenant.rawValue, message.conversationId.rawValue, message.messageId),
-            type: VisitorMessageReceived.eventType,
-            encoding: VisitorMessageReceived(messageId: message.messageId, visitorUid: message.visitorUid, text: message.text, sentAt: message.sentAt),
-            metadata: EventMetadata(actorId: message.visitorUid.actorID))
+        let received = try Self.receivedEvent(message)
 
         var first = try await store.readStream(stream, tenant: message.tenant, fromVersion: 1, maxCount: 1).first
         if first == nil {
-            let started = try NewEvent(
-                eventId: StableID.make("started", message.tenant.rawValue, message.conversationId.rawValue),
-                type: ConversationStarted.eventType, encoding: ConversationStarted(visitorUid: message.visitorUid, startedAt: message.sentAt),
-                metadata: EventMetadata(actorId: message.visitorUid.actorID))
+            let started = try Self.startedEvent(message)
             do {
                 let result = try await store.append([started, received], to: stream, tenant: message.tenant, expectedVersion: .noStream)
                 let stored = result.events[1]
@@ -104,6 +92,32 @@ public struct MessageIngestor: Sendable {
 }
 
 extension MessageIngestor {
+    static func validate(_ message: IncomingMessage) throws {
+        guard (1...200).contains(message.messageId.utf8.count) else {
+            throw ResponderError(code: .invalidMessage, message: "a message id has 1 to 200 bytes")
+        }
+        guard !message.text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, message.text.count <= IncomingMessage.maxTextLength else {
+            throw ResponderError(code: .invalidMessage, message: "a message text has 1 to \(IncomingMessage.maxTextLength) characters")
+        }
+    }
+
+    /// The message's event; its id is derived from tenant, conversation and message id, so a retry maps to it.
+    static func receivedEvent(_ message: IncomingMessage) throws -> NewEvent {
+        try NewEvent(
+            eventId: StableID.make("message", message.tenant.rawValue, message.conversationId.rawValue, message.messageId),
+            type: VisitorMessageReceived.eventType,
+            encoding: VisitorMessageReceived(messageId: message.messageId, visitorUid: message.visitorUid, text: message.text, sentAt: message.sentAt),
+            metadata: EventMetadata(actorId: message.visitorUid.actorID))
+    }
+
+    /// The conversation's first event, when this message starts it.
+    static func startedEvent(_ message: IncomingMessage) throws -> NewEvent {
+        try NewEvent(
+            eventId: StableID.make("started", message.tenant.rawValue, message.conversationId.rawValue),
+            type: ConversationStarted.eventType, encoding: ConversationStarted(visitorUid: message.visitorUid, startedAt: message.sentAt),
+            metadata: EventMetadata(actorId: message.visitorUid.actorID))
+    }
+
     /// A retry must carry what the first request did: the same id with another text or visitor is a client
     /// bug (or two messages sharing an id), refused rather than answered as a duplicate of something else.
     func requireSameContent(_ message: IncomingMessage, at version: Int64) async throws {

@@ -17,6 +17,8 @@ struct ServerContext: Sendable {
     let redis: RedisClient
     let migrator: Migrator
     let ingestor: MessageIngestor
+    /// Ingest with group commit: the route's way in.
+    let batcher: IngestBatcher
     let processor: ConversationProcessor
     let responder: ResponderService
     let workflows: WorkflowRepository
@@ -41,7 +43,7 @@ struct ServerContext: Sendable {
             store: store, redis: redis, workflows: workflows, provider: provider, configuration: processing, logger: logger)
         return ServerContext(
             client: client, store: store, redis: redis, migrator: Migrator(client: client, logger: logger),
-            ingestor: MessageIngestor(store: store, logger: logger), processor: processor,
+            ingestor: MessageIngestor(store: store, logger: logger), batcher: IngestBatcher(store: store, logger: logger), processor: processor,
             responder: ResponderService(processor: processor, store: store, logger: logger), workflows: workflows,
             keys: KeyAuthenticator(store: APIKeyStore(client: client, logger: logger), ttl: keyCacheTTL),
             feed: ConversationFeed(store: store, logger: logger), metrics: metrics, requestDeadline: requestDeadline,
@@ -110,7 +112,7 @@ struct ToolsResponse: ResponseCodable {
 /// `background: false` leaves the responder service and the projection runners out (route tests that share
 /// a database with others).
 func buildApplication(_ context: ServerContext, host: String, port: Int, background: Bool = true, logger: Logger) -> some ApplicationProtocol {
-    let base: [any Service] = [context.client, context.store, context.feed]
+    let base: [any Service] = [context.client, context.store, context.feed, context.batcher]
     return Application(
         router: buildRouter(context, background: background).0,
         configuration: .init(address: .hostname(host, port: port), serverName: "convo"),

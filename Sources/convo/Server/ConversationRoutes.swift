@@ -47,7 +47,7 @@ struct ConversationRoutes: Sendable {
             sentAt = date
         }
         do {
-            let result = try await context.ingestor.ingest(
+            let result = try await context.batcher.ingest(
                 IncomingMessage(
                     tenant: tenant, conversationId: conversation, visitorUid: visitor, messageId: messageId, text: body.text,
                     sentAt: sentAt))

@@ -1,0 +1,80 @@
+import ConvoTestSupport
+import EventStore
+import Foundation
+import SharedTypes
+import Testing
+
+@Suite struct AppendManyTests {
+    @Test func eachAppendOfACallKeepsItsOwnExpectationIdempotencyAndError() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let (a, b, c, d) = (TestDatabase.uniqueStream(), TestDatabase.uniqueStream(), TestDatabase.uniqueStream(), TestDatabase.uniqueStream())
+            let existing = try await store.append([note("b1"), note("b2")], to: b, tenant: tenant, expectedVersion: .noStream)
+            let elsewhere = UUID()
+            try await store.append([note("d1", id: elsewhere)], to: d, tenant: tenant, expectedVersion: .noStream)
+            let retriedID = existing.events[1].eventId
+
+            let results = try await store.appendMany([
+                AppendRequest([note("a1"), note("a2")], to: a, tenant: tenant, expectedVersion: .noStream),
+                AppendRequest([note("b3")], to: b, tenant: tenant, expectedVersion: .exact(1)),  // stale: b is at 2
+                AppendRequest([note("a3")], to: a, tenant: tenant, expectedVersion: .exact(2)),  // sees the first request's events
+                AppendRequest([note("c1", id: elsewhere)], to: c, tenant: tenant, expectedVersion: .any),  // the id is d's
+                AppendRequest([note("b2", id: retriedID)], to: b, tenant: tenant, expectedVersion: .any),  // a retry of b's second event
+                AppendRequest([note("b3")], to: b, tenant: tenant, expectedVersion: .streamExists),
+            ])
+            #expect(results.count == 6)
+            let first = try results[0].get()
+            #expect(first.events.map(\.streamVersion) == [1, 2] && !first.isDuplicate)
+            #expect(throws: EventStoreError.self) { try results[1].get() }
+            if case .failure(let error) = results[1] { #expect(error.code == .wrongExpectedVersion && error.actual == 2) }
+            #expect(try results[2].get().events.map(\.streamVersion) == [3])
+            if case .failure(let error) = results[3] { #expect(error.code == .duplicateEventID) } else { Issue.record("expected duplicateEventID") }
+            // A retry of the stored second event of b's append, at its place: answered with its stored row.
+            let retried = try results[4].get()
+            #expect(retried.isDuplicate && retried.events.map(\.eventId) == [retriedID] && retried.events[0].globalPosition == existing.events[1].globalPosition)
+            #expect(try results[5].get().events.map(\.streamVersion) == [3])
+
+            // One transaction: the positions of what it wrote are consecutive after its transaction id.
+            let written = try [results[0].get(), results[2].get(), results[5].get()].flatMap(\.events).map(\.globalPosition)
+            #expect(written == Array(written[0]..<(written[0] + 4)))
+            #expect(try await store.readStreamToEnd(a, tenant: tenant).map(\.streamVersion) == [1, 2, 3])
+            #expect(try await store.readStreamToEnd(c, tenant: tenant).isEmpty)
+
+            // What fails the whole call is thrown: here an append without events.
+            await #expect(throws: EventStoreError.self) {
+                try await store.appendMany([AppendRequest([], to: a, tenant: tenant, expectedVersion: .any)])
+            }
+        }
+    }
+
+    @Test func concurrentCallsAndSingleAppendsToSharedStreamsLoseNothing() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let streams = (0..<4).map { _ in TestDatabase.uniqueStream() }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for caller in 0..<16 {
+                    group.addTask {
+                        for round in 0..<10 {
+                            if caller % 4 == 0 {
+                                let stream = streams[round % streams.count]
+                                try await store.append([note("single \(caller)/\(round)")], to: stream, tenant: tenant, expectedVersion: .any)
+                            } else {
+                                let requests = streams.map { AppendRequest([note("many \(caller)/\(round)")], to: $0, tenant: tenant, expectedVersion: .any) }
+                                for result in try await store.appendMany(requests) { _ = try result.get() }
+                            }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            var total = 0
+            for stream in streams {
+                let events = try await store.readStreamToEnd(stream, tenant: tenant)
+                #expect(events.map(\.streamVersion) == Array(1...Int64(events.count)))
+                total += events.count
+            }
+            // 12 callers × 10 rounds × 4 streams, and 4 callers × 10 single appends.
+            #expect(total == 12 * 10 * 4 + 4 * 10)
+        }
+    }
+}
