@@ -40,6 +40,16 @@ import Testing
             #expect(try await store.readStreamToEnd(a, tenant: tenant).map(\.streamVersion) == [1, 2, 3])
             #expect(try await store.readStreamToEnd(c, tenant: tenant).isEmpty)
 
+            // The same append twice in one call (a retry racing its original): stored once, the second a duplicate.
+            let twice = [note("e1"), note("e2")]
+            let e = TestDatabase.uniqueStream()
+            let pair = try await store.appendMany([
+                AppendRequest(twice, to: e, tenant: tenant, expectedVersion: .any), AppendRequest(twice, to: e, tenant: tenant, expectedVersion: .any),
+            ])
+            let (original, retry) = (try pair[0].get(), try pair[1].get())
+            #expect(!original.isDuplicate && retry.isDuplicate && original.events == retry.events)
+            #expect(try await store.readStreamToEnd(e, tenant: tenant).count == 2)
+
             // What fails the whole call is thrown: here an append without events.
             await #expect(throws: EventStoreError.self) {
                 try await store.appendMany([AppendRequest([], to: a, tenant: tenant, expectedVersion: .any)])

@@ -30,6 +30,12 @@ extension Convo {
         @Option(name: .customLong("key-cache-seconds"), help: "How long a checked API key is remembered; a revoked key works at most this long (env CONVO_KEY_CACHE_SECONDS; default 5).")
         var keyCacheSeconds: Int?
 
+        @Flag(inversion: .prefixedNo, help: "Run the responder (process visitor messages) in this process. Ingest-only instances: --no-responder.")
+        var responder = true
+
+        @Flag(inversion: .prefixedNo, help: "Run the projection runners in this process (one per projection is active across all instances).")
+        var projections = true
+
         @Option(name: .customLong("shutdown-timeout"), help: "Seconds a graceful shutdown may take before work is cancelled (env CONVO_SHUTDOWN_TIMEOUT; default 30).")
         var shutdownTimeout: Int?
 
@@ -73,7 +79,8 @@ extension Convo {
             // SIGTERM or SIGINT: stop accepting, finish in-flight requests and processing, release locks. Work that
             // cannot finish (PostgreSQL gone) is cancelled after the shutdown timeout.
             var group = ServiceGroupConfiguration(
-                services: [buildApplication(context, host: host, port: port, logger: logger)], gracefulShutdownSignals: [.sigterm, .sigint],
+                services: [buildApplication(context, host: host, port: port, roles: .init(responder: responder, projections: projections), logger: logger)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger)
             group.maximumGracefulShutdownDuration = .seconds(try resolved(shutdownTimeout, "CONVO_SHUTDOWN_TIMEOUT", 30))
             group.maximumCancellationDuration = .seconds(5)

@@ -112,11 +112,26 @@ struct ToolsResponse: ResponseCodable {
 /// `background: false` leaves the responder service and the projection runners out (route tests that share
 /// a database with others).
 func buildApplication(_ context: ServerContext, host: String, port: Int, background: Bool = true, logger: Logger) -> some ApplicationProtocol {
-    let base: [any Service] = [context.client, context.store, context.feed, context.batcher]
+    buildApplication(context, host: host, port: port, roles: background ? .all : .none, logger: logger)
+}
+
+/// What a `convo serve` process runs besides the HTTP API: ingest-only instances leave out the responder,
+/// and the projection runners may live elsewhere too.
+struct ServerRoles: Sendable {
+    var responder: Bool
+    var projections: Bool
+    static let all = ServerRoles(responder: true, projections: true)
+    static let none = ServerRoles(responder: false, projections: false)
+}
+
+func buildApplication(_ context: ServerContext, host: String, port: Int, roles: ServerRoles, logger: Logger) -> some ApplicationProtocol {
+    var services: [any Service] = [context.client, context.store, context.feed, context.batcher]
+    if roles.projections { services += context.runners }
+    if roles.responder { services.append(context.responder) }
     return Application(
-        router: buildRouter(context, background: background).0,
+        router: buildRouter(context, background: roles.projections).0,
         configuration: .init(address: .hostname(host, port: port), serverName: "convo"),
-        services: background ? base + context.runners + [context.responder] : base,
+        services: services,
         logger: logger
     )
 }

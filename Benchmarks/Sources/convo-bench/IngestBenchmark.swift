@@ -1,0 +1,211 @@
+import ArgumentParser
+import AsyncHTTPClient
+import EventStore
+import Foundation
+import NIOCore
+import PostgresNIO
+
+/// HTTP ingest through a real `convo serve` (release build) against a raw single-event INSERT of the same
+/// rows, both at the same concurrency, alternating in one run.
+struct IngestBenchmark: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ingest", abstract: "HTTP ingest against raw single-event INSERTs.")
+
+    @Option(help: "Concurrent connections (HTTP) and writers (raw).") var concurrency: Int = 64
+    @Option(help: "Seconds per round and side.") var seconds: Int = 10
+    @Option(help: "Rounds; the sides alternate raw, ours, raw, ours…") var rounds: Int = 2
+    @Option(help: "Conversations the messages go to (one visitor each).") var conversations: Int = 5000
+    @Flag(help: "Exit 1 when a target is missed.") var check = false
+
+    static let rateTarget = 1.0
+    static let p99Target = Duration.milliseconds(50)
+
+    func run() async throws {
+        let binary = ProcessInfo.processInfo.environment["CONVO_BINARY"]
+            ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../../.build/release/convo").standardized.path
+        guard FileManager.default.isExecutableFile(atPath: binary) else {
+            throw ValidationError("no convo binary at \(binary): build it with swift build -c release --product convo (./Benchmarks/run ingest does)")
+        }
+        let (concurrency, seconds, rounds, conversations) = (concurrency, seconds, rounds, conversations)
+        let missed = try await BenchDatabase.withDatabase(maximumConnections: concurrency) { client, url in
+            let env = ["CONVO_DATABASE_URL": url.description, "CONVO_LOG_LEVEL": "error", "CI": "true"]
+            let created = try Self.run(binary, ["keys", "create", "--tenant", "bench", "--scopes", "ingest", "--json"], env)
+            guard let key = try JSONSerialization.jsonObject(with: Data(created.utf8)) as? [String: Any], let secret = key["key"] as? String else {
+                throw ValidationError("convo keys create printed no key: \(created)")
+            }
+            let port = Int.random(in: 30000..<40000)
+            let server = Process()
+            server.executableURL = URL(fileURLWithPath: binary)
+            server.arguments = ["serve", "--port", "\(port)", "--no-responder", "--no-projections"]
+            server.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
+            try server.run()
+            defer { server.terminate() }
+            let http = HTTPClient(
+                eventLoopGroupProvider: .singleton,
+                configuration: .init(connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: concurrency)))
+            let base = "http://127.0.0.1:\(port)"
+            do {
+                let missed = try await Self.measure(http, base, secret, client: client, url: url, concurrency: concurrency, seconds: seconds, rounds: rounds, conversations: conversations)
+                try await http.shutdown()
+                return missed
+            } catch {
+                try? await http.shutdown()
+                throw error
+            }
+        }
+        if check && !missed.isEmpty { throw ExitCode(1) }
+    }
+
+    static func measure(
+        _ http: HTTPClient, _ base: String, _ secret: String, client: PostgresClient, url: DatabaseURL, concurrency: Int, seconds: Int, rounds: Int,
+        conversations: Int
+    ) async throws -> [String] {
+            try await Self.waitUntilUp(http, base)
+            report(
+                "ingest on \(url) (created for this run, dropped after): convo serve --no-responder --no-projections, \(concurrency) connections, \(conversations) conversations, \(seconds) s per side and round"
+            )
+            // Warm both sides: connections, prepared plans, the owners of the conversations.
+            _ = try await Self.ours(http, base, secret, concurrency: concurrency, conversations: conversations, for: .seconds(3), tag: "warm")
+            _ = try await Self.raw(client, concurrency: concurrency, for: .seconds(2), tag: "warm")
+            var ours = Sample()
+            var raw = Sample()
+            for round in 0..<rounds {
+                raw.merge(try await Self.raw(client, concurrency: concurrency, for: .seconds(seconds), tag: "r\(round)"))
+                ours.merge(try await Self.ours(http, base, secret, concurrency: concurrency, conversations: conversations, for: .seconds(seconds), tag: "r\(round)"))
+            }
+            let ratio = ours.rate / raw.rate
+            let p99 = ours.percentile(0.99)
+            report(
+                "raw INSERT  \(raw.rate.formatted(0).padded(7)) rows/s   p50 \(raw.percentile(0.5).ms) ms  p99 \(raw.percentile(0.99).ms) ms  (\(raw.count) rows)")
+            report(
+                "HTTP ingest \(ours.rate.formatted(0).padded(7)) msg/s    p50 \(ours.percentile(0.5).ms) ms  p99 \(p99.ms) ms  (\(ours.count) messages, \(ours.failures) failed)")
+            report(
+                "ratio \(ratio.formatted(2)) (target ≥ \(Self.rateTarget)) \(ratio >= Self.rateTarget ? "ok" : "MISSED");  p99 \(p99.ms) ms (target < \(Self.p99Target.ms) ms) \(p99 < Self.p99Target ? "ok" : "MISSED")"
+            )
+            // Every acknowledged message is stored once.
+            let rows = try await client.query("SELECT count(*) FROM events WHERE tenant_id = 'bench' AND event_type = 'VisitorMessageReceived'")
+            for try await stored in rows.decode(Int64.self) {
+                report("stored \(stored) visitor messages for \(ours.count + ours.warm) acknowledged requests")
+            }
+            var missed: [String] = []
+            if ratio < Self.rateTarget { missed.append("rate") }
+            if p99 >= Self.p99Target { missed.append("p99") }
+            return missed
+    }
+
+    struct Sample {
+        var latencies: [Duration] = []
+        var elapsed = Duration.zero
+        var failures = 0
+        /// Acknowledged during warm-up (counted for the stored check only).
+        var warm = 0
+        var count: Int { latencies.count }
+        var rate: Double { Double(latencies.count) / elapsed.seconds }
+
+        mutating func merge(_ other: Sample) {
+            latencies += other.latencies
+            elapsed += other.elapsed
+            failures += other.failures
+            warm += other.warm
+        }
+
+        func percentile(_ p: Double) -> Duration {
+            guard !latencies.isEmpty else { return .zero }
+            let sorted = latencies.sorted()
+            return sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
+        }
+    }
+
+    static func ours(_ http: HTTPClient, _ base: String, _ key: String, concurrency: Int, conversations: Int, for duration: Duration, tag: String) async throws -> Sample {
+        let clock = ContinuousClock()
+        let start = clock.now
+        let deadline = start + duration
+        var sample = try await withThrowingTaskGroup(of: Sample.self) { group in
+            for worker in 0..<concurrency {
+                group.addTask {
+                    var sample = Sample()
+                    var sent = 0
+                    while clock.now < deadline {
+                        let conversation = Int.random(in: 0..<conversations)
+                        var request = HTTPClientRequest(url: "\(base)/v1/conversations/bench-\(conversation)/messages")
+                        request.method = .POST
+                        request.headers.add(name: "Authorization", value: "Bearer \(key)")
+                        request.headers.add(name: "Content-Type", value: "application/json")
+                        request.body = .bytes(
+                            ByteBuffer(string: #"{"visitorUid": "v-\#(conversation)", "messageId": "\#(tag)-\#(worker)-\#(sent)", "text": "Hello, I have a question about my order."}"#))
+                        sent += 1
+                        let began = clock.now
+                        let response = try await http.execute(request, timeout: .seconds(30))
+                        _ = try await response.body.collect(upTo: 1 << 16)
+                        if response.status == .accepted { sample.latencies.append(clock.now - began) } else { sample.failures += 1 }
+                    }
+                    return sample
+                }
+            }
+            var total = Sample()
+            for try await part in group { total.merge(part) }
+            return total
+        }
+        sample.elapsed = clock.now - start
+        if tag == "warm" { sample.warm = sample.latencies.count }
+        return sample
+    }
+
+    static func raw(_ client: PostgresClient, concurrency: Int, for duration: Duration, tag: String) async throws -> Sample {
+        let clock = ContinuousClock()
+        let start = clock.now
+        let deadline = start + duration
+        let metadata = ByteBuffer(string: #"{"actorId": "visitor:v-1", "correlationId": "7a0c52a4-9f0e-4a39-a3d2-5d4c8f1a2b3c"}"#)
+        var sample = try await withThrowingTaskGroup(of: Sample.self) { group in
+            for worker in 0..<concurrency {
+                group.addTask {
+                    var sample = Sample()
+                    var version: Int64 = 0
+                    while clock.now < deadline {
+                        version += 1
+                        let payload = ByteBuffer(
+                            string: #"{"messageId": "\#(tag)-\#(worker)-\#(version)", "visitorUid": "v-\#(worker)", "text": "Hello, I have a question about my order.", "sentAt": "2026-11-22T10:00:00Z"}"#)
+                        let began = clock.now
+                        try await client.query(
+                            """
+                            INSERT INTO events (event_id, tenant_id, stream_name, stream_version, event_type, data, metadata)
+                            VALUES (\(UUID()), 'raw', \("messages-raw-\(tag)-\(worker)"), \(version), 'VisitorMessageReceived', \(RawJSONB(text: payload)), \(RawJSONB(text: metadata)))
+                            """)
+                        sample.latencies.append(clock.now - began)
+                    }
+                    return sample
+                }
+            }
+            var total = Sample()
+            for try await part in group { total.merge(part) }
+            return total
+        }
+        sample.elapsed = clock.now - start
+        return sample
+    }
+
+    static func waitUntilUp(_ http: HTTPClient, _ base: String) async throws {
+        for _ in 0..<300 {
+            if let response = try? await http.execute(HTTPClientRequest(url: "\(base)/healthz"), timeout: .seconds(1)), response.status == .ok { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw ValidationError("convo serve did not come up")
+    }
+
+    static func run(_ binary: String, _ arguments: [String], _ environment: [String: String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw ValidationError("convo \(arguments.joined(separator: " ")) failed") }
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+extension Duration {
+    var ms: String { (seconds * 1000).formatted(1) }
+}
