@@ -86,7 +86,8 @@ import Testing
                 let body = try JSONDecoder().decode(Readiness.self, from: response.body)
                 #expect(body.checks["postgres"]?.hasPrefix("unavailable") == true)
             }
-            #expect(clock.now - start < .seconds(5))
+            // Bounded by the check's own timeout (a few seconds), not the pool's endless wait; slack for a busy machine.
+            #expect(clock.now - start < .seconds(15))
         }
     }
 

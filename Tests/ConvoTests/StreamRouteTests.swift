@@ -17,13 +17,14 @@ import Testing
 
     /// Opens the stream and collects frames until `until` holds for them (or the timeout passes).
     static func collect(
-        port: Int, conversation: String, key: String, lastEventID: Int64? = nil, timeout: Duration = .seconds(20),
+        port: Int, conversation: String, key: String, lastEventID: Int64? = nil, timeout: Duration = .seconds(60),
         until: @escaping @Sendable ([Frame]) -> Bool
     ) async throws -> [Frame] {
         var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/conversations/\(conversation)/stream")
         request.headers.add(name: "Authorization", value: "Bearer \(key)")
         if let lastEventID { request.headers.add(name: "Last-Event-ID", value: "\(lastEventID)") }
-        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(Int64(timeout.components.seconds)))
+        // The request's own deadline is generous (a busy machine); `timeout` bounds the collecting below.
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
         #expect(response.status == .ok && response.headers["Content-Type"].first == "text/event-stream")
         let body = response.body
         return try await withThrowingTaskGroup(of: [Frame].self) { group in

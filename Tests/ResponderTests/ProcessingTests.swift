@@ -248,10 +248,15 @@ struct SlowProvider: AIProvider {
         try await Harness.run { harness in
             let conversation = newConversation()
             let visitor = newVisitor()
-            let worker = harness.processor(workflow: "ai", ttl: .milliseconds(600), renewEvery: .milliseconds(100), provider: SlowProvider(delay: .milliseconds(800)))
+            let worker = harness.processor(workflow: "ai", ttl: .seconds(2), renewEvery: .milliseconds(100), provider: SlowProvider(delay: .seconds(4)))
             _ = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m1", text: "hello"))
             let result = Task { try await worker.process(tenant: harness.tenant, visitor: visitor, conversation: conversation) }
-            try await Task.sleep(for: .milliseconds(300))
+            // Once the worker holds the lock (it then waits on the slow AI provider)…
+            let key = VisitorLock.key(tenant: harness.tenant, visitor: visitor)
+            let deadline = ContinuousClock.now + .seconds(20)
+            while try await harness.redis.execute(["EXISTS", key]).integer != 1, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
             // Someone else takes the lock (as after an expiry): the worker's next renewal finds it gone.
             try await harness.redis.execute(["SET", VisitorLock.key(tenant: harness.tenant, visitor: visitor), "someone-else", "PX", "5000"])
             let error = await #expect(throws: ResponderError.self) { _ = try await result.value }
