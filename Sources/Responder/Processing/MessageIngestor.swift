@@ -96,7 +96,7 @@ extension MessageIngestor {
         guard (1...200).contains(message.messageId.utf8.count) else {
             throw ResponderError(code: .invalidMessage, message: "a message id has 1 to 200 bytes")
         }
-        guard !message.text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, message.text.count <= IncomingMessage.maxTextLength else {
+        guard message.text.hasVisibleCharacters, message.text.count <= IncomingMessage.maxTextLength else {
             throw ResponderError(code: .invalidMessage, message: "a message text has 1 to \(IncomingMessage.maxTextLength) characters")
         }
     }
@@ -145,5 +145,13 @@ public enum StableID {
         bytes[6] = (bytes[6] & 0x0F) | 0x80
         bytes[8] = (bytes[8] & 0x3F) | 0x80
         return UUID(uuid: (bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7], bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15]))
+    }
+}
+
+extension String {
+    /// Whether anything but white space and newlines is in it: a scan that stops at the first such
+    /// character, not a trimmed copy (this runs for every ingested message).
+    public var hasVisibleCharacters: Bool {
+        unicodeScalars.contains { !$0.properties.isWhitespace }
     }
 }

@@ -14,7 +14,7 @@ struct Authenticate: RouterMiddleware {
         guard parts.count == 2, parts[0].lowercased() == "bearer" else {
             throw APIError(.unauthorized, "invalid_key", "the Authorization header is Bearer KEY", headers: challenge)
         }
-        guard let key = try await keys.authenticate(String(parts[1]).trimmingCharacters(in: .whitespaces)) else {
+        guard let key = try await keys.authenticate(String(parts[1])) else {
             throw APIError(.unauthorized, "invalid_key", "the key is unknown or revoked", headers: challenge)
         }
         var context = context

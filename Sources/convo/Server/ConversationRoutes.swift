@@ -36,7 +36,7 @@ struct ConversationRoutes: Sendable {
         guard body.text.count <= IncomingMessage.maxTextLength else {
             throw APIError(.contentTooLarge, "text_too_long", "text has at most \(IncomingMessage.maxTextLength) characters")
         }
-        guard !body.text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else {
+        guard body.text.hasVisibleCharacters else {
             throw APIError(.badRequest, "invalid_field", "text is empty")
         }
         var sentAt = Date()
