@@ -58,7 +58,7 @@ import Testing
             try await TestDatabase.withStore(url: database) { store in
                 let tenantID = TenantID(rawValue: tenant)!
                 // Every conversation's messages consumed by the responders of the two processes.
-                let done = try await eventuallyTrue(timeout: .seconds(120)) {
+                let done = try await eventually(timeout: .seconds(120)) {
                     var all = true
                     for visitor in 0..<visitors {
                         let conversation = ConversationID(rawValue: "mi-\(visitor)")!
@@ -100,7 +100,7 @@ import Testing
                 var name: String
                 var lag: Int64
             }
-            let caughtUp = try await eventuallyTrue(timeout: .seconds(60)) {
+            let caughtUp = try await eventually(timeout: .seconds(60)) {
                 let status = try await ConvoProcess.run(["projections", "status", "--json"], environment: env)
                 let projections = try JSONDecoder().decode([Status].self, from: Data(status.stdout.utf8))
                 return projections.count == 3 && projections.allSatisfy { $0.lag == 0 }
@@ -121,13 +121,4 @@ import Testing
             }
         }
     }
-}
-
-func eventuallyTrue(timeout: Duration, _ condition: () async throws -> Bool) async throws -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if try await condition() { return true }
-        try await Task.sleep(for: .milliseconds(200))
-    }
-    return try await condition()
 }

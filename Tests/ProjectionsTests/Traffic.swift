@@ -66,15 +66,6 @@ actor Traffic {
     }
 }
 
-/// Waits until `condition` holds or `timeout` passes.
-func eventually(timeout: Duration = .seconds(30), _ condition: () async throws -> Bool) async throws -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if try await condition() { return true }
-        try await Task.sleep(for: .milliseconds(20))
-    }
-    return try await condition()
-}
 
 /// Waits until readers may see every stored event: none is withheld behind an open transaction any more.
 func settled(_ store: PostgresEventStore) async throws -> Bool {
