@@ -320,6 +320,7 @@ import Testing
             #expect(text.contains(#"hb_requests{http_route="/v1/conversations/{conversationId}/messages",http_request_method="POST",http_response_status_code="202"}"#), "\(text.prefix(3000))")
             #expect(text.contains(#"http_response_status_code="401""#))
             #expect(text.contains(#"convo_ingest_messages{outcome="accepted"}"#))
+            #expect(text.contains("convo_sse_streams "))
         }
     }
 }

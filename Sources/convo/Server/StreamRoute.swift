@@ -29,9 +29,6 @@ struct StreamRoute: Sendable {
         let start = after
         let store = context.store
         let feed = context.feed
-        // Listen before reading what is stored: an event committed in between comes through both, and the
-        // position filter drops the second copy.
-        let listener = feed.listen(tenant: tenant, conversation: conversation)
         let streams = [conversation.messagesStream, conversation.workflowStream]
         let headers: HTTPFields = [
             .contentType: "text/event-stream", .cacheControl: "no-cache", HTTPField.Name("X-Accel-Buffering")!: "no",
@@ -39,6 +36,10 @@ struct StreamRoute: Sendable {
         return Response(
             status: .ok, headers: headers,
             body: ResponseBody { writer in
+                // Listen before reading what is stored: an event committed in between comes through both, and
+                // the position filter drops the second copy. Registered here, so a body never written
+                // leaves no listener behind.
+                let listener = feed.listen(tenant: tenant, conversation: conversation)
                 defer { feed.remove(listener) }
                 try await withGracefulShutdownHandler {
                     var last = start
