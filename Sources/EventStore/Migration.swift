@@ -29,6 +29,5 @@ public struct Migration: Sendable, Hashable {
         Migration(fileName: "0007_projections.sql", bytes: PackageResources._007_projections_sql),
         Migration(fileName: "0008_tenants_keys.sql", bytes: PackageResources._008_tenants_keys_sql),
         Migration(fileName: "0009_append_many.sql", bytes: PackageResources._009_append_many_sql),
-        Migration(fileName: "0010_append_many_set_based.sql", bytes: PackageResources._010_append_many_set_based_sql),
     ]
 }

@@ -14,6 +14,7 @@ public struct ResponderError: Error, CustomStringConvertible {
             case workflowNotFound
             case invalidMessage
             case messageIdReused
+            case messageTooLong
         }
 
         private let base: Base
@@ -39,6 +40,8 @@ public struct ResponderError: Error, CustomStringConvertible {
 
         /// A message to ingest is not valid (empty text, too long, bad id).
         public static let invalidMessage = Code(.invalidMessage)
+        /// A message's text is over ``IncomingMessage/maxTextLength`` characters.
+        public static let messageTooLong = Code(.messageTooLong)
         /// A message id was ingested before with another text or visitor.
         public static let messageIdReused = Code(.messageIdReused)
 

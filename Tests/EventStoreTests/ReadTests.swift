@@ -113,7 +113,7 @@ import Testing
 }
 
 @Suite struct SubscriptionTests {
-    @Test func aSubscriberIsWokenByAnotherConnectionsAppendWithinASecond() async throws {
+    @Test func aSubscriberIsWokenByAnotherConnectionsAppendLongBeforeAPoll() async throws {
         // A poll interval far beyond the deadline: only LISTEN/NOTIFY can deliver in time.
         let slowPolling = PostgresEventStore.Configuration(pollInterval: .seconds(120))
         try await TestDatabase.withStore(configuration: slowPolling) { subscriber in
@@ -133,7 +133,7 @@ import Testing
                     let appendedAt = clock.now
                     try await writer.append([note("hello")], to: TestDatabase.uniqueStream(), tenant: tenant, expectedVersion: .any)
                     group.addTask {
-                        try await Task.sleep(for: .seconds(5))
+                        try await Task.sleep(for: .seconds(20))
                         return nil
                     }
                     let first = try await group.next() ?? nil
@@ -142,7 +142,9 @@ import Testing
                 }
                 let (event, latency) = try #require(delivered)
                 #expect(try event.decode(Note.self).text == "hello")
-                #expect(latency < .seconds(1))
+                // Polling would take 120 s: anything far below can only be the notification. (Not a speed
+                // check: beside the two-server test on two cores, a wake-up has taken over a second.)
+                #expect(latency < .seconds(10))
             }
         }
     }

@@ -136,11 +136,15 @@ struct SlowProvider: AIProvider {
 
     @Test func invalidMessagesAreRefused() async throws {
         try await Harness.run { harness in
-            for (id, text) in [("", "hi"), ("m1", "   "), ("m1", String(repeating: "x", count: IncomingMessage.maxTextLength + 1))] {
+            let cases: [(String, String, ResponderError.Code)] = [
+                ("", "hi", .invalidMessage), ("m1", "   ", .invalidMessage),
+                ("m1", String(repeating: "x", count: IncomingMessage.maxTextLength + 1), .messageTooLong),
+            ]
+            for (id, text, code) in cases {
                 let error = await #expect(throws: ResponderError.self) {
                     try await harness.ingestor.ingest(harness.message(newConversation(), newVisitor(), id: id, text: text))
                 }
-                #expect(error?.code == .invalidMessage)
+                #expect(error?.code == code)
             }
         }
     }

@@ -92,12 +92,16 @@ public struct MessageIngestor: Sendable {
 }
 
 extension MessageIngestor {
-    static func validate(_ message: IncomingMessage) throws {
+    /// Checks a message before anything is read or written.
+    public static func validate(_ message: IncomingMessage) throws {
         guard (1...200).contains(message.messageId.utf8.count) else {
-            throw ResponderError(code: .invalidMessage, message: "a message id has 1 to 200 bytes")
+            throw ResponderError(code: .invalidMessage, message: "messageId has 1 to 200 bytes")
         }
-        guard message.text.hasVisibleCharacters, message.text.count <= IncomingMessage.maxTextLength else {
-            throw ResponderError(code: .invalidMessage, message: "a message text has 1 to \(IncomingMessage.maxTextLength) characters")
+        guard message.text.count <= IncomingMessage.maxTextLength else {
+            throw ResponderError(code: .messageTooLong, message: "text has at most \(IncomingMessage.maxTextLength) characters")
+        }
+        guard message.text.hasVisibleCharacters else {
+            throw ResponderError(code: .invalidMessage, message: "text is empty")
         }
     }
 

@@ -74,20 +74,13 @@ struct APIKeyStore: Sendable {
     /// Every key, or those of `tenant`, oldest first.
     func list(tenant: TenantID? = nil) async throws -> [APIKeyRecord] {
         try await mapped("list keys") {
-            let rows = try await client.query(
-                """
-                SELECT id, tenant_id, scopes, name, created_at, revoked_at FROM api_keys
-                WHERE \(tenant?.rawValue)::text IS NULL OR tenant_id = \(tenant?.rawValue)
-                ORDER BY created_at, id
-                """, logger: logger)
-            var records: [APIKeyRecord] = []
-            for try await (id, tenant, scopes, name, created, revoked) in rows.decode((String, String, [String], String, Date, Date?).self) {
-                records.append(
-                    APIKeyRecord(
-                        id: id, tenant: TenantID(rawValue: tenant) ?? .default, scopes: scopes.compactMap(Scope.init(rawValue:)), name: name,
-                        createdAt: created, revokedAt: revoked))
-            }
-            return records
+            try await Self.records(
+                client.query(
+                    """
+                    SELECT id, tenant_id, scopes, name, created_at, revoked_at FROM api_keys
+                    WHERE \(tenant?.rawValue)::text IS NULL OR tenant_id = \(tenant?.rawValue)
+                    ORDER BY created_at, id
+                    """, logger: logger))
         }
     }
 
@@ -96,10 +89,26 @@ struct APIKeyStore: Sendable {
     /// - Returns: the record, or `nil` when there is no such key. Revoking twice keeps the first time.
     func revoke(_ idOrKey: String) async throws -> APIKeyRecord? {
         let id = Self.parse(idOrKey)?.id ?? idOrKey
-        _ = try await mapped("revoke a key") {
-            try await client.query("UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = \(id)", logger: logger)
+        return try await mapped("revoke a key") {
+            try await Self.records(
+                client.query(
+                    """
+                    UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = \(id)
+                    RETURNING id, tenant_id, scopes, name, created_at, revoked_at
+                    """, logger: logger)
+            ).first
         }
-        return try await list().first { $0.id == id }
+    }
+
+    private static func records(_ rows: PostgresRowSequence) async throws -> [APIKeyRecord] {
+        var records: [APIKeyRecord] = []
+        for try await (id, tenant, scopes, name, created, revoked) in rows.decode((String, String, [String], String, Date, Date?).self) {
+            records.append(
+                APIKeyRecord(
+                    id: id, tenant: TenantID(rawValue: tenant) ?? .default, scopes: scopes.compactMap(Scope.init(rawValue:)), name: name,
+                    createdAt: created, revokedAt: revoked))
+        }
+        return records
     }
 
     /// The live key `presented` is, or `nil` when it is malformed, unknown, revoked or its secret is wrong.

@@ -66,7 +66,7 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             throw APIError(error.status, Self.code(for: error.status), error.body ?? error.status.reasonPhrase)
         } catch let error as EventStoreError where error.code == .unavailable {
             throw APIError.unavailable("PostgreSQL")
-        } catch let error as ProjectionError where (error.cause as? EventStoreError)?.code == .unavailable || Self.isUnavailable(error.cause) {
+        } catch let error as ProjectionError where Self.isUnavailable(error.cause) {
             throw APIError.unavailable("PostgreSQL")
         } catch let error as ResponderError where error.code == .redisUnavailable {
             throw APIError.unavailable("Redis")

@@ -16,7 +16,6 @@ struct ServerContext: Sendable {
     let store: PostgresEventStore
     let redis: RedisClient
     let migrator: Migrator
-    let ingestor: MessageIngestor
     /// Ingest with group commit: the route's way in.
     let batcher: IngestBatcher
     let processor: ConversationProcessor
@@ -43,7 +42,7 @@ struct ServerContext: Sendable {
             store: store, redis: redis, workflows: workflows, provider: provider, configuration: processing, logger: logger)
         return ServerContext(
             client: client, store: store, redis: redis, migrator: Migrator(client: client, logger: logger),
-            ingestor: MessageIngestor(store: store, logger: logger), batcher: IngestBatcher(store: store, logger: logger), processor: processor,
+            batcher: IngestBatcher(store: store, logger: logger), processor: processor,
             responder: ResponderService(processor: processor, store: store, logger: logger), workflows: workflows,
             keys: KeyAuthenticator(store: APIKeyStore(client: client, logger: logger), ttl: keyCacheTTL),
             feed: ConversationFeed(store: store, logger: logger), metrics: metrics, requestDeadline: requestDeadline,

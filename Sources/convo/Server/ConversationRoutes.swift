@@ -32,13 +32,6 @@ struct ConversationRoutes: Sendable {
             throw APIError(.badRequest, "invalid_field", "visitorUid has 1 to 128 characters of A-Z a-z 0-9 _ . : -")
         }
         let messageId = body.messageId ?? UUID().uuidString.lowercased()
-        guard (1...200).contains(messageId.utf8.count) else { throw APIError(.badRequest, "invalid_field", "messageId has 1 to 200 bytes") }
-        guard body.text.count <= IncomingMessage.maxTextLength else {
-            throw APIError(.contentTooLarge, "text_too_long", "text has at most \(IncomingMessage.maxTextLength) characters")
-        }
-        guard body.text.hasVisibleCharacters else {
-            throw APIError(.badRequest, "invalid_field", "text is empty")
-        }
         var sentAt = Date()
         if let raw = body.sentAt {
             guard let date = try? Date(raw, strategy: .iso8601) else {
@@ -61,6 +54,8 @@ struct ConversationRoutes: Sendable {
                     globalPosition: result.globalPosition, duplicate: result.isDuplicate))
         } catch let error as ResponderError where error.code == .invalidMessage {
             throw APIError(.badRequest, "invalid_field", error.message)
+        } catch let error as ResponderError where error.code == .messageTooLong {
+            throw APIError(.contentTooLarge, "text_too_long", error.message)
         } catch let error as ResponderError where error.code == .conversationOwnedByAnotherVisitor {
             throw APIError(.conflict, "conversation_owned_by_another_visitor", error.message)
         } catch let error as ResponderError where error.code == .messageIdReused {
