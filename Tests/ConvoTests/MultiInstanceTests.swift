@@ -9,7 +9,7 @@ import SharedTypes
 import Testing
 
 /// Two `convo serve` processes behind an imaginary load balancer, sharing one PostgreSQL and one Redis.
-@Suite struct MultiInstanceTests {
+@Suite(.timeLimit(.minutes(5))) struct MultiInstanceTests {
     struct Created: Decodable {
         var key: String
     }

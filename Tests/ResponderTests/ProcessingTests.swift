@@ -72,9 +72,13 @@ struct SlowProvider: AIProvider {
     let delay: Duration
     /// Set when the first request arrives.
     let called = Counter()
+    /// Set by the test to let the answers go before `delay` is up.
+    let released = Counter()
     func reply(to request: AIRequest) async throws -> AIAnswer {
         called.add(1)
-        try await Task.sleep(for: delay)
+        // Answers when the test releases it, or after `delay`: the test, not the machine's speed, orders the racers.
+        let deadline = ContinuousClock.now + delay
+        while released.value == 0, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
         var answer = try await RuleProvider().reply(to: request)
         answer.provider = name
         return answer
@@ -214,8 +218,8 @@ struct SlowProvider: AIProvider {
         try await Harness.run { harness in
             let conversation = newConversation()
             let visitor = newVisitor()
-            // A: a 300 ms lock it never renews, and an AI that takes 1.5 s. B: a normal worker.
-            let slowAI = SlowProvider(delay: .milliseconds(2000))
+            // A: a 300 ms lock it never renews, and an AI that answers only after B is done. B: a normal worker.
+            let slowAI = SlowProvider(delay: .seconds(60))
             let stale = harness.processor(workflow: "ai", ttl: .milliseconds(300), renewEvery: .some(nil), provider: slowAI, instance: "stale")
             let healthy = harness.processor(workflow: "ai", instance: "healthy")
             _ = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m1", text: "hello"))
@@ -225,6 +229,7 @@ struct SlowProvider: AIProvider {
             try await Task.sleep(for: .milliseconds(500))
             let healthyOutcome = try await healthy.process(tenant: harness.tenant, visitor: visitor, conversation: conversation)
             #expect(!healthyOutcome.busy && healthyOutcome.eventsAppended > 0)
+            slowAI.released.add(1)
             let outcome = try await staleOutcome
             #expect(outcome.conflicts == 1)
             #expect(outcome.eventsAppended == 0)

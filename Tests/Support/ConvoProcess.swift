@@ -1,5 +1,9 @@
 import Foundation
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Runs the built `convo` binary as a separate process, as an operator or a second instance would.
 public enum ConvoProcess {
     public struct Output: Sendable {
@@ -41,7 +45,12 @@ public enum ConvoProcess {
             }
             try await Task.sleep(for: .milliseconds(20))
         }
-        while process.isRunning { try await Task.sleep(for: .milliseconds(20)) }
+        // A child that ignores SIGTERM is killed after a grace period, so a run never waits on it forever.
+        let grace = ContinuousClock.now + .seconds(5)
+        while process.isRunning {
+            if ContinuousClock.now > grace { kill(process.processIdentifier, SIGKILL) }
+            try await Task.sleep(for: .milliseconds(20))
+        }
         return Output(status: process.terminationStatus, stdout: String(decoding: await out, as: UTF8.self), stderr: String(decoding: await err, as: UTF8.self))
     }
 
