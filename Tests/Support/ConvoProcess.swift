@@ -46,12 +46,21 @@ public enum ConvoProcess {
             try await Task.sleep(for: .milliseconds(20))
         }
         // A child that ignores SIGTERM is killed after a grace period, so a run never waits on it forever.
-        let grace = ContinuousClock.now + .seconds(5)
-        while process.isRunning {
-            if ContinuousClock.now > grace { kill(process.processIdentifier, SIGKILL) }
-            try await Task.sleep(for: .milliseconds(20))
-        }
+        try await waitForExit(process, killAfter: .seconds(5))
         return Output(status: process.terminationStatus, stdout: String(decoding: await out, as: UTF8.self), stderr: String(decoding: await err, as: UTF8.self))
+    }
+
+    /// Waits for `process` to exit, sending SIGKILL once `killAfter` has passed.
+    ///
+    /// - Returns: whether it exited by itself.
+    @discardableResult
+    static func waitForExit(_ process: Process, killAfter: Duration) async throws -> Bool {
+        let deadline = ContinuousClock.now + killAfter
+        while process.isRunning, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        guard process.isRunning else { return true }
+        kill(process.processIdentifier, SIGKILL)
+        while process.isRunning { try await Task.sleep(for: .milliseconds(20)) }
+        return false
     }
 
     private static func readToEnd(_ handle: FileHandle) async -> Data {

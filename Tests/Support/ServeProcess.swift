@@ -48,14 +48,7 @@ public final class ServeProcess: @unchecked Sendable {
     public func stop(timeout: Duration = .seconds(20)) async throws -> Int32? {
         guard process.isRunning else { return process.terminationStatus }
         kill(process.processIdentifier, SIGTERM)
-        let deadline = ContinuousClock.now + timeout
-        while process.isRunning, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
-        guard !process.isRunning else {
-            kill(process.processIdentifier, SIGKILL)
-            while process.isRunning { try await Task.sleep(for: .milliseconds(20)) }
-            return nil
-        }
-        return process.terminationStatus
+        return try await ConvoProcess.waitForExit(process, killAfter: timeout) ? process.terminationStatus : nil
     }
 
     deinit {
