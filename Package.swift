@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "EventStore", targets: ["EventStore"]),
         .library(name: "Projections", targets: ["Projections"]),
         .library(name: "Responder", targets: ["Responder"]),
+        .library(name: "Audit", targets: ["Audit"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
@@ -66,6 +67,20 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The audit-trail queries: workflowState history, reply explanations, searches, conflicts; read from
+        // the events, never from a projection.
+        .target(
+            name: "Audit",
+            dependencies: [
+                "SharedTypes",
+                "EventStore",
+                "Projections",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Debian's libhiredis, for the visitor lock.
         .systemLibrary(
             name: "CHiredis",
@@ -102,6 +117,7 @@ let package = Package(
                 "EventStore",
                 "Projections",
                 "Responder",
+                "Audit",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -176,6 +192,7 @@ let package = Package(
             dependencies: [
                 "convo",
                 "ConvoTestSupport",
+                "Audit",
                 "EventStore",
                 "Projections",
                 "Responder",

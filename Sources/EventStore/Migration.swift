@@ -29,5 +29,7 @@ public struct Migration: Sendable, Hashable {
         Migration(fileName: "0007_projections.sql", bytes: PackageResources._007_projections_sql),
         Migration(fileName: "0008_tenants_keys.sql", bytes: PackageResources._008_tenants_keys_sql),
         Migration(fileName: "0009_append_many.sql", bytes: PackageResources._009_append_many_sql),
+        Migration(fileName: "0010_event_hash_chain.sql", bytes: PackageResources._010_event_hash_chain_sql),
+        Migration(fileName: "0011_audit_indexes.sql", bytes: PackageResources._011_audit_indexes_sql),
     ]
 }

@@ -27,15 +27,15 @@ public struct NewEvent: Sendable {
 }
 
 /// The JSON coders the store uses; one of each, configured once.
-enum JSONCoding {
-    static let encoder: JSONEncoder = {
+public enum JSONCoding {
+    public static let encoder: JSONEncoder = {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         encoder.dateEncodingStrategy = .iso8601
         return encoder
     }()
 
-    static let decoder: JSONDecoder = {
+    public static let decoder: JSONDecoder = {
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .iso8601
         return decoder

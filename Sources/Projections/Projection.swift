@@ -93,7 +93,7 @@ public struct FoldError: Error, CustomStringConvertible, Sendable {
 
 extension RecordedEvent {
     /// The workflow event this is, or the fold error saying why it is none.
-    func workflowEvent() throws -> WorkflowEvent {
+    public func workflowEvent() throws -> WorkflowEvent {
         let event: WorkflowEvent?
         do {
             event = try WorkflowEvent.decode(self)

@@ -54,6 +54,8 @@ struct EventStoreBenchmark: AsyncParsableCommand {
 
     /// A visitor message as the responder will append it.
     static let payload = ByteBuffer(string: #"{"messageId":"m-0001","sentAt":"2026-11-22T10:00:00Z","text":"Hi, I ordered a blue jacket last week and it has not arrived yet. Can you help?","visitorUid":"visitor-42"}"#)
+    /// The raw inserts' hash: a constant, as a client that skipped the chain would write.
+    static let rawHash = ByteBuffer(bytes: [UInt8](repeating: 0xab, count: 32))
     static let metadata = EventMetadata(correlationId: UUID(), causationId: UUID(), actorId: "visitor:visitor-42")
 
     private func appendCase(client: PostgresClient, writers: Int, batch: Int) async throws -> (ours: Double, raw: Double) {
@@ -106,11 +108,13 @@ struct EventStoreBenchmark: AsyncParsableCommand {
     private func rawInserts(client: PostgresClient, stream: String, batch: Int, metadata: ByteBuffer, until deadline: ContinuousClock.Instant) async throws -> Int {
         var version: Int64 = 0
         let values = (0..<batch).map { row in
-            "($\(row * 7 + 1), $\(row * 7 + 2), $\(row * 7 + 3), $\(row * 7 + 4), $\(row * 7 + 5), $\(row * 7 + 6), $\(row * 7 + 7))"
+            "($\(row * 8 + 1), $\(row * 8 + 2), $\(row * 8 + 3), $\(row * 8 + 4), $\(row * 8 + 5), $\(row * 8 + 6), $\(row * 8 + 7), $\(row * 8 + 8))"
         }.joined(separator: ", ")
-        let sql = "INSERT INTO events (event_id, tenant_id, stream_name, stream_version, event_type, data, metadata) VALUES \(values)"
+        // The raw side writes the same columns, its hash a constant the client supplies: the difference is the
+        // cost of convo's checks, chaining and positions.
+        let sql = "INSERT INTO events (event_id, tenant_id, stream_name, stream_version, event_type, data, metadata, hash) VALUES \(values)"
         while ContinuousClock.now < deadline {
-            var binds = PostgresBindings(capacity: batch * 7)
+            var binds = PostgresBindings(capacity: batch * 8)
             for _ in 0..<batch {
                 version += 1
                 binds.append(UUID())
@@ -120,6 +124,7 @@ struct EventStoreBenchmark: AsyncParsableCommand {
                 binds.append("VisitorMessageReceived")
                 binds.append(RawJSONB(text: Self.payload))
                 binds.append(RawJSONB(text: metadata))
+                binds.append(Self.rawHash)
             }
             try await client.query(PostgresQuery(unsafeSQL: sql, binds: binds))
         }
@@ -132,11 +137,12 @@ struct EventStoreBenchmark: AsyncParsableCommand {
         report("storing \(readEvents) events over 10,000 conversations for readAll …")
         try await client.query(
             """
-            INSERT INTO events (event_id, tenant_id, stream_name, stream_version, event_type, data, metadata)
+            INSERT INTO events (event_id, tenant_id, stream_name, stream_version, event_type, data, metadata, hash)
             SELECT gen_random_uuid(), 'default', 'messages-c' || (i % 10000), i / 10000 + 1, 'VisitorMessageReceived',
                    jsonb_build_object('messageId', 'm-' || i, 'sentAt', '2026-11-22T10:00:00Z', 'visitorUid', 'visitor-' || (i % 10000),
                                       'text', 'Hi, I ordered a blue jacket last week and it has not arrived yet. Order ' || i),
-                   jsonb_build_object('correlationId', gen_random_uuid(), 'actorId', 'visitor:visitor-' || (i % 10000))
+                   jsonb_build_object('correlationId', gen_random_uuid(), 'actorId', 'visitor:visitor-' || (i % 10000)),
+                   sha256(int8send(i))
             FROM generate_series(0, \(readEvents - 1)) AS i
             """)
         try await client.query("VACUUM ANALYZE events")

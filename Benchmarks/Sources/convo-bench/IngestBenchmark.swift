@@ -163,8 +163,8 @@ struct IngestBenchmark: AsyncParsableCommand {
                         let began = clock.now
                         try await client.query(
                             """
-                            INSERT INTO events (event_id, tenant_id, stream_name, stream_version, event_type, data, metadata)
-                            VALUES (\(UUID()), 'raw', \("messages-raw-\(tag)-\(worker)"), \(version), 'VisitorMessageReceived', \(RawJSONB(text: payload)), \(RawJSONB(text: metadata)))
+                            INSERT INTO events (event_id, tenant_id, stream_name, stream_version, event_type, data, metadata, hash)
+                            VALUES (\(UUID()), 'raw', \("messages-raw-\(tag)-\(worker)"), \(version), 'VisitorMessageReceived', \(RawJSONB(text: payload)), \(RawJSONB(text: metadata)), \(EventStoreBenchmark.rawHash))
                             """)
                         sample.latencies.append(clock.now - began)
                     }

@@ -106,7 +106,7 @@ struct ProjectionBenchmark: AsyncParsableCommand {
     /// conversation at its start).
     static func generate(conversations: Int, turns: Int) -> PostgresQuery {
         """
-        INSERT INTO events (global_position, event_id, tenant_id, stream_name, stream_version, event_type, data, metadata)
+        INSERT INTO events (global_position, event_id, tenant_id, stream_name, stream_version, event_type, data, metadata, recorded_at, hash)
         SELECT row_number() OVER (ORDER BY t, c, k), gen_random_uuid(), 'bench',
                CASE WHEN k <= 1 THEN 'messages-c' ELSE 'workflow-c' END || c,
                CASE k WHEN 0 THEN 1 WHEN 1 THEN t + 1 WHEN 2 THEN 1 ELSE 1 + 6 * (t - 1) + (k - 2) END,
@@ -124,7 +124,11 @@ struct ProjectionBenchmark: AsyncParsableCommand {
                  WHEN 7 THEN jsonb_build_object('nodeId', 'wait')
                  ELSE jsonb_build_object('upToVersion', t + 1)
                END,
-               jsonb_build_object('actorId', '00000000-0000-4000-8000-000000000001', 'visitorUid', 'v' || c)
+               jsonb_build_object('actorId', CASE WHEN k <= 1 THEN 'visitor:v' || c ELSE '00000000-0000-4000-8000-000000000001' END,
+                                  'visitorUid', 'v' || c, 'lockToken', 'token-' || c || '-' || t),
+               -- A turn a minute, the conversations a millisecond apart; the hash a placeholder (not verified here).
+               timestamptz '2026-11-22 10:00:00+00' + t * interval '1 minute' + c * interval '1 millisecond',
+               sha256(convert_to(c || '/' || t || '/' || k, 'UTF8'))
         FROM generate_series(1, \(turns)) t, generate_series(1, \(conversations)) c, generate_series(0, 8) k
         WHERE t = 1 OR k NOT IN (0, 2)
         """

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Audit
 import EventStore
 import Foundation
 import Logging
@@ -73,6 +74,7 @@ struct GlobalOptions: ParsableArguments {
         case let error as EventStoreError: return error.message
         case let error as ResponderError: return error.message
         case let error as ProjectionError: return error.message
+        case let error as AuditError: return error.message
         default: return "\(error)"
         }
     }

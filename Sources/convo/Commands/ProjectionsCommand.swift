@@ -221,6 +221,14 @@ final class ProgressPrinter: Sendable {
     }
 
     func update(_ progress: ProjectionRebuilder.Progress) {
+        update(
+            label: "rebuild", subject: progress.projections.joined(separator: ","), events: Int(progress.events), total: Int(progress.total),
+            eventsPerSecond: progress.eventsPerSecond, secondsLeft: progress.secondsLeft)
+    }
+
+    /// Prints `events` of `total` done, at most every 100 ms on a terminal and every 2 s otherwise (and
+    /// always at the end).
+    func update(label: String, subject: String, events: Int, total: Int, eventsPerSecond: Double, secondsLeft: Double?) {
         let now = ContinuousClock.now
         let due = lastPrint.withLock { last -> Bool in
             let interval: Duration = interactive ? .milliseconds(100) : .seconds(2)
@@ -228,19 +236,17 @@ final class ProgressPrinter: Sendable {
             last = now
             return true
         }
-        guard due || progress.events == progress.total else { return }
-        let fraction = progress.total > 0 ? Double(progress.events) / Double(progress.total) : 1
-        let eta = progress.secondsLeft.map { Self.duration($0) } ?? "?"
-        let rate = Int(progress.eventsPerSecond)
+        guard due || events == total else { return }
+        let fraction = total > 0 ? Double(events) / Double(total) : 1
+        let eta = secondsLeft.map { Self.duration($0) } ?? "?"
+        let rate = Int(eventsPerSecond)
         if interactive {
             let width = 30
             let filled = min(width, Int(fraction * Double(width)))
             let bar = String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled)
-            printError(
-                "\r\(progress.projections.joined(separator: ",")) \(bar) \(Int(fraction * 100))% \(progress.events)/\(progress.total) events  \(rate) ev/s  ETA \(eta)   ",
-                newline: false)
+            printError("\r\(subject) \(bar) \(Int(fraction * 100))% \(events)/\(total) events  \(rate) ev/s  ETA \(eta)   ", newline: false)
         } else {
-            printError("rebuild \(progress.projections.joined(separator: ",")): \(progress.events)/\(progress.total) events (\(Int(fraction * 100))%), \(rate) events/s, ETA \(eta)")
+            printError("\(label) \(subject): \(events)/\(total) events (\(Int(fraction * 100))%), \(rate) events/s, ETA \(eta)")
         }
     }
 

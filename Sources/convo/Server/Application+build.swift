@@ -90,6 +90,7 @@ func buildRouter(_ context: ServerContext, background: Bool = true) -> (Router<C
     ConversationRoutes(context: context).register(on: api, table: table)
     StreamRoute(context: context).register(on: api, table: table)
     WorkflowRoutes(context: context).register(on: api, table: table)
+    AuditRoutes(context: context).register(on: api, table: table)
     return (router, table)
 }
 

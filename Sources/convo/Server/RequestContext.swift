@@ -25,6 +25,17 @@ struct ConvoRequestContext: RequestContext {
         }
         return key.tenant
     }
+
+    /// The tenant of the caller's key, when the key has one of `scopes`.
+    ///
+    /// - Throws: 401 without a key, 403 when the key has none of them.
+    func tenant(forAnyOf scopes: [Scope]) throws -> TenantID {
+        guard let key else { throw APIError(.unauthorized, "missing_key", "send Authorization: Bearer KEY") }
+        guard scopes.contains(where: key.scopes.contains) else {
+            throw APIError(.forbidden, "missing_scope", "this key has none of the scopes \(scopes.map { "'\($0.rawValue)'" }.joined(separator: ", "))")
+        }
+        return key.tenant
+    }
 }
 
 /// The documented limits of the API.

@@ -1,0 +1,127 @@
+import Audit
+import EventStore
+import Foundation
+import Hummingbird
+import SharedTypes
+
+/// The audit trail over HTTP, for keys with the `read` or `admin` scope; the same queries as `convo audit`.
+struct AuditRoutes: Sendable {
+    let context: ServerContext
+
+    func register(on router: some RouterMethods<ConvoRequestContext>, table: RouteTable) {
+        table.add(.get, "/v1/conversations/{conversationId}/workflow-state/history", on: router, use: history)
+        table.add(.get, "/v1/conversations/{conversationId}/explain/{eventId}", on: router, use: explain)
+        table.add(.get, "/v1/audit/events", on: router, use: events)
+        table.add(.get, "/v1/audit/conflicts", on: router, use: conflicts)
+        table.add(.get, "/v1/audit/heads", on: router, use: heads)
+    }
+
+    @Sendable func history(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> WorkflowHistoryResponse {
+        let tenant = try requestContext.tenant(forAnyOf: [.read, .admin])
+        let conversation = try ConversationRoutes.conversationID(requestContext)
+        return WorkflowHistoryResponse(value: try await Self.answer { try await trail(requestContext).workflowHistory(conversation, tenant: tenant) })
+    }
+
+    @Sendable func explain(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> ReplyExplanationResponse {
+        let tenant = try requestContext.tenant(forAnyOf: [.read, .admin])
+        let conversation = try ConversationRoutes.conversationID(requestContext)
+        guard let raw = requestContext.parameters.get("eventId"), let id = UUID(uuidString: raw) else {
+            throw APIError(.badRequest, "invalid_event_id", "an event id is a UUID")
+        }
+        return ReplyExplanationResponse(value: try await Self.answer { try await trail(requestContext).explain(id, in: conversation, tenant: tenant) })
+    }
+
+    @Sendable func events(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> AuditPageResponse {
+        let tenant = try requestContext.tenant(forAnyOf: [.read, .admin])
+        let query = request.uri.queryParameters
+        let known: Set<String> = ["type", "actor", "conversation", "visitor", "tool", "from", "to", "after", "limit", "order"]
+        if let unknown = query.map({ String($0.key) }).first(where: { !known.contains($0) }) {
+            throw APIError(.badRequest, "invalid_parameter", "unknown parameter '\(unknown)'; known: \(known.sorted().joined(separator: ", "))")
+        }
+        let filter = try await Self.answer {
+            try AuditQueryParameters.filter(
+                types: query.getAll("type").flatMap { $0.split(separator: ",").map(String.init) }, actor: query["actor"].map(String.init),
+                conversation: query["conversation"].map(String.init), visitor: query["visitor"].map(String.init), tool: query["tool"].map(String.init),
+                from: query["from"].map(String.init), to: query["to"].map(String.init), after: try Self.integer(query["after"].map(String.init), "after"),
+                limit: try Self.integer(query["limit"].map(String.init), "limit").map(Int.init) ?? APILimits.defaultPageSize,
+                order: query["order"].map(String.init) ?? "asc")
+        }
+        return AuditPageResponse(value: try await Self.answer { try await trail(requestContext).events(tenant: tenant, filter: filter) })
+    }
+
+    @Sendable func conflicts(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> ConflictPageResponse {
+        let tenant = try requestContext.tenant(forAnyOf: [.read, .admin])
+        let query = request.uri.queryParameters
+        var conversation: ConversationID?
+        if let raw = query["conversation"] {
+            guard let id = ConversationID(rawValue: String(raw)) else {
+                throw APIError(.badRequest, "invalid_parameter", "conversation has 1 to 128 characters of A-Z a-z 0-9 _ . : -")
+            }
+            conversation = id
+        }
+        let after = try Self.integer(query["after"].map(String.init), "after")
+        if let after, after < 0 { throw APIError(.badRequest, "invalid_parameter", "after is a position ≥ 0") }
+        let limit = try Self.integer(query["limit"].map(String.init), "limit").map(Int.init) ?? APILimits.defaultPageSize
+        return ConflictPageResponse(
+            value: try await Self.answer {
+                try await trail(requestContext).conflicts(tenant: tenant, conversation: conversation, after: after, limit: limit)
+            })
+    }
+
+    /// Every stream head of the caller's tenant: an anchor to keep elsewhere (`convo audit verify --anchor`).
+    @Sendable func heads(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> AnchorResponse {
+        let tenant = try requestContext.tenant(for: .admin)
+        let heads = try await context.store.streamHeads(tenant: tenant)
+        return AnchorResponse(value: ChainAnchor(createdAt: Date(), tenant: tenant.rawValue, heads: heads))
+    }
+
+    private func trail(_ requestContext: ConvoRequestContext) -> AuditTrail {
+        AuditTrail(store: context.store, logger: requestContext.logger)
+    }
+
+    /// Runs a query, answering its ``AuditError`` with the matching status.
+    static func answer<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as AuditError {
+            switch error.code {
+            case .conversationNotFound: throw APIError(.notFound, "conversation_not_found", error.message)
+            case .eventNotFound: throw APIError(.notFound, "event_not_found", error.message)
+            case .notAReply: throw APIError(.unprocessableContent, "not_a_reply", error.message)
+            case .invalidFilter: throw APIError(.badRequest, "invalid_parameter", error.message)
+            }
+        }
+    }
+
+    static func integer(_ raw: String?, _ name: String) throws -> Int64? {
+        guard let raw else { return nil }
+        guard let value = Int64(raw) else { throw APIError(.badRequest, "invalid_parameter", "\(name) is a whole number") }
+        return value
+    }
+}
+
+/// The audit answers as response bodies: the same JSON as `convo audit … --json`.
+struct WorkflowHistoryResponse: ResponseEncodable {
+    var value: WorkflowHistory
+    func encode(to encoder: any Encoder) throws { try value.encode(to: encoder) }
+}
+
+struct ReplyExplanationResponse: ResponseEncodable {
+    var value: ReplyExplanation
+    func encode(to encoder: any Encoder) throws { try value.encode(to: encoder) }
+}
+
+struct AuditPageResponse: ResponseEncodable {
+    var value: AuditPage
+    func encode(to encoder: any Encoder) throws { try value.encode(to: encoder) }
+}
+
+struct ConflictPageResponse: ResponseEncodable {
+    var value: ConflictPage
+    func encode(to encoder: any Encoder) throws { try value.encode(to: encoder) }
+}
+
+struct AnchorResponse: ResponseEncodable {
+    var value: ChainAnchor
+    func encode(to encoder: any Encoder) throws { try value.encode(to: encoder) }
+}
