@@ -25,6 +25,7 @@ let package = Package(
                 .product(name: "SharedTypes", package: convoPackage),
                 .product(name: "Responder", package: convoPackage),
                 .product(name: "Projections", package: convoPackage),
+                .product(name: "Audit", package: convoPackage),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -63,6 +63,33 @@ import Testing
         }
     }
 
+    @Test func racingAppendersNeverForkAChain() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let stream = TestDatabase.uniqueStream()
+            try await store.append([note("first")], to: stream, tenant: tenant, expectedVersion: .noStream)
+            // 30 appenders that compute the version (they queue), 30 with an exact one (one winner per
+            // version), and 30 group-committed appends, all at once on one stream.
+            let outcomes = await withTaskGroup(of: Bool.self) { group in
+                for i in 0..<30 {
+                    group.addTask { (try? await store.append([note("any \(i)"), note("any \(i)b")], to: stream, tenant: tenant, expectedVersion: .any)) != nil }
+                    group.addTask { (try? await store.append([note("exact \(i)")], to: stream, tenant: tenant, expectedVersion: .exact(1))) != nil }
+                    group.addTask {
+                        let results = try? await store.appendMany([AppendRequest([note("many \(i)")], to: stream, tenant: tenant, expectedVersion: .any)])
+                        return (try? results?.first?.get()) != nil
+                    }
+                }
+                var succeeded = 0
+                for await ok in group where ok { succeeded += 1 }
+                return succeeded
+            }
+            #expect(outcomes >= 60)
+            let report = try await store.verifyChains(tenant: tenant, stream: stream)
+            #expect(report.issues == [])
+            #expect(report.events == Int(try await store.streamVersion(stream, tenant: tenant)))
+        }
+    }
+
     @Test func anEditedRowIsFoundAtItsPosition() async throws {
         try await TestDatabase.withStore { store in
             let (tenant, streams) = try await seed(store)

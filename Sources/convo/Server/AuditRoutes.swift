@@ -16,22 +16,22 @@ struct AuditRoutes: Sendable {
         table.add(.get, "/v1/audit/heads", on: router, use: heads)
     }
 
-    @Sendable func history(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> WorkflowHistoryResponse {
+    @Sendable func history(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> AuditResponse<WorkflowHistory> {
         let tenant = try requestContext.tenant(forAnyOf: [.read, .admin])
         let conversation = try ConversationRoutes.conversationID(requestContext)
-        return WorkflowHistoryResponse(value: try await Self.answer { try await trail(requestContext).workflowHistory(conversation, tenant: tenant) })
+        return AuditResponse(value: try await Self.answer { try await trail(requestContext).workflowHistory(conversation, tenant: tenant) })
     }
 
-    @Sendable func explain(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> ReplyExplanationResponse {
+    @Sendable func explain(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> AuditResponse<ReplyExplanation> {
         let tenant = try requestContext.tenant(forAnyOf: [.read, .admin])
         let conversation = try ConversationRoutes.conversationID(requestContext)
         guard let raw = requestContext.parameters.get("eventId"), let id = UUID(uuidString: raw) else {
             throw APIError(.badRequest, "invalid_event_id", "an event id is a UUID")
         }
-        return ReplyExplanationResponse(value: try await Self.answer { try await trail(requestContext).explain(id, in: conversation, tenant: tenant) })
+        return AuditResponse(value: try await Self.answer { try await trail(requestContext).explain(id, in: conversation, tenant: tenant) })
     }
 
-    @Sendable func events(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> AuditPageResponse {
+    @Sendable func events(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> AuditResponse<AuditPage> {
         let tenant = try requestContext.tenant(forAnyOf: [.read, .admin])
         let query = request.uri.queryParameters
         let known: Set<String> = ["type", "actor", "conversation", "visitor", "tool", "from", "to", "after", "limit", "order"]
@@ -46,10 +46,10 @@ struct AuditRoutes: Sendable {
                 limit: try Self.integer(query["limit"].map(String.init), "limit").map(Int.init) ?? APILimits.defaultPageSize,
                 order: query["order"].map(String.init) ?? "asc")
         }
-        return AuditPageResponse(value: try await Self.answer { try await trail(requestContext).events(tenant: tenant, filter: filter) })
+        return AuditResponse(value: try await Self.answer { try await trail(requestContext).events(tenant: tenant, filter: filter) })
     }
 
-    @Sendable func conflicts(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> ConflictPageResponse {
+    @Sendable func conflicts(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> AuditResponse<ConflictPage> {
         let tenant = try requestContext.tenant(forAnyOf: [.read, .admin])
         let query = request.uri.queryParameters
         var conversation: ConversationID?
@@ -62,17 +62,17 @@ struct AuditRoutes: Sendable {
         let after = try Self.integer(query["after"].map(String.init), "after")
         if let after, after < 0 { throw APIError(.badRequest, "invalid_parameter", "after is a position ≥ 0") }
         let limit = try Self.integer(query["limit"].map(String.init), "limit").map(Int.init) ?? APILimits.defaultPageSize
-        return ConflictPageResponse(
+        return AuditResponse(
             value: try await Self.answer {
                 try await trail(requestContext).conflicts(tenant: tenant, conversation: conversation, after: after, limit: limit)
             })
     }
 
     /// Every stream head of the caller's tenant: an anchor to keep elsewhere (`convo audit verify --anchor`).
-    @Sendable func heads(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> AnchorResponse {
+    @Sendable func heads(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> AuditResponse<ChainAnchor> {
         let tenant = try requestContext.tenant(for: .admin)
         let heads = try await context.store.streamHeads(tenant: tenant)
-        return AnchorResponse(value: ChainAnchor(createdAt: Date(), tenant: tenant.rawValue, heads: heads))
+        return AuditResponse(value: ChainAnchor(createdAt: Date(), tenant: tenant.rawValue, heads: heads))
     }
 
     private func trail(_ requestContext: ConvoRequestContext) -> AuditTrail {
@@ -100,28 +100,8 @@ struct AuditRoutes: Sendable {
     }
 }
 
-/// The audit answers as response bodies: the same JSON as `convo audit … --json`.
-struct WorkflowHistoryResponse: ResponseEncodable {
-    var value: WorkflowHistory
-    func encode(to encoder: any Encoder) throws { try value.encode(to: encoder) }
-}
-
-struct ReplyExplanationResponse: ResponseEncodable {
-    var value: ReplyExplanation
-    func encode(to encoder: any Encoder) throws { try value.encode(to: encoder) }
-}
-
-struct AuditPageResponse: ResponseEncodable {
-    var value: AuditPage
-    func encode(to encoder: any Encoder) throws { try value.encode(to: encoder) }
-}
-
-struct ConflictPageResponse: ResponseEncodable {
-    var value: ConflictPage
-    func encode(to encoder: any Encoder) throws { try value.encode(to: encoder) }
-}
-
-struct AnchorResponse: ResponseEncodable {
-    var value: ChainAnchor
+/// An audit answer as a response body: the same JSON as `convo audit … --json`.
+struct AuditResponse<Value: Encodable & Sendable>: ResponseEncodable {
+    var value: Value
     func encode(to encoder: any Encoder) throws { try value.encode(to: encoder) }
 }
