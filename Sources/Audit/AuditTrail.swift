@@ -135,6 +135,15 @@ public struct AuditTrail: Sendable {
         if let to = filter.to {
             sql += " AND recorded_at < \(try bind(to))"
         }
+        if filter.from != nil || filter.to != nil {
+            // Positions and commit times grow together, but not in lockstep, and the planner, which assumes
+            // they are independent, would scan positions from the start up to the window. The window's
+            // first and last positions (read from the time index alone) bound the scan, exactly.
+            guard let (first, last) = try await positions(tenant: tenant, from: filter.from, to: filter.to) else {
+                return AuditPage(tenant: tenant.rawValue, events: [], next: nil)
+            }
+            sql += " AND global_position BETWEEN \(try bind(first)) AND \(try bind(last))"
+        }
         let descending = filter.order == .descending
         if let after = filter.after {
             sql += " AND global_position \(descending ? "<" : ">") \(try bind(after))"
@@ -164,6 +173,29 @@ public struct AuditTrail: Sendable {
             throw EventStoreError(code: .unavailable, message: "search the audit trail: PostgreSQL failed", cause: error)
         }
         return AuditPage(tenant: tenant.rawValue, events: events, next: events.count == filter.limit ? events.last?.globalPosition : nil)
+    }
+
+    /// The first and last position of the tenant's events recorded in [from, to); `nil` when there is none.
+    private func positions(tenant: TenantID, from: Date?, to: Date?) async throws -> (Int64, Int64)? {
+        do {
+            let rows = try await store.client.query(
+                """
+                SELECT min(p), max(p) FROM (
+                    SELECT global_position AS p FROM events
+                    WHERE tenant_id = \(tenant.rawValue)
+                      AND recorded_at >= coalesce(\(from)::timestamptz, '-infinity') AND recorded_at < coalesce(\(to)::timestamptz, 'infinity')
+                    -- OFFSET 0 keeps this an index-only scan of the window in events_tenant_recorded_at_idx; without
+                    -- it the planner turns min and max into position-ordered scans that filter on time.
+                    OFFSET 0) AS window_positions
+                """, logger: logger)
+            for try await (first, last) in rows.decode((Int64?, Int64?).self) {
+                guard let first, let last else { return nil }
+                return (first, last)
+            }
+            return nil
+        } catch let error as PSQLError {
+            throw EventStoreError(code: .unavailable, message: "search the audit trail: PostgreSQL failed", cause: error)
+        }
     }
 
     // MARK: Conflicts
@@ -206,7 +238,10 @@ public struct AuditTrail: Sendable {
                 """
                 SELECT e.stream_name, e.stream_version, e.event_id, e.event_type, e.recorded_at, e.metadata ->> 'lockToken', e.metadata ->> 'instance'
                 FROM unnest(\(streams)::text[], \(versions)::int8[]) AS w (stream, version)
-                JOIN events e ON e.tenant_id = \(tenant.rawValue) AND e.stream_name = w.stream AND e.stream_version = w.version
+                -- LATERAL … LIMIT 1 keeps this a probe of events_stream_version_key per conflict: as a plain join
+                -- the planner may hash the whole table.
+                CROSS JOIN LATERAL (SELECT * FROM events e WHERE e.tenant_id = \(tenant.rawValue) AND e.stream_name = w.stream
+                                    AND e.stream_version = w.version LIMIT 1) AS e
                 """, logger: logger)
             for try await (stream, version, id, type, at, token, instance) in rows.decode((String, Int64, UUID, String, Date, String?, String?).self) {
                 winners["\(stream)/\(version)"] = ConflictWinner(

@@ -177,6 +177,27 @@ import Testing
             #expect(future.events.isEmpty && future.next == nil)
             let recent = try await search("visitor=\(trail.visitor)&from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z&limit=1000")
             #expect(recent.events == everything.events)
+            // A window between two commit times holds exactly the events recorded in it, in position order.
+            let trailQueries = AuditTrail(store: PostgresEventStore(client: api.pg, logger: TestDatabase.logger), logger: TestDatabase.logger)
+            var visitorFilter = AuditFilter()
+            visitorFilter.visitor = VisitorUID(rawValue: trail.visitor)
+            visitorFilter.limit = 1000
+            let exact = try await trailQueries.events(tenant: api.tenant, filter: visitorFilter).events
+            let times = Array(Set(exact.map(\.recordedAt))).sorted()
+            #expect(times.count >= 4)
+            let (lower, upper) = (times[1].addingTimeInterval(-0.000_000_5), times[times.count - 2].addingTimeInterval(-0.000_000_5))
+            var windowed = visitorFilter
+            windowed.from = lower
+            windowed.to = upper
+            windowed.limit = 2
+            var inWindow: [AuditEvent] = []
+            repeat {
+                let page = try await trailQueries.events(tenant: api.tenant, filter: windowed)
+                inWindow += page.events
+                windowed.after = page.next
+            } while windowed.after != nil
+            #expect(inWindow.map(\.eventId) == exact.filter { $0.recordedAt >= lower && $0.recordedAt < upper }.map(\.eventId))
+            #expect(!inWindow.isEmpty && inWindow.count < exact.count)
             let types = try await search("type=ConversationStarted,ConversationHandedOff&conversation=\(trail.main)")
             #expect(types.events.map(\.type) == [ConversationStarted.eventType, ConversationHandedOff.eventType])
             let cliPage = try json(

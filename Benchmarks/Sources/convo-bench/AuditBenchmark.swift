@@ -15,6 +15,7 @@ struct AuditBenchmark: AsyncParsableCommand {
     @Option(help: "Events in the store.") var events: Int = 1_000_000
     @Option(help: "Conversations the events are spread over.") var conversations: Int = 10_000
     @Option(help: "Recorded conflicts.") var conflicts: Int = 2_000
+    @Option(help: "Seconds between two conversations' starts (26: the store spans three days).") var spacing: Int = 26
     @Option(help: "Runs per query.") var runs: Int = 300
     @Option(help: "Concurrent callers per query.") var concurrency: Int = 1
     @Flag(help: "Exit 1 when a target is missed.") var check = false
@@ -26,7 +27,7 @@ struct AuditBenchmark: AsyncParsableCommand {
             let tenant = TenantID("bench")
             let turns = max(1, (events / conversations - 2) / 7)
             let started = ContinuousClock.now
-            try await client.query(ProjectionBenchmark.generate(conversations: conversations, turns: turns), logger: BenchDatabase.logger)
+            try await client.query(ProjectionBenchmark.generate(conversations: conversations, turns: turns, startSpacing: spacing), logger: BenchDatabase.logger)
             try await client.query(Self.generateConflicts(conflicts, conversations: conversations), logger: BenchDatabase.logger)
             try await client.query("VACUUM ANALYZE events", logger: BenchDatabase.logger)
             let store = PostgresEventStore(client: client, logger: BenchDatabase.logger)
@@ -37,14 +38,24 @@ struct AuditBenchmark: AsyncParsableCommand {
             let trail = AuditTrail(store: store, logger: BenchDatabase.logger)
             let replies = try await Self.sampleReplies(client, count: runs)
             let middle = try await Self.middlePosition(client)
-            func conversation() -> ConversationID { ConversationID(rawValue: "c\(Int.random(in: 1...conversations))")! }
-            func filter(_ change: (inout AuditFilter) -> Void) -> AuditFilter {
+            let conversations = self.conversations
+            @Sendable func conversation() -> ConversationID { ConversationID(rawValue: "c\(Int.random(in: 1...conversations))")! }
+            @Sendable func filter(_ change: (inout AuditFilter) -> Void) -> AuditFilter {
                 var filter = AuditFilter()
                 change(&filter)
                 return filter
             }
             let base = Date(timeIntervalSince1970: 1_795_341_600)  // 2026-11-22 10:00 UTC, where the generated times start
+            let span = conversations * spacing + turns * 60
+            /// A random window of `seconds` inside the generated span.
+            @Sendable func window(_ filter: inout AuditFilter, seconds: Int) {
+                let start = base.addingTimeInterval(Double(Int.random(in: 0..<max(1, span - seconds))))
+                filter.from = start
+                filter.to = start.addingTimeInterval(Double(seconds))
+            }
 
+            let runs = self.runs
+            let concurrency = self.concurrency
             var missed = false
             func measure(_ name: String, _ body: @escaping @Sendable () async throws -> Int) async throws {
                 _ = try await body()  // warm
@@ -86,21 +97,13 @@ struct AuditBenchmark: AsyncParsableCommand {
                 ("search: tool add_tag, a middle page", { filter { $0.tool = "add_tag"; $0.after = middle } }),
                 ("search: type AssistantMessageSent", { filter { $0.types = [AssistantMessageSent.eventType] } }),
                 ("search: type + conversation", { filter { $0.types = [ToolCalled.eventType]; $0.conversation = conversation() } }),
-                ("search: a 5-minute window", {
-                    filter {
-                        let start = base.addingTimeInterval(Double(Int.random(in: 0..<max(1, turns * 60 - 300))))
-                        $0.from = start
-                        $0.to = start.addingTimeInterval(300)
-                    }
+                ("search: a 5-minute window", { filter { window(&$0, seconds: 300) } }),
+                ("search: a 1-hour window", { filter { window(&$0, seconds: 3600) } }),
+                ("search: a 1-day window", { filter { window(&$0, seconds: 86400) } }),
+                ("search: the last 12 hours (from only)", {
+                    filter { $0.from = base.addingTimeInterval(Double(span - 43_200)) }
                 }),
-                ("search: type in a 1-hour window", {
-                    filter {
-                        let start = base.addingTimeInterval(Double(Int.random(in: 0..<max(1, turns * 60 - 3600))))
-                        $0.types = [ConversationHandedOff.eventType, ToolCalled.eventType]
-                        $0.from = start
-                        $0.to = start.addingTimeInterval(3600)
-                    }
-                }),
+                ("search: type in a 1-hour window", { filter { $0.types = [ToolCalled.eventType]; window(&$0, seconds: 3600) } }),
             ]
             for (name, make) in searches {
                 try await measure(name) { try await trail.events(tenant: tenant, filter: make()).events.count }

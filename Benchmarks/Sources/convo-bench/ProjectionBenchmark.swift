@@ -101,13 +101,18 @@ struct ProjectionBenchmark: AsyncParsableCommand {
         return (Double(line.split(separator: " ").dropFirst().first ?? "0") ?? 0) / 1024
     }
 
-    /// SQL that writes what the responder writes for `turns` turns of each conversation, interleaved across
-    /// conversations turn by turn: per turn one visitor message and six workflow events (two more per
-    /// conversation at its start).
-    static func generate(conversations: Int, turns: Int) -> PostgresQuery {
-        """
+    /// SQL that writes what the responder writes for `turns` turns of each conversation: per turn one
+    /// visitor message and six workflow events (two more per conversation at its start), a turn a minute.
+    ///
+    /// - Parameter startSpacing: seconds between the starts of two conversations, positions in time
+    ///   order (so a few dozen conversations run at once, as on a live site); `nil` starts them all at
+    ///   once, interleaved turn by turn (every conversation in flight during the whole run).
+    static func generate(conversations: Int, turns: Int, startSpacing: Int? = nil) -> PostgresQuery {
+        let spacing = startSpacing ?? 0
+        let order = startSpacing == nil ? "t, c, k" : "c * \(spacing) + t * 60, c, k"
+        return """
         INSERT INTO events (global_position, event_id, tenant_id, stream_name, stream_version, event_type, data, metadata, recorded_at, hash)
-        SELECT row_number() OVER (ORDER BY t, c, k), gen_random_uuid(), 'bench',
+        SELECT row_number() OVER (ORDER BY \(unescaped: order)), gen_random_uuid(), 'bench',
                CASE WHEN k <= 1 THEN 'messages-c' ELSE 'workflow-c' END || c,
                CASE k WHEN 0 THEN 1 WHEN 1 THEN t + 1 WHEN 2 THEN 1 ELSE 1 + 6 * (t - 1) + (k - 2) END,
                (ARRAY['ConversationStarted','VisitorMessageReceived','WorkflowStarted','WorkflowVariableSet','WorkflowTransitioned',
@@ -126,8 +131,9 @@ struct ProjectionBenchmark: AsyncParsableCommand {
                END,
                jsonb_build_object('actorId', CASE WHEN k <= 1 THEN 'visitor:v' || c ELSE '00000000-0000-4000-8000-000000000001' END,
                                   'visitorUid', 'v' || c, 'lockToken', 'token-' || c || '-' || t),
-               -- A turn a minute, the conversations a millisecond apart; the hash a placeholder (not verified here).
-               timestamptz '2026-11-22 10:00:00+00' + t * interval '1 minute' + c * interval '1 millisecond',
+               -- A turn a minute; the hash a placeholder (not verified here).
+               timestamptz '2026-11-22 10:00:00+00' + t * interval '1 minute' + c * \(spacing) * interval '1 second'
+                 + (c % 1000) * interval '1 millisecond' + k * interval '1 microsecond',
                sha256(convert_to(c || '/' || t || '/' || k, 'UTF8'))
         FROM generate_series(1, \(turns)) t, generate_series(1, \(conversations)) c, generate_series(0, 8) k
         WHERE t = 1 OR k NOT IN (0, 2)
