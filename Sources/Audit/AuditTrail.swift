@@ -170,7 +170,7 @@ public struct AuditTrail: Sendable {
         } catch let error as DecodingError {
             throw EventStoreError(code: .storageFailure, message: "a stored event's JSON does not decode: \(error)")
         } catch let error as PSQLError {
-            throw EventStoreError(code: .unavailable, message: "search the audit trail: PostgreSQL failed", cause: error)
+            throw PostgresEventStore.mapError(error, operation: "search the audit trail")
         }
         return AuditPage(tenant: tenant.rawValue, events: events, next: events.count == filter.limit ? events.last?.globalPosition : nil)
     }
@@ -194,7 +194,7 @@ public struct AuditTrail: Sendable {
             }
             return nil
         } catch let error as PSQLError {
-            throw EventStoreError(code: .unavailable, message: "search the audit trail: PostgreSQL failed", cause: error)
+            throw PostgresEventStore.mapError(error, operation: "bound the time window")
         }
     }
 
@@ -248,7 +248,7 @@ public struct AuditTrail: Sendable {
                     eventId: id, type: type, streamVersion: version, recordedAt: at, lockToken: token, instance: instance)
             }
         } catch let error as PSQLError {
-            throw EventStoreError(code: .unavailable, message: "read the conflicts' winners: PostgreSQL failed", cause: error)
+            throw PostgresEventStore.mapError(error, operation: "read the conflicts' winners")
         }
         for index in conflicts.indices {
             conflicts[index].winner = winners["\(conflicts[index].stream)/\(conflicts[index].expectedVersion + 1)"]
