@@ -15,7 +15,7 @@ public struct Migration: Sendable, Hashable {
         self.fileName = fileName
         self.version = Int(fileName.prefix { $0.isNumber }) ?? 0
         self.sql = String(decoding: bytes, as: UTF8.self)
-        self.checksum = SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
+        self.checksum = Array(SHA256.hash(data: bytes)).hexString
     }
 
     /// Every migration, in order. A test checks this list against the files in `Migrations/`.

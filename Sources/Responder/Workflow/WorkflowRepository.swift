@@ -42,7 +42,7 @@ public final class WorkflowRepository: Sendable {
         guard case .object(var fields) = document else { preconditionFailure("a parsed workflow is a JSON object") }
         fields["version"] = nil
         let canonical = try Self.canonicalEncoder.encode(JSONValue.object(fields))
-        let checksum = SHA256.hash(data: canonical).map { String(format: "%02x", $0) }.joined()
+        let checksum = Array(SHA256.hash(data: canonical)).hexString
         let text = String(decoding: canonical, as: UTF8.self)
         do {
             return try await client.withTransaction(logger: logger) { connection in
