@@ -77,9 +77,20 @@ public struct ChainReport: Sendable, Codable, Equatable {
     public var events: Int
     /// Anchored heads checked (0 without an anchor).
     public var anchoredHeads: Int
+    /// Every finding, or the first ``ChainReport/maxIssues`` of them.
     public var issues: [ChainIssue]
+    /// How many findings there were in all (more than `issues` holds when the cap was reached).
+    public var issueCount: Int
 
-    public var isIntact: Bool { issues.isEmpty }
+    public var isIntact: Bool { issueCount == 0 }
+
+    /// The most findings a report keeps: a store rewritten wholesale must not fill memory with them.
+    public static let maxIssues = 10_000
+
+    mutating func record(_ issue: ChainIssue) {
+        issueCount += 1
+        if issues.count < Self.maxIssues { issues.append(issue) }
+    }
 }
 
 /// How far a verify is, for progress reports.
@@ -124,7 +135,7 @@ extension PostgresEventStore {
             anchored["\(head.tenant)/\(head.stream)"] = head
         }
         let anchoredCount = anchored.count
-        var report = ChainReport(streams: 0, events: 0, anchoredHeads: anchoredCount, issues: [])
+        var report = ChainReport(streams: 0, events: 0, anchoredHeads: anchoredCount, issues: [], issueCount: 0)
         var cursor: (tenant: String, stream: String, version: Int64) = ("", "", 0)
         var currentKey: String?
         var previous: [UInt8] = []
@@ -142,7 +153,7 @@ extension PostgresEventStore {
                     lastPosition = 0
                 }
                 func issue(_ kind: ChainIssue.Kind, _ message: String) {
-                    report.issues.append(
+                    report.record(
                         ChainIssue(kind: kind, tenant: row.tenant, stream: row.stream, streamVersion: row.version, globalPosition: row.position, message: message))
                 }
                 if row.version != expectedVersion {
@@ -178,7 +189,7 @@ extension PostgresEventStore {
             if page.count < pageSize { break }
         }
         for head in anchored.values.sorted(by: { ($0.tenant, $0.stream) < ($1.tenant, $1.stream) }) {
-            report.issues.append(
+            report.record(
                 ChainIssue(
                     kind: .anchorMissing, tenant: head.tenant, stream: head.stream, streamVersion: head.version, globalPosition: nil,
                     message: "the anchored head (position \(head.position)) is not stored: the stream's tail or the whole stream was deleted"))

@@ -224,6 +224,26 @@ import Testing
         }
     }
 
+    @Test func aReportKeepsTheFirstFindingsAndCountsThemAll() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let stream = TestDatabase.uniqueStream()
+            let count = ChainReport.maxIssues + 1
+            // Rows written around the store, none with its chain's hash.
+            try await store.client.query(
+                """
+                INSERT INTO events (event_id, tenant_id, stream_name, stream_version, event_type, data, metadata, hash)
+                SELECT gen_random_uuid(), \(tenant.rawValue), \(stream.description), v, 'NoteTaken', '{}', '{}', sha256(int8send(v))
+                FROM generate_series(1, \(count)) AS v
+                """)
+            let report = try await store.verifyChains(tenant: tenant)
+            #expect(report.events == count)
+            #expect(report.issueCount == count)
+            #expect(report.issues.count == ChainReport.maxIssues)
+            #expect(!report.isIntact)
+        }
+    }
+
     @Test func theMigrationChainsTheEventsStoredBeforeIt() async throws {
         try await TestDatabase.withFreshDatabase { url in
             try await TestDatabase.withClient(url: url) { client in

@@ -65,11 +65,14 @@ extension Convo {
                     printJSON(report)
                 } else {
                     for issue in report.issues { print(issue.description) }
+                    if report.issueCount > report.issues.count {
+                        print("… and \(report.issueCount - report.issues.count) more findings (the first \(report.issues.count) are listed)")
+                    }
                     let anchored = report.anchoredHeads > 0 ? ", \(report.anchoredHeads) anchored heads" : ""
                     print(
                         report.isIntact
                             ? "OK: \(report.events) events in \(report.streams) streams\(anchored); every hash chain is intact"
-                            : "FAILED: \(report.issues.count) finding\(report.issues.count == 1 ? "" : "s") in \(report.events) events of \(report.streams) streams\(anchored)")
+                            : "FAILED: \(report.issueCount) finding\(report.issueCount == 1 ? "" : "s") in \(report.events) events of \(report.streams) streams\(anchored)")
                 }
                 if !report.isIntact { throw ExitCode(1) }
             }
