@@ -84,6 +84,14 @@ public struct ChainReport: Sendable, Codable, Equatable {
 
     public var isIntact: Bool { issueCount == 0 }
 
+    public init(streams: Int, events: Int, anchoredHeads: Int, issues: [ChainIssue], issueCount: Int) {
+        self.streams = streams
+        self.events = events
+        self.anchoredHeads = anchoredHeads
+        self.issues = issues
+        self.issueCount = issueCount
+    }
+
     /// The most findings a report keeps: a store rewritten wholesale must not fill memory with them.
     public static let maxIssues = 10_000
 

@@ -302,6 +302,15 @@ import Testing
                     "UPDATE events SET data = jsonb_set(data, '{text}', '\"never mind\"') WHERE global_position = \(edited)", logger: TestDatabase.logger)
                 try await connection.query("COMMIT", logger: TestDatabase.logger)
             }
+            // Over HTTP, for the one conversation.
+            let verified = try await api.request(.get, "/v1/conversations/\(trail.main)/verify", key: api.read)
+            #expect(verified.status == .ok, "\(verified.text)")
+            let conversationReport = try verified.decode(ChainReport.self)
+            #expect(conversationReport.issueCount == 1 && conversationReport.issues.first?.globalPosition == edited)
+            #expect(conversationReport.issues.first?.kind == .hashMismatch && conversationReport.streams == 2)
+            #expect(try await api.request(.get, "/v1/conversations/\(trail.raced)/verify", key: api.read).decode(ChainReport.self).isIntact)
+            #expect(try await api.request(.get, "/v1/conversations/\(trail.main)/verify", key: api.stranger).status == .notFound)
+            #expect(try await api.request(.get, "/v1/conversations/\(trail.main)/verify", key: api.ingest).status == .forbidden)
             let caught = try await cli(["verify", "--tenant", tenant])
             #expect(caught.status == 1)
             #expect(caught.stdout.contains("hash_mismatch") && caught.stdout.contains("position \(edited)") && caught.stdout.contains("FAILED: 1 finding"))

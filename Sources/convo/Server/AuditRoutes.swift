@@ -14,6 +14,7 @@ struct AuditRoutes: Sendable {
         table.add(.get, "/v1/audit/events", on: router, use: events)
         table.add(.get, "/v1/audit/conflicts", on: router, use: conflicts)
         table.add(.get, "/v1/audit/heads", on: router, use: heads)
+        table.add(.get, "/v1/conversations/{conversationId}/verify", on: router, use: verify)
     }
 
     @Sendable func history(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> AuditResponse<WorkflowHistory> {
@@ -66,6 +67,22 @@ struct AuditRoutes: Sendable {
             value: try await Self.answer {
                 try await trail(requestContext).conflicts(tenant: tenant, conversation: conversation, after: after, limit: limit)
             })
+    }
+
+    /// The hash chains of the conversation's two streams, recomputed now: whether its record was tampered with.
+    @Sendable func verify(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> AuditResponse<ChainReport> {
+        let tenant = try requestContext.tenant(forAnyOf: [.read, .admin])
+        let conversation = try ConversationRoutes.conversationID(requestContext)
+        var report = ChainReport(streams: 0, events: 0, anchoredHeads: 0, issues: [], issueCount: 0)
+        for stream in [conversation.messagesStream, conversation.workflowStream] {
+            let part = try await context.store.verifyChains(tenant: tenant, stream: stream)
+            report.streams += part.streams
+            report.events += part.events
+            report.issues += part.issues
+            report.issueCount += part.issueCount
+        }
+        guard report.events > 0 else { throw ConversationRoutes.notFound(conversation) }
+        return AuditResponse(value: report)
     }
 
     /// Every stream head of the caller's tenant: an anchor to keep elsewhere (`convo audit verify --anchor`).
