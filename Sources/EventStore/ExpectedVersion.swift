@@ -13,6 +13,14 @@ public enum ExpectedVersion: Hashable, Sendable, CustomStringConvertible {
     case exact(Int64)
 
     /// The number `convo_append` takes: -1 any, -2 stream exists, 0 no stream, n exact.
+    /// An exact version or no stream: the append needs no version computed from the stream.
+    var isExactVersion: Bool {
+        switch self {
+        case .exact, .noStream: return true
+        case .any, .streamExists: return false
+        }
+    }
+
     var sqlValue: Int64 {
         switch self {
         case .any: return -1

@@ -8,8 +8,11 @@ import SharedTypes
 
 /// The event store on PostgreSQL, through PostgresNIO's `PostgresClient`.
 ///
-/// Appends run `convo_append` (see `Migrations/0004_append_fast_path.sql`) as a prepared
-/// statement, in one round trip. Positions grow with transaction ids (the id shifted left 16 bits plus the
+/// An append with an exact expectation (a version, or no stream: what the responder and ingest of a new
+/// conversation use) is one prepared INSERT statement (``ExactAppendStatement``); anything it cannot
+/// settle (an expectation not met, a retry, an id stored elsewhere) and every append that computes its
+/// version (`.any`, `.streamExists`) runs `convo_append` (see `Migrations/0010_event_hash_chain.sql`),
+/// also prepared, in one round trip. Both chain each event's hash to the one before it in its stream. Positions grow with transaction ids (the id shifted left 16 bits plus the
 /// event's place in the append), and reads of the whole store take only rows whose transaction id is below
 /// the oldest transaction still running, so a reader that follows positions never skips a late commit.
 ///
@@ -80,6 +83,18 @@ public final class PostgresEventStore: EventStore, Service {
             metadata: metadata)
         var recorded: [AppendResult.Recorded] = []
         var duplicate = false
+        if expectedVersion.isExactVersion,
+            let written = try await fastAppend(
+                ExactAppendStatement(
+                    tenant: tenant.rawValue, stream: stream.description, expected: expectedVersion.sqlValue, ids: ids, types: types, data: data,
+                    metadata: metadata), count: events.count, stream: stream, tenant: tenant, expectedVersion: expectedVersion)
+        {
+            appendDuration.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
+            appendedEvents.increment(by: written.count)
+            signal.signal()
+            notify.yield()
+            return AppendResult(stream: stream, events: written, isDuplicate: false)
+        }
         var attempt = 0
         while true {
             attempt += 1
@@ -115,6 +130,40 @@ public final class PostgresEventStore: EventStore, Service {
             notify.yield()
         }
         return AppendResult(stream: stream, events: recorded, isDuplicate: duplicate)
+    }
+
+    /// An append with an exact expectation (a version, or no stream) as one INSERT: no function, no lock.
+    ///
+    /// - Returns: the written events; `nil` when the expectation was not met or an id is stored already,
+    ///   for `convo_append` to answer (a wrong expected version with the actual one, a retry of a stored
+    ///   append, an id stored elsewhere), having written nothing.
+    /// - Throws: ``EventStoreError/wrongExpectedVersion(stream:expected:actual:)`` when a racer wrote the
+    ///   version first; the mapped error for anything else.
+    private func fastAppend(
+        _ statement: ExactAppendStatement, count: Int, stream: StreamName, tenant: TenantID, expectedVersion: ExpectedVersion
+    ) async throws -> [AppendResult.Recorded]? {
+        var written: [AppendResult.Recorded] = []
+        written.reserveCapacity(count)
+        do {
+            for try await (id, version, position, at) in try await client.execute(statement, logger: logger) {
+                written.append(.init(eventId: id, streamVersion: version, globalPosition: position, recordedAt: at))
+            }
+        } catch let error as PSQLError where error.serverInfo?[.sqlState] == "23505" {
+            switch error.serverInfo?[.constraintName] {
+            case "events_stream_version_key":
+                conflicts.increment()
+                let actual = (try? await streamVersion(stream, tenant: tenant)) ?? -1
+                throw EventStoreError.wrongExpectedVersion(stream: stream, expected: expectedVersion, actual: actual)
+            case "events_event_id_key":
+                return nil
+            default:
+                throw mapAppendError(error, stream: stream, expected: expectedVersion)
+            }
+        } catch let error as PSQLError {
+            throw mapAppendError(error, stream: stream, expected: expectedVersion)
+        }
+        // All or nothing: one statement; no row when the expectation was not met.
+        return written.count == count ? written : nil
     }
 
     func validate(_ events: [NewEvent], expectedVersion: ExpectedVersion) throws {
@@ -395,6 +444,67 @@ public final class PostgresEventStore: EventStore, Service {
 }
 
 /// `convo_append` as a prepared statement.
+/// The common append, an exact expectation, as one statement: the stream's head (version and hash) in one
+/// index probe, the expectation checked, each event's hash chained to the one before it (a recursive CTE,
+/// with `convo_event_hash` of `Migrations/0010_event_hash_chain.sql`), and the rows inserted, with the same
+/// positions as `convo_append` (this transaction's id shifted left 16 bits plus the event's place; it runs
+/// in a transaction of its own). A racer that wrote the version first makes it fail on
+/// events_stream_version_key; an id already stored, on events_event_id_key; an expectation not met returns
+/// no row. Nothing is written in any of these cases, and the store asks `convo_append` for the answer.
+struct ExactAppendStatement: PostgresPreparedStatement {
+    static let name = "convo_append_exact_v1"
+    static let sql = """
+        WITH RECURSIVE head AS (
+            SELECT e.stream_version AS version, e.hash FROM events e
+            WHERE e.tenant_id = $1 AND e.stream_name = $2
+            ORDER BY e.stream_version DESC LIMIT 1
+        ), accepted AS (
+            SELECT coalesce((SELECT version FROM head), 0) AS version,
+                   coalesce((SELECT hash FROM head), convo_chain_genesis($1, $2)) AS hash
+        ), started AS (
+            SELECT a.version, a.hash, pg_current_xact_id()::text::bigint << 16 AS base, now() AS at
+            FROM accepted a WHERE a.version = $3
+        ), chain (n, hash, version, base, at) AS (
+            SELECT 0, s.hash, s.version, s.base, s.at FROM started s
+            UNION ALL
+            SELECT c.n + 1,
+                   convo_event_hash(c.hash, c.base + c.n + 1, c.version + c.n + 1, ($4::uuid[])[c.n + 1], c.at,
+                                    ($5::text[])[c.n + 1], ($6::jsonb[])[c.n + 1], ($7::jsonb[])[c.n + 1]),
+                   c.version, c.base, c.at
+            FROM chain c WHERE c.n < cardinality($4::uuid[])
+        )
+        INSERT INTO events (global_position, event_id, tenant_id, stream_name, stream_version, event_type, data, metadata, recorded_at, hash)
+        SELECT c.base + c.n, ($4::uuid[])[c.n], $1, $2, c.version + c.n, ($5::text[])[c.n], ($6::jsonb[])[c.n], ($7::jsonb[])[c.n], c.at, c.hash
+        FROM chain c WHERE c.n > 0
+        RETURNING event_id, stream_version, global_position, recorded_at
+        """
+    typealias Row = (UUID, Int64, Int64, Date)
+
+    var tenant: String
+    var stream: String
+    var expected: Int64
+    var ids: [UUID]
+    var types: [String]
+    var data: [JSONB]
+    var metadata: [JSONB]
+
+    func makeBindings() throws -> PostgresBindings {
+        var bindings = PostgresBindings(capacity: 7)
+        bindings.append(tenant)
+        bindings.append(stream)
+        bindings.append(expected)
+        bindings.append(ids)
+        bindings.append(types)
+        bindings.append(data)
+        bindings.append(metadata)
+        return bindings
+    }
+
+    func decodeRow(_ row: PostgresRow) throws -> Row {
+        try row.decode(Row.self)
+    }
+}
+
 struct AppendStatement: PostgresPreparedStatement {
     static let name = "convo_append_v1"
     static let sql = """

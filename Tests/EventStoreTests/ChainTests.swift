@@ -252,11 +252,16 @@ import Testing
                 let tenant = TestDatabase.uniqueTenant()
                 let stream = TestDatabase.uniqueStream()
                 let other = TestDatabase.uniqueStream()
-                // The store's append works on the old schema (convo_append of 0004).
-                let old = PostgresEventStore(client: client, logger: TestDatabase.logger)
-                try await old.append([note("one"), note("two")], to: stream, tenant: tenant, expectedVersion: .noStream)
-                try await old.append([note("three")], to: stream, tenant: tenant, expectedVersion: .exact(2))
-                try await old.append([note("other")], to: other, tenant: tenant, expectedVersion: .noStream)
+                // Events appended as the old schema did (its convo_append, of 0004).
+                for (target, expected, texts) in [(stream, 0, ["one", "two"]), (stream, 2, ["three"]), (other, 0, ["other"])] {
+                    let ids = texts.map { _ in UUID() }
+                    let data = texts.map { #"{"text": "\#($0)"}"# }
+                    try await client.query(
+                        """
+                        SELECT * FROM convo_append(\(tenant.rawValue), \(target.description), \(Int64(expected)), \(ids),
+                                                   \(texts.map { _ in "NoteTaken" }), \(data)::jsonb[], \(texts.map { _ in "{}" })::jsonb[])
+                        """)
+                }
 
                 try await Migrator(client: client, logger: TestDatabase.logger).migrate()
                 let store = PostgresEventStore(client: client, logger: TestDatabase.logger)
