@@ -134,11 +134,10 @@ public final class PostgresEventStore: EventStore, Service {
 
     /// An append with an exact expectation (a version, or no stream) as one INSERT: no function, no lock.
     ///
-    /// - Returns: the written events; `nil` when the expectation was not met or an id is stored already,
-    ///   for `convo_append` to answer (a wrong expected version with the actual one, a retry of a stored
-    ///   append, an id stored elsewhere), having written nothing.
-    /// - Throws: ``EventStoreError/wrongExpectedVersion(stream:expected:actual:)`` when a racer wrote the
-    ///   version first; the mapped error for anything else.
+    /// - Returns: the written events; `nil` when the expectation was not met, a racer wrote the version
+    ///   first, or an id is stored already, for `convo_append` to answer (a wrong expected version with the
+    ///   actual one, a retry of a stored append, an id stored elsewhere), having written nothing.
+    /// - Throws: the mapped error of anything else.
     private func fastAppend(
         _ statement: ExactAppendStatement, count: Int, stream: StreamName, tenant: TenantID, expectedVersion: ExpectedVersion
     ) async throws -> [AppendResult.Recorded]? {
@@ -148,17 +147,13 @@ public final class PostgresEventStore: EventStore, Service {
             for try await (id, version, position, at) in try await client.execute(statement, logger: logger) {
                 written.append(.init(eventId: id, streamVersion: version, globalPosition: position, recordedAt: at))
             }
-        } catch let error as PSQLError where error.serverInfo?[.sqlState] == "23505" {
-            switch error.serverInfo?[.constraintName] {
-            case "events_stream_version_key":
-                conflicts.increment()
-                let actual = (try? await streamVersion(stream, tenant: tenant)) ?? -1
-                throw EventStoreError.wrongExpectedVersion(stream: stream, expected: expectedVersion, actual: actual)
-            case "events_event_id_key":
-                return nil
-            default:
-                throw mapAppendError(error, stream: stream, expected: expectedVersion)
-            }
+        } catch let error as PSQLError
+            where error.serverInfo?[.sqlState] == "23505"
+            && ["events_stream_version_key", "events_event_id_key"].contains(error.serverInfo?[.constraintName])
+        {
+            // A racer wrote the version, or an id, first: it may be this very append's original (a retry
+            // racing it), which convo_append answers as a duplicate; otherwise it reports the actual version.
+            return nil
         } catch let error as PSQLError {
             throw mapAppendError(error, stream: stream, expected: expectedVersion)
         }
@@ -449,8 +444,8 @@ public final class PostgresEventStore: EventStore, Service {
 /// with `convo_event_hash` of `Migrations/0010_event_hash_chain.sql`), and the rows inserted, with the same
 /// positions as `convo_append` (this transaction's id shifted left 16 bits plus the event's place; it runs
 /// in a transaction of its own). A racer that wrote the version first makes it fail on
-/// events_stream_version_key; an id already stored, on events_event_id_key; an expectation not met returns
-/// no row. Nothing is written in any of these cases, and the store asks `convo_append` for the answer.
+/// events_stream_version_key, an id already stored on events_event_id_key, and an expectation not met
+/// returns no row; nothing is written in any of these cases, and the store asks `convo_append`.
 struct ExactAppendStatement: PostgresPreparedStatement {
     static let name = "convo_append_exact_v1"
     static let sql = """

@@ -186,4 +186,36 @@ import Testing
             #expect(try await store.streamVersion(stream, tenant: tenant) == 0)
         }
     }
+
+    /// The one-statement path of exact appends hands what it cannot settle to convo_append: concurrent
+    /// retries of one append are answered as duplicates, an id stored elsewhere is refused, nothing partial.
+    @Test func exactAppendsRacingTheirOwnRetriesAndReusedIdsAreSettledLikeTheOthers() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let stream = TestDatabase.uniqueStream()
+            let events = [note("a"), note("b")]
+            let results = try await withThrowingTaskGroup(of: AppendResult.self) { group in
+                for _ in 0..<20 {
+                    group.addTask { try await store.append(events, to: stream, tenant: tenant, expectedVersion: .noStream) }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(results.filter { !$0.isDuplicate }.count == 1)
+            #expect(results.allSatisfy { $0.events == results[0].events })
+            #expect(try await store.streamVersion(stream, tenant: tenant) == 2)
+
+            let other = TestDatabase.uniqueStream()
+            let reused = try await #require(throws: EventStoreError.self) {
+                try await store.append([note("new"), events[0]], to: other, tenant: tenant, expectedVersion: .noStream)
+            }
+            #expect(reused.code == .duplicateEventID)
+            #expect(try await store.streamVersion(other, tenant: tenant) == 0)
+            let stale = try await #require(throws: EventStoreError.self) {
+                try await store.append([note("late")], to: stream, tenant: tenant, expectedVersion: .exact(1))
+            }
+            #expect(stale.code == .wrongExpectedVersion && stale.actual == 2)
+            #expect(try await store.verifyChains(tenant: tenant).isIntact)
+        }
+    }
+
 }
