@@ -87,7 +87,7 @@ public final class PostgresEventStore: EventStore, Service {
             let written = try await fastAppend(
                 ExactAppendStatement(
                     tenant: tenant.rawValue, stream: stream.description, expected: expectedVersion.sqlValue, ids: ids, types: types, data: data,
-                    metadata: metadata), count: events.count, stream: stream, tenant: tenant, expectedVersion: expectedVersion)
+                    metadata: metadata), stream: stream, expectedVersion: expectedVersion)
         {
             appendDuration.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
             appendedEvents.increment(by: written.count)
@@ -138,14 +138,23 @@ public final class PostgresEventStore: EventStore, Service {
     ///   first, or an id is stored already, for `convo_append` to answer (a wrong expected version with the
     ///   actual one, a retry of a stored append, an id stored elsewhere), having written nothing.
     /// - Throws: the mapped error of anything else.
-    private func fastAppend(
-        _ statement: ExactAppendStatement, count: Int, stream: StreamName, tenant: TenantID, expectedVersion: ExpectedVersion
-    ) async throws -> [AppendResult.Recorded]? {
+    private func fastAppend(_ statement: ExactAppendStatement, stream: StreamName, expectedVersion: ExpectedVersion) async throws -> [AppendResult.Recorded]? {
+        let count = statement.ids.count
         var written: [AppendResult.Recorded] = []
         written.reserveCapacity(count)
         do {
-            for try await (id, version, position, at) in try await client.execute(statement, logger: logger) {
-                written.append(.init(eventId: id, streamVersion: version, globalPosition: position, recordedAt: at))
+            if count == 1 {
+                // The most common append, without the recursion.
+                let single = ExactAppendStatement.Single(
+                    tenant: statement.tenant, stream: statement.stream, expected: statement.expected, id: statement.ids[0], type: statement.types[0],
+                    data: statement.data[0], metadata: statement.metadata[0])
+                for try await (id, version, position, at) in try await client.execute(single, logger: logger) {
+                    written.append(.init(eventId: id, streamVersion: version, globalPosition: position, recordedAt: at))
+                }
+            } else {
+                for try await (id, version, position, at) in try await client.execute(statement, logger: logger) {
+                    written.append(.init(eventId: id, streamVersion: version, globalPosition: position, recordedAt: at))
+                }
             }
         } catch let error as PSQLError
             where error.serverInfo?[.sqlState] == "23505"
@@ -497,6 +506,53 @@ struct ExactAppendStatement: PostgresPreparedStatement {
 
     func decodeRow(_ row: PostgresRow) throws -> Row {
         try row.decode(Row.self)
+    }
+
+    /// The same for one event, with no recursion and no arrays.
+    struct Single: PostgresPreparedStatement {
+        static let name = "convo_append_exact_one_v1"
+        static let sql = """
+            WITH head AS (
+                SELECT e.stream_version AS version, e.hash FROM events e
+                WHERE e.tenant_id = $1 AND e.stream_name = $2
+                ORDER BY e.stream_version DESC LIMIT 1
+            ), accepted AS (
+                SELECT coalesce((SELECT version FROM head), 0) AS version,
+                       coalesce((SELECT hash FROM head), convo_chain_genesis($1, $2)) AS hash
+            ), started AS (
+                SELECT a.version + 1 AS version, a.hash, (pg_current_xact_id()::text::bigint << 16) + 1 AS position, now() AS at
+                FROM accepted a WHERE a.version = $3
+            )
+            INSERT INTO events (global_position, event_id, tenant_id, stream_name, stream_version, event_type, data, metadata, recorded_at, hash)
+            SELECT s.position, $4, $1, $2, s.version, $5, $6, $7, s.at, convo_event_hash(s.hash, s.position, s.version, $4, s.at, $5, $6, $7)
+            FROM started s
+            RETURNING event_id, stream_version, global_position, recorded_at
+            """
+        typealias Row = (UUID, Int64, Int64, Date)
+
+        var tenant: String
+        var stream: String
+        var expected: Int64
+        var id: UUID
+        var type: String
+        var data: JSONB
+        var metadata: JSONB
+
+        func makeBindings() throws -> PostgresBindings {
+            var bindings = PostgresBindings(capacity: 7)
+            bindings.append(tenant)
+            bindings.append(stream)
+            bindings.append(expected)
+            bindings.append(id)
+            bindings.append(type)
+            bindings.append(data)
+            bindings.append(metadata)
+            return bindings
+        }
+
+        func decodeRow(_ row: PostgresRow) throws -> Row {
+            try row.decode(Row.self)
+        }
     }
 }
 
