@@ -78,16 +78,14 @@ public final class PostgresEventStore: EventStore, Service {
             data.append(JSONB(event.data))
             metadata.append(JSONB(try JSONCoding.encoder.encodeAsByteBuffer(event.metadata, allocator: ByteBufferAllocator())))
         }
-        let statement = AppendStatement(
+        let arguments = AppendArguments(
             tenant: tenant.rawValue, stream: stream.description, expected: expectedVersion.sqlValue, ids: ids, types: types, data: data,
             metadata: metadata)
+        let statement = AppendStatement(arguments: arguments)
         var recorded: [AppendResult.Recorded] = []
         var duplicate = false
         if expectedVersion.isExactVersion,
-            let written = try await fastAppend(
-                ExactAppendStatement(
-                    tenant: tenant.rawValue, stream: stream.description, expected: expectedVersion.sqlValue, ids: ids, types: types, data: data,
-                    metadata: metadata), stream: stream, expectedVersion: expectedVersion)
+            let written = try await fastAppend(ExactAppendStatement(arguments: arguments), stream: stream, expectedVersion: expectedVersion)
         {
             appendDuration.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
             appendedEvents.increment(by: written.count)
@@ -139,15 +137,16 @@ public final class PostgresEventStore: EventStore, Service {
     ///   actual one, a retry of a stored append, an id stored elsewhere), having written nothing.
     /// - Throws: the mapped error of anything else.
     private func fastAppend(_ statement: ExactAppendStatement, stream: StreamName, expectedVersion: ExpectedVersion) async throws -> [AppendResult.Recorded]? {
-        let count = statement.ids.count
+        let arguments = statement.arguments
+        let count = arguments.ids.count
         var written: [AppendResult.Recorded] = []
         written.reserveCapacity(count)
         do {
             if count == 1 {
                 // The most common append, without the recursion.
                 let single = ExactAppendStatement.Single(
-                    tenant: statement.tenant, stream: statement.stream, expected: statement.expected, id: statement.ids[0], type: statement.types[0],
-                    data: statement.data[0], metadata: statement.metadata[0])
+                    tenant: arguments.tenant, stream: arguments.stream, expected: arguments.expected, id: arguments.ids[0], type: arguments.types[0],
+                    data: arguments.data[0], metadata: arguments.metadata[0])
                 for try await (id, version, position, at) in try await client.execute(single, logger: logger) {
                     written.append(.init(eventId: id, streamVersion: version, globalPosition: position, recordedAt: at))
                 }
@@ -448,6 +447,30 @@ public final class PostgresEventStore: EventStore, Service {
 }
 
 /// `convo_append` as a prepared statement.
+/// What an append binds, in the order `convo_append` and ``ExactAppendStatement`` take it.
+struct AppendArguments: Sendable {
+    var tenant: String
+    var stream: String
+    /// ``ExpectedVersion/sqlValue``.
+    var expected: Int64
+    var ids: [UUID]
+    var types: [String]
+    var data: [JSONB]
+    var metadata: [JSONB]
+
+    func bindings() -> PostgresBindings {
+        var bindings = PostgresBindings(capacity: 7)
+        bindings.append(tenant)
+        bindings.append(stream)
+        bindings.append(expected)
+        bindings.append(ids)
+        bindings.append(types)
+        bindings.append(data)
+        bindings.append(metadata)
+        return bindings
+    }
+}
+
 /// The common append, an exact expectation, as one statement: the stream's head (version and hash) in one
 /// index probe, the expectation checked, each event's hash chained to the one before it (a recursive CTE,
 /// with `convo_event_hash` of `Migrations/0010_event_hash_chain.sql`), and the rows inserted, with the same
@@ -484,25 +507,9 @@ struct ExactAppendStatement: PostgresPreparedStatement {
         """
     typealias Row = (UUID, Int64, Int64, Date)
 
-    var tenant: String
-    var stream: String
-    var expected: Int64
-    var ids: [UUID]
-    var types: [String]
-    var data: [JSONB]
-    var metadata: [JSONB]
+    var arguments: AppendArguments
 
-    func makeBindings() throws -> PostgresBindings {
-        var bindings = PostgresBindings(capacity: 7)
-        bindings.append(tenant)
-        bindings.append(stream)
-        bindings.append(expected)
-        bindings.append(ids)
-        bindings.append(types)
-        bindings.append(data)
-        bindings.append(metadata)
-        return bindings
-    }
+    func makeBindings() throws -> PostgresBindings { arguments.bindings() }
 
     func decodeRow(_ row: PostgresRow) throws -> Row {
         try row.decode(Row.self)
@@ -564,25 +571,9 @@ struct AppendStatement: PostgresPreparedStatement {
         """
     typealias Row = (UUID, Int64, Int64, Date, Bool)
 
-    var tenant: String
-    var stream: String
-    var expected: Int64
-    var ids: [UUID]
-    var types: [String]
-    var data: [JSONB]
-    var metadata: [JSONB]
+    var arguments: AppendArguments
 
-    func makeBindings() throws -> PostgresBindings {
-        var bindings = PostgresBindings(capacity: 7)
-        bindings.append(tenant)
-        bindings.append(stream)
-        bindings.append(expected)
-        bindings.append(ids)
-        bindings.append(types)
-        bindings.append(data)
-        bindings.append(metadata)
-        return bindings
-    }
+    func makeBindings() throws -> PostgresBindings { arguments.bindings() }
 
     func decodeRow(_ row: PostgresRow) throws -> Row {
         try row.decode(Row.self)
