@@ -102,6 +102,9 @@ public struct AuditTrail: Sendable {
         if let from = filter.from, let to = filter.to, from >= to {
             throw AuditError(.invalidFilter, "from must be before to")
         }
+        if let after = filter.after, after < 0 {
+            throw AuditError(.invalidFilter, "after is a position ≥ 0")
+        }
         var sql = """
             SELECT global_position, event_id, stream_name, stream_version, event_type, recorded_at, data, metadata, hash
             FROM events WHERE tenant_id = $1
@@ -203,14 +206,10 @@ public struct AuditTrail: Sendable {
     /// Every recorded `ProcessingConflictDetected` of the tenant, with the write each loser collided with.
     ///
     /// - Throws: as ``events(tenant:filter:)``.
-    public func conflicts(tenant: TenantID, conversation: ConversationID? = nil, after: Int64? = nil, limit: Int = 100,
-                          order: AuditFilter.Order = .ascending) async throws -> ConflictPage {
-        var filter = AuditFilter()
+    /// - Parameter filter: the search's narrowing, paging and order; its types are set to the conflict's.
+    public func conflicts(tenant: TenantID, filter: AuditFilter = AuditFilter()) async throws -> ConflictPage {
+        var filter = filter
         filter.types = [ProcessingConflictDetected.eventType]
-        filter.conversation = conversation
-        filter.after = after
-        filter.limit = limit
-        filter.order = order
         let page = try await events(tenant: tenant, filter: filter)
         var conflicts: [ConflictRecord] = []
         for event in page.events {

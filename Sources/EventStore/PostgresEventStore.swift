@@ -480,8 +480,10 @@ struct AppendArguments: Sendable {
 /// returns no row; nothing is written in any of these cases, and the store asks `convo_append`.
 struct ExactAppendStatement: PostgresPreparedStatement {
     static let name = "convo_append_exact_v1"
-    static let sql = """
-        WITH RECURSIVE head AS (
+    /// The stream's head (version and hash, one index probe), and a row only when the expectation (`$3`) is
+    /// met: the version before the append, the hash to chain to, the position base and the commit time.
+    static let started = """
+        head AS (
             SELECT e.stream_version AS version, e.hash FROM events e
             WHERE e.tenant_id = $1 AND e.stream_name = $2
             ORDER BY e.stream_version DESC LIMIT 1
@@ -491,7 +493,10 @@ struct ExactAppendStatement: PostgresPreparedStatement {
         ), started AS (
             SELECT a.version, a.hash, pg_current_xact_id()::text::bigint << 16 AS base, now() AS at
             FROM accepted a WHERE a.version = $3
-        ), chain (n, hash, version, base, at) AS (
+        )
+        """
+    static let sql = """
+        WITH RECURSIVE \(started), chain (n, hash, version, base, at) AS (
             SELECT 0, s.hash, s.version, s.base, s.at FROM started s
             UNION ALL
             SELECT c.n + 1,
@@ -519,19 +524,10 @@ struct ExactAppendStatement: PostgresPreparedStatement {
     struct Single: PostgresPreparedStatement {
         static let name = "convo_append_exact_one_v1"
         static let sql = """
-            WITH head AS (
-                SELECT e.stream_version AS version, e.hash FROM events e
-                WHERE e.tenant_id = $1 AND e.stream_name = $2
-                ORDER BY e.stream_version DESC LIMIT 1
-            ), accepted AS (
-                SELECT coalesce((SELECT version FROM head), 0) AS version,
-                       coalesce((SELECT hash FROM head), convo_chain_genesis($1, $2)) AS hash
-            ), started AS (
-                SELECT a.version + 1 AS version, a.hash, (pg_current_xact_id()::text::bigint << 16) + 1 AS position, now() AS at
-                FROM accepted a WHERE a.version = $3
-            )
+            WITH \(ExactAppendStatement.started)
             INSERT INTO events (global_position, event_id, tenant_id, stream_name, stream_version, event_type, data, metadata, recorded_at, hash)
-            SELECT s.position, $4, $1, $2, s.version, $5, $6, $7, s.at, convo_event_hash(s.hash, s.position, s.version, $4, s.at, $5, $6, $7)
+            SELECT s.base + 1, $4, $1, $2, s.version + 1, $5, $6, $7, s.at,
+                   convo_event_hash(s.hash, s.base + 1, s.version + 1, $4, s.at, $5, $6, $7)
             FROM started s
             RETURNING event_id, stream_version, global_position, recorded_at
             """

@@ -109,7 +109,7 @@ struct AuditBenchmark: AsyncParsableCommand {
                 try await measure(name) { try await trail.events(tenant: tenant, filter: make()).events.count }
             }
             try await measure("conflicts, first page") { try await trail.conflicts(tenant: tenant).conflicts.count }
-            try await measure("conflicts of a conversation") { try await trail.conflicts(tenant: tenant, conversation: conversation()).conflicts.count }
+            try await measure("conflicts of a conversation") { try await trail.conflicts(tenant: tenant, filter: filter { $0.conversation = conversation() }).conflicts.count }
             if check && missed { throw ExitCode(1) }
         }
     }

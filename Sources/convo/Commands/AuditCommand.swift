@@ -197,10 +197,10 @@ extension Convo {
             @OptionGroup var output: Output
 
             func run() async throws {
-                guard (1...AuditFilter.maxLimit).contains(limit) else { throw ValidationError("--limit is between 1 and \(AuditFilter.maxLimit)") }
+                let filter = try AuditQueryParameters.filter(conversation: conversation?.rawValue, after: after, limit: limit)
                 let logger = try options.makeLogger()
                 let page = try await withStore(options, logger: logger) { store in
-                    try await AuditTrail(store: store, logger: logger).conflicts(tenant: tenant, conversation: conversation, after: after, limit: limit)
+                    try await AuditTrail(store: store, logger: logger).conflicts(tenant: tenant, filter: filter)
                 }
                 output.print(page) { TextTable.conflicts(page) }
             }
@@ -208,12 +208,13 @@ extension Convo {
     }
 }
 
-/// The search parameters the CLI and the HTTP route share, checked in one place.
+/// The search parameters the CLI and the HTTP routes share, parsed in one place (the ranges are
+/// ``AuditTrail``'s to check).
 enum AuditQueryParameters {
-    /// - Throws: `AuditError.invalidFilter` naming the bad parameter.
+    /// - Throws: `AuditError.invalidFilter` naming the parameter that does not parse.
     static func filter(
-        types: [String], actor: String?, conversation: String?, visitor: String?, tool: String?, from: String?, to: String?, after: Int64?,
-        limit: Int, order: String
+        types: [String] = [], actor: String? = nil, conversation: String?, visitor: String? = nil, tool: String? = nil, from: String? = nil,
+        to: String? = nil, after: Int64?, limit: Int, order: String = "asc"
     ) throws -> AuditFilter {
         var filter = AuditFilter()
         filter.types = types
@@ -231,13 +232,10 @@ enum AuditQueryParameters {
         filter.tool = tool
         filter.from = try from.map { try date($0, name: "from") }
         filter.to = try to.map { try date($0, name: "to") }
-        if let after, after < 0 { throw AuditError(.invalidFilter, "after is a position ≥ 0") }
         filter.after = after
-        guard (1...AuditFilter.maxLimit).contains(limit) else { throw AuditError(.invalidFilter, "limit is between 1 and \(AuditFilter.maxLimit)") }
         filter.limit = limit
         guard let order = AuditFilter.Order(rawValue: order) else { throw AuditError(.invalidFilter, "order is asc or desc") }
         filter.order = order
-        if let from = filter.from, let to = filter.to, from >= to { throw AuditError(.invalidFilter, "from must be before to") }
         return filter
     }
 

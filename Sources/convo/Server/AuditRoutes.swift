@@ -53,20 +53,12 @@ struct AuditRoutes: Sendable {
     @Sendable func conflicts(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> AuditResponse<ConflictPage> {
         let tenant = try requestContext.tenant(forAnyOf: [.read, .admin])
         let query = request.uri.queryParameters
-        var conversation: ConversationID?
-        if let raw = query["conversation"] {
-            guard let id = ConversationID(rawValue: String(raw)) else {
-                throw APIError(.badRequest, "invalid_parameter", "conversation has 1 to 128 characters of A-Z a-z 0-9 _ . : -")
-            }
-            conversation = id
+        let filter = try await Self.answer {
+            try AuditQueryParameters.filter(
+                conversation: query["conversation"].map(String.init), after: try Self.integer(query["after"].map(String.init), "after"),
+                limit: try Self.integer(query["limit"].map(String.init), "limit").map(Int.init) ?? APILimits.defaultPageSize)
         }
-        let after = try Self.integer(query["after"].map(String.init), "after")
-        if let after, after < 0 { throw APIError(.badRequest, "invalid_parameter", "after is a position ≥ 0") }
-        let limit = try Self.integer(query["limit"].map(String.init), "limit").map(Int.init) ?? APILimits.defaultPageSize
-        return AuditResponse(
-            value: try await Self.answer {
-                try await trail(requestContext).conflicts(tenant: tenant, conversation: conversation, after: after, limit: limit)
-            })
+        return AuditResponse(value: try await Self.answer { try await trail(requestContext).conflicts(tenant: tenant, filter: filter) })
     }
 
     /// The hash chains of the conversation's two streams, recomputed now: whether its record was tampered with.
@@ -101,12 +93,13 @@ struct AuditRoutes: Sendable {
         do {
             return try await body()
         } catch let error as AuditError {
+            let status: HTTPResponse.Status
             switch error.code {
-            case .conversationNotFound: throw APIError(.notFound, "conversation_not_found", error.message)
-            case .eventNotFound: throw APIError(.notFound, "event_not_found", error.message)
-            case .notAReply: throw APIError(.unprocessableContent, "not_a_reply", error.message)
-            case .invalidFilter: throw APIError(.badRequest, "invalid_parameter", error.message)
+            case .conversationNotFound, .eventNotFound: status = .notFound
+            case .notAReply: status = .unprocessableContent
+            case .invalidFilter: status = .badRequest
             }
+            throw APIError(status, error.code.rawValue, error.message)
         }
     }
 
