@@ -38,14 +38,25 @@ public struct RecordedEvent: Sendable, Equatable {
     ///
     /// - Throws: `DecodingError` when the payload is not a `T`.
     public func decode<T: Decodable>(_ type: T.Type = T.self) throws -> T {
-        try JSONCoding.decoder.decode(T.self, from: data)
+        try Self.decode(T.self, from: data)
+    }
+
+    /// Decodes JSON straight from the buffer's bytes. `JSONDecoder.decode(_:from: ByteBuffer)` copies them
+    /// into a new `Data` first, a malloc and a copy per event that a rebuild does a million times.
+    static func decode<T: Decodable>(_ type: T.Type, from buffer: ByteBuffer) throws -> T {
+        try buffer.withUnsafeReadableBytes { bytes in
+            guard let base = bytes.baseAddress, bytes.count > 0 else { return try JSONCoding.decoder.decode(T.self, from: Data()) }
+            // The Data never outlives this closure: the decoder copies what it keeps.
+            let view = Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: base), count: bytes.count, deallocator: .none)
+            return try JSONCoding.decoder.decode(T.self, from: view)
+        }
     }
 
     /// Decodes the metadata.
     ///
     /// - Throws: `DecodingError` when the stored metadata is not valid.
     public func metadata() throws -> EventMetadata {
-        try JSONCoding.decoder.decode(EventMetadata.self, from: metadataJSON)
+        try Self.decode(EventMetadata.self, from: metadataJSON)
     }
 }
 
