@@ -6,7 +6,8 @@ import SharedTypes
 /// The fold is split in two so the runner can load, in one query, the rows a batch of events touches:
 /// ``keys(of:)`` says which rows an event changes, ``apply(_:to:key:)`` computes one row's next value. Both
 /// are pure: the same events in the same order always give the same rows, which is what lets a rebuild or
-/// `verify` compare the stored rows with a fresh fold.
+/// `verify` compare the stored rows with a fresh fold. Both take the event with its payload already decoded
+/// (``ProjectedEvent``), once for all the projections that fold it.
 ///
 /// Bump ``version`` whenever the fold or the columns change: the stored rows are then stale, and `convo
 /// serve` rebuilds them (blue/green) before following the events again.
@@ -21,12 +22,12 @@ public protocol Projection: Sendable {
     ///
     /// - Throws: ``FoldError`` when the event should concern this projection but says too little to know
     ///   which row (a projection never skips such an event silently).
-    func keys(of event: RecordedEvent) throws -> [Row.Key]
+    func keys(of event: ProjectedEvent) throws -> [Row.Key]
 
     /// The row after `event`, from the row before it (`nil` when there was none).
     ///
     /// - Throws: ``FoldError`` when the event cannot be applied.
-    func apply(_ event: RecordedEvent, to row: Row?, key: Row.Key) throws -> Row
+    func apply(_ event: ProjectedEvent, to row: Row?, key: Row.Key) throws -> Row
 }
 
 /// A row of a projection's table. Its coding keys are the column names.
@@ -63,7 +64,7 @@ extension Projection {
     /// - Throws: ``FoldError`` for an event the fold cannot apply.
     public func fold(_ events: some Sequence<RecordedEvent>) throws -> [Row.Key: Row] {
         var rows: [Row.Key: Row] = [:]
-        for event in events {
+        for event in events.lazy.map(ProjectedEvent.init) {
             for key in try keys(of: event) {
                 rows[key] = try apply(event, to: rows[key], key: key)
             }
@@ -88,6 +89,10 @@ public struct FoldError: Error, CustomStringConvertible, Sendable {
         self.init(position: event.globalPosition, eventType: event.type, reason: reason)
     }
 
+    init(_ event: ProjectedEvent, _ reason: String) {
+        self.init(event.recorded, reason)
+    }
+
     public var description: String { "cannot apply \(eventType) at position \(position): \(reason)" }
 }
 
@@ -102,14 +107,5 @@ extension RecordedEvent {
         }
         guard let event else { throw FoldError(self, "not a workflow event type") }
         return event
-    }
-
-    /// Decodes the payload, or fails the fold with where and why.
-    func payload<T: Decodable>(_ type: T.Type) throws -> T {
-        do {
-            return try decode(T.self)
-        } catch {
-            throw FoldError(self, "payload does not decode as \(T.self): \(error)")
-        }
     }
 }

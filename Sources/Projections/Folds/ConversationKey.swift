@@ -16,7 +16,7 @@ public struct ConversationKey: Codable, Hashable, Sendable, CustomStringConverti
     }
 
     /// The conversation of a `messages-` or `workflow-` stream's event: the stream's id.
-    init(_ event: RecordedEvent) {
+    init(_ event: ProjectedEvent) {
         self.init(tenantId: event.tenant.rawValue, conversationId: event.stream.id)
     }
 

@@ -24,7 +24,7 @@ extension ConversationsProjection {
         }
         if let row = stored {
             do {
-                return try await fold(try await Self.events(of: streams, tenant: tenant, after: row.lastPosition, store: store), onto: row, key: key)
+                return try fold(try await Self.events(of: streams, tenant: tenant, after: row.lastPosition, store: store), onto: row, key: key)
             } catch is FoldError {
                 logger.warning("conversations row does not fit its events; folding the streams", metadata: ["convo.conversation": "\(conversation)"])
             }
@@ -36,7 +36,7 @@ extension ConversationsProjection {
 
     private func fold(_ events: [RecordedEvent], onto row: ConversationRow?, key: ConversationKey) throws -> ConversationRow? {
         var row = row
-        for event in events { row = try apply(event, to: row, key: key) }
+        for event in events { row = try apply(ProjectedEvent(event), to: row, key: key) }
         return row
     }
 

@@ -17,11 +17,11 @@ public struct ConversationsProjection: Projection {
 
     static let categories: Set<String> = ["messages", "workflow"]
 
-    public func keys(of event: RecordedEvent) throws -> [ConversationKey] {
+    public func keys(of event: ProjectedEvent) throws -> [ConversationKey] {
         Self.categories.contains(event.stream.category) ? [ConversationKey(event)] : []
     }
 
-    public func apply(_ event: RecordedEvent, to row: ConversationRow?, key: ConversationKey) throws -> ConversationRow {
+    public func apply(_ event: ProjectedEvent, to row: ConversationRow?, key: ConversationKey) throws -> ConversationRow {
         var row = row ?? ConversationRow(key: key)
         let at = RowCoding.truncated(event.recordedAt)
         row.lastActivityAt = max(row.lastActivityAt ?? at, at)
@@ -36,19 +36,19 @@ public struct ConversationsProjection: Projection {
         return row
     }
 
-    private func applyMessage(_ event: RecordedEvent, to row: inout ConversationRow, at: Date) throws {
+    private func applyMessage(_ event: ProjectedEvent, to row: inout ConversationRow, at: Date) throws {
         guard event.streamVersion == row.messagesVersion + 1 else {
             throw FoldError(event, "expected messages version \(row.messagesVersion + 1), got \(event.streamVersion)")
         }
         row.messagesVersion = event.streamVersion
         switch event.type {
         case ConversationStarted.eventType:
-            let started = try event.payload(ConversationStarted.self)
+            let started = try event.message(ConversationStarted.self)
             row.visitorUid = started.visitorUid.rawValue
             row.startedAt = at
             row.startedVersion = event.streamVersion
         case VisitorMessageReceived.eventType:
-            let message = try event.payload(VisitorMessageReceived.self)
+            let message = try event.message(VisitorMessageReceived.self)
             if row.visitorUid == nil { row.visitorUid = message.visitorUid.rawValue }
             row.visitorMessages += 1
             // A visitor writing again reopens a resolved conversation.
@@ -58,7 +58,7 @@ public struct ConversationsProjection: Projection {
         }
     }
 
-    private func applyWorkflow(_ event: RecordedEvent, to row: inout ConversationRow) throws {
+    private func applyWorkflow(_ event: ProjectedEvent, to row: inout ConversationRow) throws {
         guard event.streamVersion == row.workflowVersion + 1 else {
             throw FoldError(event, "expected workflow version \(row.workflowVersion + 1), got \(event.streamVersion)")
         }

@@ -17,18 +17,18 @@ public struct VisitorsProjection: Projection {
         self.version = version
     }
 
-    public func keys(of event: RecordedEvent) throws -> [VisitorKey] {
+    public func keys(of event: ProjectedEvent) throws -> [VisitorKey] {
         switch event.type {
         case ConversationStarted.eventType:
-            return [VisitorKey(tenantId: event.tenant.rawValue, visitorUid: try event.payload(ConversationStarted.self).visitorUid.rawValue)]
+            return [VisitorKey(tenantId: event.tenant.rawValue, visitorUid: try event.message(ConversationStarted.self).visitorUid.rawValue)]
         case VisitorMessageReceived.eventType:
-            return [VisitorKey(tenantId: event.tenant.rawValue, visitorUid: try event.payload(VisitorMessageReceived.self).visitorUid.rawValue)]
+            return [VisitorKey(tenantId: event.tenant.rawValue, visitorUid: try event.message(VisitorMessageReceived.self).visitorUid.rawValue)]
         case ToolCalled.eventType:
-            let call = try event.payload(ToolCalled.self)
+            guard case .toolCalled(let call) = try event.workflowEvent() else { return [] }
             guard call.outcome == .succeeded, call.tool == ToolName.updateVisitorProfile.rawValue else { return [] }
             let metadata: EventMetadata
             do {
-                metadata = try event.metadata()
+                metadata = try event.recorded.metadata()
             } catch {
                 throw FoldError(event, "metadata does not decode: \(error)")
             }
@@ -41,7 +41,7 @@ public struct VisitorsProjection: Projection {
         }
     }
 
-    public func apply(_ event: RecordedEvent, to row: VisitorRow?, key: VisitorKey) throws -> VisitorRow {
+    public func apply(_ event: ProjectedEvent, to row: VisitorRow?, key: VisitorKey) throws -> VisitorRow {
         var row = row ?? VisitorRow(key: key)
         let at = RowCoding.truncated(event.recordedAt)
         switch event.type {
@@ -53,7 +53,8 @@ public struct VisitorsProjection: Projection {
             row.firstSeenAt = min(row.firstSeenAt ?? at, at)
             row.lastSeenAt = max(row.lastSeenAt ?? at, at)
         case ToolCalled.eventType:
-            let arguments = try event.payload(ToolCalled.self).arguments
+            guard case .toolCalled(let call) = try event.workflowEvent() else { throw FoldError(event, "not a tool call") }
+            let arguments = call.arguments
             if let name = arguments["name"]?.stringValue { row.name = name }
             if let email = arguments["email"]?.stringValue { row.email = email }
             if let phone = arguments["phone"]?.stringValue { row.phone = phone }

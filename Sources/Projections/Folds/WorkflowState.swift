@@ -81,11 +81,17 @@ public struct WorkflowState: Sendable, Equatable, Codable {
     ///
     /// - Throws: ``FoldError`` when the event is not a workflow event or its payload does not decode.
     public mutating func apply(_ recorded: RecordedEvent) throws {
-        guard recorded.streamVersion == version + 1 else {
-            throw FoldError(recorded, "expected stream version \(version + 1), got \(recorded.streamVersion)")
+        try apply(ProjectedEvent(recorded))
+    }
+
+    /// Applies an event of the conversation's `workflow-` stream, its payload decoded.
+    ///
+    /// - Throws: ``FoldError`` when the event is not a workflow event or its payload did not decode.
+    public mutating func apply(_ event: ProjectedEvent) throws {
+        guard event.streamVersion == version + 1 else {
+            throw FoldError(event, "expected stream version \(version + 1), got \(event.streamVersion)")
         }
-        let event = try recorded.workflowEvent()
-        apply(event, version: recorded.streamVersion, at: recorded.recordedAt)
+        apply(try event.workflowEvent(), version: event.streamVersion, at: event.recordedAt)
     }
 
     /// The state after `events`, from the beginning of the stream.

@@ -13,11 +13,11 @@ public struct WorkflowStateProjection: Projection {
         self.version = version
     }
 
-    public func keys(of event: RecordedEvent) throws -> [ConversationKey] {
+    public func keys(of event: ProjectedEvent) throws -> [ConversationKey] {
         event.stream.category == "workflow" ? [ConversationKey(event)] : []
     }
 
-    public func apply(_ event: RecordedEvent, to row: WorkflowStateRow?, key: ConversationKey) throws -> WorkflowStateRow {
+    public func apply(_ event: ProjectedEvent, to row: WorkflowStateRow?, key: ConversationKey) throws -> WorkflowStateRow {
         var state = row?.state ?? WorkflowState()
         try state.apply(event)
         return WorkflowStateRow(key: key, state: state)

@@ -153,27 +153,25 @@ public struct ProjectionRebuilder: Sendable {
             let partial = configuration.installUpToFailure && builds.count == 1
             while pass.failure == nil {
                 let before = pass.done
-                do {
-                    try await store.scanAll(after: pass.checkpoint, batchSize: configuration.batchSize) { batch in
-                        try await consume(batch, into: builds, pass: &pass, partial: partial, on: connection)
-                        report(pass)
-                        if clock.now - lastRecorded > .seconds(2) {
-                            lastRecorded = clock.now
-                            try await connection.query(
-                                "UPDATE projection_rebuilds SET events = \(pass.done), checkpoint = \(pass.checkpoint) WHERE id = ANY(\(ids))", logger: logger)
-                        }
-                        if pass.failure != nil { throw StopScan() }
+                func fold(_ events: [ProjectedEvent]) async throws {
+                    try await consume(events, into: builds, pass: &pass, partial: partial, on: connection)
+                    report(pass)
+                    if clock.now - lastRecorded > .seconds(2) {
+                        lastRecorded = clock.now
+                        try await connection.query(
+                            "UPDATE projection_rebuilds SET events = \(pass.done), checkpoint = \(pass.checkpoint) WHERE id = ANY(\(ids))", logger: logger)
                     }
+                    if pass.failure != nil { throw StopScan() }
+                }
+                do {
+                    try await store.scanProjected(after: pass.checkpoint, batchSize: configuration.batchSize, fold)
                 } catch is StopScan {}
                 if pass.done - before < configuration.swapThreshold { break }
                 pass.total = pass.done + (try await store.countEvents(after: pass.checkpoint))
             }
             // Write what the passes folded before taking the live projections' locks: the swap then holds
             // them only for the last few events.
-            try await connection.withTransaction(logger: logger) { transaction in
-                for build in builds { try await build.writer.flush(on: transaction, logger: logger) }
-            }
-            for build in builds { build.writer.committed() }
+            try await flushConcurrently(builds)
             try await swap(builds, pass: &pass, on: connection)
             report(pass)
             let seconds = (clock.now - started).seconds
@@ -215,7 +213,9 @@ public struct ProjectionRebuilder: Sendable {
     /// Folds a batch into the builds' rows in memory. Rows go to the new tables only when a writer holds more
     /// than it may keep (and at the swap): a rebuild that fails starts over anyway, so it needs no
     /// checkpoint of its own, and each row is written about once instead of once per batch.
-    private func consume(_ batch: [RecordedEvent], into builds: [Build], pass: inout Pass, partial: Bool, on connection: PostgresConnection) async throws {
+    private func consume(
+        _ batch: [ProjectedEvent], into builds: [Build], pass: inout Pass, partial: Bool, inSwap: Bool = false, on connection: PostgresConnection
+    ) async throws {
         // Ctrl-C or shutdown: stop here; the live tables were never touched.
         try Task.checkCancellation()
         var applied = batch.count
@@ -231,12 +231,31 @@ public struct ProjectionRebuilder: Sendable {
             pass.checkpoint = batch[applied - 1].globalPosition
             pass.total = max(pass.total, pass.done)
         }
-        if builds.contains(where: \.writer.isFull) {
-            try await connection.withTransaction(logger: logger) { transaction in
-                for build in builds { try await build.writer.flush(on: transaction, logger: logger) }
-            }
-            for build in builds { build.writer.committed() }
+        guard builds.contains(where: \.writer.isFull) else { return }
+        if inSwap {
+            // Inside the swap's transaction: write there, so the swap stays one transaction.
+            for build in builds { try await build.writer.flush(on: connection, logger: logger) }
+        } else {
+            try await flushConcurrently(builds)
         }
+    }
+
+    /// Writes what every build folded, each table in a transaction of its own on its own connection, all at
+    /// once: encoding the rows and inserting them take a core each. Nobody reads a rebuild's tables before
+    /// the swap, and a failed rebuild drops them all, so the writes need not share a transaction.
+    private func flushConcurrently(_ builds: [Build]) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for build in builds {
+                group.addTask {
+                    try await store.client.withTransaction(logger: logger) { transaction in
+                        try await build.writer.flush(on: transaction, logger: logger)
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        // Once every write committed; a failed one fails the rebuild, which drops the tables.
+        for build in builds { build.writer.committed() }
     }
 
     /// Applies what is left under the catalogue rows' locks, then renames the new tables over the live ones.
@@ -249,7 +268,9 @@ public struct ProjectionRebuilder: Sendable {
             while pass.failure == nil {
                 let batch = try await PostgresEventStore.readAll(on: transaction, after: pass.checkpoint, maxCount: configuration.batchSize, logger: logger)
                 guard !batch.isEmpty else { break }
-                try await consume(batch, into: builds, pass: &pass, partial: builds.count == 1 && configuration.installUpToFailure, on: transaction)
+                try await consume(
+                    ProjectedEvent.decode(batch), into: builds, pass: &pass, partial: builds.count == 1 && configuration.installUpToFailure, inSwap: true,
+                    on: transaction)
             }
             for build in builds {
                 let name = build.projection.name

@@ -161,7 +161,7 @@ public final class ProjectionRunner: Service, Sendable {
         set(.running)
         var events = store.subscribe(.allTenants, after: checkpoint).makeAsyncIterator()
         while let batch = try await events.nextBatch() {
-            let (count, failure) = try await writer.apply(batch, loadingOn: connection, logger: logger)
+            let (count, failure) = try await writer.apply(ProjectedEvent.decode(batch), loadingOn: connection, logger: logger)
             if count > 0 {
                 let next = batch[count - 1].globalPosition
                 let stored = try await store(writer, from: checkpoint, to: next, on: connection)

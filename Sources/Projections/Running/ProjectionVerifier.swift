@@ -91,13 +91,15 @@ public struct ProjectionVerifier: Sendable {
             var keys = Set<P.Row.Key>()
             try await PostgresEventStore.scan(
                 on: connection, through: limit, tenant: tenant, streams: [conversation.messagesStream, conversation.workflowStream], logger: logger
-            ) { event in
+            ) { recorded in
+                let event = ProjectedEvent(recorded)
                 keys.formUnion(try fold { try projection.keys(of: event) })
             }
             targets = keys
         }
         var expected: [P.Row.Key: P.Row] = [:]
-        try await PostgresEventStore.scan(on: connection, through: limit, logger: logger) { event in
+        try await PostgresEventStore.scan(on: connection, through: limit, logger: logger) { recorded in
+            let event = ProjectedEvent(recorded)
             for key in try fold({ try projection.keys(of: event) }) where targets?.contains(key) ?? true {
                 expected[key] = try fold { try projection.apply(event, to: expected[key], key: key) }
             }

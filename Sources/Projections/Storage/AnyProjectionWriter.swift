@@ -6,18 +6,14 @@ import PostgresNIO
 /// with one piece of code.
 protocol AnyProjectionWriter: AnyObject, Sendable {
     var isFull: Bool { get }
-    func apply(_ events: [RecordedEvent], loadingOn connection: PostgresConnection, logger: Logger) async throws -> (applied: Int, error: FoldError?)
+    func apply(_ events: [ProjectedEvent], loadingOn connection: PostgresConnection, logger: Logger) async throws -> (applied: Int, error: FoldError?)
     func flush(on connection: PostgresConnection, logger: Logger) async throws
     func committed()
     func reset()
     func createTable(suffix: String, on connection: PostgresConnection, logger: Logger) async throws
 }
 
-extension ProjectionWriter: AnyProjectionWriter {
-    func createTable(suffix: String, on connection: PostgresConnection, logger: Logger) async throws {
-        try await table.create(suffix: suffix, on: connection, logger: logger)
-    }
-}
+extension ProjectionWriter: AnyProjectionWriter {}
 
 extension Projection {
     /// A writer of this projection into `table` (its own name unless a rebuild builds a new table).
