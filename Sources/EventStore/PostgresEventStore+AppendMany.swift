@@ -56,6 +56,10 @@ extension PostgresEventStore {
             throw EventStoreError(code: .invalidArgument, message: "one call appends at most \(Self.maxEventsPerCall) events")
         }
         let start = ContinuousClock.now
+        if let results = try await batchAppend(requests, tenants: tenants, streams: streams, expected: expected, ids: ids, types: types, data: data, metadata: metadata) {
+            appendDuration.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
+            return results
+        }
         var attempt = 0
         while true {
             attempt += 1
@@ -109,5 +113,128 @@ extension PostgresEventStore {
                 throw Self.mapError(error, operation: "append to \(requests.count) streams")
             }
         }
+    }
+
+    /// The common group commit, one event per append and every stream once (ingest's batches), as one
+    /// prepared INSERT (``BatchAppendStatement``) instead of `convo_append_many`'s loops: `nil` when the
+    /// requests do not fit it, or when a racer took a version or an id first (nothing was written then),
+    /// and `convo_append_many` settles them.
+    private func batchAppend(
+        _ requests: [AppendRequest], tenants: [String], streams: [String], expected: [Int64], ids: [UUID], types: [String], data: [JSONB], metadata: [JSONB]
+    ) async throws -> [Result<AppendResult, EventStoreError>]? {
+        guard ids.count == requests.count else { return nil }
+        var seen = Set<StreamKey>()
+        for request in requests where !seen.insert(StreamKey(tenant: request.tenant, stream: request.stream)).inserted { return nil }
+        let statement = BatchAppendStatement(tenants: tenants, streams: streams, expected: expected, ids: ids, types: types, data: data, metadata: metadata)
+        var results = [Result<AppendResult, EventStoreError>?](repeating: nil, count: requests.count)
+        var written = 0
+        do {
+            for try await (item, id, version, position, at, actual, locked) in try await client.execute(statement, logger: logger) {
+                // Another append holds one of the streams: nothing was written; convo_append_many waits its turn.
+                guard locked else { return nil }
+                let index = Int(item) - 1
+                guard results.indices.contains(index) else { continue }
+                let request = requests[index]
+                if let id, let version, let position, let at {
+                    written += 1
+                    results[index] = .success(
+                        AppendResult(stream: request.stream, events: [.init(eventId: id, streamVersion: version, globalPosition: position, recordedAt: at)], isDuplicate: false))
+                } else {
+                    conflicts.increment()
+                    results[index] = .failure(.wrongExpectedVersion(stream: request.stream, expected: request.expectedVersion, actual: actual))
+                }
+            }
+        } catch let error as PSQLError
+            where error.serverInfo?[.sqlState] == "23505"
+            && ["events_stream_version_key", "events_event_id_key"].contains(error.serverInfo?[.constraintName])
+        {
+            // A retry of a stored message (its id), or a racer that took a version first: convo_append_many
+            // tells a duplicate from a conflict.
+            return nil
+        } catch let error as PSQLError where ["CV004", "22023", "23514", "22P02"].contains(error.serverInfo?[.sqlState] ?? "") {
+            throw EventStoreError(code: .invalidArgument, message: error.serverInfo?[.message] ?? "invalid append", cause: error)
+        } catch {
+            throw Self.mapError(error, operation: "append to \(requests.count) streams")
+        }
+        if written > 0 {
+            appendedEvents.increment(by: written)
+            signal.signal()
+            notify.yield()
+        }
+        // Every request has its row: one statement, all of it or none.
+        guard results.allSatisfy({ $0 != nil }) else {
+            throw EventStoreError(code: .storageFailure, message: "a batch append answered \(results.compactMap { $0 }.count) of \(requests.count) appends")
+        }
+        return results.map { $0! }
+    }
+}
+
+/// Appends of one event each, to distinct streams, in one INSERT: each stream's head (one index probe each),
+/// the expectations (`$3`: a version, -1 any, -2 the stream exists, 0 no stream), positions from the
+/// transaction id as `convo_append_many` gives them, and the hash chain. A row per append, in order: the
+/// stored event, or none and the stream's actual version when the expectation was not met; and whether it
+/// got every stream's append lock (when not, it wrote nothing).
+///
+/// It takes the append locks only when they are free, so it neither waits in a cycle nor starves the
+/// appends that queue for them. A lock-free exact append racing it for a version makes the later refused by
+/// the unique key on the version, and nothing of its statement is written.
+struct BatchAppendStatement: PostgresPreparedStatement {
+    static let name = "convo_append_batch_v1"
+    static let sql = """
+        WITH input AS (
+            SELECT u.n, u.t, u.s, u.x, u.id, u.ty, u.d, u.m
+            FROM unnest($1::text[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::jsonb[], $7::jsonb[])
+                 WITH ORDINALITY AS u (t, s, x, id, ty, d, m, n)
+        ), locks AS (
+            -- The streams' append locks, as convo_append and convo_append_many take them, but never waited
+            -- for: a stream another append holds sends the whole call to convo_append_many, which queues.
+            SELECT count(*) FILTER (WHERE pg_try_advisory_xact_lock(1668183670, hashtext(i.t || '/' || i.s))) = count(*) AS held
+            FROM input i
+        ), heads AS (
+            SELECT i.*, coalesce(h.version, 0) AS version, coalesce(h.hash, convo_chain_genesis(i.t, i.s)) AS prev
+            FROM input i LEFT JOIN LATERAL (
+                SELECT e.stream_version AS version, e.hash FROM events e
+                WHERE e.tenant_id = i.t AND e.stream_name = i.s
+                ORDER BY e.stream_version DESC LIMIT 1
+            ) h ON true
+        ), accepted AS (
+            SELECT h.*, (pg_current_xact_id()::text::bigint << 16) + row_number() OVER (ORDER BY h.n) AS position, now() AS at
+            FROM heads h, locks l
+            WHERE l.held AND CASE WHEN h.x >= 0 THEN h.version = h.x WHEN h.x = -2 THEN h.version > 0 ELSE true END
+        ), inserted AS (
+            INSERT INTO events (global_position, event_id, tenant_id, stream_name, stream_version, event_type, data, metadata, recorded_at, hash)
+            SELECT a.position, a.id, a.t, a.s, a.version + 1, a.ty, a.d, a.m, a.at,
+                   convo_event_hash(a.prev, a.position, a.version + 1, a.id, a.at, a.ty, a.d, a.m)
+            FROM accepted a
+            RETURNING event_id, stream_version, global_position, recorded_at
+        )
+        SELECT h.n::int, i.event_id, i.stream_version, i.global_position, i.recorded_at, h.version, l.held
+        FROM heads h CROSS JOIN locks l LEFT JOIN inserted i ON i.event_id = h.id
+        ORDER BY h.n
+        """
+    typealias Row = (Int32, UUID?, Int64?, Int64?, Date?, Int64, Bool)
+
+    var tenants: [String]
+    var streams: [String]
+    var expected: [Int64]
+    var ids: [UUID]
+    var types: [String]
+    var data: [JSONB]
+    var metadata: [JSONB]
+
+    func makeBindings() throws -> PostgresBindings {
+        var bindings = PostgresBindings(capacity: 7)
+        bindings.append(tenants)
+        bindings.append(streams)
+        bindings.append(expected)
+        bindings.append(ids)
+        bindings.append(types)
+        bindings.append(data)
+        bindings.append(metadata)
+        return bindings
+    }
+
+    func decodeRow(_ row: PostgresRow) throws -> Row {
+        try row.decode(Row.self)
     }
 }

@@ -87,4 +87,89 @@ import Testing
             #expect(total == 12 * 10 * 4 + 4 * 10)
         }
     }
+
+    /// One event per append, each to its own stream: the one-statement path. Its answers must be those of
+    /// convo_append_many, and a retry in the batch hands the whole call to convo_append_many.
+    @Test func singleEventAppendsToDistinctStreamsKeepEveryExpectationInOneStatement() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let streams = (0..<7).map { _ in TestDatabase.uniqueStream() }
+            let before = try await store.append([note("s1-1"), note("s1-2")], to: streams[1], tenant: tenant, expectedVersion: .noStream)
+            try await store.append([note("s2-1")], to: streams[2], tenant: tenant, expectedVersion: .noStream)
+            try await store.append([note("s5-1")], to: streams[5], tenant: tenant, expectedVersion: .noStream)
+
+            let results = try await store.appendMany([
+                AppendRequest([note("new")], to: streams[0], tenant: tenant, expectedVersion: .noStream),
+                AppendRequest([note("exists")], to: streams[1], tenant: tenant, expectedVersion: .streamExists),
+                AppendRequest([note("stale")], to: streams[2], tenant: tenant, expectedVersion: .exact(0)),  // at 1
+                AppendRequest([note("missing")], to: streams[3], tenant: tenant, expectedVersion: .streamExists),
+                AppendRequest([note("any")], to: streams[4], tenant: tenant, expectedVersion: .any),
+                AppendRequest([note("taken")], to: streams[5], tenant: tenant, expectedVersion: .noStream),  // at 1
+                AppendRequest([note("exact")], to: streams[6], tenant: tenant, expectedVersion: .exact(0)),
+            ])
+            #expect(try results[0].get().streamVersion == 1)
+            #expect(try results[1].get().streamVersion == 3)
+            #expect(try results[4].get().streamVersion == 1)
+            #expect(try results[6].get().streamVersion == 1)
+            for (index, actual) in [(2, 1), (3, 0), (5, 1)] {
+                guard case .failure(let error) = results[index] else {
+                    Issue.record("append \(index) should have failed")
+                    continue
+                }
+                #expect(error.code == .wrongExpectedVersion && error.actual == Int64(actual), "append \(index)")
+            }
+            // One transaction: consecutive positions, in the order of the requests, after every earlier append.
+            let positions = try [0, 1, 4, 6].map { try results[$0].get().lastPosition }
+            #expect(positions == Array(positions[0]..<(positions[0] + 4)))
+            #expect(positions[0] > before.lastPosition)
+            #expect(try await store.readStreamToEnd(streams[3], tenant: tenant).isEmpty)
+            #expect(try await store.readStreamToEnd(streams[2], tenant: tenant).count == 1)
+            #expect(try await store.verifyChains(tenant: tenant).issues == [])
+
+            // A retried event among new ones: the call goes to convo_append_many, which answers the retry with
+            // the stored row and stores the rest once.
+            let stored = try results[0].get().events[0]
+            let again = try await store.appendMany([
+                AppendRequest([note("new", id: stored.eventId)], to: streams[0], tenant: tenant, expectedVersion: .streamExists),
+                AppendRequest([note("later")], to: streams[4], tenant: tenant, expectedVersion: .exact(1)),
+            ])
+            let retry = try again[0].get()
+            #expect(retry.isDuplicate && retry.events == [stored])
+            #expect(try again[1].get().streamVersion == 2)
+            #expect(try await store.readStreamToEnd(streams[0], tenant: tenant).count == 1)
+            #expect(try await store.verifyChains(tenant: tenant).issues == [])
+        }
+    }
+
+    /// Batches racing for the same streams: the one-statement path loses a version to a racer, writes
+    /// nothing, and convo_append_many stores the batch; nothing is lost, no chain forks.
+    @Test func racingBatchesOfSingleEventsLoseNothing() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let streams = (0..<8).map { _ in TestDatabase.uniqueStream() }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for caller in 0..<12 {
+                    group.addTask {
+                        for round in 0..<8 {
+                            // Each batch takes every stream once, in an order of its own.
+                            let order = streams.indices.map { (caller + round + $0 * 3) % streams.count }
+                            let requests = Set(order).sorted().map { streams[$0] }.shuffled().map {
+                                AppendRequest([note("c\(caller) r\(round)")], to: $0, tenant: tenant, expectedVersion: .any)
+                            }
+                            for result in try await store.appendMany(requests) { _ = try result.get() }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            var total = 0
+            for stream in streams {
+                let events = try await store.readStreamToEnd(stream, tenant: tenant)
+                #expect(events.map(\.streamVersion) == Array(1...Int64(events.count)))
+                total += events.count
+            }
+            #expect(total == 12 * 8 * streams.count)
+            #expect(try await store.verifyChains(tenant: tenant).issues == [])
+        }
+    }
 }
