@@ -9,6 +9,10 @@ import Synchronization
 /// to the listeners of each conversation, so a thousand open streams cost one query per wake-up, not a
 /// thousand. A listener that falls too far behind is ended; its client reconnects with `Last-Event-ID` and
 /// catches up from the database.
+///
+/// With no listener the feed reads no events: an instance that only ingests would otherwise read back
+/// every batch it writes. It moves its position to the store's head once a second instead, and follows
+/// again as soon as a listener registers.
 final class ConversationFeed: Service, Sendable {
     enum Item: Sendable {
         case event(RecordedEvent)
@@ -36,6 +40,11 @@ final class ConversationFeed: Service, Sendable {
     static let bufferLimit = 10_000
     private let listeners = Mutex<[Key: [UUID: AsyncStream<Item>.Continuation]]>([:])
     private let stopped = Atomic<Bool>(false)
+    /// Listeners registered since start: tells the idle feed whether one came while it read the head.
+    private let registrations = Atomic<Int>(0)
+    /// How often an idle feed moves its position to the head, and looks for a listener.
+    static let idleAdvance = Duration.seconds(1)
+    static let idleCheck = Duration.milliseconds(50)
 
     init(store: PostgresEventStore, heartbeat: Duration = .seconds(15), logger: Logger) {
         self.store = store
@@ -49,6 +58,7 @@ final class ConversationFeed: Service, Sendable {
         let id = UUID()
         let (items, continuation) = AsyncStream<Item>.makeStream(bufferingPolicy: .bufferingOldest(Self.bufferLimit))
         listeners.withLock { $0[key, default: [:]][id] = continuation }
+        registrations.add(1, ordering: .sequentiallyConsistent)
         if stopped.load(ordering: .relaxed) { continuation.finish() }
         return Listener(id: id, key: key, items: items)
     }
@@ -88,21 +98,45 @@ final class ConversationFeed: Service, Sendable {
         var position: Int64?
         while !Task.isCancelled {
             do {
-                let start: Int64
+                var start: Int64
                 if let position { start = position } else { start = try await store.headPosition(.allTenants) }
+                if listenerCount == 0 { start = try await idle(from: start) }
                 position = start
                 var events = store.subscribe(.allTenants, after: start).makeAsyncIterator()
                 while let batch = try await events.nextBatch() {
                     dispatch(batch)
                     position = batch[batch.count - 1].globalPosition
+                    // The last listener left: stop reading (the next pass waits in `idle`).
+                    if listenerCount == 0 { break }
                 }
-                return
+                if Task.isCancelled { return }
             } catch {
                 if Task.isCancelled { return }
                 logger.warning("conversation feed interrupted; resuming", metadata: ["convo.error": "\(error)"])
                 try? await Task.sleep(for: .seconds(1))
             }
         }
+    }
+
+    /// Waits for a listener, moving `position` to the head now and then, and returns where to follow from.
+    ///
+    /// The head is the position below which every event has committed, taken in the query's snapshot: an
+    /// event that commits later lies above it. The position moves there only when no listener registered
+    /// before the query ended, so a listener never misses an event committed after it registered (what came
+    /// before, its route reads from the store).
+    private func idle(from position: Int64) async throws -> Int64 {
+        var position = position
+        let clock = ContinuousClock()
+        var advanced = clock.now
+        while listenerCount == 0 {
+            try await Task.sleep(for: Self.idleCheck)
+            guard clock.now - advanced >= Self.idleAdvance else { continue }
+            let seen = registrations.load(ordering: .sequentiallyConsistent)
+            let head = try await store.headPosition(.allTenants)
+            if registrations.load(ordering: .sequentiallyConsistent) == seen { position = max(position, head) }
+            advanced = clock.now
+        }
+        return position
     }
 
     private func beat() async {
