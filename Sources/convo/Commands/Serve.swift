@@ -24,6 +24,9 @@ extension Convo {
         @Option(name: .customLong("redis-pool-size"), help: "Redis connections (env CONVO_REDIS_POOL_SIZE; default 4).")
         var redisPoolSize: Int?
 
+        @Option(name: .customLong("ingest-writers"), help: "Ingest batches written at once, each one transaction (env CONVO_INGEST_WRITERS; default 2).")
+        var ingestWriters: Int?
+
         @Option(name: .customLong("lock-ttl-ms"), help: "How long a visitor lock lives without renewal, in ms (env CONVO_LOCK_TTL_MS; default 30000).")
         var lockTTL: Int?
 
@@ -50,7 +53,8 @@ extension Convo {
                 throw ValidationError("the key cache lasts 0 to 3600 seconds")
             }
             for (name, value) in [("port", try resolvedPort()), ("database pool size", try resolved(databasePoolSize, "CONVO_DATABASE_POOL_SIZE", 20)),
-                                  ("redis pool size", try resolved(redisPoolSize, "CONVO_REDIS_POOL_SIZE", 4))] where value < 1 || value > 65535 {
+                                  ("redis pool size", try resolved(redisPoolSize, "CONVO_REDIS_POOL_SIZE", 4)),
+                                  ("ingest writers", try resolved(ingestWriters, "CONVO_INGEST_WRITERS", 2))] where value < 1 || value > 65535 {
                 throw ValidationError("\(name) \(value) is out of range")
             }
         }
@@ -72,7 +76,7 @@ extension Convo {
             let lockTTL = try resolved(lockTTL, "CONVO_LOCK_TTL_MS", 30_000)
             let context = ServerContext.make(
                 client: client, redis: redis, provider: provider, processing: .init(lockTTL: .milliseconds(lockTTL)),
-                keyCacheTTL: .seconds(try resolved(keyCacheSeconds, "CONVO_KEY_CACHE_SECONDS", 5)), logger: logger)
+                ingest: .init(writers: try resolved(ingestWriters, "CONVO_INGEST_WRITERS", 2)), keyCacheTTL: .seconds(try resolved(keyCacheSeconds, "CONVO_KEY_CACHE_SECONDS", 5)), logger: logger)
             let host = host ?? options.environment["CONVO_HOST"] ?? "127.0.0.1"
             let port = try resolvedPort()
             logger.info("convo serving", metadata: ["convo.http.address": "\(host):\(port)", "convo.database": "\(url)"])

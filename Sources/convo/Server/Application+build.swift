@@ -33,7 +33,7 @@ struct ServerContext: Sendable {
     static func make(
         client: PostgresClient, redis: RedisClient, provider: any AIProvider = RuleProvider(),
         processing: ConversationProcessor.Configuration = .init(), runners: ProjectionRunner.Configuration = .init(),
-        keyCacheTTL: Duration = .seconds(5), requestDeadline: Duration = .seconds(10), logger: Logger
+        ingest: IngestBatcher.Configuration = .init(), keyCacheTTL: Duration = .seconds(5), requestDeadline: Duration = .seconds(10), logger: Logger
     ) -> ServerContext {
         let metrics = ConvoMetrics.bootstrap()
         let store = PostgresEventStore(client: client, logger: logger)
@@ -42,7 +42,7 @@ struct ServerContext: Sendable {
             store: store, redis: redis, workflows: workflows, provider: provider, configuration: processing, logger: logger)
         return ServerContext(
             client: client, store: store, redis: redis, migrator: Migrator(client: client, logger: logger),
-            batcher: IngestBatcher(store: store, logger: logger), processor: processor,
+            batcher: IngestBatcher(store: store, configuration: ingest, logger: logger), processor: processor,
             responder: ResponderService(processor: processor, store: store, logger: logger), workflows: workflows,
             keys: KeyAuthenticator(store: APIKeyStore(client: client, logger: logger), ttl: keyCacheTTL),
             feed: ConversationFeed(store: store, logger: logger), metrics: metrics, requestDeadline: requestDeadline,
