@@ -347,11 +347,15 @@ struct SlowProvider: AIProvider {
                         counted = try await projection.pending(.tenant(harness.tenant), client: harness.store.client, logger: TestDatabase.logger)
                     }
                     #expect(counted.map(\.conversation) == [stranded])
+                    // Not running yet (as in an ingest-only server): a wake-up is dropped, not piled up.
+                    for _ in 0..<100 { service.messageIngested(tenant: harness.tenant, visitor: visitor, conversation: newConversation()) }
+                    #expect(service.scheduledCount == 0)
 
                     group.addTask { try await service.run() }
                     let live = newConversation()
                     try await Task.sleep(for: .milliseconds(300))
                     _ = try await harness.ingestor.ingest(harness.message(live, visitor, id: "m1", text: "hi"))
+                    service.messageIngested(tenant: harness.tenant, visitor: visitor, conversation: live)
                     let processor = harness.processor()
                     var done = false
                     while !done && ContinuousClock.now < deadline + .seconds(10) {
@@ -361,6 +365,7 @@ struct SlowProvider: AIProvider {
                         done = a == 2 && b == 2
                     }
                     #expect(done, "both conversations processed by the service")
+                    #expect(try await eventually { service.scheduledCount == 0 }, "nothing left queued once processed")
                     // Once the projection has the answers, nothing is pending any more.
                     var left = counted
                     while !left.isEmpty && ContinuousClock.now < deadline + .seconds(20) {

@@ -46,6 +46,8 @@ public final class ResponderService: Service, Sendable {
     private let enqueue: AsyncStream<Work>.Continuation
     /// Work queued or running, so a burst for one conversation is processed once, plus whether more came in.
     private let inFlight = Mutex<[Work: Bool]>([:])
+    /// Whether ``run()`` is processing: until it starts and after it ends, nothing takes work off the queue.
+    private let running = Atomic<Bool>(false)
 
     public init(processor: ConversationProcessor, store: PostgresEventStore, configuration: Configuration = Configuration(), logger: Logger) {
         self.processor = processor
@@ -56,6 +58,8 @@ public final class ResponderService: Service, Sendable {
     }
 
     public func run() async throws {
+        running.store(true, ordering: .sequentiallyConsistent)
+        defer { running.store(false, ordering: .sequentiallyConsistent) }
         let start = try await store.headPosition(configuration.scope)
         await withDiscardingTaskGroup { group in
             group.addTask { await self.follow(after: start) }
@@ -69,9 +73,17 @@ public final class ResponderService: Service, Sendable {
     }
 
     /// Processes the conversation soon: for callers that just ingested a message in this process.
+    ///
+    /// A service that is not running (an ingest-only `convo serve`, or one stopping) keeps nothing: its queue
+    /// would only grow, one entry per conversation. The message is not lost: the instances that process
+    /// find it through their subscription, and the sweep at their start.
     public func messageIngested(tenant: TenantID, visitor: VisitorUID, conversation: ConversationID) {
+        guard running.load(ordering: .relaxed) else { return }
         schedule(Work(tenant: tenant, visitor: visitor, conversation: conversation))
     }
+
+    /// Conversations queued or being processed by this instance.
+    public var scheduledCount: Int { inFlight.withLock { $0.count } }
 
     /// Schedules a visitor's conversation; a schedule for work already queued or running is folded into it.
     func schedule(_ work: Work) {
