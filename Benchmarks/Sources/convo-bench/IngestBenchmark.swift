@@ -16,7 +16,7 @@ struct IngestBenchmark: AsyncParsableCommand {
 
     @Option(help: "Concurrent connections (HTTP) and writers (raw).") var concurrency: Int = 64
     @Option(help: "Seconds per round and side.") var seconds: Int = 10
-    @Option(help: "Rounds; the sides alternate raw, ours, raw, ours…") var rounds: Int = 2
+    @Option(help: "Rounds; the sides alternate raw, ours, raw, ours… (on a 2-core machine one round of 10 s varies by ±10%).") var rounds: Int = 6
     @Option(help: "Conversations the messages go to (one visitor each).") var conversations: Int = 5000
     @Flag(help: "Exit 1 when a target is missed.") var check = false
     @Option(help: "The HTTP load generator: wrk, or swift (AsyncHTTPClient, in this process).") var client: String = "wrk"
