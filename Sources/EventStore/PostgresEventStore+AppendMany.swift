@@ -107,7 +107,7 @@ extension PostgresEventStore {
             } catch let error as PSQLError where error.serverInfo?[.sqlState] == "23505" && attempt < 5 {
                 // A single append won a version or an id this call read as free; nothing of the call was written.
                 continue
-            } catch let error as PSQLError where ["CV004", "22023", "23514", "22P02"].contains(error.serverInfo?[.sqlState] ?? "") {
+            } catch let error as PSQLError where Self.invalidInputStates.contains(error.serverInfo?[.sqlState] ?? "") {
                 throw EventStoreError(code: .invalidArgument, message: error.serverInfo?[.message] ?? "invalid append", cause: error)
             } catch {
                 throw Self.mapError(error, operation: "append to \(requests.count) streams")
@@ -151,7 +151,7 @@ extension PostgresEventStore {
             // A retry of a stored message (its id), or a racer that took a version first: convo_append_many
             // tells a duplicate from a conflict.
             return nil
-        } catch let error as PSQLError where ["CV004", "22023", "23514", "22P02"].contains(error.serverInfo?[.sqlState] ?? "") {
+        } catch let error as PSQLError where Self.invalidInputStates.contains(error.serverInfo?[.sqlState] ?? "") {
             throw EventStoreError(code: .invalidArgument, message: error.serverInfo?[.message] ?? "invalid append", cause: error)
         } catch {
             throw Self.mapError(error, operation: "append to \(requests.count) streams")

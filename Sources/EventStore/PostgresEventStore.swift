@@ -188,6 +188,10 @@ public final class PostgresEventStore: EventStore, Service {
         }
     }
 
+    /// SQLSTATEs that an append's own input causes (convo's CV004, a bad value, a failed check): the caller's
+    /// error, not the store's.
+    static let invalidInputStates: Set<String> = ["CV004", "22023", "23514", "22P02"]
+
     private func mapAppendError(_ error: PSQLError, stream: StreamName, expected: ExpectedVersion) -> EventStoreError {
         let sqlState = error.serverInfo?[.sqlState]
         let detail = error.serverInfo?[.detail]
@@ -205,7 +209,7 @@ public final class PostgresEventStore: EventStore, Service {
             conflicts.increment()
             return EventStoreError(
                 code: .wrongExpectedVersion, message: "stream \(stream) moved on while appending", stream: stream, expected: expected, cause: error)
-        case "CV004", "22023", "23514", "22P02":
+        case let state? where Self.invalidInputStates.contains(state):
             return EventStoreError(code: .invalidArgument, message: error.serverInfo?[.message] ?? "invalid append", stream: stream, cause: error)
         default:
             return Self.mapError(error, operation: "append to \(stream)")
