@@ -41,6 +41,7 @@ final class ConversationFeed: Service, Sendable {
     private let listeners = Mutex<[Key: [UUID: AsyncStream<Item>.Continuation]]>([:])
     private let stopped = Atomic<Bool>(false)
     /// Listeners registered since start: tells the idle feed whether one came while it read the head.
+    /// Changed and read only while holding `listeners`' lock, so a listener counted is a listener stored.
     private let registrations = Atomic<Int>(0)
     /// How often an idle feed moves its position to the head, and looks for a listener.
     static let idleAdvance = Duration.seconds(1)
@@ -57,8 +58,10 @@ final class ConversationFeed: Service, Sendable {
         let key = Key(tenant: tenant, conversation: conversation)
         let id = UUID()
         let (items, continuation) = AsyncStream<Item>.makeStream(bufferingPolicy: .bufferingOldest(Self.bufferLimit))
-        listeners.withLock { $0[key, default: [:]][id] = continuation }
-        registrations.add(1, ordering: .sequentiallyConsistent)
+        listeners.withLock { entries in
+            entries[key, default: [:]][id] = continuation
+            registrations.add(1, ordering: .relaxed)
+        }
         if stopped.load(ordering: .relaxed) { continuation.finish() }
         return Listener(id: id, key: key, items: items)
     }
@@ -131,9 +134,12 @@ final class ConversationFeed: Service, Sendable {
         while listenerCount == 0 {
             try await Task.sleep(for: Self.idleCheck)
             guard clock.now - advanced >= Self.idleAdvance else { continue }
-            let seen = registrations.load(ordering: .sequentiallyConsistent)
+            // Nobody may listen when the head is read, and nobody may have registered by the time it was read:
+            // a listener that came during the sleep above (or during the query) is owed the events committed
+            // after it registered, the ones below the head too.
+            guard let seen = listeners.withLock({ $0.isEmpty ? registrations.load(ordering: .relaxed) : nil }) else { break }
             let head = try await store.headPosition(.allTenants)
-            if registrations.load(ordering: .sequentiallyConsistent) == seen { position = max(position, head) }
+            if listeners.withLock({ _ in registrations.load(ordering: .relaxed) }) == seen { position = max(position, head) }
             advanced = clock.now
         }
         return position
