@@ -38,11 +38,14 @@ final class ConversationFeed: Service, Sendable {
     let logger: Logger
     /// Items a listener may have waiting before it is ended.
     static let bufferLimit = 10_000
-    private let listeners = Mutex<[Key: [UUID: AsyncStream<Item>.Continuation]]>([:])
+    /// The listeners by conversation, and how many registered since start: one lock for both, so the idle
+    /// feed sees a listener stored exactly when it sees it counted.
+    private struct Listeners {
+        var entries: [Key: [UUID: AsyncStream<Item>.Continuation]] = [:]
+        var registrations = 0
+    }
+    private let listeners = Mutex(Listeners())
     private let stopped = Atomic<Bool>(false)
-    /// Listeners registered since start: tells the idle feed whether one came while it read the head.
-    /// Changed and read only while holding `listeners`' lock, so a listener counted is a listener stored.
-    private let registrations = Atomic<Int>(0)
     /// How often an idle feed moves its position to the head, and looks for a listener.
     static let idleAdvance = Duration.seconds(1)
     static let idleCheck = Duration.milliseconds(50)
@@ -58,32 +61,32 @@ final class ConversationFeed: Service, Sendable {
         let key = Key(tenant: tenant, conversation: conversation)
         let id = UUID()
         let (items, continuation) = AsyncStream<Item>.makeStream(bufferingPolicy: .bufferingOldest(Self.bufferLimit))
-        listeners.withLock { entries in
-            entries[key, default: [:]][id] = continuation
-            registrations.add(1, ordering: .relaxed)
+        listeners.withLock { listeners in
+            listeners.entries[key, default: [:]][id] = continuation
+            listeners.registrations += 1
         }
         if stopped.load(ordering: .relaxed) { continuation.finish() }
         return Listener(id: id, key: key, items: items)
     }
 
     func remove(_ listener: Listener) {
-        let continuation = listeners.withLock { entries -> AsyncStream<Item>.Continuation? in
-            let removed = entries[listener.key]?.removeValue(forKey: listener.id)
-            if entries[listener.key]?.isEmpty == true { entries[listener.key] = nil }
+        let continuation = listeners.withLock { listeners -> AsyncStream<Item>.Continuation? in
+            let removed = listeners.entries[listener.key]?.removeValue(forKey: listener.id)
+            if listeners.entries[listener.key]?.isEmpty == true { listeners.entries[listener.key] = nil }
             return removed
         }
         continuation?.finish()
     }
 
-    var listenerCount: Int { listeners.withLock { $0.values.reduce(0) { $0 + $1.count } } }
+    var listenerCount: Int { listeners.withLock { $0.entries.values.reduce(0) { $0 + $1.count } } }
 
     func run() async throws {
         defer {
             stopped.store(true, ordering: .relaxed)
             // Shutting down: every open stream ends, its client reconnects to another instance.
-            let all = listeners.withLock { entries in
-                defer { entries.removeAll() }
-                return entries.values.flatMap(\.values)
+            let all = listeners.withLock { listeners in
+                defer { listeners.entries.removeAll() }
+                return listeners.entries.values.flatMap(\.values)
             }
             for continuation in all { continuation.finish() }
         }
@@ -137,9 +140,9 @@ final class ConversationFeed: Service, Sendable {
             // Nobody may listen when the head is read, and nobody may have registered by the time it was read:
             // a listener that came during the sleep above (or during the query) is owed the events committed
             // after it registered, the ones below the head too.
-            guard let seen = listeners.withLock({ $0.isEmpty ? registrations.load(ordering: .relaxed) : nil }) else { break }
+            guard let seen = listeners.withLock({ $0.entries.isEmpty ? $0.registrations : nil }) else { break }
             let head = try await store.headPosition(.allTenants)
-            if listeners.withLock({ _ in registrations.load(ordering: .relaxed) }) == seen { position = max(position, head) }
+            if listeners.withLock({ $0.registrations }) == seen { position = max(position, head) }
             advanced = clock.now
         }
         return position
@@ -147,18 +150,18 @@ final class ConversationFeed: Service, Sendable {
 
     private func beat() async {
         while (try? await Task.sleep(for: heartbeat)) != nil {
-            let all = listeners.withLock { $0.values.flatMap(\.values) }
+            let all = listeners.withLock { $0.entries.values.flatMap(\.values) }
             for continuation in all { continuation.yield(.heartbeat) }
         }
     }
 
     private func dispatch(_ batch: [RecordedEvent]) {
         var overflowing: [AsyncStream<Item>.Continuation] = []
-        listeners.withLock { entries in
-            guard !entries.isEmpty else { return }
+        listeners.withLock { listeners in
+            guard !listeners.entries.isEmpty else { return }
             for event in batch where event.stream.category == "messages" || event.stream.category == "workflow" {
                 guard let conversation = ConversationID(rawValue: event.stream.id),
-                    let targets = entries[Key(tenant: event.tenant, conversation: conversation)]
+                    let targets = listeners.entries[Key(tenant: event.tenant, conversation: conversation)]
                 else { continue }
                 for continuation in targets.values {
                     if case .dropped = continuation.yield(.event(event)) { overflowing.append(continuation) }
