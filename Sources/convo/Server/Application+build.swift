@@ -76,6 +76,7 @@ func buildRouter(_ context: ServerContext, background: Bool = true) -> (Router<C
     table.add(.get, "/metrics", on: router) { _, requestContext -> Response in
         await recordProjectionLag(runners, store: context.store, logger: requestContext.logger)
         Gauge(label: "convo.sse.streams").record(context.feed.listenerCount)
+        Gauge(label: "convo.responder.scheduled").record(context.responder.scheduledCount)
         return Response(
             status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
             body: .init(byteBuffer: ByteBuffer(bytes: context.metrics.emitToBuffer())))
