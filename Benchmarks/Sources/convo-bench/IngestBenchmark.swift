@@ -177,7 +177,7 @@ struct IngestBenchmark: AsyncParsableCommand {
         end
         function done(summary, latency, requests)
           local e = summary.errors
-          io.write(string.format("wrk-summary %d %d %d %d %d\n", summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+          io.write(string.format("wrk-summary %d %d %d %d\n", summary.requests, summary.duration, latency:percentile(99),
             e.connect + e.read + e.write + e.status + e.timeout))
           -- Quantiles, finer towards the tail, so the rounds' distributions can be merged.
           local grid = {}
@@ -201,8 +201,8 @@ struct IngestBenchmark: AsyncParsableCommand {
             throw ValidationError("wrk printed no summary: \(output)")
         }
         let fields = line.split(separator: " ").dropFirst().compactMap { Int($0) }
-        guard fields.count == 5 else { throw ValidationError("wrk's summary is not understood: \(line)") }
-        let answered = fields[0] - fields[4]
+        guard fields.count == 4 else { throw ValidationError("wrk's summary is not understood: \(line)") }
+        let answered = fields[0] - fields[3]
         var weights: [(requests: Double, latency: Duration)] = []
         var below = 0.0
         for line in output.split(separator: "\n") where line.hasPrefix("wrk-quantile ") {
@@ -215,8 +215,8 @@ struct IngestBenchmark: AsyncParsableCommand {
         }
         guard below == 100 else { throw ValidationError("wrk printed no latency quantiles: \(output)") }
         var sample = Sample()
-        sample.failures = fields[4]
-        sample.reported = (answered, weights, [.microseconds(fields[3])])
+        sample.failures = fields[3]
+        sample.reported = (answered, weights, [.microseconds(fields[2])])
         sample.elapsed = .microseconds(fields[1])
         return sample
     }
