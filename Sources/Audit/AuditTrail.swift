@@ -155,7 +155,7 @@ public struct AuditTrail: Sendable {
 
         var events: [AuditEvent] = []
         do {
-            let rows = try await store.client.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger)
+            let rows = try await store.client.queryOpen(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger)
             for try await (position, id, stream, version, type, at, data, metadata, hash) in rows.decode(
                 (Int64, UUID, String, Int64, String, Date, JSONB, JSONB, ByteBuffer).self)
             {
@@ -181,7 +181,7 @@ public struct AuditTrail: Sendable {
     /// The first and last position of the tenant's events recorded in [from, to); `nil` when there is none.
     private func positions(tenant: TenantID, from: Date?, to: Date?) async throws -> (Int64, Int64)? {
         do {
-            let rows = try await store.client.query(
+            let rows = try await store.client.queryOpen(
                 """
                 SELECT min(p), max(p) FROM (
                     SELECT global_position AS p FROM events
@@ -233,7 +233,7 @@ public struct AuditTrail: Sendable {
         let versions = conflicts.map { $0.expectedVersion + 1 }
         var winners: [String: ConflictWinner] = [:]
         do {
-            let rows = try await store.client.query(
+            let rows = try await store.client.queryOpen(
                 """
                 SELECT e.stream_name, e.stream_version, e.event_id, e.event_type, e.recorded_at, e.metadata ->> 'lockToken', e.metadata ->> 'instance'
                 FROM unnest(\(streams)::text[], \(versions)::int8[]) AS w (stream, version)

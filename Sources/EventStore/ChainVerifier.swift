@@ -211,7 +211,7 @@ extension PostgresEventStore {
     public func streamHeads(tenant: TenantID? = nil) async throws -> [StreamHead] {
         var heads: [StreamHead] = []
         do {
-            let rows = try await client.query(
+            let rows = try await client.queryOpen(
                 """
                 SELECT DISTINCT ON (tenant_id, stream_name) tenant_id, stream_name, stream_version, global_position, hash
                 FROM events WHERE (\(tenant?.rawValue)::text IS NULL OR tenant_id = \(tenant?.rawValue))
@@ -241,7 +241,7 @@ extension PostgresEventStore {
 
     private func countForVerify(tenant: TenantID?, stream: StreamName?) async throws -> Int {
         do {
-            let rows = try await client.query(
+            let rows = try await client.queryOpen(
                 """
                 SELECT count(*) FROM events
                 WHERE (\(tenant?.rawValue)::text IS NULL OR tenant_id = \(tenant?.rawValue))
@@ -260,7 +260,7 @@ extension PostgresEventStore {
         var page: [ChainRow] = []
         page.reserveCapacity(limit)
         do {
-            let rows = try await client.query(
+            let rows = try await client.queryOpen(
                 """
                 SELECT global_position, event_id, tenant_id, stream_name, stream_version, event_type, data, metadata,
                        (extract(epoch FROM recorded_at) * 1000000)::int8, hash

@@ -40,7 +40,7 @@ public struct Migrator: Sendable {
     @discardableResult
     public func migrate() async throws -> Report {
         do {
-            return try await client.withConnection { connection in
+            return try await client.withOpenConnection { connection in
                 try await connection.query("SELECT pg_advisory_lock(\(Self.lockKey))", logger: logger)
                 do {
                     let report = try await applyPending(on: connection)
@@ -59,7 +59,7 @@ public struct Migrator: Sendable {
     /// Every known migration with the time it was applied, if it was.
     public func status() async throws -> [Status] {
         do {
-            let applied = try await client.withConnection { try await self.appliedMigrations(on: $0) }
+            let applied = try await client.withOpenConnection { try await self.appliedMigrations(on: $0) }
             return migrations.map { Status(migration: $0, appliedAt: applied[$0.version]?.appliedAt) }
         } catch {
             throw PostgresEventStore.mapError(error, operation: "read the migration status")
@@ -71,7 +71,7 @@ public struct Migrator: Sendable {
     /// - Throws: ``EventStoreError`` with ``EventStoreError/Code/migrationChecksumMismatch`` when an applied file changed.
     public func pending() async throws -> [Migration] {
         do {
-            let applied = try await client.withConnection { try await self.appliedMigrations(on: $0) }
+            let applied = try await client.withOpenConnection { try await self.appliedMigrations(on: $0) }
             try verifyChecksums(applied)
             return migrations.filter { applied[$0.version] == nil }
         } catch {

@@ -64,7 +64,7 @@ extension PostgresEventStore {
         while true {
             attempt += 1
             do {
-                let rows = try await client.query(
+                let rows = try await client.queryOpen(
                     """
                     SELECT item, event_id, stream_version, global_position, recorded_at, duplicate, error, actual
                     FROM convo_append_many(\(tenants), \(streams), \(expected), \(counts), \(ids), \(types), \(data), \(metadata))
@@ -129,7 +129,7 @@ extension PostgresEventStore {
         var results = [Result<AppendResult, EventStoreError>?](repeating: nil, count: requests.count)
         var written = 0
         do {
-            for try await (item, id, version, position, at, actual, locked) in try await client.execute(statement, logger: logger) {
+            for (item, id, version, position, at, actual, locked) in try await client.executeOpen(statement, logger: logger) {
                 // Another append holds one of the streams: nothing was written; convo_append_many waits its turn.
                 guard locked else { return nil }
                 let index = Int(item) - 1

@@ -21,7 +21,7 @@ extension PostgresEventStore {
         batch.reserveCapacity(batchSize)
         var count = 0
         do {
-            for try await event in Self.events(in: try await client.query(query, logger: logger)) {
+            for try await event in Self.events(in: try await client.queryOpen(query, logger: logger)) {
                 batch.append(event)
                 if batch.count == batchSize {
                     count += batch.count
@@ -64,15 +64,42 @@ extension PostgresEventStore {
     /// Counts the events after `position` that readers can see now: a total for progress reports.
     ///
     /// - Throws: ``EventStoreError`` when the count fails.
-    public func countEvents(after position: Int64 = 0) async throws -> Int64 {
+    public func countEvents(after position: Int64 = 0, limit: Int64? = nil) async throws -> Int64 {
         do {
-            let rows = try await client.query(
-                "SELECT count(*) FROM events WHERE global_position > \(position) AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
-                logger: logger)
+            let rows =
+                if let limit {
+                    try await client.queryOpen(
+                        """
+                        SELECT count(*) FROM (SELECT 1 FROM events WHERE global_position > \(position)
+                            AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) LIMIT \(limit)) AS counted
+                        """, logger: logger)
+                } else {
+                    try await client.queryOpen(
+                        "SELECT count(*) FROM events WHERE global_position > \(position) AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
+                        logger: logger)
+                }
             for try await count in rows.decode(Int64.self) { return count }
             return 0
         } catch {
             throw Self.mapError(error, operation: "count the events")
+        }
+    }
+
+    /// How long ago, in seconds by PostgreSQL's clock, the first event readers can see after `position` was
+    /// recorded: how long a reader at `position` has kept an event waiting; 0 when there is none.
+    ///
+    /// - Throws: ``EventStoreError`` when the read fails.
+    public func waitingSeconds(after position: Int64) async throws -> Double {
+        do {
+            let rows = try await client.queryOpen(
+                """
+                SELECT greatest(0, extract(epoch FROM clock_timestamp() - recorded_at))::float8 FROM events WHERE global_position > \(position) AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+                ORDER BY global_position LIMIT 1
+                """, logger: logger)
+            for try await seconds in rows.decode(Double.self) { return seconds }
+            return 0
+        } catch {
+            throw Self.mapError(error, operation: "read the oldest waiting event")
         }
     }
 }

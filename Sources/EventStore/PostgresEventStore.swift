@@ -100,7 +100,7 @@ public final class PostgresEventStore: EventStore, Service {
             recorded.reserveCapacity(events.count)
             do {
                 // Prepared once per connection: the server neither parses nor plans the call again.
-                for try await (id, version, position, at, isDuplicate) in try await client.execute(statement, logger: logger) {
+                for (id, version, position, at, isDuplicate) in try await client.executeOpen(statement, logger: logger) {
                     recorded.append(.init(eventId: id, streamVersion: version, globalPosition: position, recordedAt: at))
                     duplicate = isDuplicate
                 }
@@ -147,11 +147,11 @@ public final class PostgresEventStore: EventStore, Service {
                 let single = ExactAppendStatement.Single(
                     tenant: arguments.tenant, stream: arguments.stream, expected: arguments.expected, id: arguments.ids[0], type: arguments.types[0],
                     data: arguments.data[0], metadata: arguments.metadata[0])
-                for try await (id, version, position, at) in try await client.execute(single, logger: logger) {
+                for (id, version, position, at) in try await client.executeOpen(single, logger: logger) {
                     written.append(.init(eventId: id, streamVersion: version, globalPosition: position, recordedAt: at))
                 }
             } else {
-                for try await (id, version, position, at) in try await client.execute(statement, logger: logger) {
+                for (id, version, position, at) in try await client.executeOpen(statement, logger: logger) {
                     written.append(.init(eventId: id, streamVersion: version, globalPosition: position, recordedAt: at))
                 }
             }
@@ -333,7 +333,7 @@ public final class PostgresEventStore: EventStore, Service {
 
     public func streamVersion(_ stream: StreamName, tenant: TenantID) async throws -> Int64 {
         do {
-            let rows = try await client.query(
+            let rows = try await client.queryOpen(
                 "SELECT coalesce(max(stream_version), 0) FROM events WHERE tenant_id = \(tenant.rawValue) AND stream_name = \(stream.description)",
                 logger: logger)
             for try await version in rows.decode(Int64.self) { return version }
@@ -359,7 +359,7 @@ public final class PostgresEventStore: EventStore, Service {
                 """
         }
         do {
-            for try await position in try await client.query(query, logger: logger).decode(Int64.self) { return position }
+            for try await position in try await client.queryOpen(query, logger: logger).decode(Int64.self) { return position }
             return 0
         } catch {
             throw Self.mapError(error, operation: "read the head position")
@@ -386,7 +386,7 @@ public final class PostgresEventStore: EventStore, Service {
     private func fetch(_ query: PostgresQuery, operation: @autoclosure () -> String) async throws -> [RecordedEvent] {
         var events: [RecordedEvent] = []
         do {
-            for try await event in Self.events(in: try await client.query(query, logger: logger)) { events.append(event) }
+            for try await event in Self.events(in: try await client.queryOpen(query, logger: logger)) { events.append(event) }
         } catch {
             throw Self.mapError(error, operation: operation())
         }
@@ -394,7 +394,7 @@ public final class PostgresEventStore: EventStore, Service {
     }
 
     /// The events of rows selected with ``columns``, decoded as they stream in.
-    static func events(in rows: PostgresRowSequence) -> some AsyncSequence<RecordedEvent, any Error> {
+    static func events(in rows: some AsyncSequence<PostgresRow, any Error>) -> some AsyncSequence<RecordedEvent, any Error> {
         rows.map(event(of:))
     }
 
@@ -438,7 +438,7 @@ public final class PostgresEventStore: EventStore, Service {
         // bufferingNewest(1) coalesces a burst of appends into one NOTIFY.
         for await _ in notifications.cancelOnGracefulShutdown() {
             do {
-                try await client.query("SELECT pg_notify(\(configuration.notificationChannel), '')", logger: logger)
+                try await client.queryOpen("SELECT pg_notify(\(configuration.notificationChannel), '')", logger: logger)
             } catch {
                 logger.debug("could not announce appends", metadata: ["convo.error": "\(error)"])
             }
@@ -450,7 +450,8 @@ public final class PostgresEventStore: EventStore, Service {
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {
                 try await cancelWhenGracefulShutdown {
-                    try await self.client.withConnection { connection in
+                    // A session that ends gives up the LISTEN at once (see whileOpen), and the next round listens again.
+                    try await self.client.withOpenConnection { connection in
                         try await connection.listen(on: channel) { notifications in
                             // Anything committed while no LISTEN was active is picked up now.
                             self.signal.signal()

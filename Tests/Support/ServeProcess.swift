@@ -41,6 +41,21 @@ public final class ServeProcess: @unchecked Sendable {
 
     public var isRunning: Bool { process.isRunning }
 
+    /// What a failed test shows of the output: from the first crash report or fatal error on, else the tail.
+    public var failureSummary: String {
+        let text = output
+        for marker in ["Fatal error", "💣", "Crash", "error:"] {
+            if let range = text.range(of: marker) { return String(text[range.lowerBound...].prefix(2500)) }
+        }
+        return String(text.suffix(3000))
+    }
+
+    /// The process id, for signals a fault test sends (SIGSTOP, SIGCONT, SIGKILL).
+    public var pid: Int32 { process.processIdentifier }
+
+    /// Sends `signal` to this process (only ever one the tests started).
+    public func send(_ signal: Int32) { kill(process.processIdentifier, signal) }
+
     /// Sends SIGTERM and waits up to `timeout` for the process to exit.
     ///
     /// - Returns: its exit status, or `nil` when it had to be killed.
@@ -58,6 +73,7 @@ public final class ServeProcess: @unchecked Sendable {
 
     public struct Failure: Error, CustomStringConvertible {
         public var description: String
+        public init(description: String) { self.description = description }
     }
 
     /// A port nothing listens on now (the kernel's pick for port 0).

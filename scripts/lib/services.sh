@@ -50,26 +50,58 @@ free_port() {
     die "no free port found on 127.0.0.1"
 }
 
+# pg_home DIR: where the PostgreSQL cluster of DIR (.convo/dev or .convo/test) lives, created and owned by
+# the user that runs it. As root, the cluster runs as $CONVO_OS_USER, who must reach every folder above it: a
+# clone under /root (0700) or inside a `mktemp -d` folder is out of its reach, and its owner's permissions are
+# not ours to loosen. Then the cluster lives in /var/lib/convo/clusters/<hash of DIR>/ (0700, owned by
+# $CONVO_OS_USER) and DIR/pg is a link to it; otherwise in DIR/pg itself. Everything else stays under DIR.
+pg_home() {
+    local dir=$1
+    if [ "$(id -u)" -ne 0 ]; then
+        mkdir -p "$dir/pg"
+        echo "$dir/pg"
+        return
+    fi
+    if [ ! -L "$dir/pg" ]; then
+        mkdir -p "$dir/pg"
+        chown "$CONVO_OS_USER" "$dir/pg"
+        if runuser -u "$CONVO_OS_USER" -- test -w "$dir/pg" 2>/dev/null; then
+            echo "$dir/pg"
+            return
+        fi
+        rmdir "$dir/pg" 2>/dev/null || die "$dir/pg holds files that user $CONVO_OS_USER cannot reach: move them away"
+    fi
+    local home
+    home=${CONVO_CLUSTERS_DIR:-/var/lib/convo/clusters}/$(printf '%s' "$dir" | sha256sum | cut -c1-16)
+    mkdir -p "$home"
+    chmod 755 "$(dirname "$home")"
+    chown "$CONVO_OS_USER" "$home"
+    chmod 700 "$home"
+    ln -sfn "$home" "$dir/pg"
+    echo "$home"
+}
+
 # start_services DIR PG_PORT REDIS_PORT: starts both servers, exports CONVO_DATABASE_URL and CONVO_REDIS_URL.
 start_services() {
     local dir=$1 pg_port=$2 redis_port=$3
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
     stop_services "$dir" # a stale run (killed script, reboot) leaves servers or pid files behind
-    local pgdata=$dir/pg/data
-    mkdir -p "$dir/pg" "$dir/redis"
-    [ "$(id -u)" -eq 0 ] && chown -R "$CONVO_OS_USER" "$dir/pg"
+    local pg
+    pg=$(pg_home "$dir")
+    local pgdata=$pg/data
+    mkdir -p "$dir/redis"
     if [ ! -f "$pgdata/PG_VERSION" ]; then
         rm -rf "$pgdata"
         log "initdb $pgdata"
-        as_pg_user "$PG_BIN/initdb" -D "$pgdata" -U convo --auth=trust --encoding=UTF8 --locale=C.UTF-8 >"$dir/pg/initdb.log" 2>&1 ||
-            { cat "$dir/pg/initdb.log" >&2; die "initdb failed"; }
+        as_pg_user "$PG_BIN/initdb" -D "$pgdata" -U convo --auth=trust --encoding=UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
+            { cat "$dir/initdb.log" >&2; die "initdb failed"; }
     fi
     rm -f "$pgdata/postmaster.pid"
     log "starting PostgreSQL on 127.0.0.1:$pg_port"
-    as_pg_user "$PG_BIN/pg_ctl" -D "$pgdata" -l "$dir/pg/server.log" -w -t 60 \
-        -o "-p $pg_port -k $dir/pg -c listen_addresses=127.0.0.1 -c max_connections=300 ${CONVO_PG_OPTIONS:-}" start >/dev/null ||
-        { tail -20 "$dir/pg/server.log" >&2; die "PostgreSQL did not start"; }
+    as_pg_user "$PG_BIN/pg_ctl" -D "$pgdata" -l "$pg/server.log" -w -t 60 \
+        -o "-p $pg_port -k $pg -c listen_addresses=127.0.0.1 -c max_connections=300 ${CONVO_PG_OPTIONS:-}" start >/dev/null ||
+        { tail -20 "$pg/server.log" >&2; die "PostgreSQL did not start"; }
     if ! as_pg_user "$PG_BIN/psql" -h 127.0.0.1 -p "$pg_port" -U convo -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = 'convo'" | grep -q 1; then
         as_pg_user "$PG_BIN/createdb" -h 127.0.0.1 -p "$pg_port" -U convo convo
     fi

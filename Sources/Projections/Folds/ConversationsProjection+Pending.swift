@@ -24,9 +24,9 @@ extension ConversationsProjection {
         }
         var found: [Pending] = []
         do {
-            guard try await client.withConnection({ try await ProjectionCatalogue.tableExists(name, on: $0, logger: logger) }) else { return [] }
+            guard try await client.withOpenConnection({ try await ProjectionCatalogue.tableExists(name, on: $0, logger: logger) }) else { return [] }
             let table = try ProjectionTable<ConversationRow>(name)
-            let rows = try await client.query(
+            let rows = try await client.queryOpen(
                 """
                 SELECT tenant_id, visitor_uid, conversation_id FROM \(unescaped: table.name)
                 WHERE unprocessed_count > 0 AND (\(tenant)::text IS NULL OR tenant_id = \(tenant))

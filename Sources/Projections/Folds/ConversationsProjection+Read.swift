@@ -16,7 +16,7 @@ extension ConversationsProjection {
         var stored: ConversationRow?
         do {
             let table = try ProjectionTable<ConversationRow>(name)
-            stored = try await store.client.withConnection { connection in
+            stored = try await store.client.withOpenConnection { connection in
                 try await table.load([key], on: connection, logger: logger).first
             }
         } catch {

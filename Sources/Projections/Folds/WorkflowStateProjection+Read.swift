@@ -16,7 +16,7 @@ extension WorkflowStateProjection {
         var stored: WorkflowState?
         do {
             let table = try ProjectionTable<WorkflowStateRow>(name)
-            stored = try await store.client.withConnection { connection in
+            stored = try await store.client.withOpenConnection { connection in
                 try await table.load([key], on: connection, logger: logger).first?.state
             }
         } catch {

@@ -76,13 +76,13 @@ public struct ProjectionRebuilder: Sendable {
     /// - Throws: ``ProjectionError`` with ``ProjectionError/Code/fold`` when an event cannot be applied (the live
     ///   tables stay as they were), ``ProjectionError/Code/busy`` when another rebuild holds a projection.
     public func rebuild(
-        _ projections: [any Projection], reason: String, progress: @Sendable (Progress) -> Void = { _ in }
+        _ projections: [any Projection], reason: String, progress: @escaping @Sendable (Progress) -> Void = { _ in }
     ) async throws -> [Summary] {
         guard !projections.isEmpty else { return [] }
         let projections = projections.sorted { $0.name < $1.name }
         let client = store.client
         do {
-            return try await client.withConnection { connection in
+            return try await client.withOpenConnection { connection in
                 try await withRebuildLocks(projections, on: connection) {
                     try await rebuildLocked(projections, reason: reason, on: connection, progress: progress)
                 }
@@ -247,7 +247,7 @@ public struct ProjectionRebuilder: Sendable {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for build in builds {
                 group.addTask {
-                    try await store.client.withTransaction(logger: logger) { transaction in
+                    try await store.client.withOpenTransaction(logger: logger) { transaction in
                         try await build.writer.flush(on: transaction, logger: logger)
                     }
                 }

@@ -47,6 +47,8 @@ public final class ProjectionRunner: Service, Sendable {
         /// The stored rows were built by a newer version (a newer convo runs beside this one): this runner
         /// leaves them to the newer one's runner and does not write.
         case superseded(storedVersion: Int)
+        /// Lost its session (PostgreSQL restarted or unreachable); starting again.
+        case interrupted(error: String)
 
         public var description: String {
             switch self {
@@ -56,6 +58,7 @@ public final class ProjectionRunner: Service, Sendable {
             case .running: "running"
             case .failed(let position, let error): "failed at position \(position): \(error)"
             case .superseded(let version): "superseded by version \(version)"
+            case .interrupted(let error): "interrupted: \(error)"
             }
         }
     }
@@ -92,12 +95,17 @@ public final class ProjectionRunner: Service, Sendable {
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 do {
-                    try await self.store.client.withConnection { connection in
-                        try await self.runOnce(on: connection)
-                    }
+                    // The runner keeps one session for as long as it holds the runner lock. When that session
+                    // ends (PostgreSQL restarted, the connection cut), whileOpen gives up on it at once instead of
+                    // waiting on a query that can never complete; the next round takes a new session, takes the
+                    // lock again (or stands by) and resumes from the stored checkpoint.
+                    try await self.store.client.withOpenConnection { connection in try await self.runOnce(on: connection) }
                 } catch {
                     if Task.isCancelled { return }
-                    self.logger.warning("projection runner interrupted; starting again", metadata: ["convo.projection": "\(self.projection.name)", "convo.error": "\(error)"])
+                    self.set(.interrupted(error: "\(error)"))
+                    self.logger.warning(
+                        "projection runner interrupted; starting again",
+                        metadata: ["convo.projection": "\(self.projection.name)", "convo.error": "\(String(reflecting: error))"])
                     try? await Task.sleep(for: self.configuration.retryDelay)
                 }
             }

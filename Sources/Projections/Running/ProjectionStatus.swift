@@ -23,8 +23,15 @@ public struct ProjectionStatus: Sendable, Codable {
     public var storedVersion: Int?
     public var checkpoint: Int64
     public var head: Int64
-    /// Events after the checkpoint that readers can already see.
+    /// Events after the checkpoint that readers can already see (counted up to ``lagCountLimit``).
     public var lag: Int64
+    /// How long the oldest event after the checkpoint has waited to be applied, in seconds: 0 when there
+    /// is none. Measured from the event's commit time, so a runner that stopped shows here while events
+    /// arrive, whatever it believes about itself.
+    public var waitingSeconds: Double
+    /// Sessions holding the projection's runner lock right now (`pg_locks`), in any process: 1 when one
+    /// runner is active, 0 when none is.
+    public var activeRunners: Int
     /// `running`, `stopped` (no runner in any process), `rebuilding`, `stale` (built by another version),
     /// `failed`, or `not_built`.
     public var state: String
@@ -34,19 +41,41 @@ public struct ProjectionStatus: Sendable, Codable {
     public var error: String?
     public var lastRebuild: Rebuild?
 
+    /// The most events counted for ``lag``: a projection far behind is reported as at least this far.
+    public static let lagCountLimit: Int64 = 1_000_000
+
+    /// What is wrong with the projection, measured, or `nil` when it is keeping up: failed, being rebuilt,
+    /// never built, no runner active in any process, or events waiting longer than `staleAfter`.
+    public func problem(staleAfter: Duration) -> String? {
+        switch state {
+        case "failed": return "failed at position \(failedPosition ?? 0): \(error ?? "")"
+        case "rebuilding": return "rebuilding"
+        case "not_built": return "not built"
+        default: break
+        }
+        if activeRunners == 0 && state != "stale" { return "no active runner in any process; \(lag) events behind" }
+        let limit = Double(staleAfter.components.seconds) + Double(staleAfter.components.attoseconds) / 1e18
+        if waitingSeconds > limit {
+            return "stale: \(lag) events behind, the oldest waiting \(Int(waitingSeconds)) s"
+        }
+        return nil
+    }
+
     /// The status of `projections`.
     ///
     /// - Throws: ``ProjectionError`` when PostgreSQL cannot be read.
     public static func read(_ projections: [any Projection], store: PostgresEventStore, logger: Logger) async throws -> [ProjectionStatus] {
         do {
             let head = try await store.headPosition(.allTenants)
-            var statuses = try await store.client.withConnection { connection in
+            var statuses = try await store.client.withOpenConnection { connection in
                 var statuses: [ProjectionStatus] = []
                 for projection in projections { statuses.append(try await read(projection, head: head, on: connection, logger: logger)) }
                 return statuses
             }
             for index in statuses.indices where statuses[index].storedVersion != nil {
-                statuses[index].lag = try await store.countEvents(after: statuses[index].checkpoint)
+                let checkpoint = statuses[index].checkpoint
+                statuses[index].lag = try await store.countEvents(after: checkpoint, limit: lagCountLimit)
+                statuses[index].waitingSeconds = try await store.waitingSeconds(after: checkpoint)
             }
             return statuses
         } catch let error as ProjectionError {
@@ -59,7 +88,8 @@ public struct ProjectionStatus: Sendable, Codable {
     private static func read(_ projection: any Projection, head: Int64, on connection: PostgresConnection, logger: Logger) async throws -> ProjectionStatus {
         let name = projection.name
         let entry = try await ProjectionCatalogue.entry(name, on: connection, logger: logger)
-        let running = try await ProjectionCatalogue.holders(.runner, name, on: connection, logger: logger) > 0
+        let runners = try await ProjectionCatalogue.holders(.runner, name, on: connection, logger: logger)
+        let running = runners > 0
         let rebuilding = try await ProjectionCatalogue.holders(.rebuild, name, on: connection, logger: logger) > 0
         let standby = try await ProjectionCatalogue.holders(.standby, name, on: connection, logger: logger)
         var lastRebuild: Rebuild?
@@ -86,7 +116,8 @@ public struct ProjectionStatus: Sendable, Codable {
             state = running ? "running" : "stopped"
         }
         return ProjectionStatus(
-            name: name, version: projection.version, storedVersion: entry?.version, checkpoint: entry?.checkpoint ?? 0, head: head, lag: 0, state: state,
+            name: name, version: projection.version, storedVersion: entry?.version, checkpoint: entry?.checkpoint ?? 0, head: head, lag: 0, waitingSeconds: 0,
+            activeRunners: runners, state: state,
             standby: standby, failedPosition: entry?.failedPosition,
             error: entry?.failedPosition != nil ? "\(entry?.failedEvent ?? "?"): \(entry?.error ?? "")" : nil, lastRebuild: lastRebuild)
     }

@@ -37,7 +37,37 @@ public struct ProjectionVerifier: Sendable {
         public var differences: [RowDifference]
         /// Set when the stored rows were built by another version of the projection (nothing compared).
         public var stale: String?
+        /// The head readers could see when the report was made, the events after the verified checkpoint,
+        /// and how long the oldest of them has waited (seconds): a projection verified clean at a frozen
+        /// checkpoint is still behind. Filled by ``measureLag(_:store:logger:)``.
+        public var head: Int64?
+        public var behind: Int64?
+        public var waitingSeconds: Double?
         public var isClean: Bool { differences.isEmpty && stale == nil }
+
+        /// Whether the oldest event after the checkpoint has waited longer than `limit`.
+        public func isBehind(longerThan limit: Duration) -> Bool {
+            (waitingSeconds ?? 0) > Double(limit.components.seconds) + Double(limit.components.attoseconds) / 1e18
+        }
+    }
+
+    /// Fills each report's ``Report/head``, ``Report/behind`` and ``Report/waitingSeconds``, measured now.
+    ///
+    /// - Throws: ``ProjectionError`` when PostgreSQL cannot be read.
+    public static func measureLag(_ reports: [Report], store: PostgresEventStore, logger: Logger) async throws -> [Report] {
+        do {
+            let head = try await store.headPosition(.allTenants)
+            var measured = reports
+            for index in measured.indices {
+                let checkpoint = measured[index].checkpoint
+                measured[index].head = head
+                measured[index].behind = try await store.countEvents(after: checkpoint, limit: ProjectionStatus.lagCountLimit)
+                measured[index].waitingSeconds = try await store.waitingSeconds(after: checkpoint)
+            }
+            return measured
+        } catch {
+            throw ProjectionError(code: .storageFailure, message: "\(PostgresEventStore.mapError(error, operation: "measure the projections' lag"))", cause: error)
+        }
     }
 
     let store: PostgresEventStore
@@ -53,7 +83,7 @@ public struct ProjectionVerifier: Sendable {
     /// - Throws: ``ProjectionError`` with ``ProjectionError/Code/notBuilt`` when the projection was never built, ``ProjectionError/Code/fold`` when a fold fails.
     public func verify(_ projection: any Projection, conversation: (TenantID, ConversationID)? = nil) async throws -> Report {
         do {
-            return try await store.client.withConnection { connection in
+            return try await store.client.withOpenConnection { connection in
                 try await connection.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", logger: logger)
                 do {
                     let report = try await verify(projection, conversation: conversation, on: connection)

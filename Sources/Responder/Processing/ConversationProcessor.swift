@@ -8,6 +8,7 @@ import Foundation
 import Logging
 import Metrics
 import Projections
+import ServiceLifecycle
 import SharedTypes
 import Synchronization
 
@@ -115,7 +116,8 @@ public struct ConversationProcessor: Sendable {
             let lost = LostFlag()
             do {
                 try await withRenewal(lease, lost: lost) {
-                    while let id = try await lock.takePending(lease) {
+                    // A stopping instance takes no further conversation of the visitor: they stay in the pending set.
+                    while !Task.isShuttingDownGracefully, let id = try await lock.takePending(lease) {
                         do {
                             let drained = try await drain(tenant: tenant, visitor: visitor, conversation: id, lease: lease, lost: lost)
                             outcome.eventsAppended += drained.eventsAppended
@@ -136,8 +138,9 @@ public struct ConversationProcessor: Sendable {
                 lockLostCounter.increment()
                 logger.warning("visitor lock had expired before release", metadata: ["convo.visitor": "\(visitor)", "convo.lock": "\(lease.token)"])
             }
-            // A worker that found the lock held while we released has left its conversation in the set.
-            guard release.pending > 0 else { return outcome }
+            // A worker that found the lock held while we released has left its conversation in the set. A stopping
+            // instance leaves it there for the others.
+            guard release.pending > 0, !Task.isShuttingDownGracefully else { return outcome }
         }
     }
 
@@ -175,6 +178,12 @@ public struct ConversationProcessor: Sendable {
         var state = try await readState(tenant: tenant, conversation: conversation)
         var definition: WorkflowDefinition?
         while true {
+            // The decision in flight is finished; a stopping instance starts no new one. What is left stays
+            // unconsumed, and the conversation goes back to the visitor's pending set.
+            if Task.isShuttingDownGracefully {
+                try? await lock.markPending(VisitorLock.Visitor(tenant: tenant, visitor: visitor), conversation: conversation)
+                return outcome
+            }
             let (pending, messagesVersion, owner) = try await readPending(tenant: tenant, conversation: conversation, after: state.messagesConsumed)
             guard owner == nil || owner == visitor else {
                 logger.error("conversation belongs to another visitor; not processed", metadata: ["convo.conversation": "\(conversation)"])

@@ -60,7 +60,19 @@ public final class ResponderService: Service, Sendable {
     public func run() async throws {
         running.store(true, ordering: .sequentiallyConsistent)
         defer { running.store(false, ordering: .sequentiallyConsistent) }
-        let start = try await store.headPosition(configuration.scope)
+        // PostgreSQL may be unreachable at start: wait for it (the sweep finds what arrives meanwhile) instead
+        // of failing, which would take every other service of `convo serve` down with this one.
+        var start: Int64?
+        while start == nil {
+            do {
+                start = try await store.headPosition(configuration.scope)
+            } catch {
+                if Task.isShuttingDownGracefully || Task.isCancelled { return }
+                logger.warning("responder waiting for PostgreSQL", metadata: ["convo.error": "\(error)"])
+                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: self.configuration.retryDelay) }
+            }
+        }
+        guard let start else { return }
         await withDiscardingTaskGroup { group in
             group.addTask { await self.follow(after: start) }
             group.addTask { await self.sweepPeriodically() }
@@ -106,6 +118,12 @@ public final class ResponderService: Service, Sendable {
             let slots = AsyncStream<Void>.makeStream()
             var slotIterator = slots.stream.makeAsyncIterator()
             while let work = await iterator.next() {
+                // Once shutdown starts no new visitor is taken: what is queued stays unconsumed in the events and
+                // in the visitor's pending set, for another instance (or this one's next start) to process.
+                if Task.isShuttingDownGracefully {
+                    inFlight.withLock { $0[work] = nil }
+                    continue
+                }
                 if running >= limit {
                     _ = await slotIterator.next()
                     running -= 1

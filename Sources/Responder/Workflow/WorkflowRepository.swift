@@ -45,7 +45,10 @@ public final class WorkflowRepository: Sendable {
         let checksum = Array(SHA256.hash(data: canonical)).hexString
         let text = String(decoding: canonical, as: UTF8.self)
         do {
-            return try await client.withTransaction(logger: logger) { connection in
+            let definition = parsed
+            let logger = self.logger
+            return try await client.withOpenTransaction(logger: logger) { connection in
+                var parsed = definition
                 // One publisher per workflow id at a time.
                 try await connection.query(
                     "SELECT pg_advisory_xact_lock(1668183671, hashtext(\(tenant.rawValue) || '/' || \(parsed.id)))", logger: logger)
@@ -82,9 +85,9 @@ public final class WorkflowRepository: Sendable {
     public func definition(_ id: String, version: Int, tenant: TenantID) async throws -> WorkflowDefinition? {
         let key = "\(tenant.rawValue)/\(id)/\(version)"
         if let cached = cache.withLock({ $0[key] }) { return cached }
-        let rows: PostgresRowSequence
+        let rows: CollectedRows
         do {
-            rows = try await client.query(
+            rows = try await client.queryOpen(
                 """
                 SELECT definition::text FROM workflows
                 WHERE tenant_id = \(tenant.rawValue) AND workflow_id = \(id) AND version = \(version)
@@ -117,7 +120,7 @@ public final class WorkflowRepository: Sendable {
     /// A published version as stored (the latest when `version` is `nil`); `nil` when there is none.
     public func stored(_ id: String, version: Int? = nil, tenant: TenantID) async throws -> Stored? {
         do {
-            let rows = try await client.query(
+            let rows = try await client.queryOpen(
                 """
                 SELECT version, definition::text, published_at, published_by,
                        array(SELECT version FROM workflows WHERE tenant_id = w.tenant_id AND workflow_id = w.workflow_id ORDER BY version)
@@ -138,7 +141,7 @@ public final class WorkflowRepository: Sendable {
     /// The latest version of a workflow; `nil` when none is published.
     public func latest(_ id: String, tenant: TenantID) async throws -> WorkflowDefinition? {
         do {
-            let rows = try await client.query(
+            let rows = try await client.queryOpen(
                 "SELECT max(version) FROM workflows WHERE tenant_id = \(tenant.rawValue) AND workflow_id = \(id)", logger: logger)
             for try await version in rows.decode(Int?.self) {
                 guard let version else { return nil }

@@ -56,7 +56,7 @@ struct APIKeyStore: Sendable {
         let key = "\(Self.prefix)\(id)_\(secret)"
         let sorted = scopes.sorted()
         let created = try await mapped("create a key") {
-            try await client.withTransaction(logger: logger) { connection in
+            try await client.withOpenTransaction(logger: logger) { connection in
                 try await connection.query("INSERT INTO tenants (id) VALUES (\(tenant.rawValue)) ON CONFLICT DO NOTHING", logger: logger)
                 let rows = try await connection.query(
                     """
@@ -75,7 +75,7 @@ struct APIKeyStore: Sendable {
     func list(tenant: TenantID? = nil) async throws -> [APIKeyRecord] {
         try await mapped("list keys") {
             try await Self.records(
-                client.query(
+                client.queryOpen(
                     """
                     SELECT id, tenant_id, scopes, name, created_at, revoked_at FROM api_keys
                     WHERE \(tenant?.rawValue)::text IS NULL OR tenant_id = \(tenant?.rawValue)
@@ -91,7 +91,7 @@ struct APIKeyStore: Sendable {
         let id = Self.parse(idOrKey)?.id ?? idOrKey
         return try await mapped("revoke a key") {
             try await Self.records(
-                client.query(
+                client.queryOpen(
                     """
                     UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = \(id)
                     RETURNING id, tenant_id, scopes, name, created_at, revoked_at
@@ -100,7 +100,7 @@ struct APIKeyStore: Sendable {
         }
     }
 
-    private static func records(_ rows: PostgresRowSequence) async throws -> [APIKeyRecord] {
+    private static func records(_ rows: some AsyncSequence<PostgresRow, any Error>) async throws -> [APIKeyRecord] {
         var records: [APIKeyRecord] = []
         for try await (id, tenant, scopes, name, created, revoked) in rows.decode((String, String, [String], String, Date, Date?).self) {
             records.append(
@@ -115,7 +115,7 @@ struct APIKeyStore: Sendable {
     func authenticate(_ presented: String) async throws -> APIKeyRecord? {
         guard let (id, _) = Self.parse(presented) else { return nil }
         return try await mapped("check a key") {
-            let rows = try await client.query(
+            let rows = try await client.queryOpen(
                 "SELECT tenant_id, secret_hash, scopes, name, created_at FROM api_keys WHERE id = \(id) AND revoked_at IS NULL", logger: logger)
             for try await (tenant, stored, scopes, name, created) in rows.decode((String, Data, [String], String, Date).self) {
                 guard Self.constantTimeEqual(stored, Self.hash(presented)), let tenant = TenantID(rawValue: tenant) else { return nil }

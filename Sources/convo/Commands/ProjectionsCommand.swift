@@ -70,7 +70,18 @@ extension Convo {
             @OptionGroup var selection: Selection
             @Option(help: "Only the rows this conversation touches.") var conversation: ConversationID?
             @Option(help: "The conversation's tenant.") var tenant: TenantID = .default
+            @Option(
+                name: .customLong("max-waiting-seconds"),
+                help: "Exit \(Self.staleExitCode) when an event after a projection's checkpoint has waited longer than this (default 10).")
+            var maxWaitingSeconds: Int = 10
             @Flag(help: "Print the reports as JSON.") var json = false
+
+            /// The exit status when every row matches but a projection is behind: it stopped, or cannot keep up.
+            static let staleExitCode: Int32 = 3
+
+            func validate() throws {
+                guard maxWaitingSeconds >= 0 else { throw ValidationError("--max-waiting-seconds is 0 or more") }
+            }
 
             func run() async throws {
                 let projections = try selection.projections()
@@ -81,7 +92,7 @@ extension Convo {
                     for projection in projections {
                         reports.append(try await ProjectionVerifier(store: store, logger: logger).verify(projection, conversation: filter))
                     }
-                    return reports
+                    return try await ProjectionVerifier.measureLag(reports, store: store, logger: logger)
                 }
                 if json {
                     printJSON(reports)
@@ -89,6 +100,23 @@ extension Convo {
                     for report in reports { printReport(report) }
                 }
                 if reports.contains(where: { !$0.isClean }) { throw ExitCode(1) }
+                let limit = Duration.seconds(maxWaitingSeconds)
+                if let behind = reports.first(where: { $0.isBehind(longerThan: limit) }) {
+                    if !json {
+                        print("\(behind.projection) is behind: an event has waited \(Int(behind.waitingSeconds ?? 0)) s (limit \(maxWaitingSeconds) s)")
+                    }
+                    throw ExitCode(Self.staleExitCode)
+                }
+            }
+
+            /// "up to position P; head H, N events behind (the oldest waiting S s)".
+            private func lagText(_ report: ProjectionVerifier.Report) -> String {
+                var text = "up to position \(report.checkpoint)"
+                if let head = report.head, let behind = report.behind {
+                    text += "; head \(head), \(behind) events behind"
+                    if behind > 0, let waiting = report.waitingSeconds { text += " (the oldest waiting \(Int(waiting)) s)" }
+                }
+                return text
             }
 
             private func printReport(_ report: ProjectionVerifier.Report) {
@@ -97,10 +125,10 @@ extension Convo {
                     return
                 }
                 guard !report.differences.isEmpty else {
-                    print("\(report.projection): OK — \(report.rowsCompared) rows match the events up to position \(report.checkpoint)")
+                    print("\(report.projection): OK — \(report.rowsCompared) rows match the events \(lagText(report))")
                     return
                 }
-                print("\(report.projection): \(report.differences.count) of \(report.rowsCompared) rows differ from the events up to position \(report.checkpoint)")
+                print("\(report.projection): \(report.differences.count) of \(report.rowsCompared) rows differ from the events \(lagText(report))")
                 for difference in report.differences {
                     print("  \(difference.kind.rawValue) \(difference.key)")
                     for field in difference.fields {
@@ -130,7 +158,9 @@ extension Convo {
                     let stored = status.storedVersion.map { $0 == status.version ? "v\($0)" : "v\($0) (code v\(status.version))" } ?? "v\(status.version)"
                     var line = "\(status.name) \(stored): \(status.state)"
                     if status.standby > 0 { line += " (\(status.standby) standby)" }
+                    line += ", \(status.activeRunners) active runner\(status.activeRunners == 1 ? "" : "s")"
                     line += ", checkpoint \(status.checkpoint), head \(status.head), lag \(status.lag) events"
+                    if status.lag > 0 { line += " (the oldest waiting \(Int(status.waitingSeconds)) s)" }
                     print(line)
                     if let error = status.error { print("  error at position \(status.failedPosition ?? 0): \(error)") }
                     if let rebuild = status.lastRebuild {

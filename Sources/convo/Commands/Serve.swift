@@ -39,6 +39,11 @@ extension Convo {
         @Flag(inversion: .prefixedNo, help: "Run the projection runners in this process (one per projection is active across all instances).")
         var projections = true
 
+        @Option(
+            name: .customLong("projection-stale-seconds"),
+            help: "How long a projection may keep an event waiting before /readyz reports it (env CONVO_PROJECTION_STALE_SECONDS; default 10).")
+        var projectionStaleSeconds: Int?
+
         @Option(name: .customLong("shutdown-timeout"), help: "Seconds a graceful shutdown may take before work is cancelled (env CONVO_SHUTDOWN_TIMEOUT; default 30).")
         var shutdownTimeout: Int?
 
@@ -48,6 +53,9 @@ extension Convo {
             }
             guard (1000...600_000).contains(try resolved(lockTTL, "CONVO_LOCK_TTL_MS", 30_000)) else {
                 throw ValidationError("the lock ttl is between 1000 and 600000 ms")
+            }
+            guard (1...86400).contains(try resolved(projectionStaleSeconds, "CONVO_PROJECTION_STALE_SECONDS", 10)) else {
+                throw ValidationError("the projection staleness limit is between 1 and 86400 seconds")
             }
             guard (0...3600).contains(try resolved(keyCacheSeconds, "CONVO_KEY_CACHE_SECONDS", 5)) else {
                 throw ValidationError("the key cache lasts 0 to 3600 seconds")
@@ -74,9 +82,10 @@ extension Convo {
                 provider = RuleProvider()
             }
             let lockTTL = try resolved(lockTTL, "CONVO_LOCK_TTL_MS", 30_000)
-            let context = ServerContext.make(
+            var context = ServerContext.make(
                 client: client, redis: redis, provider: provider, processing: .init(lockTTL: .milliseconds(lockTTL)),
                 ingest: .init(writers: try resolved(ingestWriters, "CONVO_INGEST_WRITERS", 2)), keyCacheTTL: .seconds(try resolved(keyCacheSeconds, "CONVO_KEY_CACHE_SECONDS", 5)), logger: logger)
+            context.projectionStaleAfter = .seconds(try resolved(projectionStaleSeconds, "CONVO_PROJECTION_STALE_SECONDS", 10))
             let host = host ?? options.environment["CONVO_HOST"] ?? "127.0.0.1"
             let port = try resolvedPort()
             logger.info("convo serving", metadata: ["convo.http.address": "\(host):\(port)", "convo.database": "\(url)"])

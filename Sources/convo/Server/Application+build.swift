@@ -28,6 +28,8 @@ struct ServerContext: Sendable {
     let requestDeadline: Duration
     /// One runner per projection; each is active in one process at a time.
     let runners: [ProjectionRunner]
+    /// How long a projection may keep an event waiting before `/readyz` reports it stale.
+    var projectionStaleAfter: Duration = .seconds(10)
 
     /// The context of one `convo serve` process.
     static func make(
@@ -52,7 +54,8 @@ struct ServerContext: Sendable {
 
 /// The routes of `convo serve`, and the table of the API routes among them (for the OpenAPI check).
 ///
-/// `background: false` leaves the projection runners out of `/readyz` and `/metrics` (they do not run).
+/// `background: false` leaves the projections out of `/readyz` and `/metrics`: route tests that run no
+/// runner anywhere.
 func buildRouter(_ context: ServerContext, background: Bool = true) -> (Router<ConvoRequestContext>, RouteTable) {
     let router = Router(context: ConvoRequestContext.self)
     let table = RouteTable()
@@ -60,11 +63,14 @@ func buildRouter(_ context: ServerContext, background: Bool = true) -> (Router<C
     router.add(middleware: LogRequestsMiddleware(.debug))
     router.add(middleware: ErrorMiddleware())
     router.add(middleware: DeadlineMiddleware(deadline: context.requestDeadline))
-    let runners = background ? context.runners : []
+    let projections = background ? ProjectionRegistry.standard : []
 
     table.add(.get, "/healthz", on: router) { _, _ in HealthResponse(status: "ok") }
-    table.add(.get, "/readyz", on: router) { _, _ in
-        let report = await ReadinessCheck(migrator: context.migrator, redis: context.redis, runners: runners).run()
+    table.add(.get, "/readyz", on: router) { _, requestContext in
+        let report = await ReadinessCheck(
+            migrator: context.migrator, redis: context.redis, store: context.store, logger: requestContext.logger, projections: projections,
+            staleAfter: context.projectionStaleAfter
+        ).run()
         let failed = report.checks.filter { $0.value != "ok" }.sorted { $0.key < $1.key }
         let body = ReadinessResponse(
             status: report.ready ? "ready" : "unavailable", checks: report.checks,
@@ -74,7 +80,7 @@ func buildRouter(_ context: ServerContext, background: Bool = true) -> (Router<C
         return EditedResponse(status: report.ready ? .ok : .serviceUnavailable, response: body)
     }
     table.add(.get, "/metrics", on: router) { _, requestContext -> Response in
-        await recordProjectionLag(runners, store: context.store, logger: requestContext.logger)
+        await recordProjectionHealth(projections, store: context.store, logger: requestContext.logger)
         Gauge(label: "convo.sse.streams").record(context.feed.listenerCount)
         Gauge(label: "convo.responder.scheduled").record(context.responder.scheduledCount)
         return Response(
@@ -95,11 +101,16 @@ func buildRouter(_ context: ServerContext, background: Bool = true) -> (Router<C
     return (router, table)
 }
 
-/// How far each active runner of this process is behind the head, as the `convo_projection_lag` gauge.
-private func recordProjectionLag(_ runners: [ProjectionRunner], store: PostgresEventStore, logger: Logger) async {
-    guard !runners.isEmpty, let head = try? await store.headPosition(.allTenants) else { return }
-    for runner in runners where runner.state == .running {
-        Gauge(label: "convo.projection.lag", dimensions: [("projection", runner.projection.name)]).record(max(0, head - runner.checkpoint))
+/// Each projection's health as measured in PostgreSQL (whichever process runs it): `convo_projection_lag`
+/// (events after the checkpoint), `convo_projection_waiting_seconds` (how long the oldest of them has
+/// waited) and `convo_projection_active_runners` (sessions holding its runner lock).
+private func recordProjectionHealth(_ projections: [any Projection], store: PostgresEventStore, logger: Logger) async {
+    guard !projections.isEmpty, let statuses = try? await ProjectionStatus.read(projections, store: store, logger: logger) else { return }
+    for status in statuses {
+        let dimensions = [("projection", status.name)]
+        Gauge(label: "convo.projection.lag", dimensions: dimensions).record(status.lag)
+        Gauge(label: "convo.projection.waiting_seconds", dimensions: dimensions).record(status.waitingSeconds)
+        Gauge(label: "convo.projection.active_runners", dimensions: dimensions).record(status.activeRunners)
     }
 }
 
@@ -114,7 +125,7 @@ struct ToolsResponse: ResponseCodable {
 /// `background: false` leaves the responder service and the projection runners out (route tests that share
 /// a database with others).
 func buildApplication(_ context: ServerContext, host: String, port: Int, background: Bool = true, logger: Logger) -> some ApplicationProtocol {
-    buildApplication(context, host: host, port: port, roles: background ? .all : .none, logger: logger)
+    buildApplication(context, host: host, port: port, roles: background ? .all : .none, measuresProjections: background, logger: logger)
 }
 
 /// What a `convo serve` process runs besides the HTTP API: ingest-only instances leave out the responder,
@@ -126,12 +137,16 @@ struct ServerRoles: Sendable {
     static let none = ServerRoles(responder: false, projections: false)
 }
 
-func buildApplication(_ context: ServerContext, host: String, port: Int, roles: ServerRoles, logger: Logger) -> some ApplicationProtocol {
+/// `measuresProjections: false` leaves the projections out of `/readyz` and `/metrics`: only for route tests,
+/// where no runner runs anywhere. Every `convo serve` measures them, whether its own runners are on or not.
+func buildApplication(
+    _ context: ServerContext, host: String, port: Int, roles: ServerRoles, measuresProjections: Bool = true, logger: Logger
+) -> some ApplicationProtocol {
     var services: [any Service] = [context.client, context.store, context.feed, context.batcher]
     if roles.projections { services += context.runners }
     if roles.responder { services.append(context.responder) }
     return Application(
-        router: buildRouter(context, background: roles.projections).0,
+        router: buildRouter(context, background: measuresProjections).0,
         configuration: .init(address: .hostname(host, port: port), serverName: "convo"),
         services: services,
         logger: logger

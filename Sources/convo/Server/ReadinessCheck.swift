@@ -1,5 +1,5 @@
-import Synchronization
 import EventStore
+import Logging
 import Projections
 import Responder
 
@@ -13,8 +13,13 @@ struct ReadinessCheck: Sendable {
 
     let migrator: Migrator
     let redis: RedisClient
-    /// This process's projection runners: ready when running or standing by; not while rebuilding or failed.
-    var runners: [ProjectionRunner] = []
+    let store: PostgresEventStore
+    let logger: Logger
+    /// The projections whose health is measured (every process reports them, wherever their runners are):
+    /// not ready when one failed, is being rebuilt, has no active runner in any process, or has kept an
+    /// event waiting longer than `staleAfter`.
+    var projections: [any Projection] = []
+    var staleAfter: Duration = .seconds(10)
     /// How long one check may take before it counts as failed.
     var timeout: Duration = .seconds(3)
 
@@ -41,10 +46,12 @@ struct ReadinessCheck: Sendable {
         case .success(let state): checks["redis"] = state
         case .failure(let failure): checks["redis"] = failure.reason
         }
-        for runner in runners {
-            switch runner.state {
-            case .running, .standby, .superseded: checks["projection.\(runner.projection.name)"] = "ok"
-            case let state: checks["projection.\(runner.projection.name)"] = "\(state)"
+        if !projections.isEmpty {
+            switch await outcome({ try await ProjectionStatus.read(projections, store: store, logger: logger) }) {
+            case .success(let statuses):
+                for status in statuses { checks["projection.\(status.name)"] = status.problem(staleAfter: staleAfter) ?? "ok" }
+            case .failure(let failure):
+                for projection in projections { checks["projection.\(projection.name)"] = failure.reason }
             }
         }
         return Report(ready: checks.values.allSatisfy { $0 == "ok" }, checks: checks)
@@ -56,9 +63,9 @@ struct ReadinessCheck: Sendable {
 
     /// The check's result, or a failure once `timeout` passes. A check that ignores cancellation (a
     /// connection attempt) is left to finish in the background: the answer never waits for it.
-    private func outcome(_ check: @escaping @Sendable () async throws -> String) async -> Result<String, Failure> {
+    private func outcome<T: Sendable>(_ check: @escaping @Sendable () async throws -> T) async -> Result<T, Failure> {
         let timeout = self.timeout
-        let first = FirstResult<Result<String, Failure>>()
+        let first = FirstOutcome<T>()
         let checking = Task {
             do { first.offer(.success(try await check())) } catch { first.offer(.failure(Failure(reason: "unavailable: \(GlobalOptions.message(of: error))"))) }
         }
@@ -69,44 +76,7 @@ struct ReadinessCheck: Sendable {
         let result = await first.value()
         checking.cancel()
         timer.cancel()
-        return result
+        return result.mapError { $0 as? Failure ?? Failure(reason: "\($0)") }
     }
 }
 
-/// The first of several values offered concurrently; later offers are ignored.
-final class FirstResult<Value: Sendable>: Sendable {
-    private enum State {
-        case empty
-        case waiting(CheckedContinuation<Value, Never>)
-        case done(Value)
-    }
-
-    private let state = Mutex(State.empty)
-
-    func offer(_ value: Value) {
-        let waiter = state.withLock { state -> CheckedContinuation<Value, Never>? in
-            switch state {
-            case .empty:
-                state = .done(value)
-                return nil
-            case .waiting(let continuation):
-                state = .done(value)
-                return continuation
-            case .done:
-                return nil
-            }
-        }
-        waiter?.resume(returning: value)
-    }
-
-    func value() async -> Value {
-        await withCheckedContinuation { continuation in
-            let ready = state.withLock { state -> Value? in
-                if case .done(let value) = state { return value }
-                state = .waiting(continuation)
-                return nil
-            }
-            if let ready { continuation.resume(returning: ready) }
-        }
-    }
-}

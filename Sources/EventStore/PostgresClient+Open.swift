@@ -1,0 +1,50 @@
+import Logging
+import PostgresNIO
+
+/// The ways convo talks to PostgreSQL through the pool: each gives up at once when its connection closes,
+/// instead of waiting for ever on a query written to a connection the server had already closed
+/// (PostgresNIO 1.33 drops such a query without completing it; see ``PostgresConnection/whileOpen(_:)``).
+/// After a PostgreSQL restart, a request, a projection runner or a shutdown then fails fast and tries again
+/// instead of hanging. Every use of the pool in convo goes through these.
+extension PostgresClient {
+    /// `withConnection`, giving up when the connection closes or the task is cancelled.
+    public func withOpenConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        try await withConnection { connection in try await connection.whileOpen(body) }
+    }
+
+    /// `withTransaction`, giving up when the connection closes or the task is cancelled (the transaction
+    /// then ends with its session, never committed).
+    public func withOpenTransaction<T: Sendable>(logger: Logger, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        try await withOpenConnection { connection in try await connection.withTransaction(logger: logger) { try await body($0) } }
+    }
+
+    /// `query`, its rows read in full before the connection goes back to the pool.
+    public func queryOpen(_ query: PostgresQuery, logger: Logger, file: String = #fileID, line: Int = #line) async throws -> CollectedRows {
+        try await withOpenConnection { connection in
+            CollectedRows(rows: try await connection.query(query, logger: logger, file: file, line: line).collect())
+        }
+    }
+
+    /// `execute` of a prepared statement, its rows read in full before the connection goes back to the pool.
+    public func executeOpen<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> [Statement.Row]
+    where Statement.Row: Sendable {
+        try await withOpenConnection { connection in
+            var rows: [Statement.Row] = []
+            for try await row in try await connection.execute(statement, logger: logger) { rows.append(row) }
+            return rows
+        }
+    }
+}
+
+/// Rows read in full: an `AsyncSequence` of `PostgresRow`, so PostgresNIO's `decode` applies as to a live one.
+public struct CollectedRows: AsyncSequence, Sendable {
+    public typealias Element = PostgresRow
+    public let rows: [PostgresRow]
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        var base: IndexingIterator<[PostgresRow]>
+        public mutating func next() async throws -> PostgresRow? { base.next() }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(base: rows.makeIterator()) }
+}
