@@ -11,7 +11,8 @@ die() { printf '[convo] error: %s\n' "$*" >&2; exit 1; }
 # Runs a command as the unprivileged user that owns the PostgreSQL cluster (initdb refuses root).
 as_pg_user() {
     if [ "$(id -u)" -eq 0 ]; then
-        runuser -u "$CONVO_OS_USER" -- "$@"
+        # From /, which that user can enter: the caller's folder may be out of its reach (every path is absolute).
+        (cd / && runuser -u "$CONVO_OS_USER" -- "$@")
     else
         "$@"
     fi
@@ -135,4 +136,30 @@ stop_services() {
         fi
         rm -f "$dir/redis/redis.pid"
     fi
+}
+
+# check_private_clone: starts and stops the services from a clone inside a 0700 folder (as a clone under
+# /root, or inside `mktemp -d`, is), which the unprivileged PostgreSQL user cannot enter. Only as root,
+# where the cluster runs as that user. Clones the committed HEAD; removes all it made.
+check_private_clone() {
+    [ "$(id -u)" -eq 0 ] || return 0
+    local outer status=0
+    outer=$(mktemp -d)
+    chmod 700 "$outer"
+    git clone -q "$PWD" "$outer/convo" || die "could not clone into $outer"
+    (
+        cd "$outer/convo"
+        source scripts/lib/services.sh
+        start_services .convo/test "$(free_port)" "$(free_port)" >/dev/null 2>&1 || exit 1
+        read -r port _ <.convo/test/ports
+        as_pg_user "$PG_BIN/psql" -h 127.0.0.1 -p "$port" -U convo -d convo -Atqc "SELECT 1" | grep -qx 1
+        ok=$?
+        stop_services "$(pwd)/.convo/test"
+        target=$(readlink -f .convo/test/pg)
+        case "$target" in "$outer"/*) ;; *) rm -rf "$target" ;; esac
+        exit $ok
+    ) || status=$?
+    rm -rf "$outer"
+    [ "$status" -eq 0 ] || die "the services did not start from a clone inside a 0700 folder"
+    log "checked: the services start from a clone inside a 0700 folder"
 }
