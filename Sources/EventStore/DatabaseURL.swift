@@ -44,7 +44,13 @@ public struct DatabaseURL: Sendable, CustomStringConvertible {
     }
 
     /// A PostgresClient configuration for this URL, with at most `maximumConnections` connections.
-    public func clientConfiguration(maximumConnections: Int = 20) -> PostgresClient.Configuration {
+    /// A client configuration for this database.
+    ///
+    /// - Parameter sessionTimeouts: the sessions' `statement_timeout` and, at a fifth of it (at least 10 s),
+    ///   `idle_in_transaction_session_timeout`; `nil` leaves PostgreSQL's (none). `convo serve` sets them, so a
+    ///   stuck statement or a session idle inside a transaction is ended by the server instead of holding locks
+    ///   and the readers' horizon (`pg_snapshot_xmin`).
+    public func clientConfiguration(maximumConnections: Int = 20, sessionTimeouts: Duration? = nil) -> PostgresClient.Configuration {
         let tls: PostgresClient.Configuration.TLS
         switch sslMode {
         case "require": tls = .require(.makeClientConfiguration())
@@ -54,6 +60,12 @@ public struct DatabaseURL: Sendable, CustomStringConvertible {
         var configuration = PostgresClient.Configuration(
             host: host, port: port, username: username, password: password, database: database, tls: tls)
         configuration.options.maximumConnections = maximumConnections
+        if let sessionTimeouts {
+            let seconds = max(1, sessionTimeouts.components.seconds)
+            configuration.options.additionalStartupParameters = [
+                ("statement_timeout", "\(seconds)s"), ("idle_in_transaction_session_timeout", "\(max(10, seconds / 5))s"),
+            ]
+        }
         return configuration
     }
 

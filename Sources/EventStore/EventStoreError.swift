@@ -14,6 +14,7 @@ public struct EventStoreError: Error, CustomStringConvertible {
             case migrationChecksumMismatch
             case migrationFailed
             case schemaOutdated
+            case outcomeUnknown
         }
 
         private let base: Base
@@ -35,6 +36,9 @@ public struct EventStoreError: Error, CustomStringConvertible {
         public static let migrationFailed = Code(.migrationFailed)
         /// Migrations this binary needs are not applied yet.
         public static let schemaOutdated = Code(.schemaOutdated)
+        /// A write was sent, and then the connection was lost or the wait given up before PostgreSQL answered:
+        /// it may or may not have committed. Retry it with the same event ids (appends are idempotent by id).
+        public static let outcomeUnknown = Code(.outcomeUnknown)
 
         public var description: String { base.rawValue }
     }

@@ -1,5 +1,6 @@
 import Logging
 import PostgresNIO
+import Synchronization
 
 /// The ways convo talks to PostgreSQL through the pool: each gives up at once when its connection closes,
 /// instead of waiting for ever on a query written to a connection the server had already closed
@@ -18,17 +19,24 @@ extension PostgresClient {
         try await withOpenConnection { connection in try await connection.withTransaction(logger: logger) { try await body($0) } }
     }
 
-    /// `query`, its rows read in full before the connection goes back to the pool.
-    public func queryOpen(_ query: PostgresQuery, logger: Logger, file: String = #fileID, line: Int = #line) async throws -> CollectedRows {
+    /// `query`, its rows read in full before the connection goes back to the pool. `sending` is marked just
+    /// before the query is written (a write whose call fails after that may have committed).
+    public func queryOpen(
+        _ query: PostgresQuery, logger: Logger, sending: SendMarker? = nil, file: String = #fileID, line: Int = #line
+    ) async throws -> CollectedRows {
         try await withOpenConnection { connection in
-            CollectedRows(rows: try await connection.query(query, logger: logger, file: file, line: line).collect())
+            sending?.mark()
+            return CollectedRows(rows: try await connection.query(query, logger: logger, file: file, line: line).collect())
         }
     }
 
     /// `execute` of a prepared statement, its rows read in full before the connection goes back to the pool.
-    public func executeOpen<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> [Statement.Row]
-    where Statement.Row: Sendable {
+    /// `sending` is marked just before the statement is written.
+    public func executeOpen<Statement: PostgresPreparedStatement>(
+        _ statement: Statement, logger: Logger, sending: SendMarker? = nil
+    ) async throws -> [Statement.Row] where Statement.Row: Sendable {
         try await withOpenConnection { connection in
+            sending?.mark()
             var rows: [Statement.Row] = []
             for try await row in try await connection.execute(statement, logger: logger) { rows.append(row) }
             return rows
@@ -47,4 +55,13 @@ public struct CollectedRows: AsyncSequence, Sendable {
     }
 
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(base: rows.makeIterator()) }
+}
+
+/// Whether a write was handed to a connection: after that, a failure without PostgreSQL's answer leaves its
+/// outcome unknown (``EventStoreError/Code/outcomeUnknown``); before it, nothing was written.
+public final class SendMarker: Sendable {
+    private let sent = Atomic<Bool>(false)
+    public init() {}
+    public func mark() { sent.store(true, ordering: .releasing) }
+    public var isSent: Bool { sent.load(ordering: .acquiring) }
 }

@@ -63,12 +63,13 @@ extension PostgresEventStore {
         var attempt = 0
         while true {
             attempt += 1
+            let sending = SendMarker()
             do {
                 let rows = try await client.queryOpen(
                     """
                     SELECT item, event_id, stream_version, global_position, recorded_at, duplicate, error, actual
                     FROM convo_append_many(\(tenants), \(streams), \(expected), \(counts), \(ids), \(types), \(data), \(metadata))
-                    """, logger: logger)
+                    """, logger: logger, sending: sending)
                 var recorded = Array(repeating: [AppendResult.Recorded](), count: requests.count)
                 var duplicate = Array(repeating: false, count: requests.count)
                 var failures: [Int: EventStoreError] = [:]
@@ -110,7 +111,7 @@ extension PostgresEventStore {
             } catch let error as PSQLError where Self.invalidInputStates.contains(error.serverInfo?[.sqlState] ?? "") {
                 throw EventStoreError(code: .invalidArgument, message: error.serverInfo?[.message] ?? "invalid append", cause: error)
             } catch {
-                throw Self.mapError(error, operation: "append to \(requests.count) streams")
+                throw Self.mapWriteError(error, sent: sending.isSent, operation: "append to \(requests.count) streams")
             }
         }
     }
@@ -128,8 +129,9 @@ extension PostgresEventStore {
         let statement = BatchAppendStatement(tenants: tenants, streams: streams, expected: expected, ids: ids, types: types, data: data, metadata: metadata)
         var results = [Result<AppendResult, EventStoreError>?](repeating: nil, count: requests.count)
         var written = 0
+        let sending = SendMarker()
         do {
-            for (item, id, version, position, at, actual, locked) in try await client.executeOpen(statement, logger: logger) {
+            for (item, id, version, position, at, actual, locked) in try await client.executeOpen(statement, logger: logger, sending: sending) {
                 // Another append holds one of the streams: nothing was written; convo_append_many waits its turn.
                 guard locked else { return nil }
                 let index = Int(item) - 1
@@ -154,7 +156,7 @@ extension PostgresEventStore {
         } catch let error as PSQLError where Self.invalidInputStates.contains(error.serverInfo?[.sqlState] ?? "") {
             throw EventStoreError(code: .invalidArgument, message: error.serverInfo?[.message] ?? "invalid append", cause: error)
         } catch {
-            throw Self.mapError(error, operation: "append to \(requests.count) streams")
+            throw Self.mapWriteError(error, sent: sending.isSent, operation: "append to \(requests.count) streams")
         }
         if written > 0 {
             appendedEvents.increment(by: written)

@@ -216,6 +216,19 @@ public final class PostgresEventStore: EventStore, Service {
         }
     }
 
+    /// Maps the error of a write that may have been sent: PostgreSQL's own answer (an error it raised) means
+    /// nothing was written; no answer after the write was sent (the connection closed, the wait was
+    /// cancelled) leaves the outcome unknown.
+    static func mapWriteError(_ error: any Error, sent: Bool, operation: String) -> EventStoreError {
+        let mapped = mapError(error, operation: operation)
+        guard sent else { return mapped }
+        if let error = error as? PSQLError, error.code == .server { return mapped }
+        if mapped.code == .unavailable || error is CancellationError || mapped.message.hasSuffix("was cancelled") {
+            return EventStoreError(code: .outcomeUnknown, message: "\(operation): no answer from PostgreSQL after the write was sent; it may have committed", cause: error)
+        }
+        return mapped
+    }
+
     /// Maps a PostgresNIO error to the store's error, keeping SQL and values out of the message.
     public static func mapError(_ error: any Error, operation: String) -> EventStoreError {
         if let error = error as? EventStoreError { return error }

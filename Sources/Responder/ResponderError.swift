@@ -15,6 +15,8 @@ public struct ResponderError: Error, CustomStringConvertible {
             case invalidMessage
             case messageIdReused
             case messageTooLong
+            case overloaded
+            case notStored
         }
 
         private let base: Base
@@ -44,6 +46,10 @@ public struct ResponderError: Error, CustomStringConvertible {
         public static let messageTooLong = Code(.messageTooLong)
         /// A message id was ingested before with another text or visitor.
         public static let messageIdReused = Code(.messageIdReused)
+        /// The ingest queue is full: the message was refused at once, nothing of it stored (load shedding).
+        public static let overloaded = Code(.overloaded)
+        /// The message was given up before its batch was written (the request's deadline passed): not stored.
+        public static let notStored = Code(.notStored)
 
         public var description: String { base.rawValue }
     }

@@ -13,6 +13,12 @@ final class FaultFleet: Sendable {
         var key: String
     }
 
+    /// The fault tests' HTTP client: up to 64 connections per server (the shared client opens 8), so a test's
+    /// concurrency is its own. Lives as long as the test process.
+    static let http = HTTPClient(
+        eventLoopGroup: HTTPClient.defaultEventLoopGroup,
+        configuration: HTTPClient.Configuration(connectionPool: .init(idleTimeout: .seconds(30), concurrentHTTP1ConnectionsPerHostSoftLimit: 64)))
+
     let postgres: PostgresServer
     let tenant: String
     let key: String
@@ -43,7 +49,7 @@ final class FaultFleet: Sendable {
         request.headers.add(name: "Content-Type", value: "application/json")
         request.body = .bytes(ByteBuffer(string: #"{"visitorUid": "\#(visitor)", "messageId": "\#(messageId)", "text": "where is my order \#(messageId)"}"#))
         do {
-            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(timeout.components.seconds))
+            let response = try await Self.http.execute(request, timeout: .seconds(timeout.components.seconds))
             let body = try await response.body.collect(upTo: 1 << 20)
             return (Int(response.status.code), String(buffer: body), response.headers.first(name: "Retry-After"))
         } catch {
@@ -56,7 +62,7 @@ final class FaultFleet: Sendable {
         var request = HTTPClientRequest(url: "\(server.baseURL)\(path)")
         if authorized { request.headers.add(name: "Authorization", value: "Bearer \(key)") }
         do {
-            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(timeout))
+            let response = try await Self.http.execute(request, timeout: .seconds(timeout))
             return (Int(response.status.code), String(buffer: try await response.body.collect(upTo: 1 << 22)))
         } catch {
             return (0, "\(error)")

@@ -99,4 +99,138 @@ import Glibc
         #expect(clean.status == 0, "\(clean.stdout)\(clean.stderr)")
         for server in [runner, ingest] { #expect(try await server.stop(timeout: .seconds(40)) == 0, "\(server.failureSummary)") }
     }
+
+    @Test func postgresDownTwentySecondsUnderLoadAnswersEveryRequestByItsDeadlineAndStoresNothingItRefused() async throws {
+        let fleet = try await FaultFleet()
+        let options = ["--request-timeout", "2", "--shutdown-timeout", "5"]
+        let servers = [try await fleet.serve(options), try await fleet.serve(options)]
+        for server in servers { #expect(try await eventually(timeout: .seconds(60)) { await fleet.get(server, "/readyz").status == 200 }) }
+        let load = MessageLoad(conversations: 16, prefix: "down")
+        let readiness = ReadinessLog()
+        var outage: (from: ContinuousClock.Instant, to: ContinuousClock.Instant)?
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await load.run(fleet: fleet, servers: servers, workers: 6, pause: .milliseconds(50)) }
+            group.addTask { await readiness.run(fleet: fleet, server: servers[0]) }
+            defer {
+                load.stop()
+                readiness.stop()
+            }
+            #expect(try await eventually(timeout: .seconds(30)) { load.recorded.filter { $0.status == 202 }.count >= 40 })
+            try await fleet.postgres.stop()
+            let from = ContinuousClock.now
+            try await Task.sleep(for: .seconds(20))
+            try await fleet.postgres.start()
+            outage = (from, .now)
+            let before = load.recorded.count
+            #expect(try await eventually(timeout: .seconds(30)) { load.recorded.dropFirst(before).filter { $0.status == 202 }.count >= 40 })
+            load.stop()
+            #expect(try await eventually(timeout: .seconds(10)) { await fleet.projectionsCaughtUp() })
+            #expect(try await eventually(timeout: .seconds(10)) { await fleet.get(servers[0], "/readyz").status == 200 })
+        }
+        let answers = load.recorded
+        // Every request was answered by its deadline (2 s, and a little for the answer's way back).
+        let late = answers.filter { $0.seconds > 3.5 || $0.status == 0 }
+        #expect(late.isEmpty, "\(late.prefix(5))")
+        // What was refused says when to retry; 503 and 504 both happened while PostgreSQL was away.
+        let refused = answers.filter { $0.status == 503 }
+        #expect(!refused.isEmpty)
+        #expect(refused.allSatisfy { $0.retryAfter != nil }, "\(refused.prefix(3))")
+        #expect(answers.allSatisfy { [200, 202, 503, 504].contains($0.status) }, "\(answers.filter { ![200, 202, 503, 504].contains($0.status) }.prefix(3))")
+        // /readyz said so while PostgreSQL was away.
+        if let outage {
+            let during = readiness.recorded.filter { $0.at > outage.from + .seconds(3) && $0.at < outage.to - .seconds(1) }
+            #expect(!during.isEmpty && during.allSatisfy { $0.status == 503 }, "\(during.map(\.status))")
+        }
+        // An unknown outcome is settled by retrying with the same messageId.
+        for answer in answers where answer.status == 504 {
+            let retried = await fleet.post(servers[0], conversation: answer.conversation, visitor: "v-\(answer.conversation)", messageId: answer.messageId)
+            #expect(retried.status == 200 || retried.status == 202, "\(retried)")
+        }
+        let stored = try await fleet.storedMessageIds(load.conversations)
+        for answer in answers {
+            let copies = stored[answer.conversation]?.filter { $0 == answer.messageId }.count ?? 0
+            switch answer.status {
+            case 503: #expect(copies == 0, "answered 503 but stored: \(answer)")
+            case 200, 202, 504: #expect(copies == 1, "\(answer) stored \(copies) times")
+            default: break
+            }
+        }
+        for server in servers {
+            let status = try await server.stop(timeout: .seconds(15))
+            #expect(status == 0, "\(server.failureSummary)")
+        }
+        let verify = try await ConvoProcess.run(["projections", "verify", "--all"], environment: fleet.env)
+        #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
+        let audit = try await ConvoProcess.run(["audit", "verify", "--tenant", fleet.tenant], environment: fleet.env)
+        #expect(audit.status == 0, "\(audit.stdout)\(audit.stderr)")
+    }
+
+    @Test func sigtermUnderLoadExitsZeroWithinTheShutdownTimeoutWithPostgresUpOrDown() async throws {
+        let fleet = try await FaultFleet()
+        // The default timeout and a short one with PostgreSQL up, and a short one with PostgreSQL gone.
+        for round in 0..<3 {
+            let timeout = round == 1 ? 30 : 2
+            let server = try await fleet.serve(["--shutdown-timeout", "\(timeout)", "--request-timeout", "2"])
+            #expect(try await eventually(timeout: .seconds(60)) { await fleet.get(server, "/readyz").status == 200 })
+            let load = MessageLoad(conversations: 8, prefix: "term-\(round)")
+            let postgresDown = round == 2
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await load.run(fleet: fleet, servers: [server], workers: 8, pause: .milliseconds(5)) }
+                defer { load.stop() }
+                #expect(try await eventually(timeout: .seconds(30)) { load.recorded.filter { $0.status == 202 }.count >= 30 })
+                if postgresDown { try await fleet.postgres.stop() }
+                let started = ContinuousClock.now
+                let status = try await server.stop(timeout: .seconds(Int64(timeout) + 10))
+                let took = ContinuousClock.now - started
+                #expect(status == 0, "round \(round): \(server.failureSummary)")
+                #expect(took < .seconds(Int64(timeout) + 2), "round \(round) took \(took)")
+                print("fault: SIGTERM round \(round) (timeout \(timeout) s, PostgreSQL \(postgresDown ? "down" : "up")) exited \(status.map(String.init) ?? "-") after \(took)")
+                load.stop()
+            }
+            if postgresDown { try await fleet.postgres.start() }
+            // Nothing acknowledged was lost.
+            let stored = try await fleet.storedMessageIds(load.conversations)
+            for answer in load.recorded where answer.status == 202 {
+                #expect(stored[answer.conversation]?.filter { $0 == answer.messageId }.count == 1, "round \(round): \(answer)")
+            }
+        }
+    }
+
+    @Test func aFullIngestQueueRefusesAtOnceAndA503IsNeverStored() async throws {
+        let fleet = try await FaultFleet()
+        let server = try await fleet.serve(["--ingest-queue-limit", "4", "--request-timeout", "3", "--no-responder", "--key-cache-seconds", "120"])
+        #expect(try await eventually(timeout: .seconds(60)) { await fleet.get(server, "/readyz").status == 200 })
+        // The key is checked (and remembered) before PostgreSQL goes: what follows is ingest's own waiting.
+        #expect(await fleet.post(server, conversation: "warm", visitor: "v", messageId: "m").status == 202)
+        try await fleet.postgres.stop()
+        let answers = await withTaskGroup(of: (Int, String?, String, Double, Int).self) { group in
+            for index in 0..<24 {
+                group.addTask {
+                    let started = ContinuousClock.now
+                    let answer = await fleet.post(server, conversation: "shed-\(index)", visitor: "v", messageId: "m")
+                    let took = ContinuousClock.now - started
+                    return (answer.status, answer.retryAfter, answer.body, Double(took.components.seconds) + Double(took.components.attoseconds) / 1e18, index)
+                }
+            }
+            return await group.reduce(into: []) { $0.append($1) }
+        }
+        let shed = answers.filter { $0.2.contains("overloaded") }
+        #expect(shed.count >= 18, "\(answers.map(\.0))")
+        let quick = shed.allSatisfy { $0.0 == 503 && $0.1 != nil && $0.3 < 1.5 }
+        #expect(quick, "\(shed.map(\.3))")
+        // Queued ones are given up at the deadline (503, not stored); those whose batch had started may be
+        // stored when PostgreSQL returns (504, retry with the same id).
+        let byDeadline = answers.allSatisfy { ($0.0 == 503 || $0.0 == 504) && $0.3 < 4.5 }
+        #expect(byDeadline, "\(answers.map { ($0.0, $0.3) })")
+        try await fleet.postgres.start()
+        #expect(try await eventually(timeout: .seconds(30)) { await fleet.get(server, "/readyz").status == 200 })
+        let metrics = await fleet.get(server, "/metrics").body
+        #expect(metrics.contains("convo_ingest_shed"), "\(metrics.prefix(300))")
+        let stored = try await fleet.storedMessageIds((0..<24).map { "shed-\($0)" })
+        for answer in answers {
+            let copies = stored["shed-\(answer.4)"]?.count ?? 0
+            #expect(answer.0 == 503 ? copies == 0 : copies <= 1, "shed-\(answer.4) answered \(answer.0), stored \(copies) times")
+        }
+        #expect(try await server.stop() == 0, "\(server.failureSummary)")
+    }
 }

@@ -21,16 +21,20 @@ public final class IngestBatcher: Service, Sendable {
         public var maxBatch: Int
         /// How many batches may be written at once. Default: 2.
         public var writers: Int
+        /// The most messages waiting for a batch: past it a message is refused at once
+        /// (``ResponderError/Code/overloaded``) instead of waiting for a deadline it would miss. Default: 10,000.
+        public var maxQueued: Int
 
-        public init(maxBatch: Int = 512, writers: Int = 2) {
+        public init(maxBatch: Int = 512, writers: Int = 2, maxQueued: Int = 10_000) {
             self.maxBatch = maxBatch
             self.writers = writers
+            self.maxQueued = max(1, maxQueued)
         }
     }
 
     struct Pending: Sendable {
         let message: IncomingMessage
-        let continuation: CheckedContinuation<IngestResult, any Error>
+        let ticket: IngestTicket
     }
 
     let store: PostgresEventStore
@@ -43,6 +47,8 @@ public final class IngestBatcher: Service, Sendable {
     private let owners = Mutex<[StreamKey: VisitorUID]>([:])
     private static let maxOwners = 100_000
     private let batchSize = Recorder(label: "convo.ingest.batch_size")
+    private let shed = Counter(label: "convo.ingest.shed")
+    private let givenUp = Counter(label: "convo.ingest.cancelled")
     private let batchCount = Atomic<Int>(0)
     private let messageCount = Atomic<Int>(0)
 
@@ -59,21 +65,37 @@ public final class IngestBatcher: Service, Sendable {
 
     /// Stores the message with the next batch.
     ///
-    /// - Throws: as ``MessageIngestor/ingest(_:)``; ``EventStoreError`` with ``EventStoreError/Code/unavailable``
-    ///   once the batcher has stopped.
+    /// Cancelling the caller (a request past its deadline) answers at once: a message still queued is taken
+    /// out and never written (``ResponderError/Code/notStored``); one whose batch is being written may or may
+    /// not be stored (``EventStoreError/Code/outcomeUnknown``: retry with the same message id).
+    ///
+    /// - Throws: as ``MessageIngestor/ingest(_:)``; ``ResponderError/Code/overloaded`` when the queue is full;
+    ///   ``EventStoreError`` with ``EventStoreError/Code/unavailable`` once the batcher has stopped.
     public func ingest(_ message: IncomingMessage) async throws -> IngestResult {
         try MessageIngestor.validate(message)
-        return try await withCheckedThrowingContinuation { continuation in
-            let accepted = queue.withLock { queue in
-                guard !queue.stopped else { return false }
-                queue.items.append(Pending(message: message, continuation: continuation))
-                return true
+        let ticket = IngestTicket()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                guard ticket.install(continuation) else { return }
+                enum Admission { case queued, full, stopped }
+                let admission = queue.withLock { queue -> Admission in
+                    if queue.stopped { return .stopped }
+                    if queue.items.count >= configuration.maxQueued { return .full }
+                    queue.items.append(Pending(message: message, ticket: ticket))
+                    return .queued
+                }
+                switch admission {
+                case .queued:
+                    wakeContinuation.yield()
+                case .full:
+                    shed.increment()
+                    ticket.answer(.failure(ResponderError(code: .overloaded, message: "too many messages are waiting to be stored; retry shortly")))
+                case .stopped:
+                    ticket.answer(.failure(EventStoreError(code: .unavailable, message: "the server is shutting down; retry elsewhere")))
+                }
             }
-            guard accepted else {
-                continuation.resume(throwing: EventStoreError(code: .unavailable, message: "the server is shutting down; retry elsewhere"))
-                return
-            }
-            wakeContinuation.yield()
+        } onCancel: {
+            if ticket.cancel() { givenUp.increment() }
         }
     }
 
@@ -95,17 +117,20 @@ public final class IngestBatcher: Service, Sendable {
             defer { queue.items.removeAll() }
             return queue.items
         }
-        for pending in left { pending.continuation.resume(throwing: EventStoreError(code: .unavailable, message: "the server stopped; retry")) }
+        for pending in left { pending.ticket.answer(.failure(EventStoreError(code: .unavailable, message: "the server stopped; retry"))) }
     }
 
     private func write() async {
         var wakeUps = wake.makeAsyncIterator()
         while true {
-            let batch = queue.withLock { queue -> [Pending] in
+            let taken = queue.withLock { queue -> [Pending] in
                 let count = min(queue.items.count, configuration.maxBatch)
                 defer { queue.items.removeFirst(count) }
                 return Array(queue.items.prefix(count))
             }
+            // A message whose request gave up while it waited is not written.
+            let batch = taken.filter { $0.ticket.startWriting() }
+            if batch.isEmpty && !taken.isEmpty { continue }
             if batch.isEmpty {
                 // Woken for an empty queue (another writer took it), or finished: the queue is drained.
                 guard await wakeUps.next() != nil else {
@@ -196,7 +221,89 @@ public final class IngestBatcher: Service, Sendable {
             }
         }
         for (pending, outcome) in zip(batch, outcomes) {
-            pending.continuation.resume(with: outcome ?? .failure(EventStoreError(code: .storageFailure, message: "the message was not stored")))
+            pending.ticket.answer(outcome ?? .failure(EventStoreError(code: .storageFailure, message: "the message was not stored")))
         }
     }
+}
+
+/// One message's wait for its batch: answered exactly once, by its batch, by a refusal, or by its caller
+/// giving up (then "not stored" while it is queued, "outcome unknown" once its batch is being written).
+final class IngestTicket: Sendable {
+    private enum State {
+        case new
+        case queued(CheckedContinuation<IngestResult, any Error>)
+        case writing(CheckedContinuation<IngestResult, any Error>)
+        case cancelledEarly
+        case answered
+    }
+
+    private let state = Mutex(State.new)
+
+    /// Keeps the caller's continuation; `false` (and the continuation resumed) when the caller gave up first.
+    func install(_ continuation: CheckedContinuation<IngestResult, any Error>) -> Bool {
+        let early = state.withLock { state -> Bool in
+            if case .cancelledEarly = state {
+                state = .answered
+                return true
+            }
+            state = .queued(continuation)
+            return false
+        }
+        if early { continuation.resume(throwing: Self.notStored) }
+        return !early
+    }
+
+    /// A writer takes the message into its batch; `false` when its caller has already given up.
+    func startWriting() -> Bool {
+        state.withLock { state in
+            guard case .queued(let continuation) = state else { return false }
+            state = .writing(continuation)
+            return true
+        }
+    }
+
+    /// Answers the caller, unless it was answered already.
+    func answer(_ result: Result<IngestResult, any Error>) {
+        let continuation = state.withLock { state -> CheckedContinuation<IngestResult, any Error>? in
+            switch state {
+            case .queued(let continuation), .writing(let continuation):
+                state = .answered
+                return continuation
+            case .new, .cancelledEarly, .answered:
+                return nil
+            }
+        }
+        continuation?.resume(with: result)
+    }
+
+    /// The caller gave up: answered now, as not stored (queued) or outcome unknown (being written).
+    /// - Returns: whether this answered the caller.
+    @discardableResult
+    func cancel() -> Bool {
+        let (continuation, error) = state.withLock { state -> (CheckedContinuation<IngestResult, any Error>?, (any Error)?) in
+            switch state {
+            case .new:
+                state = .cancelledEarly
+                return (nil, nil)
+            case .queued(let continuation):
+                state = .answered
+                return (continuation, Self.notStored)
+            case .writing(let continuation):
+                state = .answered
+                return (
+                    continuation,
+                    EventStoreError(
+                        code: .outcomeUnknown,
+                        message: "the message's batch was being written when the request gave up: it may be stored; retry with the same messageId")
+                )
+            case .cancelledEarly, .answered:
+                return (nil, nil)
+            }
+        }
+        guard let continuation, let error else { return false }
+        continuation.resume(throwing: error)
+        return true
+    }
+
+    static let notStored = ResponderError(code: .notStored, message: "the message was given up before it was written: not stored")
 }

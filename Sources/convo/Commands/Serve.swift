@@ -2,6 +2,7 @@ import ArgumentParser
 import EventStore
 import Hummingbird
 import PostgresNIO
+import Projections
 import Responder
 import ServiceLifecycle
 
@@ -44,6 +45,16 @@ extension Convo {
             help: "How long a projection may keep an event waiting before /readyz reports it (env CONVO_PROJECTION_STALE_SECONDS; default 10).")
         var projectionStaleSeconds: Int?
 
+        @Option(
+            name: .customLong("request-timeout"),
+            help: "Seconds a request may take before it is answered 503 (not stored) or 504 (outcome unknown) (env CONVO_REQUEST_TIMEOUT; default 10).")
+        var requestTimeout: Int?
+
+        @Option(
+            name: .customLong("ingest-queue-limit"),
+            help: "Messages that may wait for a batch; past it ingest answers 503 at once (env CONVO_INGEST_QUEUE_LIMIT; default 10000).")
+        var ingestQueueLimit: Int?
+
         @Option(name: .customLong("shutdown-timeout"), help: "Seconds a graceful shutdown may take before work is cancelled (env CONVO_SHUTDOWN_TIMEOUT; default 30).")
         var shutdownTimeout: Int?
 
@@ -56,6 +67,12 @@ extension Convo {
             }
             guard (1...86400).contains(try resolved(projectionStaleSeconds, "CONVO_PROJECTION_STALE_SECONDS", 10)) else {
                 throw ValidationError("the projection staleness limit is between 1 and 86400 seconds")
+            }
+            guard (1...600).contains(try resolved(requestTimeout, "CONVO_REQUEST_TIMEOUT", 10)) else {
+                throw ValidationError("the request timeout is between 1 and 600 seconds")
+            }
+            guard (1...10_000_000).contains(try resolved(ingestQueueLimit, "CONVO_INGEST_QUEUE_LIMIT", 10_000)) else {
+                throw ValidationError("the ingest queue limit is between 1 and 10000000 messages")
             }
             guard (0...3600).contains(try resolved(keyCacheSeconds, "CONVO_KEY_CACHE_SECONDS", 5)) else {
                 throw ValidationError("the key cache lasts 0 to 3600 seconds")
@@ -70,8 +87,16 @@ extension Convo {
         func run() async throws {
             let logger = try options.makeLogger()
             let url = try options.databaseURL()
-            var postgres = url.clientConfiguration(maximumConnections: try resolved(databasePoolSize, "CONVO_DATABASE_POOL_SIZE", 20))
-            postgres.options.connectTimeout = .seconds(5)
+            let poolSize = try resolved(databasePoolSize, "CONVO_DATABASE_POOL_SIZE", 20)
+            let held = Self.connectionsHeld(responder: responder, projections: projections)
+            guard poolSize >= held + Self.minimumRequestConnections else {
+                throw ValidationError(
+                    "a database pool of \(poolSize) cannot serve: \(held) connections are held for life (one per projection runner, "
+                        + "standby included, and one for LISTEN), and requests need at least \(Self.minimumRequestConnections) more; "
+                        + "use --database-pool-size \(held + Self.minimumRequestConnections) or more")
+            }
+            var postgres = url.clientConfiguration(maximumConnections: poolSize, sessionTimeouts: .seconds(300))
+            postgres.options.connectTimeout = try options.connectTimeout()
             let client = PostgresClient(configuration: postgres, backgroundLogger: backgroundLogger(logger))
             let redis = RedisClient(configuration: try RedisConfiguration(url: options.redisURL(), connections: try resolved(redisPoolSize, "CONVO_REDIS_POOL_SIZE", 4)))
             let provider: any AIProvider
@@ -84,7 +109,11 @@ extension Convo {
             let lockTTL = try resolved(lockTTL, "CONVO_LOCK_TTL_MS", 30_000)
             var context = ServerContext.make(
                 client: client, redis: redis, provider: provider, processing: .init(lockTTL: .milliseconds(lockTTL)),
-                ingest: .init(writers: try resolved(ingestWriters, "CONVO_INGEST_WRITERS", 2)), keyCacheTTL: .seconds(try resolved(keyCacheSeconds, "CONVO_KEY_CACHE_SECONDS", 5)), logger: logger)
+                ingest: .init(
+                    writers: try resolved(ingestWriters, "CONVO_INGEST_WRITERS", 2),
+                    maxQueued: try resolved(ingestQueueLimit, "CONVO_INGEST_QUEUE_LIMIT", 10_000)),
+                keyCacheTTL: .seconds(try resolved(keyCacheSeconds, "CONVO_KEY_CACHE_SECONDS", 5)),
+                requestDeadline: .seconds(try resolved(requestTimeout, "CONVO_REQUEST_TIMEOUT", 10)), logger: logger)
             context.projectionStaleAfter = .seconds(try resolved(projectionStaleSeconds, "CONVO_PROJECTION_STALE_SECONDS", 10))
             let host = host ?? options.environment["CONVO_HOST"] ?? "127.0.0.1"
             let port = try resolvedPort()
@@ -98,6 +127,15 @@ extension Convo {
             group.maximumGracefulShutdownDuration = .seconds(try resolved(shutdownTimeout, "CONVO_SHUTDOWN_TIMEOUT", 30))
             group.maximumCancellationDuration = .seconds(5)
             try await ServiceGroup(configuration: group).run()
+        }
+
+        /// Requests, ingest batches and the responder need at least this many connections beside those held for life.
+        static let minimumRequestConnections = 4
+
+        /// Connections a `convo serve` holds for as long as it runs: one per projection runner (an active one
+        /// holds its advisory lock on it, a standby one waits on it) and one for `LISTEN`.
+        static func connectionsHeld(responder: Bool, projections: Bool) -> Int {
+            (projections ? ProjectionRegistry.standard.count : 0) + 1
         }
 
         private func resolvedPort() throws -> Int { try resolved(port, "CONVO_PORT", 8080) }

@@ -28,6 +28,18 @@ struct APIError: HTTPResponseError {
 
     static let retryAfterSeconds = 5
 
+    /// The write was sent and no answer came (the connection broke, or the deadline passed while its batch
+    /// was being written): it may be stored. 504, never 503, which promises that nothing was stored.
+    static let outcomeUnknown = APIError(
+        .gatewayTimeout, "outcome_unknown",
+        "the message may or may not be stored (no answer from PostgreSQL after it was sent); retry with the same messageId",
+        headers: [.retryAfter: "1"])
+
+    /// The ingest queue is full: refused at once, nothing stored.
+    static let overloaded = APIError(
+        .serviceUnavailable, "overloaded", "too many messages are waiting to be stored; nothing was stored, retry shortly",
+        headers: [.retryAfter: "1"])
+
     /// PostgreSQL (or Redis) cannot be reached: try again shortly, the request wrote nothing.
     static func unavailable(_ what: String) -> APIError {
         APIError(
@@ -64,6 +76,12 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             throw error
         } catch let error as HTTPError {
             throw APIError(error.status, Self.code(for: error.status), error.body ?? error.status.reasonPhrase)
+        } catch let error as EventStoreError where error.code == .outcomeUnknown {
+            throw APIError.outcomeUnknown
+        } catch let error as ResponderError where error.code == .overloaded {
+            throw APIError.overloaded
+        } catch let error as ResponderError where error.code == .notStored {
+            throw APIError.unavailable("PostgreSQL")
         } catch let error as EventStoreError where error.code == .unavailable {
             throw APIError.unavailable("PostgreSQL")
         } catch let error as ProjectionError where Self.isUnavailable(error.cause) {

@@ -32,6 +32,10 @@ struct ReadinessCheck: Sendable {
             try await redis.ping()
             return "ok"
         }
+        // Measured beside the other checks, so the answer takes one check's time at most.
+        async let projectionChecks = outcome { () -> [ProjectionStatus] in
+            projections.isEmpty ? [] : try await ProjectionStatus.read(projections, store: store, logger: logger)
+        }
         var checks: [String: String] = [:]
         let (schema, cache) = await (migrations, redisState)
         switch schema {
@@ -46,13 +50,11 @@ struct ReadinessCheck: Sendable {
         case .success(let state): checks["redis"] = state
         case .failure(let failure): checks["redis"] = failure.reason
         }
-        if !projections.isEmpty {
-            switch await outcome({ try await ProjectionStatus.read(projections, store: store, logger: logger) }) {
-            case .success(let statuses):
-                for status in statuses { checks["projection.\(status.name)"] = status.problem(staleAfter: staleAfter) ?? "ok" }
-            case .failure(let failure):
-                for projection in projections { checks["projection.\(projection.name)"] = failure.reason }
-            }
+        switch await projectionChecks {
+        case .success(let statuses):
+            for status in statuses { checks["projection.\(status.name)"] = status.problem(staleAfter: staleAfter) ?? "ok" }
+        case .failure(let failure):
+            for projection in projections { checks["projection.\(projection.name)"] = failure.reason }
         }
         return Report(ready: checks.values.allSatisfy { $0 == "ok" }, checks: checks)
     }

@@ -1,3 +1,4 @@
+import EventStore
 import Hummingbird
 import Synchronization
 
@@ -34,6 +35,9 @@ final class RouteTable: Sendable {
 struct DeadlineMiddleware<Context: RequestContext>: RouterMiddleware {
     let deadline: Duration
 
+    /// Answers by the deadline: when it passes, the handler is cancelled and answers at once with what it
+    /// knows (an ingest still queued is not stored: 503; one whose batch is being written: 504, retry with
+    /// the same messageId). A handler that finishes in that moment gives its true outcome.
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         if request.uri.path == "/readyz" { return try await next(request, context) }
         let deadline = deadline
@@ -47,14 +51,30 @@ struct DeadlineMiddleware<Context: RequestContext>: RouterMiddleware {
                     return nil
                 }
                 defer { group.cancelAll() }
-                guard let response = try await group.next() ?? nil else {
+                if let response = try await group.next() ?? nil { return response }
+                // The deadline passed: cancel the handler and take its answer, which comes at once.
+                group.cancelAll()
+                let late: Result<Response?, any Error>
+                do { late = .success(try await group.next() ?? nil) } catch { late = .failure(error) }
+                switch late {
+                case .success(let response?): return response
+                case .failure(let error) where Self.isDefinite(error): throw error
+                default:
                     throw APIError(
-                        .serviceUnavailable, "timeout", "no answer within \(deadline.components.seconds) s (is PostgreSQL reachable?); retry later",
+                        .serviceUnavailable, "timeout",
+                        "no answer within \(deadline.components.seconds) s (is PostgreSQL reachable?); nothing was stored, retry later",
                         headers: [.retryAfter: "\(APIError.retryAfterSeconds)"])
                 }
-                return response
             }
         }
+    }
+
+    /// An error that says what happened to the request (a refusal of its input, or an unknown outcome), as
+    /// opposed to one its cancellation caused.
+    static func isDefinite(_ error: any Error) -> Bool {
+        if let error = error as? APIError { return error.status.code < 500 || error.status == .gatewayTimeout }
+        if let error = error as? EventStoreError { return error.code == .outcomeUnknown }
+        return false
     }
 }
 
