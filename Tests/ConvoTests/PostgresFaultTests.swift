@@ -214,8 +214,11 @@ import Glibc
             }
             return await group.reduce(into: []) { $0.append($1) }
         }
+        // The two batch writers take what arrived first (their batches wait for PostgreSQL: 504 at the
+        // deadline); at most 4 more wait in the queue (503 at the deadline); the rest are refused at once.
         let shed = answers.filter { $0.2.contains("overloaded") }
-        #expect(shed.count >= 18, "\(answers.map(\.0))")
+        let waited = answers.filter { $0.0 == 503 && !$0.2.contains("overloaded") }
+        #expect(waited.count <= 4 && shed.count >= 10, "\(answers.map(\.0))")
         let quick = shed.allSatisfy { $0.0 == 503 && $0.1 != nil && $0.3 < 1.5 }
         #expect(quick, "\(shed.map(\.3))")
         // Queued ones are given up at the deadline (503, not stored); those whose batch had started may be

@@ -193,7 +193,10 @@ public struct ConversationProcessor: Sendable {
             if definition == nil {
                 definition = try await workflow(for: state, tenant: tenant)
             }
-            guard let definition else { return outcome }
+            guard let definition else {
+                throw ResponderError(
+                    code: .workflowNotFound, message: "conversation \(conversation): its workflow \(state.workflowId ?? configuration.defaultWorkflowID) is not published")
+            }
             var decision = engine.decide(state: state, definition: definition, pending: pending)
             if case .askAI(let request) = decision {
                 let aiOutcome: AIOutcome

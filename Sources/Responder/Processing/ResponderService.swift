@@ -2,6 +2,7 @@ import EventStore
 import Projections
 import Foundation
 import Logging
+import Metrics
 import PostgresNIO
 import ServiceLifecycle
 import SharedTypes
@@ -17,18 +18,28 @@ public final class ResponderService: Service, Sendable {
         public var sweepInterval: Duration
         /// The most visitors processed at once by this instance. Default: 64.
         public var maxConcurrentVisitors: Int
-        /// How long to wait before retrying a visitor whose processing failed (Redis or PostgreSQL down). Default: 2 s.
+        /// The first wait before retrying a conversation whose processing failed; it doubles with each failure
+        /// in a row, up to `maxRetryDelay`. Default: 2 s.
         public var retryDelay: Duration
+        /// The longest wait between retries. Default: 60 s.
+        public var maxRetryDelay: Duration
+        /// Failures in a row, for a reason a retry does not cure (a fold error, a missing or invalid
+        /// workflow), after which a conversation is parked (``ConversationParked``) until an operator resumes
+        /// it. PostgreSQL or Redis being unreachable never parks. Default: 6.
+        public var maxAttempts: Int
         /// Whose conversations this service processes. Default: every tenant's.
         public var scope: TenantScope
 
         public init(
-            sweepInterval: Duration = .seconds(30), maxConcurrentVisitors: Int = 64, retryDelay: Duration = .seconds(2), scope: TenantScope = .allTenants
+            sweepInterval: Duration = .seconds(30), maxConcurrentVisitors: Int = 64, retryDelay: Duration = .seconds(2),
+            maxRetryDelay: Duration = .seconds(60), maxAttempts: Int = 6, scope: TenantScope = .allTenants
         ) {
             self.scope = scope
             self.sweepInterval = sweepInterval
             self.maxConcurrentVisitors = max(1, maxConcurrentVisitors)
             self.retryDelay = retryDelay
+            self.maxRetryDelay = max(retryDelay, maxRetryDelay)
+            self.maxAttempts = max(1, maxAttempts)
         }
     }
 
@@ -48,14 +59,34 @@ public final class ResponderService: Service, Sendable {
     private let inFlight = Mutex<[Work: Bool]>([:])
     /// Whether ``run()`` is processing: until it starts and after it ends, nothing takes work off the queue.
     private let running = Atomic<Bool>(false)
+    /// Failures in a row per conversation, and what failed last.
+    private let failures = Mutex<[Work: (count: Int, permanent: Int)]>([:])
+    /// Conversations waiting out a backoff, by when they are due: they hold no worker meanwhile.
+    private let delayed = Mutex<[Work: ContinuousClock.Instant]>([:])
+    /// Parked conversations (tenant and id), as this instance has seen them in the audit streams.
+    private let parked = Mutex<Set<ParkedKey>>([])
+    public let parkingLot: ParkingLot
+    private let parkedCounter = Counter(label: "convo.responder.parked_total")
+
+    struct ParkedKey: Hashable, Sendable {
+        var tenant: TenantID
+        var conversation: ConversationID
+    }
 
     public init(processor: ConversationProcessor, store: PostgresEventStore, configuration: Configuration = Configuration(), logger: Logger) {
         self.processor = processor
         self.store = store
         self.configuration = configuration
         self.logger = logger
+        self.parkingLot = ParkingLot(store: store, logger: logger)
         (queue, enqueue) = AsyncStream.makeStream()
     }
+
+    /// Conversations this instance knows to be parked.
+    public var parkedCount: Int { parked.withLock { $0.count } }
+
+    /// Conversations waiting out a retry's backoff in this instance.
+    public var backingOffCount: Int { delayed.withLock { $0.count } }
 
     public func run() async throws {
         running.store(true, ordering: .sequentiallyConsistent)
@@ -73,8 +104,10 @@ public final class ResponderService: Service, Sendable {
             }
         }
         guard let start else { return }
+        await loadParked()
         await withDiscardingTaskGroup { group in
             group.addTask { await self.follow(after: start) }
+            group.addTask { await self.retryWhenDue() }
             group.addTask { await self.sweepPeriodically() }
             group.addTask { await self.work() }
             group.addTask {
@@ -93,6 +126,9 @@ public final class ResponderService: Service, Sendable {
         guard running.load(ordering: .relaxed) else { return }
         schedule(Work(tenant: tenant, visitor: visitor, conversation: conversation))
     }
+
+    /// Whether ``run()`` is taking work (from start until shutdown).
+    public var isRunning: Bool { running.load(ordering: .relaxed) }
 
     /// Conversations queued or being processed by this instance.
     public var scheduledCount: Int { inFlight.withLock { $0.count } }
@@ -140,16 +176,20 @@ public final class ResponderService: Service, Sendable {
     private func handle(_ work: Work) async {
         var again = true
         while again {
+            if parked.withLock({ $0.contains(ParkedKey(tenant: work.tenant, conversation: work.conversation)) }) {
+                inFlight.withLock { $0[work] = nil }
+                return
+            }
             do {
                 try await processor.process(tenant: work.tenant, visitor: work.visitor, conversation: work.conversation)
+                failures.withLock { $0[work] = nil }
             } catch {
-                if !Task.isCancelled {
-                    logger.warning(
-                        "processing failed; retrying later",
-                        metadata: ["convo.conversation": "\(work.conversation)", "convo.error": "\(error)"])
-                    try? await Task.sleep(for: configuration.retryDelay)
-                    inFlight.withLock { $0[work] = true }
+                if !Task.isCancelled && !Task.isShuttingDownGracefully {
+                    // The worker is freed now: the conversation waits out its backoff without holding a slot.
+                    await failed(work, error: error)
                 }
+                inFlight.withLock { $0[work] = nil }
+                return
             }
             // Stopping (shutdown or cancellation) ends the retries: the sweep of the next start finds the rest.
             again = inFlight.withLock { inFlight in
@@ -163,12 +203,94 @@ public final class ResponderService: Service, Sendable {
         }
     }
 
+    /// Counts a failure; parks the conversation after `maxAttempts` permanent failures in a row, else retries
+    /// it after a backoff that doubles with each failure.
+    private func failed(_ work: Work, error: any Error) async {
+        let permanent = Self.isPermanent(error)
+        let (count, permanentCount) = failures.withLock { failures -> (Int, Int) in
+            var entry = failures[work] ?? (0, 0)
+            entry.count += 1
+            entry.permanent = permanent ? entry.permanent + 1 : 0
+            failures[work] = entry
+            return entry
+        }
+        let reason = (error as? CustomStringConvertible)?.description ?? "\(type(of: error))"
+        if permanentCount >= configuration.maxAttempts {
+            do {
+                try await parkingLot.park(
+                    ConversationParked(
+                        conversationId: work.conversation, visitorUid: work.visitor, error: String(reason.prefix(500)), attempts: permanentCount,
+                        instance: processor.configuration.instance), tenant: work.tenant)
+                parked.withLock { _ = $0.insert(ParkedKey(tenant: work.tenant, conversation: work.conversation)) }
+                failures.withLock { $0[work] = nil }
+                parkedCounter.increment()
+                logger.error(
+                    "conversation parked: its processing keeps failing; `convo conversations retry` resumes it",
+                    metadata: ["convo.conversation": "\(work.conversation)", "convo.attempts": "\(permanentCount)", "convo.error": "\(reason)"])
+                return
+            } catch {
+                logger.warning("could not park a failing conversation; retrying it later", metadata: ["convo.error": "\(error)"])
+            }
+        }
+        let delay = Self.backoff(after: count, base: configuration.retryDelay, cap: configuration.maxRetryDelay)
+        logger.warning(
+            "processing failed; retrying later",
+            metadata: ["convo.conversation": "\(work.conversation)", "convo.attempts": "\(count)", "convo.retry_in": "\(delay)", "convo.error": "\(reason)"])
+        delayed.withLock { $0[work] = .now + delay }
+    }
+
+    /// `base` doubled for each failure after the first, at most `cap`.
+    static func backoff(after failures: Int, base: Duration, cap: Duration) -> Duration {
+        var delay = base
+        for _ in 1..<max(1, min(failures, 32)) where delay < cap { delay = delay * 2 }
+        return min(delay, cap)
+    }
+
+    /// Whether a retry cannot cure the error: anything but PostgreSQL or Redis being unreachable (or an
+    /// unknown write outcome), a lost lock or a cancellation.
+    static func isPermanent(_ error: any Error) -> Bool {
+        if error is CancellationError { return false }
+        if let error = error as? EventStoreError { return ![.unavailable, .outcomeUnknown, .wrongExpectedVersion].contains(error.code) }
+        if let error = error as? ResponderError { return ![.redisUnavailable, .redisCommandFailed, .lockLost].contains(error.code) }
+        return true
+    }
+
+    /// Schedules the conversations whose backoff has passed, until shutdown.
+    private func retryWhenDue() async {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            let now = ContinuousClock.now
+            let due = delayed.withLock { delayed -> [Work] in
+                let due = delayed.filter { $0.value <= now }.map(\.key)
+                for work in due { delayed[work] = nil }
+                return due
+            }
+            for work in due { schedule(work) }
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(100)) }
+        }
+    }
+
+    /// The parked conversations of every tenant in scope, at start; the subscription keeps them current.
+    private func loadParked() async {
+        do {
+            let tenant: TenantID? = if case .tenant(let tenant) = configuration.scope { tenant } else { nil }
+            let entries = try await parkingLot.all(tenant: tenant)
+            let keys = entries.compactMap { entry -> ParkedKey? in
+                guard let tenant = TenantID(rawValue: entry.tenant), let conversation = ConversationID(rawValue: entry.conversationId) else { return nil }
+                return ParkedKey(tenant: tenant, conversation: conversation)
+            }
+            parked.withLock { $0 = Set(keys) }
+        } catch {
+            logger.warning("could not read the parked conversations; the subscription and a park's own check find them", metadata: ["convo.error": "\(error)"])
+        }
+    }
+
     private func follow(after start: Int64) async {
         var position = start
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             do {
                 for try await event in store.subscribe(configuration.scope, after: position).cancelOnGracefulShutdown() {
                     position = event.globalPosition
+                    if event.stream.category == "audit" { try observeParking(event); continue }
                     guard event.type == VisitorMessageReceived.eventType, event.stream.category == "messages",
                         let conversation = ConversationID(rawValue: event.stream.id)
                     else { continue }
@@ -180,6 +302,24 @@ public final class ResponderService: Service, Sendable {
                 logger.warning("event subscription failed; resuming", metadata: ["convo.error": "\(error)"])
                 try? await cancelWhenGracefulShutdown { try await Task.sleep(for: self.configuration.retryDelay) }
             }
+        }
+    }
+
+    /// Keeps the parked set current from the audit streams: a park (by any instance) stops retries; a resume
+    /// schedules the conversation at once.
+    private func observeParking(_ event: RecordedEvent) throws {
+        switch event.type {
+        case ConversationParked.eventType:
+            let parkedEvent = try event.decode(ConversationParked.self)
+            parked.withLock { _ = $0.insert(ParkedKey(tenant: event.tenant, conversation: parkedEvent.conversationId)) }
+        case ConversationResumed.eventType:
+            let resumed = try event.decode(ConversationResumed.self)
+            parked.withLock { _ = $0.remove(ParkedKey(tenant: event.tenant, conversation: resumed.conversationId)) }
+            let work = Work(tenant: event.tenant, visitor: resumed.visitorUid, conversation: resumed.conversationId)
+            failures.withLock { $0[work] = nil }
+            schedule(work)
+        default:
+            return
         }
     }
 

@@ -24,3 +24,37 @@ public struct ProcessingConflictDetected: DomainEvent {
         self.instance = instance
     }
 }
+
+/// The responder stopped retrying a conversation whose processing kept failing for a reason a retry does
+/// not cure (a fold error, a missing or invalid workflow): it holds no worker while it waits for an
+/// operator. Its messages stay stored and unconsumed; ``ConversationResumed`` hands it back.
+public struct ConversationParked: DomainEvent {
+    public static let eventType = "ConversationParked"
+    public var conversationId: ConversationID
+    public var visitorUid: VisitorUID
+    /// The last error, without payloads.
+    public var error: String
+    public var attempts: Int
+    /// The process that parked it (host and pid).
+    public var instance: String
+
+    public init(conversationId: ConversationID, visitorUid: VisitorUID, error: String, attempts: Int, instance: String) {
+        self.conversationId = conversationId
+        self.visitorUid = visitorUid
+        self.error = error
+        self.attempts = attempts
+        self.instance = instance
+    }
+}
+
+/// An operator handed a parked conversation back to the responder, which tries it again at once.
+public struct ConversationResumed: DomainEvent {
+    public static let eventType = "ConversationResumed"
+    public var conversationId: ConversationID
+    public var visitorUid: VisitorUID
+
+    public init(conversationId: ConversationID, visitorUid: VisitorUID) {
+        self.conversationId = conversationId
+        self.visitorUid = visitorUid
+    }
+}

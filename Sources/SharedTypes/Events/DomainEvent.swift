@@ -14,7 +14,7 @@ public enum EventCatalogue {
         WorkflowWaitingForInput.self, ConversationHandedOff.self, WorkflowCompleted.self, WorkflowFailed.self, AIReplyFailed.self, MessagesProcessed.self,
     ]
     /// `audit-{tenant}`: what operators must see, such as two writers racing for one visitor.
-    public static let auditEvents: [any DomainEvent.Type] = [ProcessingConflictDetected.self]
+    public static let auditEvents: [any DomainEvent.Type] = [ProcessingConflictDetected.self, ConversationParked.self, ConversationResumed.self]
 
     public static var all: [any DomainEvent.Type] { messageEvents + workflowEvents + auditEvents }
 }

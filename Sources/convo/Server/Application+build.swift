@@ -83,6 +83,8 @@ func buildRouter(_ context: ServerContext, background: Bool = true) -> (Router<C
         await recordProjectionHealth(projections, store: context.store, logger: requestContext.logger)
         Gauge(label: "convo.sse.streams").record(context.feed.listenerCount)
         Gauge(label: "convo.responder.scheduled").record(context.responder.scheduledCount)
+        Gauge(label: "convo.responder.parked").record(context.responder.parkedCount)
+        Gauge(label: "convo.responder.backing_off").record(context.responder.backingOffCount)
         return Response(
             status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
             body: .init(byteBuffer: ByteBuffer(bytes: context.metrics.emitToBuffer())))

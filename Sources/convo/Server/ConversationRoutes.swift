@@ -22,6 +22,25 @@ struct ConversationRoutes: Sendable {
         table.add(.get, "/v1/conversations/{conversationId}/messages", on: router, use: transcript)
         table.add(.get, "/v1/conversations/{conversationId}/events", on: router, use: events)
         table.add(.get, "/v1/conversations/{conversationId}/state", on: router, use: state)
+        table.add(.post, "/v1/conversations/{conversationId}/retry", on: router, use: retry)
+        table.add(.get, "/v1/parked-conversations", on: router, use: parkedList)
+    }
+
+    /// Hands a parked conversation back to the responder (admin): 200 with the park it ended, 409
+    /// `not_parked` when it was not parked.
+    @Sendable func retry(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> ParkedConversation {
+        let tenant = try requestContext.tenant(for: .admin)
+        let conversation = try Self.conversationID(requestContext)
+        guard let entry = try await context.responder.parkingLot.resume(conversation, tenant: tenant, actor: "apikey:\(requestContext.key?.id ?? "?")") else {
+            throw APIError(.conflict, "not_parked", "conversation \(conversation) is not parked")
+        }
+        return ParkedConversation(entry)
+    }
+
+    /// The tenant's parked conversations, oldest park first (read or admin).
+    @Sendable func parkedList(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> ParkedList {
+        let tenant = try requestContext.tenant(forAnyOf: [.read, .admin])
+        return ParkedList(conversations: try await context.responder.parkingLot.all(tenant: tenant).map(ParkedConversation.init))
     }
 
     @Sendable func ingest(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> EditedResponse<MessageAccepted> {
@@ -69,7 +88,9 @@ struct ConversationRoutes: Sendable {
         guard let row = try await ConversationsProjection().current(conversation, tenant: tenant, store: context.store, logger: requestContext.logger)
         else { throw Self.notFound(conversation) }
         let state = try await WorkflowStateProjection().current(conversation, tenant: tenant, store: context.store, logger: requestContext.logger)
-        return ConversationResponse(row: row, state: state)
+        var response = ConversationResponse(row: row, state: state)
+        response.parked = try await context.responder.parkingLot.parked(conversation, tenant: tenant).map(ParkedConversation.init)
+        return response
     }
 
     @Sendable func transcript(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> TranscriptResponse {
@@ -211,6 +232,8 @@ struct ConversationResponse: ResponseCodable {
     var lastActivityAt: Date?
     var workflowState: State
     var reflects: Reflects
+    /// Set while the responder has stopped retrying the conversation (see `POST …/retry`).
+    var parked: ParkedConversation?
 
     init(row: ConversationRow, state: WorkflowState) {
         conversationId = row.conversationId
@@ -316,4 +339,27 @@ struct EventsResponse: ResponseCodable {
     var events: [EventBody]
     /// The `after` of the next page; `null` when this page was not full.
     var next: Int64?
+}
+
+/// A conversation the responder parked: its last error, how many attempts, which instance, when.
+struct ParkedConversation: ResponseCodable {
+    var conversationId: String
+    var visitorUid: String
+    var error: String
+    var attempts: Int
+    var instance: String
+    var parkedAt: Date
+
+    init(_ entry: ParkingLot.Entry) {
+        conversationId = entry.conversationId
+        visitorUid = entry.visitorUid
+        error = entry.error
+        attempts = entry.attempts
+        instance = entry.instance
+        parkedAt = entry.parkedAt
+    }
+}
+
+struct ParkedList: ResponseCodable {
+    var conversations: [ParkedConversation]
 }
