@@ -26,18 +26,30 @@ public struct NewEvent: Sendable {
     }
 }
 
-/// The JSON coders the store uses; one of each, configured once.
+/// The JSON coders the store uses; one of each, configured once. Dates are RFC 3339 with microseconds
+/// (``Timestamp``): an event keeps the sub-second part of what its caller sent, for good; events stored in
+/// whole seconds before read as they are.
 public enum JSONCoding {
     public static let encoder: JSONEncoder = {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
+        encoder.dateEncodingStrategy = .custom { date, encoder in
+            var container = encoder.singleValueContainer()
+            try container.encode(Timestamp.string(from: date))
+        }
         return encoder
     }()
 
     public static let decoder: JSONDecoder = {
         let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
+        decoder.dateDecodingStrategy = .custom { decoder in
+            let container = try decoder.singleValueContainer()
+            let text = try container.decode(String.self)
+            guard let date = Timestamp.date(from: text) else {
+                throw DecodingError.dataCorruptedError(in: container, debugDescription: "not an RFC 3339 date-time")
+            }
+            return date
+        }
         return decoder
     }()
 }

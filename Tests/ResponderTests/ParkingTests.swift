@@ -1,6 +1,7 @@
 import ConvoTestSupport
 import EventStore
 import Foundation
+import NIOCore
 @testable import Responder
 import SharedTypes
 import Testing
@@ -85,6 +86,24 @@ import Testing
                 #expect(try await lot.parked(poisoned[7], tenant: harness.tenant) == nil)
                 #expect(try await lot.all(tenant: harness.tenant).count == 99)
             }
+        }
+    }
+}
+
+/// An event keeps the sub-second part of the time its caller sent, for good.
+@Suite struct SubSecondTests {
+    @Test func anIngestedMessageKeepsTheMicrosecondsOfItsSentAt() async throws {
+        try await Harness.run { harness in
+            let sent = try #require(Timestamp.date(from: "2026-12-05T05:21:33.123456Z"))
+            let conversation = ConversationID(rawValue: "precise")!
+            let message = IncomingMessage(
+                tenant: harness.tenant, conversationId: conversation, visitorUid: VisitorUID(rawValue: "v")!, messageId: "m", text: "hi", sentAt: sent)
+            _ = try await harness.ingestor.ingest(message)
+            let stored = try #require(try await harness.all(conversation.messagesStream).last)
+            let text = String(buffer: stored.data)
+            #expect(text.contains("2026-12-05T05:21:33.123456Z"), "\(text)")
+            let decoded = try stored.decode(VisitorMessageReceived.self)
+            #expect(Timestamp.string(from: decoded.sentAt) == "2026-12-05T05:21:33.123456Z")
         }
     }
 }

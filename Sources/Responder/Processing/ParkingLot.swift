@@ -79,7 +79,7 @@ public struct ParkingLot: Sendable {
             var found: [Entry] = []
             let rows = try await store.client.queryOpen(query, logger: logger)
             for try await (tenant, type, data, at, position) in rows.decode((String, String, String, Date, Int64).self) where type == ConversationParked.eventType {
-                let parked = try JSONDecoder().decode(ConversationParked.self, from: Data(data.utf8))
+                let parked = try JSONCoding.decoder.decode(ConversationParked.self, from: Data(data.utf8))
                 found.append(
                     Entry(
                         tenant: tenant, conversationId: parked.conversationId.rawValue, visitorUid: parked.visitorUid.rawValue, error: parked.error,

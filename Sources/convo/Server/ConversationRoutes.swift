@@ -53,7 +53,7 @@ struct ConversationRoutes: Sendable {
         let messageId = body.messageId ?? UUID().uuidString.lowercased()
         var sentAt = Date()
         if let raw = body.sentAt {
-            guard let date = try? Date(raw, strategy: .iso8601) else {
+            guard let date = Timestamp.date(from: raw) else {
                 throw APIError(.badRequest, "invalid_field", "sentAt is an ISO 8601 date and time, e.g. 2026-11-22T10:15:00Z")
             }
             sentAt = date
