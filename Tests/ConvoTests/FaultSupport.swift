@@ -24,10 +24,14 @@ final class FaultFleet: Sendable {
     let key: String
     let env: [String: String]
 
-    init(environment extra: [String: String] = [:]) async throws {
+    /// The fleet's own Redis, when it was asked for one (else the shared one).
+    let redis: RedisServer?
+
+    init(environment extra: [String: String] = [:], ownRedis: Bool = false) async throws {
         postgres = try await PostgresServer()
+        redis = ownRedis ? try await RedisServer() : nil
         tenant = TestDatabase.uniqueTenant().rawValue
-        env = ["CONVO_DATABASE_URL": postgres.url, "CONVO_REDIS_URL": try TestDatabase.redisURL, "CI": "true", "CONVO_LOG_LEVEL": "warning"]
+        env = ["CONVO_DATABASE_URL": postgres.url, "CONVO_REDIS_URL": try redis?.url ?? TestDatabase.redisURL, "CI": "true", "CONVO_LOG_LEVEL": "warning"]
             .merging(extra) { $1 }
         let migrated = try await ConvoProcess.run(["migrate"], environment: env)
         guard migrated.status == 0 else { throw ServeProcess.Failure(description: "migrate: \(migrated.stderr)") }
@@ -93,6 +97,25 @@ final class FaultFleet: Sendable {
     /// Runs `body` with a store on this fleet's database.
     func withStore<T: Sendable>(_ body: @Sendable (PostgresEventStore) async throws -> T) async throws -> T {
         try await TestDatabase.withStore(url: try DatabaseURL(postgres.url), body)
+    }
+
+    /// Whether every visitor message of the conversations was consumed by the responder, none answered twice.
+    func allProcessed(_ conversations: [String]) async throws -> (done: Bool, answeredTwice: [String]) {
+        let tenant = TenantID(rawValue: self.tenant)!
+        return try await withStore { store in
+            var done = true
+            var twice: [String] = []
+            for conversation in conversations {
+                let id = ConversationID(rawValue: conversation)!
+                let messagesVersion = try await store.streamVersion(id.messagesStream, tenant: tenant)
+                let workflow = try await store.readStreamToEnd(id.workflowStream, tenant: tenant)
+                let consumed = try workflow.filter { $0.type == MessagesProcessed.eventType }.map { try $0.decode(MessagesProcessed.self).upToVersion }.max() ?? 0
+                if messagesVersion > 0 && consumed < messagesVersion { done = false }
+                let answered = try workflow.filter { $0.type == AssistantMessageSent.eventType }.flatMap { try $0.decode(AssistantMessageSent.self).inReplyTo }
+                if Set(answered).count != answered.count { twice.append(conversation) }
+            }
+            return (done, twice)
+        }
     }
 
     /// The message ids stored for the conversations (each id once per stored event), by conversation.
