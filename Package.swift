@@ -141,6 +141,8 @@ let package = Package(
                 "SharedTypes",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             path: "Tests/Support",
             swiftSettings: swiftSettings

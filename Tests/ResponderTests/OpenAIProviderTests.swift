@@ -1,3 +1,4 @@
+import ConvoTestSupport
 import Foundation
 import Hummingbird
 import Logging
@@ -6,47 +7,6 @@ import Responder
 import SharedTypes
 import Synchronization
 import Testing
-
-/// A stand-in for an OpenAI-compatible service on loopback: answers each request with the next scripted
-/// reply and keeps what it was sent.
-final class StubAIServer: Sendable {
-    struct Reply: Sendable {
-        var status: HTTPResponse.Status
-        var body: String
-        var delay: Duration = .zero
-    }
-
-    private let script: Mutex<[Reply]>
-    private let received = Mutex<[String]>([])
-
-    init(_ replies: [Reply]) { script = Mutex(replies) }
-
-    var requests: [String] { received.withLock { $0 } }
-
-    func run<T: Sendable>(_ body: @Sendable (String) async throws -> T) async throws -> T {
-        let router = Router()
-        router.post("v1/chat/completions") { request, context -> Response in
-            let bytes = try await request.body.collect(upTo: 1 << 20)
-            self.received.withLock { $0.append(String(buffer: bytes)) }
-            let reply = self.script.withLock { $0.isEmpty ? Reply(status: .internalServerError, body: "{}") : $0.removeFirst() }
-            if reply.delay > .zero { try await Task.sleep(for: reply.delay) }
-            return Response(status: reply.status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: reply.body)))
-        }
-        let port = Mutex<Int?>(nil)
-        let app = Application(
-            router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-            onServerRunning: { channel in port.withLock { $0 = channel.localAddress?.port } }, logger: Logger(label: "stub-ai"))
-        return try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask {
-                try await app.runService()
-                return nil
-            }
-            defer { group.cancelAll() }
-            while port.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(10)) }
-            return try await body("http://127.0.0.1:\(port.withLock { $0 }!)/v1")
-        }
-    }
-}
 
 @Suite struct OpenAIProviderTests {
     static let answerWithTool = """

@@ -67,7 +67,7 @@ public final class PostgresServer: @unchecked Sendable {
     /// Runs a command to completion on a dispatch thread (it blocks; the cooperative pool is as wide as the
     /// cores); throws with its output when it fails.
     @discardableResult
-    static func shell(_ command: [String]) async throws -> String {
+    public static func shell(_ command: [String]) async throws -> String {
         try await withCheckedThrowingContinuation { continuation in
             DispatchQueue.global().async { continuation.resume(with: Result { try run(command) }) }
         }

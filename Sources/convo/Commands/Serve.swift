@@ -55,6 +55,11 @@ extension Convo {
             help: "Messages that may wait for a batch; past it ingest answers 503 at once (env CONVO_INGEST_QUEUE_LIMIT; default 10000).")
         var ingestQueueLimit: Int?
 
+        @Option(
+            name: .customLong("sweep-seconds"),
+            help: "How often the responder looks for conversations with unconsumed messages (env CONVO_SWEEP_SECONDS; default 30).")
+        var sweepSeconds: Int?
+
         @Option(name: .customLong("shutdown-timeout"), help: "Seconds a graceful shutdown may take before work is cancelled (env CONVO_SHUTDOWN_TIMEOUT; default 30).")
         var shutdownTimeout: Int?
 
@@ -67,6 +72,9 @@ extension Convo {
             }
             guard (1...86400).contains(try resolved(projectionStaleSeconds, "CONVO_PROJECTION_STALE_SECONDS", 10)) else {
                 throw ValidationError("the projection staleness limit is between 1 and 86400 seconds")
+            }
+            guard (1...3600).contains(try resolved(sweepSeconds, "CONVO_SWEEP_SECONDS", 30)) else {
+                throw ValidationError("the sweep interval is between 1 and 3600 seconds")
             }
             guard (1...600).contains(try resolved(requestTimeout, "CONVO_REQUEST_TIMEOUT", 10)) else {
                 throw ValidationError("the request timeout is between 1 and 600 seconds")
@@ -112,6 +120,7 @@ extension Convo {
                 ingest: .init(
                     writers: try resolved(ingestWriters, "CONVO_INGEST_WRITERS", 2),
                     maxQueued: try resolved(ingestQueueLimit, "CONVO_INGEST_QUEUE_LIMIT", 10_000)),
+                responder: .init(sweepInterval: .seconds(try resolved(sweepSeconds, "CONVO_SWEEP_SECONDS", 30))),
                 keyCacheTTL: .seconds(try resolved(keyCacheSeconds, "CONVO_KEY_CACHE_SECONDS", 5)),
                 requestDeadline: .seconds(try resolved(requestTimeout, "CONVO_REQUEST_TIMEOUT", 10)), logger: logger)
             context.projectionStaleAfter = .seconds(try resolved(projectionStaleSeconds, "CONVO_PROJECTION_STALE_SECONDS", 10))

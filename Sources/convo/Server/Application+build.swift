@@ -35,7 +35,7 @@ struct ServerContext: Sendable {
     static func make(
         client: PostgresClient, redis: RedisClient, provider: any AIProvider = RuleProvider(),
         processing: ConversationProcessor.Configuration = .init(), runners: ProjectionRunner.Configuration = .init(),
-        ingest: IngestBatcher.Configuration = .init(), keyCacheTTL: Duration = .seconds(5), requestDeadline: Duration = .seconds(10), logger: Logger
+        ingest: IngestBatcher.Configuration = .init(), responder: ResponderService.Configuration = .init(), keyCacheTTL: Duration = .seconds(5), requestDeadline: Duration = .seconds(10), logger: Logger
     ) -> ServerContext {
         let metrics = ConvoMetrics.bootstrap()
         let store = PostgresEventStore(client: client, logger: logger)
@@ -45,7 +45,7 @@ struct ServerContext: Sendable {
         return ServerContext(
             client: client, store: store, redis: redis, migrator: Migrator(client: client, logger: logger),
             batcher: IngestBatcher(store: store, configuration: ingest, logger: logger), processor: processor,
-            responder: ResponderService(processor: processor, store: store, logger: logger), workflows: workflows,
+            responder: ResponderService(processor: processor, store: store, configuration: responder, logger: logger), workflows: workflows,
             keys: KeyAuthenticator(store: APIKeyStore(client: client, logger: logger), ttl: keyCacheTTL),
             feed: ConversationFeed(store: store, logger: logger), metrics: metrics, requestDeadline: requestDeadline,
             runners: ProjectionRegistry.standard.map { ProjectionRunner(projection: $0, store: store, configuration: runners, logger: logger) })
