@@ -22,6 +22,8 @@ public struct Migrator: Sendable {
     public let client: PostgresClient
     public let migrations: [Migration]
     let logger: Logger
+    /// How long ``migrate()`` waits for another process's migration before giving up. Default: 60 s.
+    public var lockWait: Duration = .seconds(60)
 
     /// An advisory lock key no other part of convo uses.
     static let lockKey: Int64 = 0x636F_6E76_6F6D_6967
@@ -40,8 +42,20 @@ public struct Migrator: Sendable {
     @discardableResult
     public func migrate() async throws -> Report {
         do {
+            let waitSeconds = max(1, lockWait.components.seconds)
             return try await client.withOpenConnection { connection in
-                try await connection.query("SELECT pg_advisory_lock(\(Self.lockKey))", logger: logger)
+                // Another process migrating holds the lock: wait for it, but not for ever.
+                try await connection.query("SELECT set_config('lock_timeout', \("\(waitSeconds)s"), false)", logger: logger)
+                do {
+                    // Read its row: a lock wait's error (the time-out) comes with the rows, not with the call.
+                    for try await _ in try await connection.query("SELECT pg_advisory_lock(\(Self.lockKey))", logger: logger) {}
+                } catch let error as PSQLError where error.serverInfo?[.sqlState] == "55P03" {
+                    _ = try? await connection.query("SELECT set_config('lock_timeout', '0', false)", logger: logger)
+                    throw EventStoreError(
+                        code: .migrationFailed, message: "another process held the migration lock for more than \(waitSeconds) s; nothing was applied",
+                        cause: error)
+                }
+                try await connection.query("SELECT set_config('lock_timeout', '0', false)", logger: logger)
                 do {
                     let report = try await applyPending(on: connection)
                     try await connection.query("SELECT pg_advisory_unlock(\(Self.lockKey))", logger: logger)

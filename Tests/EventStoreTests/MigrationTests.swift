@@ -86,4 +86,30 @@ import Testing
             #expect(reports.filter { !$0.applied.isEmpty }.count == 1)
         }
     }
+
+    @Test func aMigrationLockHeldElsewhereIsWaitedForWithinABound() async throws {
+        try await TestDatabase.withFreshDatabase { url in
+            try await TestDatabase.withClient(url: url, maximumConnections: 2) { holder in
+                try await holder.withConnection { session in
+                    // Another process is migrating, and does not finish.
+                    for try await _ in try await session.query("SELECT pg_advisory_lock(\(Migrator.lockKey))", logger: TestDatabase.logger) {}
+                    let held = try await holder.query(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+                    for try await count in held.decode(Int.self) { #expect(count == 1) }
+                    try await TestDatabase.withClient(url: url, maximumConnections: 2) { client in
+                        var migrator = Migrator(client: client, logger: TestDatabase.logger)
+                        migrator.lockWait = .seconds(1)
+                        let started = ContinuousClock.now
+                        let error = try await #require(throws: EventStoreError.self) { try await migrator.migrate() }
+                        #expect(error.code == .migrationFailed && error.message.contains("migration lock"), "\(error)")
+                        #expect(ContinuousClock.now - started < .seconds(10))
+                        // The pooled session does not keep the bound: a later wait on a lock is unbounded again.
+                        let rows = try await client.query("SHOW lock_timeout")
+                        for try await value in rows.decode(String.self) { #expect(value == "0") }
+                    }
+                    for try await _ in try await session.query("SELECT pg_advisory_unlock(\(Migrator.lockKey))", logger: TestDatabase.logger) {}
+                }
+            }
+        }
+    }
 }
