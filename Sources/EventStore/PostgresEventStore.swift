@@ -5,6 +5,7 @@ import NIOCore
 import PostgresNIO
 import ServiceLifecycle
 import SharedTypes
+import Synchronization
 
 /// The event store on PostgreSQL, through PostgresNIO's `PostgresClient`.
 ///
@@ -48,6 +49,14 @@ public final class PostgresEventStore: EventStore, Service {
     private let notifications: AsyncStream<Void>
     let notify: AsyncStream<Void>.Continuation
     let appendedEvents = Counter(label: "convo.eventstore.appended")
+    private let listening = Atomic<Bool>(false)
+
+    /// Whether this store's `LISTEN` is established now: other processes' appends wake its subscriptions
+    /// at once (else they are found by polling).
+    public var isListening: Bool { listening.load(ordering: .acquiring) }
+
+    /// Subscriptions of this store waiting for new events now.
+    public var waitingSubscriptions: Int { signal.waiting }
     let conflicts = Counter(label: "convo.eventstore.conflicts")
     let appendDuration = Timer(label: "convo.eventstore.append.duration")
 
@@ -465,7 +474,9 @@ public final class PostgresEventStore: EventStore, Service {
                 try await cancelWhenGracefulShutdown {
                     // A session that ends gives up the LISTEN at once (see whileOpen), and the next round listens again.
                     try await self.client.withOpenConnection { connection in
+                        defer { self.listening.store(false, ordering: .releasing) }
                         try await connection.listen(on: channel) { notifications in
+                            self.listening.store(true, ordering: .releasing)
                             // Anything committed while no LISTEN was active is picked up now.
                             self.signal.signal()
                             for try await _ in notifications { self.signal.signal() }

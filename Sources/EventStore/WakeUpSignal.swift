@@ -12,6 +12,9 @@ final class WakeUpSignal: Sendable {
 
     private let state = Mutex(State())
 
+    /// Tasks waiting for a signal now.
+    var waiting: Int { state.withLock { $0.waiters.count } }
+
     /// The current generation; read it before looking for new events, then ``wait(after:timeout:)``.
     var generation: UInt64 { state.withLock { $0.generation } }
 

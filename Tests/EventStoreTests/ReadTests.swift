@@ -120,7 +120,7 @@ import Testing
             try await TestDatabase.withStore(configuration: slowPolling) { writer in
                 let tenant = TestDatabase.uniqueTenant()
                 let start = try await subscriber.headPosition(.allTenants)
-                try await Task.sleep(for: .milliseconds(300))  // let both LISTEN connections settle
+                #expect(try await eventually(timeout: .seconds(30)) { subscriber.isListening })
                 let delivered = try await withThrowingTaskGroup(of: (RecordedEvent, Duration)?.self) { group in
                     group.addTask {
                         for try await event in subscriber.subscribe(.tenant(tenant), after: start) {
@@ -128,7 +128,8 @@ import Testing
                         }
                         return nil
                     }
-                    try await Task.sleep(for: .milliseconds(200))  // the subscriber is waiting now
+                    // The subscriber has read what there was and waits for a wake-up.
+                    #expect(try await eventually(timeout: .seconds(30)) { subscriber.waitingSubscriptions > 0 })
                     let clock = ContinuousClock()
                     let appendedAt = clock.now
                     try await writer.append([note("hello")], to: TestDatabase.uniqueStream(), tenant: tenant, expectedVersion: .any)

@@ -144,7 +144,9 @@ import Testing
                 }
                 try await Self.running(runners) {
                     #expect(try await eventually { runners.filter { $0.state == .running }.count == 1 && runners.filter { $0.state == .standby }.count == 5 })
-                    try await Task.sleep(for: .milliseconds(300))
+                    // What PostgreSQL says, not what the runners believe: one session holds the runner lock.
+                    let status = try #require(try await ProjectionStatus.read([VisitorsProjection()], store: store, logger: TestDatabase.logger).first)
+                    #expect(status.activeRunners == 1 && status.standby == 5, "\(status)")
                     #expect(runners.filter { $0.state == .running }.count == 1)
                 }
             }
