@@ -19,8 +19,10 @@ extension PostgresConnection {
     ///
     /// - Throws: what `body` throws; ``EventStoreError`` (`unavailable`) when the connection closed first.
     public func whileOpen<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        guard !isClosed else { throw EventStoreError(code: .unavailable, message: "the PostgreSQL connection was closed") }
         let outcome = FirstOutcome<T>()
-        let work = Task {
+        // Started on this thread (no hop to begin): the body runs here up to its first suspension.
+        let work = Task.immediate {
             do { outcome.offer(.success(try await body(self)), fromBody: true) } catch { outcome.offer(.failure(error), fromBody: true) }
         }
         let watch = ConnectionCloseWatch.shared.watch(self) {

@@ -118,6 +118,20 @@ final class FaultFleet: Sendable {
         }
     }
 
+    /// Workflow events appended by the `convo serve` with process id `pid` (its `instance` metadata ends with
+    /// it) and recorded after `date`.
+    func decisions(byPid pid: Int32, after date: Date) async throws -> Int {
+        try await withStore { store in
+            let rows = try await store.client.queryOpen(
+                """
+                SELECT count(*)::int FROM events
+                WHERE stream_category = 'workflow' AND (metadata ->> 'instance') LIKE \("%:\(pid)") AND recorded_at > \(date)
+                """, logger: TestDatabase.logger)
+            for try await count in rows.decode(Int.self) { return count }
+            return 0
+        }
+    }
+
     /// The message ids stored for the conversations (each id once per stored event), by conversation.
     func storedMessageIds(_ conversations: [String]) async throws -> [String: [String]] {
         let tenant = TenantID(rawValue: self.tenant)!

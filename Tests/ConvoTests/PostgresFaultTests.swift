@@ -174,12 +174,14 @@ import Glibc
             #expect(try await eventually(timeout: .seconds(60)) { await fleet.get(server, "/readyz").status == 200 })
             let load = MessageLoad(conversations: 8, prefix: "term-\(round)")
             let postgresDown = round == 2
+            var signalled = Date.distantFuture
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { await load.run(fleet: fleet, servers: [server], workers: 8, pause: .milliseconds(5)) }
                 defer { load.stop() }
                 #expect(try await eventually(timeout: .seconds(30)) { load.recorded.filter { $0.status == 202 }.count >= 30 })
                 if postgresDown { try await fleet.postgres.stop() }
                 let started = ContinuousClock.now
+                signalled = Date()
                 let status = try await server.stop(timeout: .seconds(Int64(timeout) + 10))
                 let took = ContinuousClock.now - started
                 #expect(status == 0, "round \(round): \(server.failureSummary)")
@@ -188,6 +190,12 @@ import Glibc
                 load.stop()
             }
             if postgresDown { try await fleet.postgres.start() }
+            if !postgresDown {
+                // Once told to stop, the instance took no new decision: what it appended after the signal is
+                // at most the decision that was in flight (a second's grace), nothing later.
+                let late = try await fleet.decisions(byPid: server.pid, after: signalled.addingTimeInterval(1))
+                #expect(late == 0, "round \(round): \(late) events appended by the stopping instance after the signal")
+            }
             // Nothing acknowledged was lost.
             let stored = try await fleet.storedMessageIds(load.conversations)
             for answer in load.recorded where answer.status == 202 {

@@ -1,0 +1,15 @@
+import ConvoTestSupport
+import Foundation
+import Testing
+
+/// `convo serve` refuses settings it cannot serve with, saying why, before it listens.
+@Suite struct ServeOptionsTests {
+    @Test func aPoolTooSmallForTheHeldConnectionsIsRefusedWithTheArithmetic() async throws {
+        let env = ["CONVO_DATABASE_URL": try TestDatabase.url.description, "CI": "true"]
+        let refused = try await ConvoProcess.run(["serve", "--port", "\(try ServeProcess.freePort())", "--database-pool-size", "4"], environment: env)
+        #expect(refused.status != 0)
+        #expect(refused.stderr.contains("cannot serve") && refused.stderr.contains("--database-pool-size 8"), "\(refused.stderr)")
+        let ingestOnly = try await ConvoProcess.run(["serve", "--port", "\(try ServeProcess.freePort())", "--database-pool-size", "4", "--no-projections"], environment: env)
+        #expect(ingestOnly.stderr.contains("--database-pool-size 5"), "\(ingestOnly.stderr)")
+    }
+}
