@@ -124,6 +124,8 @@ start_services() {
 stop_services() {
     local dir=$1
     [ -d "$dir" ] || return 0
+    # Absolute: as_pg_user runs its command from /.
+    dir=$(cd "$dir" && pwd)
     if [ -f "$dir/pg/data/postmaster.pid" ]; then
         as_pg_user "$PG_BIN/pg_ctl" -D "$dir/pg/data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
     fi
