@@ -232,7 +232,8 @@ public final class PostgresEventStore: EventStore, Service {
         let mapped = mapError(error, operation: operation)
         guard sent else { return mapped }
         if let error = error as? PSQLError, error.code == .server { return mapped }
-        if mapped.code == .unavailable || error is CancellationError || mapped.message.hasSuffix("was cancelled") {
+        let cancelled = error is CancellationError || (error as? PSQLError)?.code == .queryCancelled
+        if mapped.code == .unavailable || cancelled {
             return EventStoreError(code: .outcomeUnknown, message: "\(operation): no answer from PostgreSQL after the write was sent; it may have committed", cause: error)
         }
         return mapped

@@ -186,7 +186,7 @@ final class MessageLoad: Sendable {
                         let started = ContinuousClock.now
                         let answer = await fleet.post(server, conversation: conversation, visitor: "v-\(conversation)", messageId: messageId)
                         let elapsed = ContinuousClock.now - started
-                        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+                        let seconds = elapsed.inSeconds
                         self.answers.withLock {
                             $0.append(Answer(conversation: conversation, messageId: messageId, status: answer.status, seconds: seconds,
                                              retryAfter: answer.retryAfter, body: answer.body))

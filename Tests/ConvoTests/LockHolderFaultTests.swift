@@ -37,8 +37,8 @@ import Glibc
             }
             let consumed = try workflow.filter { $0.type == MessagesProcessed.eventType }.map { try $0.decode(MessagesProcessed.self).upToVersion }.max() ?? 0
             let audit = try await store.readStreamToEnd(try StreamName(category: "audit", id: fleet.tenant), tenant: tenant)
-            let conflicts = audit.filter { $0.type == ProcessingConflictDetected.eventType && $0.data.readableBytes > 0 }
-                .filter { (try? $0.decode(ProcessingConflictDetected.self).conversationId.rawValue) == conversation }.count
+            let conflicts = try audit.filter { $0.type == ProcessingConflictDetected.eventType }
+                .filter { try $0.decode(ProcessingConflictDetected.self).conversationId.rawValue == conversation }.count
             return (replies, consumed >= (messages.last?.streamVersion ?? 0) && !messages.isEmpty, conflicts)
         }
     }

@@ -17,7 +17,7 @@ import Glibc
         }
         let load = MessageLoad(conversations: 24)
         let readiness = [ReadinessLog(), ReadinessLog()]
-        let restarted = try await withThrowingTaskGroup(of: Void.self) { group -> ContinuousClock.Instant in
+        try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await load.run(fleet: fleet, servers: servers, workers: 6) }
             for (log, server) in zip(readiness, servers) { group.addTask { await log.run(fleet: fleet, server: server) } }
             defer {
@@ -45,9 +45,7 @@ import Glibc
                 for server in servers where await fleet.get(server, "/readyz").status != 200 { ready = false }
                 return ready
             })
-            return restarted
         }
-        _ = restarted
 
         // Nothing acknowledged was lost, nothing stored twice.
         let answers = load.recorded
@@ -217,7 +215,7 @@ import Glibc
                     let started = ContinuousClock.now
                     let answer = await fleet.post(server, conversation: "shed-\(index)", visitor: "v", messageId: "m")
                     let took = ContinuousClock.now - started
-                    return (answer.status, answer.retryAfter, answer.body, Double(took.components.seconds) + Double(took.components.attoseconds) / 1e18, index)
+                    return (answer.status, answer.retryAfter, answer.body, took.inSeconds, index)
                 }
             }
             return await group.reduce(into: []) { $0.append($1) }

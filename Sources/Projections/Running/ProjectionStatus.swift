@@ -54,8 +54,7 @@ public struct ProjectionStatus: Sendable, Codable {
         default: break
         }
         if activeRunners == 0 && state != "stale" { return "no active runner in any process; \(lag) events behind" }
-        let limit = Double(staleAfter.components.seconds) + Double(staleAfter.components.attoseconds) / 1e18
-        if waitingSeconds > limit {
+        if waitingSeconds > staleAfter.inSeconds {
             return "stale: \(lag) events behind, the oldest waiting \(Int(waitingSeconds)) s"
         }
         return nil

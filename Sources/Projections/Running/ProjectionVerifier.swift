@@ -47,7 +47,7 @@ public struct ProjectionVerifier: Sendable {
 
         /// Whether the oldest event after the checkpoint has waited longer than `limit`.
         public func isBehind(longerThan limit: Duration) -> Bool {
-            (waitingSeconds ?? 0) > Double(limit.components.seconds) + Double(limit.components.attoseconds) / 1e18
+            (waitingSeconds ?? 0) > limit.inSeconds
         }
     }
 

@@ -96,7 +96,7 @@ extension Convo {
             let logger = try options.makeLogger()
             let url = try options.databaseURL()
             let poolSize = try resolved(databasePoolSize, "CONVO_DATABASE_POOL_SIZE", 20)
-            let held = Self.connectionsHeld(responder: responder, projections: projections)
+            let held = Self.connectionsHeld(projections: projections)
             guard poolSize >= held + Self.minimumRequestConnections else {
                 throw ValidationError(
                     "a database pool of \(poolSize) cannot serve: \(held) connections are held for life (one per projection runner, "
@@ -143,7 +143,7 @@ extension Convo {
 
         /// Connections a `convo serve` holds for as long as it runs: one per projection runner (an active one
         /// holds its advisory lock on it, a standby one waits on it) and one for `LISTEN`.
-        static func connectionsHeld(responder: Bool, projections: Bool) -> Int {
+        static func connectionsHeld(projections: Bool) -> Int {
             (projections ? ProjectionRegistry.standard.count : 0) + 1
         }
 
