@@ -201,6 +201,21 @@ public final class PostgresEventStore: EventStore, Service {
     /// error, not the store's.
     static let invalidInputStates: Set<String> = ["CV004", "22023", "23514", "22P02"]
 
+    /// Whether PostgreSQL refused a value it was given (class 22, data exception, or a check of ours) rather
+    /// than failed: the caller's input, never a reason to fail anyone else's.
+    static func isInputProblem(_ state: String) -> Bool { state.hasPrefix("22") || invalidInputStates.contains(state) }
+
+    /// What a data exception says about the input, without the value.
+    static func inputProblem(_ state: String, operation: String) -> String {
+        switch state {
+        case "22P05", "22021": "\(operation): a text holds a character PostgreSQL cannot store (U+0000)"
+        case "22003": "\(operation): a number is out of range"
+        case "22001": "\(operation): a value is too long"
+        case "22007", "22008": "\(operation): a date or time is out of range"
+        default: "\(operation): PostgreSQL refused a value (SQLSTATE \(state))"
+        }
+    }
+
     private func mapAppendError(_ error: PSQLError, stream: StreamName, expected: ExpectedVersion) -> EventStoreError {
         let sqlState = error.serverInfo?[.sqlState]
         let detail = error.serverInfo?[.detail]
@@ -253,6 +268,9 @@ public final class PostgresEventStore: EventStore, Service {
                 // Class 08 is a connection exception, 57P0x an administrator shutdown or crash recovery.
                 if state.hasPrefix("08") || state.hasPrefix("57P") {
                     return EventStoreError(code: .unavailable, message: "\(operation): PostgreSQL is unavailable (\(state))", cause: error)
+                }
+                if state.hasPrefix("22") {
+                    return EventStoreError(code: .invalidArgument, message: inputProblem(state, operation: operation), cause: error)
                 }
                 return EventStoreError(code: .storageFailure, message: "\(operation) failed: SQLSTATE \(state)", cause: error)
             case .queryCancelled:

@@ -1,3 +1,4 @@
+import AsyncHTTPClient
 import ConvoTestSupport
 import EventStore
 import Foundation
@@ -23,6 +24,7 @@ struct APIHarness: Sendable {
     let all: String
     /// A key of another tenant, with every scope.
     let stranger: String
+    let strangerTenant: TenantID
     let pg: PostgresClient
     let table: RouteTable
 
@@ -55,7 +57,8 @@ struct APIHarness: Sendable {
             let keys = APIKeyStore(client: pg, logger: logger)
             let tenant = TestDatabase.uniqueTenant()
             let made = try await [[Scope.ingest], [.read], [.admin], Scope.allCases].asyncMap { try await keys.create(tenant: tenant, scopes: Set($0), name: "test").key }
-            let stranger = try await keys.create(tenant: TestDatabase.uniqueTenant(), scopes: Set(Scope.allCases), name: "stranger").key
+            let strangerTenant = TestDatabase.uniqueTenant()
+            let stranger = try await keys.create(tenant: strangerTenant, scopes: Set(Scope.allCases), name: "stranger").key
             let client = PostgresClient(configuration: database.clientConfiguration(maximumConnections: 8), backgroundLogger: logger)
             let context = ServerContext.make(
                 client: client, redis: RedisClient(configuration: try RedisConfiguration(url: try TestDatabase.redisURL)), keyCacheTTL: .zero,
@@ -65,7 +68,7 @@ struct APIHarness: Sendable {
             try await app.test(.live) { client in
                 try await body(
                     APIHarness(
-                        client: client, tenant: tenant, ingest: made[0], read: made[1], admin: made[2], all: made[3], stranger: stranger, pg: pg,
+                        client: client, tenant: tenant, ingest: made[0], read: made[1], admin: made[2], all: made[3], stranger: stranger, strangerTenant: strangerTenant, pg: pg,
                         table: table))
             }
         }
@@ -80,6 +83,22 @@ struct APIHarness: Sendable {
         return try await client.execute(uri: uri, method: method, headers: fields, body: body.map { ByteBuffer(string: $0) }) { response in
             Reply(status: response.status, headers: response.headers, body: Data(buffer: response.body))
         }
+    }
+
+    /// Posts over a connection of its own (the test client sends one request at a time), so that posts
+    /// from many tasks really reach the server at once.
+    func postConcurrently(_ conversation: String, _ json: String, key: String? = nil) async throws -> Reply {
+        guard let port = client.port else { throw Reply.Unexpected(description: "the application has no port") }
+        var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/conversations/\(conversation)/messages")
+        request.method = .POST
+        request.headers.add(name: "Authorization", value: "Bearer \(key ?? ingest)")
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.body = .bytes(ByteBuffer(string: json))
+        let response = try await FaultFleet.http.execute(request, timeout: .seconds(30))
+        let body = try await response.body.collect(upTo: 1 << 20)
+        var headers = HTTPFields()
+        if let retryAfter = response.headers.first(name: "Retry-After") { headers[.retryAfter] = retryAfter }
+        return Reply(status: .init(code: Int(response.status.code)), headers: headers, body: Data(buffer: body))
     }
 
     func post(_ conversation: String, _ json: String, key: String? = nil) async throws -> Reply {

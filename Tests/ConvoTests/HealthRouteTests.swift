@@ -56,6 +56,8 @@ import Testing
                 #expect(response.status == .serviceUnavailable)
                 let body = try JSONDecoder().decode(Readiness.self, from: response.body)
                 #expect(body.checks["redis"]?.hasPrefix("unavailable") == true)
+                // It says what failed, not where: anyone may ask /readyz.
+                #expect(!String(buffer: response.body).contains("127.0.0.1"), "\(String(buffer: response.body))")
                 #expect(body.checks["postgres"] == "ok")
                 #expect(body.error?.code == "not_ready")
                 #expect(body.error?.message.contains("redis") == true)
@@ -85,6 +87,7 @@ import Testing
                 #expect(response.status == .serviceUnavailable)
                 let body = try JSONDecoder().decode(Readiness.self, from: response.body)
                 #expect(body.checks["postgres"]?.hasPrefix("unavailable") == true)
+                #expect(!String(buffer: response.body).contains("127.0.0.1"), "\(String(buffer: response.body))")
             }
             // Bounded by the check's own timeout (a few seconds), not the pool's endless wait; slack for a busy machine.
             #expect(clock.now - start < .seconds(15))

@@ -208,10 +208,15 @@ public final class IngestBatcher: Service, Sendable {
                 if owners.count + learned.count > Self.maxOwners { owners.removeAll(keepingCapacity: true) }
                 owners.merge(learned) { _, new in new }
             }
-        } catch {
-            // The batch failed as a whole (PostgreSQL unavailable, say): nothing of it was written.
+        } catch where Self.failsEveryone(error) {
+            // PostgreSQL is unavailable, or the batch's outcome is unknown: each message would fail the same way.
             for index in batch.indices where outcomes[index] == nil { outcomes[index] = .failure(error) }
             alone = []
+        } catch {
+            // The batch failed for something one of its messages holds (a value PostgreSQL refused, say):
+            // nothing of it was written. Each message is stored alone, so it fails only for its own reason.
+            logger.notice("a batch failed; storing its messages one by one", metadata: ["convo.error": "\(error)", "convo.batch": "\(batch.count)"])
+            alone = batch.indices.filter { outcomes[$0] == nil }
         }
         for index in alone {
             do {
@@ -223,6 +228,15 @@ public final class IngestBatcher: Service, Sendable {
         for (pending, outcome) in zip(batch, outcomes) {
             pending.ticket.answer(outcome ?? .failure(EventStoreError(code: .storageFailure, message: "the message was not stored")))
         }
+    }
+}
+
+extension IngestBatcher {
+    /// Whether a batch's failure is every message's: PostgreSQL unreachable, or an unknown outcome (a retry
+    /// with the same message ids settles those).
+    static func failsEveryone(_ error: any Error) -> Bool {
+        guard let error = error as? EventStoreError else { return false }
+        return error.code == .unavailable || error.code == .outcomeUnknown
     }
 }
 

@@ -103,6 +103,13 @@ extension MessageIngestor {
         guard message.text.hasVisibleCharacters else {
             throw ResponderError(code: .invalidMessage, message: "text is empty")
         }
+        // PostgreSQL's text and jsonb cannot hold U+0000: refused here, before it reaches a batch.
+        guard !message.messageId.unicodeScalars.contains("\u{0}") else {
+            throw ResponderError(code: .invalidMessage, message: "messageId contains U+0000, which cannot be stored")
+        }
+        guard !message.text.unicodeScalars.contains("\u{0}") else {
+            throw ResponderError(code: .invalidMessage, message: "text contains U+0000, which cannot be stored")
+        }
     }
 
     /// The message's event; its id is derived from tenant, conversation and message id, so a retry maps to it.

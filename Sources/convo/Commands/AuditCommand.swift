@@ -216,6 +216,10 @@ enum AuditQueryParameters {
         types: [String] = [], actor: String? = nil, conversation: String?, visitor: String? = nil, tool: String? = nil, from: String? = nil,
         to: String? = nil, after: Int64?, limit: Int, order: String = "asc"
     ) throws -> AuditFilter {
+        // PostgreSQL's text cannot hold U+0000: a filter with one could match nothing, and is refused.
+        for (name, value) in [("type", types.joined()), ("actor", actor ?? ""), ("tool", tool ?? "")] where value.unicodeScalars.contains("\u{0}") {
+            throw AuditError(.invalidFilter, "\(name) contains U+0000")
+        }
         var filter = AuditFilter()
         filter.types = types
         filter.actor = actor
@@ -273,9 +277,12 @@ struct TextTable {
         return out
     }
 
+    /// RFC 4180, with OWASP's rule against formula injection: a cell that begins with `=`, `+`, `-`, `@`, a
+    /// tab or a carriage return (visitor text can) gets a leading `'`, so a spreadsheet shows it as text.
     var csv: String {
-        func field(_ value: String) -> String {
-            value.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" })
+        func field(_ raw: String) -> String {
+            let value = raw.unicodeScalars.first.map { "=+-@\t\r".unicodeScalars.contains($0) } == true ? "'" + raw : raw
+            return value.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" })
                 ? "\"" + value.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : value
         }
         return ([header] + rows).map { $0.map(field).joined(separator: ",") + "\r\n" }.joined()

@@ -63,7 +63,7 @@ struct GlobalOptions: ParsableArguments {
 
     /// The root logger: only the executable creates one.
     func makeLogger(label: String = "convo") throws -> Logger {
-        var logger = Logger(label: label) { StreamLogHandler.standardError(label: $0) }
+        var logger = Logger(label: label) { DeferredMetadataLogHandler(label: $0) }
         logger.logLevel = try logLevel()
         return logger
     }

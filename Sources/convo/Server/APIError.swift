@@ -76,6 +76,9 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             throw error
         } catch let error as HTTPError {
             throw APIError(error.status, Self.code(for: error.status), error.body ?? error.status.reasonPhrase)
+        } catch let error as EventStoreError where error.code == .invalidArgument {
+            // PostgreSQL refused a value of this request (a U+0000 in a text, a number out of range).
+            throw APIError(.badRequest, "invalid_input", error.message)
         } catch let error as EventStoreError where error.code == .outcomeUnknown {
             throw APIError.outcomeUnknown
         } catch let error as ResponderError where error.code == .overloaded {

@@ -26,7 +26,7 @@ struct AuditRoutes: Sendable {
     @Sendable func explain(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> AuditResponse<ReplyExplanation> {
         let tenant = try requestContext.tenant(forAnyOf: [.read, .admin])
         let conversation = try ConversationRoutes.conversationID(requestContext)
-        guard let raw = requestContext.parameters.get("eventId"), let id = UUID(uuidString: raw) else {
+        guard let raw = requestContext.pathParameter("eventId"), let id = UUID(uuidString: raw) else {
             throw APIError(.badRequest, "invalid_event_id", "an event id is a UUID")
         }
         return AuditResponse(value: try await Self.answer { try await trail(requestContext).explain(id, in: conversation, tenant: tenant) })

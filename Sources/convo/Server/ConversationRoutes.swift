@@ -144,8 +144,12 @@ struct ConversationRoutes: Sendable {
     }
 
     static func conversationID(_ context: ConvoRequestContext) throws -> ConversationID {
-        guard let conversation = context.parameters.get("conversationId").flatMap(ConversationID.init(rawValue:)) else {
+        guard let conversation = context.pathParameter("conversationId").flatMap(ConversationID.init(rawValue:)) else {
             throw APIError(.badRequest, "invalid_conversation", "a conversation id has 1 to 128 characters of A-Z a-z 0-9 _ . : -")
+        }
+        // A client that normalises URLs (RFC 3986 §5.2.4) cannot address these: no conversation may have them.
+        guard conversation.rawValue != ".", conversation.rawValue != ".." else {
+            throw APIError(.badRequest, "invalid_conversation", "a conversation id is not . or ..")
         }
         return conversation
     }
@@ -181,12 +185,60 @@ struct IngestRequest: Decodable {
     var sentAt: String?
 }
 
-struct MessageAccepted: ResponseCodable {
+/// The answer to every accepted message, the server's most frequent: written by hand rather than through
+/// `JSONEncoder`, which cost about 5% of the ingest rate for these five fields.
+struct MessageAccepted: Codable, ResponseGenerator {
     var conversationId: String
     var messageId: String
     var streamVersion: Int64
     var globalPosition: Int64
     var duplicate: Bool
+
+    /// The JSON document, fields in declaration order.
+    var json: String {
+        var out = "{\"conversationId\":"
+        JSONText.appendString(conversationId, to: &out)
+        out += ",\"messageId\":"
+        JSONText.appendString(messageId, to: &out)
+        out += ",\"streamVersion\":\(streamVersion),\"globalPosition\":\(globalPosition),\"duplicate\":\(duplicate)}"
+        return out
+    }
+
+    func response(from request: Request, context: some RequestContext) throws -> Response {
+        Response(
+            status: .ok, headers: [.contentType: "application/json; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(string: json)))
+    }
+}
+
+/// JSON text by hand, for the few answers too frequent for `JSONEncoder`.
+enum JSONText {
+    /// Appends `value` as a JSON string (RFC 8259 §7): quotation mark, reverse solidus and control
+    /// characters escaped, everything else as it is.
+    static func appendString(_ value: String, to out: inout String) {
+        out.append("\"")
+        var plainStart = value.unicodeScalars.startIndex
+        for index in value.unicodeScalars.indices {
+            let scalar = value.unicodeScalars[index]
+            let escape: String? =
+                switch scalar {
+                case "\"": "\\\""
+                case "\\": "\\\\"
+                case "\n": "\\n"
+                case "\r": "\\r"
+                case "\t": "\\t"
+                case _ where scalar.value < 0x20:
+                    "\\u00" + (scalar.value < 0x10 ? "0" : "") + String(scalar.value, radix: 16)
+                default: nil
+                }
+            guard let escape else { continue }
+            out.unicodeScalars.append(contentsOf: value.unicodeScalars[plainStart..<index])
+            out.append(escape)
+            plainStart = value.unicodeScalars.index(after: index)
+        }
+        out.unicodeScalars.append(contentsOf: value.unicodeScalars[plainStart...])
+        out.append("\"")
+    }
 }
 
 struct WorkflowStateResponse: ResponseCodable {

@@ -59,6 +59,18 @@ struct ReadinessCheck: Sendable {
         return Report(ready: checks.values.allSatisfy { $0 == "ok" }, checks: checks)
     }
 
+    /// What failed, in words that name no host, port, user or database.
+    static func publicReason(_ error: any Error) -> String {
+        switch error {
+        case let error as ResponderError where error.code == .redisUnavailable: "Redis does not answer"
+        case let error as ResponderError: "Redis answered with an error (\(error.code))"
+        case let error as EventStoreError where error.code == .unavailable: "PostgreSQL does not answer"
+        case let error as EventStoreError: "PostgreSQL answered with an error (\(error.code))"
+        case let error as ProjectionError: "the projection could not be read (\(error.code))"
+        default: "the check failed (see the server's log)"
+        }
+    }
+
     private struct Failure: Error {
         var reason: String
     }
@@ -69,7 +81,13 @@ struct ReadinessCheck: Sendable {
         let timeout = self.timeout
         let first = FirstOutcome<T>()
         let checking = Task {
-            do { first.offer(.success(try await check())) } catch { first.offer(.failure(Failure(reason: "unavailable: \(GlobalOptions.message(of: error))"))) }
+            do {
+                first.offer(.success(try await check()))
+            } catch {
+                // Anyone may ask /readyz: it says what failed, never where (hosts and ports go to the log).
+                logger.warning("a readiness check failed", metadata: ["convo.error": "\(GlobalOptions.message(of: error))"])
+                first.offer(.failure(Failure(reason: "unavailable: \(Self.publicReason(error))")))
+            }
         }
         let timer = Task {
             try? await Task.sleep(for: timeout)

@@ -1,3 +1,4 @@
+import Foundation
 import Hummingbird
 import SharedTypes
 
@@ -14,6 +15,12 @@ struct ConvoRequestContext: RequestContext {
 
     /// Bodies are small JSON documents; anything bigger is refused with 413 before it is read.
     var maxUploadSize: Int { APILimits.maxBodyBytes }
+
+    /// A path parameter, percent-decoded (`shop%3A42` is `shop:42`, as `encodeURIComponent` writes it).
+    /// `nil` when it is missing or its percent-encoding is malformed.
+    func pathParameter(_ name: String) -> String? {
+        parameters.get(name).flatMap { $0.removingPercentEncoding }
+    }
 
     /// The tenant of the caller's key, when the key has `scope`.
     ///

@@ -49,8 +49,10 @@ struct WorkflowRoutes: Sendable {
         let id = try Self.workflowID(requestContext)
         var version: Int?
         if let raw = request.uri.queryParameters["version"] {
-            guard let value = Int(String(raw)), value > 0 else { throw APIError(.badRequest, "invalid_parameter", "version is a number ≥ 1") }
-            version = value
+            guard let value = Int32(String(raw)), value > 0 else {
+                throw APIError(.badRequest, "invalid_parameter", "version is a number from 1 to \(Int32.max)")
+            }
+            version = Int(value)
         }
         guard let stored = try await context.workflows.stored(id, version: version, tenant: tenant) else {
             throw APIError(.notFound, "workflow_not_found", "no workflow \(id)\(version.map { " v\($0)" } ?? "")")
@@ -59,7 +61,7 @@ struct WorkflowRoutes: Sendable {
     }
 
     static func workflowID(_ context: ConvoRequestContext) throws -> String {
-        guard let id = context.parameters.get("workflowId"), id.range(of: "^[a-z0-9][a-z0-9_-]{0,63}$", options: .regularExpression) != nil else {
+        guard let id = context.pathParameter("workflowId"), id.range(of: "^[a-z0-9][a-z0-9_-]{0,63}$", options: .regularExpression) != nil else {
             throw APIError(.badRequest, "invalid_workflow_id", "a workflow id has 1 to 64 characters of a-z 0-9 _ -, starting with a letter or digit")
         }
         return id
