@@ -49,9 +49,11 @@ struct APIHarness: Sendable {
     }
 
     /// Runs `body` against a live application (no responder or runners: `process` runs the responder's step).
-    static func with(_ body: @Sendable (APIHarness) async throws -> Void) async throws {
+    ///
+    /// `database`: a database of the test's own (one that takes DDL), instead of the shared one.
+    static func with(database: DatabaseURL? = nil, _ body: @Sendable (APIHarness) async throws -> Void) async throws {
         let logger = TestDatabase.logger
-        let database = try TestDatabase.url
+        let database = try database ?? TestDatabase.url
         try await TestDatabase.withClient(url: database) { pg in
             try await Migrator(client: pg, logger: logger).migrate()
             let keys = APIKeyStore(client: pg, logger: logger)
