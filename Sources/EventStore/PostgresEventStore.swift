@@ -201,10 +201,6 @@ public final class PostgresEventStore: EventStore, Service {
     /// error, not the store's.
     static let invalidInputStates: Set<String> = ["CV004", "22023", "23514", "22P02"]
 
-    /// Whether PostgreSQL refused a value it was given (class 22, data exception, or a check of ours) rather
-    /// than failed: the caller's input, never a reason to fail anyone else's.
-    static func isInputProblem(_ state: String) -> Bool { state.hasPrefix("22") || invalidInputStates.contains(state) }
-
     /// What a data exception says about the input, without the value.
     static func inputProblem(_ state: String, operation: String) -> String {
         switch state {

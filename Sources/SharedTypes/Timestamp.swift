@@ -108,7 +108,7 @@ public enum Timestamp {
             var minutes = 0
             // RFC 3339 wants `±HH:MM`; PostgreSQL writes `±HH` when the minutes are zero.
             if index < bytes.count || strict {
-                guard expect(":") || !strict, let value = number(2) else { return nil }
+                guard expect(":") || !strict, let value = number(2), value <= 59 else { return nil }
                 minutes = value
             }
             offset = sign * (hours * 3600 + minutes * 60)

@@ -18,6 +18,50 @@ import Testing
         }
     }
 
+    /// A batch that fails for a reason that is nobody's input (PostgreSQL failing) fails every message at
+    /// once: trying them one by one would multiply the load on a database already in trouble. A sequence
+    /// counts the attempts (its increments survive the rollback).
+    @Test func aBatchPostgresFailsIsNotRetriedMessageByMessage() async throws {
+        try await TestDatabase.withFreshDatabase { url in
+            try await Harness.run(url: url) { harness in
+                let batcher = IngestBatcher(store: harness.store, logger: TestDatabase.logger)
+                try await harness.store.client.query("CREATE SEQUENCE test_attempts")
+                try await harness.store.client.query(
+                    """
+                    CREATE FUNCTION test_failing() RETURNS trigger LANGUAGE plpgsql AS $$
+                    BEGIN PERFORM nextval('test_attempts'); RAISE EXCEPTION 'failing' USING ERRCODE = 'XX000'; END $$
+                    """)
+                try await harness.store.client.query(
+                    "CREATE TRIGGER test_failing BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION test_failing()")
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask { try await batcher.run() }
+                    defer { group.cancelAll() }
+                    let failures = try await withThrowingTaskGroup(of: Bool.self) { sends in
+                        for index in 0..<40 {
+                            sends.addTask {
+                                let message = harness.message(
+                                    ConversationID(rawValue: "f-\(index)")!, VisitorUID(rawValue: "v-\(index)")!, id: "m", text: "hello")
+                                do {
+                                    _ = try await batcher.ingest(message)
+                                    return false
+                                } catch let error as EventStoreError {
+                                    return error.code == .storageFailure
+                                }
+                            }
+                        }
+                        return try await sends.reduce(0) { $0 + ($1 ? 1 : 0) }
+                    }
+                    #expect(failures == 40)
+                    let rows = try await harness.store.client.query("SELECT last_value FROM test_attempts")
+                    var attempts: Int64 = 0
+                    for try await value in rows.decode(Int64.self) { attempts = value }
+                    // One failed insert per batch (each batch stops at its first row), none per message.
+                    #expect(attempts == Int64(batcher.written.batches), "\(attempts) attempts, \(batcher.written)")
+                }
+            }
+        }
+    }
+
     @Test func concurrentMessagesShareCommitsAndEachIsStoredOnceInItsConversation() async throws {
         try await withBatcher { batcher, harness in
             let conversations = 30

@@ -208,15 +208,16 @@ public final class IngestBatcher: Service, Sendable {
                 if owners.count + learned.count > Self.maxOwners { owners.removeAll(keepingCapacity: true) }
                 owners.merge(learned) { _, new in new }
             }
-        } catch where Self.failsEveryone(error) {
-            // PostgreSQL is unavailable, or the batch's outcome is unknown: each message would fail the same way.
-            for index in batch.indices where outcomes[index] == nil { outcomes[index] = .failure(error) }
-            alone = []
-        } catch {
-            // The batch failed for something one of its messages holds (a value PostgreSQL refused, say):
-            // nothing of it was written. Each message is stored alone, so it fails only for its own reason.
+        } catch where Self.isOneMessagesFault(error) {
+            // The batch failed for something one of its messages holds (a value PostgreSQL refused): nothing
+            // of it was written. Each message is stored alone, so it fails only for its own reason.
             logger.notice("a batch failed; storing its messages one by one", metadata: ["convo.error": "\(error)", "convo.batch": "\(batch.count)"])
             alone = batch.indices.filter { outcomes[$0] == nil }
+        } catch {
+            // PostgreSQL unavailable, slow or failing, or the outcome unknown: each message would fail the same
+            // way, and storing them one by one would only multiply the load on a database already in trouble.
+            for index in batch.indices where outcomes[index] == nil { outcomes[index] = .failure(error) }
+            alone = []
         }
         for index in alone {
             do {
@@ -232,11 +233,12 @@ public final class IngestBatcher: Service, Sendable {
 }
 
 extension IngestBatcher {
-    /// Whether a batch's failure is every message's: PostgreSQL unreachable, or an unknown outcome (a retry
-    /// with the same message ids settles those).
-    static func failsEveryone(_ error: any Error) -> Bool {
-        guard let error = error as? EventStoreError else { return false }
-        return error.code == .unavailable || error.code == .outcomeUnknown
+    /// Whether a batch's failure may be one message's doing: PostgreSQL refused a value it was given
+    /// (``EventStoreError/Code/invalidArgument``), or a message's event could not be encoded. Only then are
+    /// its messages tried one by one.
+    static func isOneMessagesFault(_ error: any Error) -> Bool {
+        if error is EncodingError { return true }
+        return (error as? EventStoreError)?.code == .invalidArgument
     }
 }
 
