@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import Logging
 import NIOCore
+import ServiceLifecycle
 import Synchronization
 
 /// A stand-in for an OpenAI-compatible service on loopback: answers each request with the next scripted
@@ -41,17 +42,28 @@ public final class StubAIServer: Sendable {
             return Response(status: reply.status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: reply.body)))
         }
         let port = Mutex<Int?>(nil)
+        let logger = Logger(label: "stub-ai")
         let app = Application(
             router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-            onServerRunning: { channel in port.withLock { $0 = channel.localAddress?.port } }, logger: Logger(label: "stub-ai"))
-        return try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask {
-                try await app.runService()
-                return nil
+            onServerRunning: { channel in port.withLock { $0 = channel.localAddress?.port } }, logger: logger)
+        // Stopped gracefully, never by cancelling it: a cancelled server can still accept a connection while
+        // it is torn down (a client retrying), and NIO traps on the channel it then drops. A graceful stop
+        // closes the listener first; a reply still delayed is cut after 2 s.
+        var configuration = ServiceGroupConfiguration(services: [app], logger: logger)
+        configuration.maximumGracefulShutdownDuration = .seconds(2)
+        let services = ServiceGroup(configuration: configuration)
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await services.run() }
+            let outcome: Result<T, any Error>
+            do {
+                while port.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(10)) }
+                outcome = .success(try await body("http://127.0.0.1:\(port.withLock { $0 }!)/v1"))
+            } catch {
+                outcome = .failure(error)
             }
-            defer { group.cancelAll() }
-            while port.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(10)) }
-            return try await body("http://127.0.0.1:\(port.withLock { $0 }!)/v1")
+            await services.triggerGracefulShutdown()
+            try? await group.waitForAll()
+            return try outcome.get()
         }
     }
 }
