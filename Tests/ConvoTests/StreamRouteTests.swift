@@ -18,14 +18,16 @@ import Testing
     /// Opens the stream and collects frames until `until` holds for them (or the timeout passes).
     static func collect(
         port: Int, conversation: String, key: String, lastEventID: Int64? = nil, timeout: Duration = .seconds(60),
-        until: @escaping @Sendable ([Frame]) -> Bool
+        progress: AsyncStream<[Frame]>.Continuation? = nil, until: @escaping @Sendable ([Frame]) -> Bool
     ) async throws -> [Frame] {
+        defer { progress?.finish() }
         var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/conversations/\(conversation)/stream")
         request.headers.add(name: "Authorization", value: "Bearer \(key)")
         if let lastEventID { request.headers.add(name: "Last-Event-ID", value: "\(lastEventID)") }
         // The request's own deadline is generous (a busy machine); `timeout` bounds the collecting below.
         let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
         #expect(response.status == .ok && response.headers["Content-Type"].first == "text/event-stream")
+        progress?.yield([])
         let body = response.body
         return try await withThrowingTaskGroup(of: [Frame].self) { group in
             group.addTask {
@@ -42,7 +44,10 @@ import Testing
                             if line.hasPrefix("id: ") { id = Int64(line.dropFirst(4)) }
                             if line.hasPrefix("event: ") { event = String(line.dropFirst(7)) }
                         }
-                        if let id, let event { frames.append(Frame(id: id, event: event)) }
+                        if let id, let event {
+                            frames.append(Frame(id: id, event: event))
+                            progress?.yield(frames)
+                        }
                         if until(frames) { return frames }
                     }
                 }
@@ -63,12 +68,13 @@ import Testing
             let port = try #require(api.client.port)
             let conversation = APIHarness.conversationID()
             // The stream is open before the conversation exists; the message and the responder's answer arrive live.
+            let (liveProgress, liveContinuation) = AsyncStream<[Frame]>.makeStream()
             let live = Task {
-                try await Self.collect(port: port, conversation: conversation, key: api.read) { frames in
+                try await Self.collect(port: port, conversation: conversation, key: api.read, progress: liveContinuation) { frames in
                     frames.contains { $0.event == "AssistantMessageSent" } && frames.contains { $0.event == "MessagesProcessed" }
                 }
             }
-            try await Task.sleep(for: .milliseconds(300))
+            for await _ in liveProgress { break }  // the response's head: the stream is open
             #expect(try await api.post(conversation, #"{"visitorUid": "v-1", "messageId": "m1", "text": "where is my order?"}"#).status == .accepted)
             try await api.process(conversation, visitor: "v-1")
             let frames = try await live.value
@@ -77,14 +83,19 @@ import Testing
             #expect(frames.contains { $0.event == "AssistantMessageSent" })
 
             // Reconnecting after the second event: the stored rest comes first, then a new message live, nothing twice.
+            try #require(frames.count >= 2)
             let resumeAfter = frames[1].id
             let expectedStored = frames.filter { $0.id > resumeAfter }
+            let (resumedProgress, resumedContinuation) = AsyncStream<[Frame]>.makeStream()
             let resumed = Task {
-                try await Self.collect(port: port, conversation: conversation, key: api.read, lastEventID: resumeAfter) { frames in
+                try await Self.collect(
+                    port: port, conversation: conversation, key: api.read, lastEventID: resumeAfter, progress: resumedContinuation
+                ) { frames in
                     frames.filter { $0.event == "VisitorMessageReceived" }.count == 1 && frames.count > expectedStored.count
                 }
             }
-            try await Task.sleep(for: .milliseconds(300))
+            // The next message is sent once the stored rest has arrived, so it can only come live.
+            for await seen in resumedProgress where seen.count >= expectedStored.count { break }
             #expect(try await api.post(conversation, #"{"visitorUid": "v-1", "messageId": "m2", "text": "thanks"}"#).status == .accepted)
             let after = try await resumed.value
             #expect(Array(after.prefix(expectedStored.count)) == expectedStored, "\(after)")

@@ -226,7 +226,9 @@ struct SlowProvider: AIProvider {
             async let staleOutcome = stale.process(tenant: harness.tenant, visitor: visitor, conversation: conversation)
             // Wait until A is waiting for its AI, then until its lock has expired.
             while slowAI.called.value == 0 { try await Task.sleep(for: .milliseconds(10)) }
-            try await Task.sleep(for: .milliseconds(500))
+            let redis = RedisClient(configuration: try RedisConfiguration(url: try TestDatabase.redisURL))
+            let key = VisitorLock.key(tenant: harness.tenant, visitor: visitor)
+            #expect(try await eventually { try await redis.execute(["EXISTS", key]) == .integer(0) })
             let healthyOutcome = try await healthy.process(tenant: harness.tenant, visitor: visitor, conversation: conversation)
             #expect(!healthyOutcome.busy && healthyOutcome.eventsAppended > 0)
             slowAI.released.add(1)
@@ -353,7 +355,7 @@ struct SlowProvider: AIProvider {
 
                     group.addTask { try await service.run() }
                     let live = newConversation()
-                    try await Task.sleep(for: .milliseconds(300))
+                    #expect(try await eventually { service.isRunning })
                     _ = try await harness.ingestor.ingest(harness.message(live, visitor, id: "m1", text: "hi"))
                     service.messageIngested(tenant: harness.tenant, visitor: visitor, conversation: live)
                     let processor = harness.processor()

@@ -73,6 +73,15 @@ public final class PostgresServer: @unchecked Sendable {
         }
     }
 
+    /// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34 and later), which Swift's Glibc module does not
+    /// import: looked up by name.
+    static let addCloseFrom: @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32 = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else {
+            fatalError("glibc 2.34 or later is needed (posix_spawn_file_actions_addclosefrom_np)")
+        }
+        return unsafeBitCast(symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
+    }()
+
     static func run(_ command: [String]) throws -> String {
         // posix_spawn and waitpid, not Foundation's Process: Process learns that a child ended from a
         // descriptor the child inherits, and `pg_ctl start` leaves a server running that inherits it too, so
@@ -83,7 +92,23 @@ public final class PostgresServer: @unchecked Sendable {
         var cArguments = argv.map { strdup($0) } + [nil]
         defer { for argument in cArguments { free(argument) } }
         var pid: pid_t = 0
-        let spawned = posix_spawn(&pid, "/bin/sh", nil, nil, &cArguments, environ)
+        // The calling thread is one of Dispatch's, which block signals; a child inherits the mask, and a
+        // daemon started with it would ignore SIGTERM (then need SIGKILL). The child starts with none blocked.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var none = sigset_t()
+        sigemptyset(&none)
+        posix_spawnattr_setsigmask(&attributes, &none)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK))
+        // Nor does it inherit this process's descriptors: NIO's sockets are not close-on-exec, and a daemon
+        // started here (a private PostgreSQL or Redis) would hold every connection the tests had open at the
+        // time, so that closing one in the tests would never end its session on the server.
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        guard Self.addCloseFrom(&actions, 3) == 0 else { throw ServeProcess.Failure(description: "posix_spawn_file_actions_addclosefrom_np failed") }
+        let spawned = posix_spawn(&pid, "/bin/sh", &actions, &attributes, &cArguments, environ)
         guard spawned == 0 else { throw ServeProcess.Failure(description: "posix_spawn failed: \(spawned)") }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) == -1 && errno == EINTR {}

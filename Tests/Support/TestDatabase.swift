@@ -28,11 +28,15 @@ public enum TestDatabase {
     }
 
     /// Runs `body` with a migrated store on the shared test database, its client and its service running.
+    ///
+    /// The pool is small: every test runs at once, and the suite's connections together must stay well under
+    /// the test cluster's `max_connections` (past it, PostgreSQL refuses connections and unrelated tests fail).
+    /// A test racing more tasks than connections still races: its tasks take turns on the pool's connections.
     public static func withStore<T: Sendable>(
         url databaseURL: DatabaseURL? = nil, configuration: PostgresEventStore.Configuration = .init(),
-        _ body: @Sendable (PostgresEventStore) async throws -> T
+        maximumConnections: Int = defaultPoolSize, _ body: @Sendable (PostgresEventStore) async throws -> T
     ) async throws -> T {
-        try await withClient(url: try databaseURL ?? url) { client in
+        try await withClient(url: try databaseURL ?? url, maximumConnections: maximumConnections) { client in
             try await Migrator(client: client, logger: logger).migrate()
             let store = PostgresEventStore(client: client, configuration: configuration, logger: logger)
             return try await withThrowingTaskGroup(of: Void.self) { group in
@@ -46,7 +50,7 @@ public enum TestDatabase {
     /// Runs `body` with a client of `url` whose pool is running.
     @discardableResult
     public static func withClient<T: Sendable>(
-        url: DatabaseURL, maximumConnections: Int = 60, _ body: @Sendable (PostgresClient) async throws -> T
+        url: DatabaseURL, maximumConnections: Int = defaultPoolSize, _ body: @Sendable (PostgresClient) async throws -> T
     ) async throws -> T {
         let client = PostgresClient(configuration: url.clientConfiguration(maximumConnections: maximumConnections), backgroundLogger: logger)
         return try await withThrowingTaskGroup(of: Void.self) { group in
@@ -69,6 +73,9 @@ public enum TestDatabase {
         }
         return try await body(base.with(database: name))
     }
+
+    /// The pool size of a test's client unless it asks for another.
+    public static let defaultPoolSize = 12
 
     /// The name every fresh test database starts with.
     public static let freshPrefix = "convo_test_"
