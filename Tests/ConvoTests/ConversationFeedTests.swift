@@ -38,7 +38,7 @@ import Testing
                     _ = try await say("unheard \(round)a")
                     try await Task.sleep(for: .milliseconds(rest))
                     _ = try await say("unheard \(round)b")
-                    let listener = feed.listen(tenant: tenant, conversation: conversation)
+                    let listener = try #require(feed.listen(tenant: tenant, conversation: conversation))
                     var positions: [Int64] = []
                     for index in 0..<3 { positions.append(try await say("heard \(round).\(index)")) }
                     let expected = positions

@@ -11,13 +11,20 @@ public final class ServeProcess: @unchecked Sendable {
     let log: URL
 
     /// Starts `convo serve` on a free loopback port with `environment` added, and waits until `/healthz` answers.
-    public init(environment: [String: String], arguments: [String] = []) async throws {
+    /// `launcher` runs before the binary (e.g. `prlimit --nofile=256:256 --`), which it must exec.
+    public init(environment: [String: String], arguments: [String] = [], launcher: [String] = []) async throws {
         port = try Self.freePort()
         log = FileManager.default.temporaryDirectory.appendingPathComponent("convo-serve-\(port)-\(UUID().uuidString.prefix(6)).log")
         FileManager.default.createFile(atPath: log.path, contents: nil)
         process = Process()
-        process.executableURL = ConvoProcess.binary
-        process.arguments = ["serve", "--host", "127.0.0.1", "--port", "\(port)"] + arguments
+        let serve = ["serve", "--host", "127.0.0.1", "--port", "\(port)"] + arguments
+        if let program = launcher.first {
+            process.executableURL = URL(fileURLWithPath: program)
+            process.arguments = Array(launcher.dropFirst()) + [ConvoProcess.binary.path] + serve
+        } else {
+            process.executableURL = ConvoProcess.binary
+            process.arguments = serve
+        }
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let handle = try FileHandle(forWritingTo: log)
         process.standardOutput = handle

@@ -2,6 +2,7 @@ import Crypto
 import EventStore
 import Foundation
 import Logging
+import Metrics
 import PostgresNIO
 import SharedTypes
 import Synchronization
@@ -126,6 +127,14 @@ struct APIKeyStore: Sendable {
         }
     }
 
+    /// Whether the key with this id exists and is not revoked.
+    func isLive(_ id: String) async throws -> Bool {
+        try await mapped("check a key") {
+            let rows = try await client.queryOpen("SELECT 1 FROM api_keys WHERE id = \(id) AND revoked_at IS NULL", logger: logger)
+            return rows.rows.count == 1
+        }
+    }
+
     /// `cvk_ID_SECRET` → its parts.
     static func parse(_ key: String) -> (id: String, secret: String)? {
         guard key.hasPrefix(prefix) else { return nil }
@@ -153,29 +162,173 @@ struct APIKeyStore: Sendable {
     }
 }
 
-/// Checks bearer keys for the HTTP server, remembering answers for a few seconds so a busy client costs one
-/// query per interval, not one per request. A revoked key stops working on every instance within `ttl`.
+/// Checks bearer keys for the HTTP server.
+///
+/// - A malformed token is refused without a lookup.
+/// - A live key is remembered for `ttl` (so a busy client costs one query per interval, and a revoked key
+///   stops working on every instance within `ttl`), in a cache of at most ``maxCachedKeys`` live keys, the
+///   least recently used evicted first. Refusals are never cached: a flood of unknown keys cannot evict
+///   the valid ones.
+/// - Failed authentications are limited per client address (``FailureLimiter``): past the limit, a key
+///   that is not already cached is refused with 429 before any lookup.
 final class KeyAuthenticator: Sendable {
-    let store: APIKeyStore
-    let ttl: Duration
-    private let cache = Mutex<[Data: (record: APIKeyRecord?, expires: ContinuousClock.Instant)]>([:])
-    private static let maxEntries = 10_000
-
-    init(store: APIKeyStore, ttl: Duration = .seconds(5)) {
-        self.store = store
-        self.ttl = ttl
+    enum Outcome: Sendable {
+        case valid(APIKeyRecord)
+        case refused
+        /// Too many failed authentications from this address: retry after this many seconds.
+        case limited(retryAfter: Int)
     }
 
-    func authenticate(_ presented: String) async throws -> APIKeyRecord? {
+    let store: APIKeyStore
+    let ttl: Duration
+    let limiter: FailureLimiter
+    static let maxCachedKeys = 10_000
+
+    private struct Cached {
+        var record: APIKeyRecord
+        var expires: ContinuousClock.Instant
+        var used: UInt64
+    }
+
+    private struct Cache {
+        var entries: [Data: Cached] = [:]
+        var tick: UInt64 = 0
+        /// Live key ids, checked for open event streams.
+        var liveIDs: [String: ContinuousClock.Instant] = [:]
+    }
+
+    private let cache = Mutex(Cache())
+    /// Keys looked up in PostgreSQL (cache misses), and requests refused for too many failures.
+    private let lookups = Counter(label: "convo.auth.lookups")
+    private let limited = Counter(label: "convo.auth.limited")
+
+    init(store: APIKeyStore, ttl: Duration = .seconds(5), limiter: FailureLimiter = FailureLimiter()) {
+        self.store = store
+        self.ttl = ttl
+        self.limiter = limiter
+    }
+
+    var cachedKeys: Int { cache.withLock { $0.entries.count } }
+
+    func authenticate(_ presented: String, from client: String) async throws -> Outcome {
+        guard APIKeyStore.parse(presented) != nil else {
+            // Costs nothing to refuse, but still counts: a client sending garbage is limited like one guessing.
+            if let wait = limiter.failed(client) {
+                limited.increment()
+                return .limited(retryAfter: wait)
+            }
+            return .refused
+        }
         let digest = APIKeyStore.hash(presented)
         let now = ContinuousClock.now
-        if let hit = cache.withLock({ $0[digest] }), hit.expires > now { return hit.record }
-        let record = try await store.authenticate(presented)
-        cache.withLock { entries in
-            if entries.count >= Self.maxEntries { entries.removeAll(keepingCapacity: true) }
-            entries[digest] = (record, now + ttl)
+        let hit = cache.withLock { cache -> APIKeyRecord? in
+            guard var entry = cache.entries[digest], entry.expires > now else { return nil }
+            cache.tick &+= 1
+            entry.used = cache.tick
+            cache.entries[digest] = entry
+            return entry.record
         }
-        return record
+        if let hit { return .valid(hit) }
+        if let wait = limiter.blocked(client) {
+            limited.increment()
+            return .limited(retryAfter: wait)
+        }
+        lookups.increment()
+        guard let record = try await store.authenticate(presented) else {
+            cache.withLock { _ = $0.entries.removeValue(forKey: digest) }
+            if let wait = limiter.failed(client) {
+                limited.increment()
+                return .limited(retryAfter: wait)
+            }
+            return .refused
+        }
+        cache.withLock { cache in
+            if cache.entries[digest] == nil && cache.entries.count >= Self.maxCachedKeys {
+                // Evict the least recently used tenth at once, so eviction is rare however full the cache.
+                let victims = cache.entries.sorted { $0.value.used < $1.value.used }.prefix(Self.maxCachedKeys / 10)
+                for (key, _) in victims { cache.entries.removeValue(forKey: key) }
+            }
+            cache.tick &+= 1
+            cache.entries[digest] = Cached(record: record, expires: now + ttl, used: cache.tick)
+        }
+        return .valid(record)
+    }
+
+    /// Whether the key with this id is still live (not revoked), asked again at most once per `ttl`: open
+    /// event streams check their key with it, so a revoked key's streams end within `ttl` too.
+    func isLive(_ id: String) async throws -> Bool {
+        let now = ContinuousClock.now
+        if let until = cache.withLock({ $0.liveIDs[id] }), until > now { return true }
+        let live = try await store.isLive(id)
+        cache.withLock { cache in
+            if live {
+                if cache.liveIDs.count >= Self.maxCachedKeys { cache.liveIDs.removeAll(keepingCapacity: true) }
+                cache.liveIDs[id] = now + ttl
+            } else {
+                cache.liveIDs[id] = nil
+                // Its cached record goes too, so new requests with it are refused now rather than at expiry.
+                cache.entries = cache.entries.filter { $0.value.record.id != id }
+            }
+        }
+        return live
+    }
+}
+
+/// Failed authentications per client address, as a token bucket: `burst` failures at once, then `perSecond`.
+/// An address past its budget is refused before any lookup until its bucket refills. Bounded: past
+/// ``maxAddresses`` tracked addresses, those with a full bucket (nothing to remember) are dropped, and if
+/// none are, all are (an attack from that many addresses is beyond what one process's memory should hold).
+final class FailureLimiter: Sendable {
+    let burst: Double
+    let perSecond: Double
+    static let maxAddresses = 100_000
+
+    private struct Bucket {
+        var tokens: Double
+        var updated: ContinuousClock.Instant
+    }
+
+    private let buckets = Mutex<[String: Bucket]>([:])
+
+    init(burst: Int = 20, perSecond: Double = 2) {
+        self.burst = Double(max(1, burst))
+        self.perSecond = max(0.01, perSecond)
+    }
+
+    /// Counts a failure; the seconds to wait when the address is now past its budget.
+    func failed(_ address: String) -> Int? {
+        let now = ContinuousClock.now
+        return buckets.withLock { buckets -> Int? in
+            var bucket = refilled(buckets[address], now: now)
+            if bucket.tokens < 1 { return wait(bucket) }
+            bucket.tokens -= 1
+            if buckets[address] == nil && buckets.count >= Self.maxAddresses { prune(&buckets, now: now) }
+            buckets[address] = bucket
+            return nil
+        }
+    }
+
+    /// The seconds to wait when the address has no failure left to spend, else `nil`.
+    func blocked(_ address: String) -> Int? {
+        let now = ContinuousClock.now
+        return buckets.withLock { buckets in
+            guard let bucket = buckets[address] else { return nil }
+            let current = refilled(bucket, now: now)
+            return current.tokens < 1 ? wait(current) : nil
+        }
+    }
+
+    private func refilled(_ bucket: Bucket?, now: ContinuousClock.Instant) -> Bucket {
+        guard let bucket else { return Bucket(tokens: burst, updated: now) }
+        let elapsed = (now - bucket.updated).inSeconds
+        return Bucket(tokens: min(burst, bucket.tokens + elapsed * perSecond), updated: now)
+    }
+
+    private func wait(_ bucket: Bucket) -> Int { max(1, Int(((1 - bucket.tokens) / perSecond).rounded(.up))) }
+
+    private func prune(_ buckets: inout [String: Bucket], now: ContinuousClock.Instant) {
+        buckets = buckets.filter { refilled($0.value, now: now).tokens < burst }
+        if buckets.count >= Self.maxAddresses { buckets.removeAll(keepingCapacity: true) }
     }
 }
 

@@ -60,6 +60,22 @@ extension Convo {
             help: "How often the responder looks for conversations with unconsumed messages (env CONVO_SWEEP_SECONDS; default 30).")
         var sweepSeconds: Int?
 
+        @Option(
+            name: .customLong("max-connections"),
+            help: "Client connections held at once; past it a new one is answered 503 and closed. Lowered to fit the descriptor limit (env CONVO_MAX_CONNECTIONS; default 4096).")
+        var maxConnections: Int?
+
+        @Option(
+            name: .customLong("idle-timeout"),
+            help: "Seconds a connection may go without a complete request head (idle keep-alive, idle socket, unfinished head) before it is closed (env CONVO_IDLE_TIMEOUT; default 30).")
+        var idleTimeout: Int?
+
+        @Option(name: .customLong("max-streams"), help: "Open event streams (SSE) in all; past it 429 (env CONVO_MAX_STREAMS; default 2000).")
+        var maxStreams: Int?
+
+        @Option(name: .customLong("max-streams-per-tenant"), help: "Open event streams per tenant; past it 429 (env CONVO_MAX_STREAMS_PER_TENANT; default 200).")
+        var maxStreamsPerTenant: Int?
+
         @Option(name: .customLong("shutdown-timeout"), help: "Seconds a graceful shutdown may take before work is cancelled (env CONVO_SHUTDOWN_TIMEOUT; default 30).")
         var shutdownTimeout: Int?
 
@@ -81,6 +97,17 @@ extension Convo {
             }
             guard (1...10_000_000).contains(try resolved(ingestQueueLimit, "CONVO_INGEST_QUEUE_LIMIT", 10_000)) else {
                 throw ValidationError("the ingest queue limit is between 1 and 10000000 messages")
+            }
+            guard (1...1_000_000).contains(try resolved(maxConnections, "CONVO_MAX_CONNECTIONS", 4096)) else {
+                throw ValidationError("the connection limit is between 1 and 1000000")
+            }
+            guard (1...3600).contains(try resolved(idleTimeout, "CONVO_IDLE_TIMEOUT", 30)) else {
+                throw ValidationError("the idle timeout is between 1 and 3600 seconds")
+            }
+            guard (1...1_000_000).contains(try resolved(maxStreams, "CONVO_MAX_STREAMS", 2000)),
+                (1...1_000_000).contains(try resolved(maxStreamsPerTenant, "CONVO_MAX_STREAMS_PER_TENANT", 200))
+            else {
+                throw ValidationError("the event stream limits are between 1 and 1000000")
             }
             guard (0...3600).contains(try resolved(keyCacheSeconds, "CONVO_KEY_CACHE_SECONDS", 5)) else {
                 throw ValidationError("the key cache lasts 0 to 3600 seconds")
@@ -106,7 +133,8 @@ extension Convo {
             var postgres = url.clientConfiguration(maximumConnections: poolSize, sessionTimeouts: .seconds(300))
             postgres.options.connectTimeout = try options.connectTimeout()
             let client = PostgresClient(configuration: postgres, backgroundLogger: backgroundLogger(logger))
-            let redis = RedisClient(configuration: try RedisConfiguration(url: options.redisURL(), connections: try resolved(redisPoolSize, "CONVO_REDIS_POOL_SIZE", 4)))
+            let redisPool = try resolved(redisPoolSize, "CONVO_REDIS_POOL_SIZE", 4)
+            let redis = RedisClient(configuration: try RedisConfiguration(url: options.redisURL(), connections: redisPool))
             let provider: any AIProvider
             if let ai = try OpenAICompatibleProvider.Configuration.fromEnvironment(options.environment) {
                 provider = OpenAICompatibleProvider(configuration: ai, logger: logger)
@@ -122,8 +150,16 @@ extension Convo {
                     maxQueued: try resolved(ingestQueueLimit, "CONVO_INGEST_QUEUE_LIMIT", 10_000)),
                 responder: .init(sweepInterval: .seconds(try resolved(sweepSeconds, "CONVO_SWEEP_SECONDS", 30))),
                 keyCacheTTL: .seconds(try resolved(keyCacheSeconds, "CONVO_KEY_CACHE_SECONDS", 5)),
-                requestDeadline: .seconds(try resolved(requestTimeout, "CONVO_REQUEST_TIMEOUT", 10)), logger: logger)
+                requestDeadline: .seconds(try resolved(requestTimeout, "CONVO_REQUEST_TIMEOUT", 10)),
+                streams: .init(
+                    total: try resolved(maxStreams, "CONVO_MAX_STREAMS", 2000), perTenant: try resolved(maxStreamsPerTenant, "CONVO_MAX_STREAMS_PER_TENANT", 200)),
+                logger: logger)
             context.projectionStaleAfter = .seconds(try resolved(projectionStaleSeconds, "CONVO_PROJECTION_STALE_SECONDS", 10))
+            // The descriptors PostgreSQL and Redis need are kept out of the connection budget.
+            context.connectionLimits = ConnectionLimits(
+                maxConnections: try resolved(maxConnections, "CONVO_MAX_CONNECTIONS", 4096),
+                idleTimeout: .seconds(try resolved(idleTimeout, "CONVO_IDLE_TIMEOUT", 30))
+            ).fitted(reserving: poolSize + redisPool, logger: logger)
             let host = host ?? options.environment["CONVO_HOST"] ?? "127.0.0.1"
             let port = try resolvedPort()
             logger.info("convo serving", metadata: ["convo.http.address": "\(host):\(port)", "convo.database": "\(url)"])

@@ -30,12 +30,16 @@ struct ServerContext: Sendable {
     let runners: [ProjectionRunner]
     /// How long a projection may keep an event waiting before `/readyz` reports it stale.
     var projectionStaleAfter: Duration = .seconds(10)
+    /// How many client connections the server holds, and for how long without a request.
+    var connectionLimits = ConnectionLimits()
+    let connections = ConnectionCounter()
 
     /// The context of one `convo serve` process.
     static func make(
         client: PostgresClient, redis: RedisClient, provider: any AIProvider = RuleProvider(),
         processing: ConversationProcessor.Configuration = .init(), runners: ProjectionRunner.Configuration = .init(),
-        ingest: IngestBatcher.Configuration = .init(), responder: ResponderService.Configuration = .init(), keyCacheTTL: Duration = .seconds(5), requestDeadline: Duration = .seconds(10), logger: Logger
+        ingest: IngestBatcher.Configuration = .init(), responder: ResponderService.Configuration = .init(), keyCacheTTL: Duration = .seconds(5), requestDeadline: Duration = .seconds(10),
+        streams: ConversationFeed.Limits = .init(), logger: Logger
     ) -> ServerContext {
         let metrics = ConvoMetrics.bootstrap()
         let store = PostgresEventStore(client: client, logger: logger)
@@ -47,7 +51,7 @@ struct ServerContext: Sendable {
             batcher: IngestBatcher(store: store, configuration: ingest, logger: logger), processor: processor,
             responder: ResponderService(processor: processor, store: store, configuration: responder, logger: logger), workflows: workflows,
             keys: KeyAuthenticator(store: APIKeyStore(client: client, logger: logger), ttl: keyCacheTTL),
-            feed: ConversationFeed(store: store, logger: logger), metrics: metrics, requestDeadline: requestDeadline,
+            feed: ConversationFeed(store: store, limits: streams, logger: logger), metrics: metrics, requestDeadline: requestDeadline,
             runners: ProjectionRegistry.standard.map { ProjectionRunner(projection: $0, store: store, configuration: runners, logger: logger) })
     }
 }
@@ -149,6 +153,7 @@ func buildApplication(
     if roles.responder { services.append(context.responder) }
     return Application(
         router: buildRouter(context, background: measuresProjections).0,
+        server: .guarded(context.connectionLimits, counter: context.connections),
         configuration: .init(address: .hostname(host, port: port), serverName: "convo"),
         services: services,
         logger: logger

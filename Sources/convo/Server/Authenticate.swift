@@ -1,6 +1,7 @@
 import Hummingbird
 
-/// Requires `Authorization: Bearer KEY` with a live key, and puts the key in the context. Which scope a
+/// Requires `Authorization: Bearer KEY` with a live key, and puts the key in the context. Failed
+/// authentications are limited per client address (``FailureLimiter``): 429 with `Retry-After` past it. Which scope a
 /// route needs is the route's to check (``ConvoRequestContext/tenant(for:)``).
 struct Authenticate: RouterMiddleware {
     let keys: KeyAuthenticator
@@ -14,8 +15,16 @@ struct Authenticate: RouterMiddleware {
         guard parts.count == 2, parts[0].lowercased() == "bearer" else {
             throw APIError(.unauthorized, "invalid_key", "the Authorization header is Bearer KEY", headers: challenge)
         }
-        guard let key = try await keys.authenticate(String(parts[1])) else {
+        let key: APIKeyRecord
+        switch try await keys.authenticate(String(parts[1]), from: context.clientAddress) {
+        case .valid(let record):
+            key = record
+        case .refused:
             throw APIError(.unauthorized, "invalid_key", "the key is unknown or revoked", headers: challenge)
+        case .limited(let wait):
+            throw APIError(
+                .tooManyRequests, "too_many_failed_authentications",
+                "too many requests with an unknown or malformed key from this address; retry in \(wait) s", headers: [.retryAfter: "\(wait)"])
         }
         var context = context
         context.key = key

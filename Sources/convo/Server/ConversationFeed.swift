@@ -33,16 +33,32 @@ final class ConversationFeed: Service, Sendable {
         let items: AsyncStream<Item>
     }
 
+    /// How many listeners (open event streams) the process holds, in all and per tenant: past either, a new
+    /// stream is refused (429), so no tenant can take every stream, nor all of them the server's memory.
+    struct Limits: Sendable {
+        var total: Int
+        var perTenant: Int
+
+        init(total: Int = 2000, perTenant: Int = 200) {
+            self.total = max(1, total)
+            self.perTenant = max(1, perTenant)
+        }
+    }
+
     let store: PostgresEventStore
     let heartbeat: Duration
+    let limits: Limits
     let logger: Logger
-    /// Items a listener may have waiting before it is ended.
-    static let bufferLimit = 10_000
+    /// Items a listener may have waiting before it is ended: a client too slow to read them is
+    /// disconnected, and catches up from the database when it reconnects with `Last-Event-ID`.
+    static let bufferLimit = 1000
     /// The listeners by conversation, and how many registered since start: one lock for both, so the idle
     /// feed sees a listener stored exactly when it sees it counted.
     private struct Listeners {
         var entries: [Key: [UUID: AsyncStream<Item>.Continuation]] = [:]
         var registrations = 0
+        var total = 0
+        var perTenant: [TenantID: Int] = [:]
     }
     private let listeners = Mutex(Listeners())
     private let stopped = Atomic<Bool>(false)
@@ -50,42 +66,61 @@ final class ConversationFeed: Service, Sendable {
     static let idleAdvance = Duration.seconds(1)
     static let idleCheck = Duration.milliseconds(50)
 
-    init(store: PostgresEventStore, heartbeat: Duration = .seconds(15), logger: Logger) {
+    init(store: PostgresEventStore, heartbeat: Duration = .seconds(15), limits: Limits = .init(), logger: Logger) {
         self.store = store
         self.heartbeat = heartbeat
+        self.limits = limits
         self.logger = logger
     }
 
-    /// Registers a listener of a conversation's new events. Call ``remove(_:)`` when done.
-    func listen(tenant: TenantID, conversation: ConversationID) -> Listener {
+    /// Whether a new listener of `tenant` would be within the limits now.
+    func admits(_ tenant: TenantID) -> Bool {
+        listeners.withLock { $0.total < limits.total && $0.perTenant[tenant, default: 0] < limits.perTenant }
+    }
+
+    /// Registers a listener of a conversation's new events, unless the limits are reached (`nil`). Call
+    /// ``remove(_:)`` when done.
+    func listen(tenant: TenantID, conversation: ConversationID) -> Listener? {
         let key = Key(tenant: tenant, conversation: conversation)
         let id = UUID()
         let (items, continuation) = AsyncStream<Item>.makeStream(bufferingPolicy: .bufferingOldest(Self.bufferLimit))
-        listeners.withLock { listeners in
+        let admitted = listeners.withLock { listeners -> Bool in
+            guard listeners.total < limits.total, listeners.perTenant[tenant, default: 0] < limits.perTenant else { return false }
             listeners.entries[key, default: [:]][id] = continuation
             listeners.registrations += 1
+            listeners.total += 1
+            listeners.perTenant[tenant, default: 0] += 1
+            return true
         }
+        guard admitted else { return nil }
         if stopped.load(ordering: .relaxed) { continuation.finish() }
         return Listener(id: id, key: key, items: items)
     }
 
     func remove(_ listener: Listener) {
         let continuation = listeners.withLock { listeners -> AsyncStream<Item>.Continuation? in
-            let removed = listeners.entries[listener.key]?.removeValue(forKey: listener.id)
+            guard let removed = listeners.entries[listener.key]?.removeValue(forKey: listener.id) else { return nil }
             if listeners.entries[listener.key]?.isEmpty == true { listeners.entries[listener.key] = nil }
+            listeners.total -= 1
+            listeners.perTenant[listener.key.tenant, default: 1] -= 1
+            if listeners.perTenant[listener.key.tenant] == 0 { listeners.perTenant[listener.key.tenant] = nil }
             return removed
         }
         continuation?.finish()
     }
 
-    var listenerCount: Int { listeners.withLock { $0.entries.values.reduce(0) { $0 + $1.count } } }
+    var listenerCount: Int { listeners.withLock { $0.total } }
 
     func run() async throws {
         defer {
             stopped.store(true, ordering: .relaxed)
             // Shutting down: every open stream ends, its client reconnects to another instance.
             let all = listeners.withLock { listeners in
-                defer { listeners.entries.removeAll() }
+                defer {
+                    listeners.entries.removeAll()
+                    listeners.total = 0
+                    listeners.perTenant.removeAll()
+                }
                 return listeners.entries.values.flatMap(\.values)
             }
             for continuation in all { continuation.finish() }

@@ -8,9 +8,15 @@ struct ConvoRequestContext: RequestContext {
     /// The caller's key; `nil` on the routes that need none (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`).
     var key: APIKeyRecord?
 
+    /// The peer's IP address (or its description for other sockets): what failed authentications are
+    /// limited by.
+    let clientAddress: String
+
     init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)
         self.key = nil
+        let remote = source.channel.remoteAddress
+        self.clientAddress = remote?.ipAddress ?? remote.map { "\($0)" } ?? "unknown"
     }
 
     /// Bodies are small JSON documents; anything bigger is refused with 413 before it is read.

@@ -29,6 +29,9 @@ struct StreamRoute: Sendable {
         let start = after
         let store = context.store
         let feed = context.feed
+        let keys = context.keys
+        guard let keyID = requestContext.key?.id else { throw APIError(.unauthorized, "missing_key", "send Authorization: Bearer KEY") }
+        guard feed.admits(tenant) else { throw Self.tooMany(feed) }
         let streams = [conversation.messagesStream, conversation.workflowStream]
         let headers: HTTPFields = [
             .contentType: "text/event-stream", .cacheControl: "no-cache", HTTPField.Name("X-Accel-Buffering")!: "no",
@@ -39,8 +42,24 @@ struct StreamRoute: Sendable {
                 // Listen before reading what is stored: an event committed in between comes through both, and
                 // the position filter drops the second copy. Registered here, so a body never written
                 // leaves no listener behind.
-                let listener = feed.listen(tenant: tenant, conversation: conversation)
+                guard let listener = feed.listen(tenant: tenant, conversation: conversation) else {
+                    // Another stream took the last place since the check above.
+                    try await writer.write(ByteBuffer(string: ": too many open event streams; retry later\n\n"))
+                    try await writer.finish(nil)
+                    return
+                }
                 defer { feed.remove(listener) }
+                // The key is checked again once per key-cache interval: a revoked key's stream ends within it.
+                let watch = Task {
+                    let every = max(keys.ttl, .seconds(1))
+                    while (try? await Task.sleep(for: every)) != nil {
+                        if (try? await keys.isLive(keyID)) == false {
+                            feed.remove(listener)
+                            return
+                        }
+                    }
+                }
+                defer { watch.cancel() }
                 try await withGracefulShutdownHandler {
                     var last = start
                     try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
@@ -69,6 +88,13 @@ struct StreamRoute: Sendable {
                 }
                 try await writer.finish(nil)
             })
+    }
+
+    static func tooMany(_ feed: ConversationFeed) -> APIError {
+        APIError(
+            .tooManyRequests, "too_many_streams",
+            "too many open event streams (at most \(feed.limits.perTenant) per tenant and \(feed.limits.total) in all); retry later",
+            headers: [.retryAfter: "\(APIError.retryAfterSeconds)"])
     }
 
     static func frame(_ event: RecordedEvent) throws -> ByteBuffer {

@@ -1,0 +1,266 @@
+import AsyncHTTPClient
+import ConvoTestSupport
+import Foundation
+import NIOCore
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Clients that attack the server rather than use it, against a real `convo serve`: idle and slow
+/// connections far past the limit, floods of unknown keys, too many event streams, a key revoked while
+/// its streams are open. The server stays up and keeps serving the others.
+@Suite struct AbuseTests {
+    /// The shared test database, migrated, and a key of a tenant of its own.
+    struct Setup {
+        let env: [String: String]
+        let tenant: String
+        let key: String
+
+        init() async throws {
+            env = ["CONVO_DATABASE_URL": try TestDatabase.url.description, "CONVO_REDIS_URL": try TestDatabase.redisURL, "CI": "true", "CONVO_LOG_LEVEL": "notice"]
+            let migrated = try await ConvoProcess.run(["migrate"], environment: env)
+            guard migrated.status == 0 else { throw ServeProcess.Failure(description: "migrate: \(migrated.stderr)") }
+            tenant = TestDatabase.uniqueTenant().rawValue
+            key = try await Self.key(tenant: tenant, env: env)
+        }
+
+        static func key(tenant: String, env: [String: String]) async throws -> String {
+            let made = try await ConvoProcess.run(["keys", "create", "--tenant", tenant, "--scopes", "ingest,read,admin", "--json"], environment: env)
+            return try JSONDecoder().decode(FaultFleet.Created.self, from: Data(made.stdout.utf8)).key
+        }
+    }
+
+    @Test func idleAndSlowConnectionsFarPastTheCapNeitherCrashNorStarveTheServer() async throws {
+        let setup = try await Setup()
+        let server = try await ServeProcess(environment: setup.env, arguments: ["--max-connections", "60", "--idle-timeout", "2", "--no-responder"])
+        // 180 connections: idle ones, unfinished request heads, and keep-alives left idle after one request.
+        var sockets: [RawConnection] = []
+        for index in 0..<180 {
+            let connection = try RawConnection(port: server.port)
+            switch index % 3 {
+            case 0: break
+            case 1: connection.send("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            default: connection.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            }
+            sockets.append(connection)
+        }
+        // Every one of them is closed by the server: past the cap at once (answered 503), the others after
+        // the idle timeout (2 s). Bounded: 20 s.
+        let closedAll = try await eventually(timeout: .seconds(20)) {
+            sockets.allSatisfy { $0.poll() }
+        }
+        #expect(closedAll, "\(sockets.filter { !$0.isClosed }.count) of \(sockets.count) still open")
+        let refused = sockets.filter { $0.received.hasPrefix("HTTP/1.1 503") && $0.received.contains("too_many_connections") }
+        let admitted = sockets.count - refused.count
+        #expect(admitted <= 60 && refused.count >= 100, "admitted \(admitted), refused \(refused.count)")
+        #expect(refused.allSatisfy { $0.received.contains("Retry-After: 1") })
+        // The ones that finished a request were answered before they were closed for idling.
+        let answered = sockets.enumerated().filter { $0.offset % 3 == 2 && $0.element.received.hasPrefix("HTTP/1.1 200") }
+        #expect(!answered.isEmpty)
+        #expect(server.isRunning, "\(server.failureSummary)")
+        // And the server serves the others, with PostgreSQL and Redis reachable.
+        // (The shared test database holds other tests' events, so only these two checks are this test's.)
+        let ready = await Self.plainGet(server, "/readyz")
+        #expect(ready.body.contains(#""postgres":"ok""#) && ready.body.contains(#""redis":"ok""#), "\(ready.body)")
+        let metrics = await Self.plainGet(server, "/metrics")
+        #expect(metrics.body.contains("convo_http_connections_refused"))
+        for connection in sockets { connection.close() }
+        try await server.stop()
+    }
+
+    @Test func theConnectionCapFitsTheDescriptorLimitWithPostgresAndRedisInReserve() async throws {
+        let setup = try await Setup()
+        // 200 descriptors in all: the pools (20 + 4) and 64 spare stay out of the budget, 112 are left.
+        let server = try await ServeProcess(
+            environment: setup.env, arguments: ["--idle-timeout", "2", "--no-responder"], launcher: ["/usr/bin/prlimit", "--nofile=200:200", "--"])
+        #expect(try await eventually(timeout: .seconds(10)) { server.output.contains("room for 112") }, "\(server.output.suffix(1000))")
+        var sockets: [RawConnection] = []
+        for _ in 0..<300 {
+            guard let connection = try? RawConnection(port: server.port) else { continue }
+            sockets.append(connection)
+        }
+        #expect(sockets.count == 300)
+        // Past the budget, answered and closed; the rest closed at the idle timeout. Nothing ran out of
+        // descriptors: the server is up and reaches PostgreSQL and Redis.
+        #expect(try await eventually(timeout: .seconds(20)) { sockets.allSatisfy { $0.poll() } })
+        #expect(sockets.filter { $0.received.hasPrefix("HTTP/1.1 503") }.count >= 300 - 112)
+        #expect(server.isRunning, "\(server.failureSummary)")
+        // (The shared test database holds other tests' events, so only these two checks are this test's.)
+        let ready = await Self.plainGet(server, "/readyz")
+        #expect(ready.body.contains(#""postgres":"ok""#) && ready.body.contains(#""redis":"ok""#), "\(ready.body)")
+        #expect(!server.output.contains("Too many open files"), "\(server.output.suffix(2000))")
+        for connection in sockets { connection.close() }
+        try await server.stop()
+    }
+
+    @Test func aFloodOfUnknownKeysIsLimitedWithoutLookupsAndValidKeysKeepWorking() async throws {
+        let setup = try await Setup()
+        let server = try await ServeProcess(environment: setup.env, arguments: ["--no-responder", "--key-cache-seconds", "60"])
+        // A valid key, used once, is cached.
+        #expect(await Self.get(server, "/v1/parked-conversations", key: setup.key).status == 200)
+        let before = try await Self.lookups(server)
+        // 400 well-formed unknown keys and 400 malformed tokens from this address, 16 at a time.
+        let tally = Tally()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for worker in 0..<16 {
+                group.addTask {
+                    for index in 0..<50 {
+                        let token = index.isMultiple(of: 2)
+                            ? "cvk_\(String(format: "%016x", worker * 1000 + index))_\(String(repeating: "A", count: 43))" : "garbage-\(worker)-\(index)"
+                        let reply = await Self.get(server, "/v1/parked-conversations", key: token)
+                        tally.statuses.withLock { $0[reply.status, default: 0] += 1 }
+                        if let wait = reply.retryAfter { tally.waits.withLock { _ = $0.insert(wait) } }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let counted = tally.statuses.withLock { $0 }
+        // The burst (20) and its refill (2 a second) are refused as unknown; the rest are limited.
+        #expect(counted[401, default: 0] <= 60 && counted[429, default: 0] >= 740, "\(counted)")
+        #expect(!tally.waits.withLock { $0 }.isEmpty)
+        // Malformed tokens were never looked up; unknown ones only within the budget.
+        let lookups = try await Self.lookups(server) - before
+        #expect(lookups <= 60, "\(lookups) lookups")
+        // The valid key still works from the same address.
+        #expect(await Self.get(server, "/v1/parked-conversations", key: setup.key).status == 200)
+        try await server.stop()
+    }
+
+    @Test func eventStreamsAreLimitedPerTenantAndARevokedKeysStreamsEnd() async throws {
+        let setup = try await Setup()
+        let server = try await ServeProcess(
+            environment: setup.env, arguments: ["--no-responder", "--key-cache-seconds", "1", "--max-streams-per-tenant", "2"])
+        let other = try await Setup.key(tenant: TestDatabase.uniqueTenant().rawValue, env: setup.env)
+        let first = try await SSEStream(server, conversation: "c-1", key: setup.key)
+        let second = try await SSEStream(server, conversation: "c-2", key: setup.key)
+        #expect(first.status == 200 && second.status == 200)
+        let third = try await SSEStream(server, conversation: "c-3", key: setup.key)
+        #expect(third.status == 429 && third.retryAfter != nil, "\(third.status)")
+        // Another tenant has places of its own.
+        let elsewhere = try await SSEStream(server, conversation: "c-1", key: other)
+        #expect(elsewhere.status == 200)
+        // The key is revoked: its streams end within the key-cache interval (1 s; bounded at 15 s here),
+        // the other tenant's stream goes on.
+        let revokedAt = ContinuousClock.now
+        let revoked = try await ConvoProcess.run(["keys", "revoke", setup.key], environment: setup.env)
+        #expect(revoked.status == 0, "\(revoked.stderr)")
+        #expect(try await eventually(timeout: .seconds(15)) { first.ended && second.ended })
+        #expect(ContinuousClock.now - revokedAt < .seconds(15))
+        #expect(!elsewhere.ended)
+        // Its places are free again: the other tenant can still open a second stream, and requests with the
+        // revoked key are refused.
+        #expect(await Self.get(server, "/v1/parked-conversations", key: setup.key).status == 401)
+        elsewhere.cancel()
+        try await server.stop()
+    }
+
+    // MARK: Helpers
+
+    final class Tally: Sendable {
+        let statuses = Mutex<[Int: Int]>([:])
+        let waits = Mutex<Set<String>>([])
+    }
+
+    final class Flag: Sendable {
+        let value = Atomic<Bool>(false)
+    }
+
+    static func get(_ server: ServeProcess, _ path: String, key: String) async -> (status: Int, retryAfter: String?) {
+        var request = HTTPClientRequest(url: "\(server.baseURL)\(path)")
+        request.headers.add(name: "Authorization", value: "Bearer \(key)")
+        do {
+            let response = try await FaultFleet.http.execute(request, timeout: .seconds(30))
+            _ = try await response.body.collect(upTo: 1 << 20)
+            return (Int(response.status.code), response.headers.first(name: "Retry-After"))
+        } catch {
+            return (0, nil)
+        }
+    }
+
+    static func plainGet(_ server: ServeProcess, _ path: String) async -> (status: Int, body: String) {
+        do {
+            let response = try await FaultFleet.http.execute(HTTPClientRequest(url: "\(server.baseURL)\(path)"), timeout: .seconds(30))
+            return (Int(response.status.code), String(buffer: try await response.body.collect(upTo: 1 << 22)))
+        } catch {
+            return (0, "\(error)")
+        }
+    }
+
+    static func lookups(_ server: ServeProcess) async throws -> Int {
+        let metrics = await plainGet(server, "/metrics")
+        let line = metrics.body.split(separator: "\n").first { $0.hasPrefix("convo_auth_lookups ") || $0.hasPrefix("convo_auth_lookups_total ") }
+        return line.flatMap { Double($0.split(separator: " ").last ?? "").map(Int.init) } ?? 0
+    }
+}
+
+/// An event stream held open by the test.
+final class SSEStream: Sendable {
+    let status: Int
+    let retryAfter: String?
+    private let done = AbuseTests.Flag()
+    private let reader: Task<Void, Never>?
+
+    var ended: Bool { done.value.load(ordering: .relaxed) }
+
+    init(_ server: ServeProcess, conversation: String, key: String) async throws {
+        var request = HTTPClientRequest(url: "\(server.baseURL)/v1/conversations/\(conversation)/stream")
+        request.headers.add(name: "Authorization", value: "Bearer \(key)")
+        let response = try await FaultFleet.http.execute(request, timeout: .seconds(120))
+        status = Int(response.status.code)
+        retryAfter = response.headers.first(name: "Retry-After")
+        let done = self.done
+        reader = Task {
+            do { for try await _ in response.body {} } catch {}
+            done.value.store(true, ordering: .relaxed)
+        }
+    }
+
+    func cancel() { reader?.cancel() }
+}
+
+/// A raw TCP connection to the server, for clients that do not speak HTTP properly.
+final class RawConnection: @unchecked Sendable {
+    let fd: Int32
+    private(set) var received = ""
+    private(set) var isClosed = false
+
+    init(port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else {
+            Glibc.close(fd)
+            throw ServeProcess.Failure(description: "connect: errno \(errno)")
+        }
+    }
+
+    func send(_ text: String) {
+        _ = text.withCString { Glibc.send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// Reads what has arrived without waiting; `true` once the server has closed the connection.
+    func poll() -> Bool {
+        guard !isClosed else { return true }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+            if count > 0 {
+                received += String(decoding: buffer[0..<count], as: UTF8.self)
+                continue
+            }
+            if count == 0 || (errno != EAGAIN && errno != EWOULDBLOCK) { isClosed = true }
+            return isClosed
+        }
+    }
+
+    func close() { Glibc.close(fd) }
+}
