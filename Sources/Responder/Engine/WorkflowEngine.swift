@@ -242,7 +242,7 @@ public struct WorkflowEngine: Sendable {
 
 extension Condition {
     /// Whether the condition holds for the message text and the variables. A regular expression that does
-    /// not compile never matches (validation refuses such workflows).
+    /// not compile never matches (publishing refuses such workflows).
     public func holds(message: String, variables: [String: JSONValue]) -> Bool {
         let subject: String
         switch source {
@@ -255,9 +255,8 @@ extension Condition {
         case .contains:
             return caseSensitive ? subject.contains(value) : subject.lowercased().contains(value.lowercased())
         case .matches:
-            guard var regex = try? Regex(value) else { return false }
-            if !caseSensitive { regex = regex.ignoresCase() }
-            return subject.firstMatch(of: regex) != nil
+            // Linear in the text, compiled once (see BoundedPattern).
+            return BoundedPattern.cached(value, caseSensitive: caseSensitive)?.matches(subject) ?? false
         }
     }
 }

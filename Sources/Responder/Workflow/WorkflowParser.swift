@@ -330,9 +330,13 @@ public enum WorkflowParser {
                     issues.append(WorkflowIssue(nodeId: nodeId, message: "branches[\(index)] needs op (contains, equals, matches) and a value"))
                     continue
                 }
-                if op == .matches, (try? Regex(value)) == nil {
-                    issues.append(WorkflowIssue(nodeId: nodeId, message: "branches[\(index)] has an invalid regular expression"))
-                    continue
+                if op == .matches {
+                    do {
+                        _ = try BoundedPattern(value, caseSensitive: true)
+                    } catch {
+                        issues.append(WorkflowIssue(nodeId: nodeId, message: "branches[\(index)] has an invalid regular expression: \(error)"))
+                        continue
+                    }
                 }
                 let caseSensitive: Bool
                 if case .bool(let flag)? = test["caseSensitive"] { caseSensitive = flag } else { caseSensitive = false }
