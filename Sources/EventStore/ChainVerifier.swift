@@ -208,14 +208,32 @@ extension PostgresEventStore {
     /// Every stream's last event now (of `tenant`, or of all tenants): what ``verifyChains`` takes as an anchor.
     ///
     /// - Throws: ``EventStoreError`` when the read fails.
+    /// Every stream's head, of `tenant` or of all tenants, in order of tenant and stream name (page by page).
     public func streamHeads(tenant: TenantID? = nil) async throws -> [StreamHead] {
+        var heads: [StreamHead] = []
+        var after: (tenant: String, stream: String)?
+        while true {
+            let page = try await streamHeads(tenant: tenant, after: after, limit: 1000)
+            heads += page
+            guard page.count == 1000, let last = page.last else { return heads }
+            after = (last.tenant, last.stream)
+        }
+    }
+
+    /// One page of stream heads: at most `limit`, those after `after` (a tenant and stream name) in order of
+    /// tenant and stream name. Reads only the streams of the page, through the stream index.
+    public func streamHeads(tenant: TenantID?, after: (tenant: String, stream: String)?, limit: Int) async throws -> [StreamHead] {
+        guard (1...10_000).contains(limit) else { throw EventStoreError(code: .invalidArgument, message: "a page holds 1 to 10,000 heads") }
         var heads: [StreamHead] = []
         do {
             let rows = try await client.queryOpen(
                 """
                 SELECT DISTINCT ON (tenant_id, stream_name) tenant_id, stream_name, stream_version, global_position, hash
-                FROM events WHERE (\(tenant?.rawValue)::text IS NULL OR tenant_id = \(tenant?.rawValue))
+                FROM events
+                WHERE (\(tenant?.rawValue)::text IS NULL OR tenant_id = \(tenant?.rawValue))
+                  AND (\(after?.tenant)::text IS NULL OR (tenant_id, stream_name) > (\(after?.tenant ?? ""), \(after?.stream ?? "")))
                 ORDER BY tenant_id, stream_name, stream_version DESC
+                LIMIT \(limit)
                 """, logger: logger)
             for try await (tenant, stream, version, position, hash) in rows.decode((String, String, Int64, Int64, ByteBuffer).self) {
                 heads.append(StreamHead(tenant: tenant, stream: stream, version: version, position: position, hash: Array(buffer: hash).hexString))

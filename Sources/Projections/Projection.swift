@@ -28,6 +28,16 @@ public protocol Projection: Sendable {
     ///
     /// - Throws: ``FoldError`` when the event cannot be applied.
     func apply(_ event: ProjectedEvent, to row: Row?, key: Row.Key) throws -> Row
+
+    /// Whether every event that changes a row of a conversation lies in that conversation's own streams
+    /// (its `messages-` and `workflow-` streams), so `verify --conversation` reads only those. `false`
+    /// (the default) for rows that gather several conversations, such as a visitor's: verify then reads
+    /// the tenant's events.
+    var rowsAreConversationLocal: Bool { get }
+}
+
+extension Projection {
+    public var rowsAreConversationLocal: Bool { false }
 }
 
 /// A row of a projection's table. Its coding keys are the column names.

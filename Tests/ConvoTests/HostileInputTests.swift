@@ -128,6 +128,36 @@ import Testing
         }
     }
 
+    @Test func streamHeadsComeAPageAtATime() async throws {
+        struct Page: Decodable {
+            struct Head: Decodable { var stream: String }
+            var heads: [Head]
+            var next: String?
+        }
+        try await APIHarness.with { api in
+            for index in 0..<5 {
+                #expect(try await api.post("heads-\(index)-\(APIHarness.conversationID())", #"{"visitorUid": "v", "text": "hi"}"#).status == .accepted)
+            }
+            let all = try await api.request(.get, "/v1/audit/heads", key: api.admin).decode(Page.self)
+            #expect(all.heads.count == 5 && all.next == nil)
+            var collected: [String] = []
+            var after: String?
+            var pages = 0
+            repeat {
+                let query = after.map { "&after=\($0.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? $0)" } ?? ""
+                let page = try await api.request(.get, "/v1/audit/heads?limit=2\(query)", key: api.admin).decode(Page.self)
+                collected += page.heads.map(\.stream)
+                after = page.next
+                pages += 1
+            } while after != nil && pages < 10
+            #expect(collected == all.heads.map(\.stream) && pages == 3)
+            for bad in ["limit=0", "limit=1001", "limit=x", "after="] {
+                let reply = try await api.request(.get, "/v1/audit/heads?\(bad)", key: api.admin)
+                #expect(reply.status == .badRequest, "\(bad): \(reply.text)")
+            }
+        }
+    }
+
     @Test func csvCellsThatASpreadsheetWouldRunAreNeutralised() {
         let table = TextTable(header: ["text"], rows: [["=HYPERLINK(\"http://x\")"], ["+1"], ["-2"], ["@SUM(A1)"], ["\tx"], ["\rx"], ["plain"], ["a=b"]])
         let lines = table.csv.components(separatedBy: "\r\n")

@@ -84,6 +84,30 @@ import Testing
         }
     }
 
+    @Test func verifyOfOneConversationReadsOnlyItsOwnStreams() async throws {
+        try await TestDatabase.withFreshDatabase { url in
+            try await TestDatabase.withStore(url: url) { store in
+                let traffic = Traffic(store: store)
+                try await traffic.run(turns: 3, conversations: 3)
+                #expect(try await settled(store))
+                _ = try await ProjectionRebuilder(store: store, logger: TestDatabase.logger).rebuild(ProjectionRegistry.standard, reason: "test")
+                // Another conversation's workflow events no longer fold: only a verify that reads them fails.
+                try await store.client.withConnection { connection in
+                    try await connection.query("BEGIN", logger: TestDatabase.logger)
+                    try await connection.query("SET LOCAL session_replication_role = replica", logger: TestDatabase.logger)
+                    try await connection.query("UPDATE events SET data = '{}' WHERE stream_name = 'workflow-c2'", logger: TestDatabase.logger)
+                    try await connection.query("COMMIT", logger: TestDatabase.logger)
+                }
+                let verifier = ProjectionVerifier(store: store, logger: TestDatabase.logger)
+                let c0 = (traffic.tenant, ConversationID(rawValue: "c0")!)
+                #expect(try await verifier.verify(WorkflowStateProjection(), conversation: c0).isClean)
+                #expect(try await verifier.verify(ConversationsProjection(), conversation: c0).isClean)
+                await #expect(throws: ProjectionError.self) { try await verifier.verify(WorkflowStateProjection()) }
+                await #expect(throws: ProjectionError.self) { try await verifier.verify(WorkflowStateProjection(), conversation: (traffic.tenant, ConversationID(rawValue: "c2")!)) }
+            }
+        }
+    }
+
     @Test func timeTravelGivesTheStateAtEachVersionAndMoment() async throws {
         try await TestDatabase.withStore { store in
             let traffic = Traffic(store: store)

@@ -17,6 +17,9 @@ public struct ConversationsProjection: Projection {
 
     static let categories: Set<String> = ["messages", "workflow"]
 
+    /// Its rows are keyed by the conversation whose stream the event is in.
+    public var rowsAreConversationLocal: Bool { true }
+
     public func keys(of event: ProjectedEvent) throws -> [ConversationKey] {
         Self.categories.contains(event.stream.category) ? [ConversationKey(event)] : []
     }

@@ -13,6 +13,9 @@ public struct WorkflowStateProjection: Projection {
         self.version = version
     }
 
+    /// Its rows are keyed by the conversation whose stream the event is in.
+    public var rowsAreConversationLocal: Bool { true }
+
     public func keys(of event: ProjectedEvent) throws -> [ConversationKey] {
         event.stream.category == "workflow" ? [ConversationKey(event)] : []
     }

@@ -128,7 +128,11 @@ public struct ProjectionVerifier: Sendable {
             targets = keys
         }
         var expected: [P.Row.Key: P.Row] = [:]
-        try await PostgresEventStore.scan(on: connection, through: limit, logger: logger) { recorded in
+        // One conversation reads its own streams (or, for rows that gather conversations, its tenant's
+        // events), never the whole store.
+        let scope = conversation
+        let streams = scope.flatMap { projection.rowsAreConversationLocal ? [$0.1.messagesStream, $0.1.workflowStream] : nil }
+        try await PostgresEventStore.scan(on: connection, through: limit, tenant: scope?.0, streams: streams, logger: logger) { recorded in
             let event = ProjectedEvent(recorded)
             for key in try fold({ try projection.keys(of: event) }) where targets?.contains(key) ?? true {
                 expected[key] = try fold { try projection.apply(event, to: expected[key], key: key) }

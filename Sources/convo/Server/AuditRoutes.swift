@@ -77,11 +77,22 @@ struct AuditRoutes: Sendable {
         return AuditResponse(value: report)
     }
 
-    /// Every stream head of the caller's tenant: an anchor to keep elsewhere (`convo audit verify --anchor`).
-    @Sendable func heads(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> AuditResponse<ChainAnchor> {
+    /// The stream heads of the caller's tenant, a page at a time (`?after=STREAM&limit=N`, `next` for the
+    /// following page): together, an anchor to keep elsewhere (`convo audit verify --anchor`).
+    @Sendable func heads(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> AuditResponse<HeadsPage> {
         let tenant = try requestContext.tenant(for: .admin)
-        let heads = try await context.store.streamHeads(tenant: tenant)
-        return AuditResponse(value: ChainAnchor(createdAt: Date(), tenant: tenant.rawValue, heads: heads))
+        let query = request.uri.queryParameters
+        let limit = try Self.integer(query["limit"].map(String.init), "limit") ?? Int64(APILimits.maxPageSize)
+        guard (1...Int64(APILimits.maxPageSize)).contains(limit) else {
+            throw APIError(.badRequest, "invalid_parameter", "limit is between 1 and \(APILimits.maxPageSize)")
+        }
+        let after = query["after"].map(String.init)
+        if let after, after.isEmpty || after.utf8.count > 300 || after.unicodeScalars.contains("\u{0}") {
+            throw APIError(.badRequest, "invalid_parameter", "after is a stream name (the previous page's next)")
+        }
+        let heads = try await context.store.streamHeads(tenant: tenant, after: after.map { (tenant.rawValue, $0) }, limit: Int(limit))
+        let anchor = ChainAnchor(createdAt: Date(), tenant: tenant.rawValue, heads: heads)
+        return AuditResponse(value: HeadsPage(anchor: anchor, next: heads.count == Int(limit) ? heads.last?.stream : nil))
     }
 
     private func trail(_ requestContext: ConvoRequestContext) -> AuditTrail {
@@ -114,4 +125,22 @@ struct AuditRoutes: Sendable {
 struct AuditResponse<Value: Encodable & Sendable>: ResponseEncodable {
     var value: Value
     func encode(to encoder: any Encoder) throws { try value.encode(to: encoder) }
+}
+
+/// A page of stream heads: the anchor's fields, and `next` (the `after` of the following page) while there
+/// may be more.
+struct HeadsPage: Encodable, Sendable {
+    var anchor: ChainAnchor
+    var next: String?
+
+    enum CodingKeys: String, CodingKey { case format, createdAt, tenant, heads, next }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(anchor.format, forKey: .format)
+        try container.encode(anchor.createdAt, forKey: .createdAt)
+        try container.encodeIfPresent(anchor.tenant, forKey: .tenant)
+        try container.encode(anchor.heads, forKey: .heads)
+        try container.encodeIfPresent(next, forKey: .next)
+    }
 }
