@@ -118,7 +118,7 @@ import Glibc
             // The lock key vanishes (a Redis failover that lost it): the next worker is granted it too.
             let redisURL = fleet.env["CONVO_REDIS_URL"]!
             let port = redisURL.split(separator: ":").last.map(String.init) ?? "6379"
-            _ = try await PostgresServer.shell(["redis-cli", "-p", port, "DEL", "visitorLock:\(fleet.tenant):vd"])
+            _ = try await PostgresServer.shell(["redis-cli", "-p", port, "DEL", "visitorLock:{\(fleet.tenant):vd}"])
             #expect(await fleet.post(second, conversation: "d1", visitor: "vd", messageId: "m2").status == 202)
             var state = (replies: [String: Int](), consumed: false, conflicts: 0)
             #expect(try await eventually(timeout: .seconds(60)) {

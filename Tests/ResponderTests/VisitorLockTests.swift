@@ -17,7 +17,7 @@ import Testing
         let tenant = TestDatabase.uniqueTenant()
         let visitor = uniqueVisitor()
         let lease = try #require(try await lock.acquire(tenant: tenant, visitor: visitor))
-        #expect(lease.key == "visitorLock:\(tenant.rawValue):\(visitor.rawValue)")
+        #expect(lease.key == "visitorLock:{\(tenant.rawValue):\(visitor.rawValue)}")
         #expect(try await lock.acquire(tenant: tenant, visitor: visitor) == nil)
         // Another visitor, or the same visitor of another tenant, is independent.
         let other = try #require(try await lock.acquire(tenant: tenant, visitor: uniqueVisitor()))

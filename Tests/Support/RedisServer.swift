@@ -9,9 +9,15 @@ import Glibc
 public final class RedisServer: @unchecked Sendable {
     public let port: Int
     let directory: URL
+    /// Added to the command line (e.g. `--replicaof`, `--cluster-enabled yes`).
+    let arguments: [String]
 
-    public init() async throws {
-        port = try ServeProcess.freePort()
+    /// `clusterBus`: the port must leave room for the cluster bus at port + 10000, free too.
+    public init(arguments: [String] = [], clusterBus: Bool = false) async throws {
+        self.arguments = arguments
+        var port = try ServeProcess.freePort()
+        while clusterBus && (port > 55535 || !ServeProcess.isFree(port + 10000)) { port = try ServeProcess.freePort() }
+        self.port = port
         directory = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("convo-redis-\(port)-\(UUID().uuidString.prefix(6))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         try await start()
@@ -25,7 +31,7 @@ public final class RedisServer: @unchecked Sendable {
         try await PostgresServer.shell([
             "redis-server", "--port", "\(port)", "--bind", "127.0.0.1", "--dir", directory.path, "--daemonize", "yes", "--pidfile", pidFile,
             "--logfile", directory.appendingPathComponent("redis.log").path, "--save", "", "--appendonly", "no",
-        ])
+        ] + arguments)
         let deadline = ContinuousClock.now + .seconds(10)
         while ContinuousClock.now < deadline {
             if (try? await PostgresServer.shell(["redis-cli", "-p", "\(port)", "ping"]))?.contains("PONG") == true { return }
@@ -39,9 +45,23 @@ public final class RedisServer: @unchecked Sendable {
         guard let pid = self.pid else { return }
         kill(pid, SIGTERM)
         let deadline = ContinuousClock.now + .seconds(10)
-        while kill(pid, 0) == 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
-        if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
+        while isRunning(pid) && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        if isRunning(pid) { kill(pid, SIGKILL) }
         try? FileManager.default.removeItem(atPath: pidFile)
+    }
+
+    /// Kills the server with SIGKILL (a crash), without waiting for anything but its exit.
+    public func crash() async throws {
+        guard let pid = self.pid else { return }
+        kill(pid, SIGKILL)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while isRunning(pid) && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        try? FileManager.default.removeItem(atPath: pidFile)
+    }
+
+    /// `redis-cli -p PORT …`'s output.
+    public func cli(_ command: [String]) async throws -> String {
+        try await PostgresServer.shell(["redis-cli", "-p", "\(port)"] + command)
     }
 
     var pid: pid_t? {
@@ -53,4 +73,13 @@ public final class RedisServer: @unchecked Sendable {
         if let pid { kill(pid, SIGKILL) }
         try? FileManager.default.removeItem(at: directory)
     }
+}
+
+/// Whether the process runs: it exists and is not a zombie (a daemon ended is reparented to pid 1, which
+/// may not reap it at once; `kill(pid, 0)` still finds a zombie).
+public func isRunning(_ pid: pid_t) -> Bool {
+    guard kill(pid, 0) == 0 else { return false }
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return true }
+    let state = stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).first
+    return state != "Z" && state != "X"
 }

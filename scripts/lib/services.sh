@@ -23,6 +23,7 @@ install_dependencies() {
     [ -x "$PG_BIN/initdb" ] || missing+=(postgresql-15 postgresql-contrib)
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+    command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
     [ -f /usr/include/hiredis/hiredis.h ] || missing+=(libhiredis-dev)
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
     if [ ${#missing[@]} -gt 0 ]; then

@@ -15,7 +15,7 @@ import Synchronization
 /// Advances visitors' workflows: under the visitor's lock, reads the workflow stream, folds the state,
 /// decides on every pending message in order and appends the result at the exact version read.
 ///
-/// A visitor with work pending is written to the Redis set `visitorPending:{tenant}:{visitor}` before the
+/// A visitor with work pending is written to the Redis set `visitorPending:{tenant:visitor}` before the
 /// lock is tried, so a worker that finds the lock held can return at once: the holder takes the set's
 /// members before it lets go and looks at the set once more after releasing (no lost wake-up).
 public struct ConversationProcessor: Sendable {
@@ -31,12 +31,15 @@ public struct ConversationProcessor: Sendable {
         /// Whether to take the visitor lock. Only the benchmark turns it off, to measure what the lock
         /// costs: without it the expected-version check still fences racing writers, but they waste work.
         public var locking: Bool
+        /// Whether the lock takes the keys of versions before the hash tag too (``VisitorLock/legacyKeys``).
+        public var legacyLockKeys: Bool
 
         public init(
             lockTTL: Duration = .seconds(30), renewEvery: Duration?? = nil, defaultWorkflowID: String = WorkflowRepository.defaultWorkflowID,
-            instance: String = ConversationProcessor.defaultInstance, locking: Bool = true
+            instance: String = ConversationProcessor.defaultInstance, locking: Bool = true, legacyLockKeys: Bool = false
         ) {
             self.locking = locking
+            self.legacyLockKeys = legacyLockKeys
             self.lockTTL = lockTTL
             self.renewEvery = renewEvery ?? lockTTL / 3
             self.defaultWorkflowID = defaultWorkflowID
@@ -84,7 +87,7 @@ public struct ConversationProcessor: Sendable {
         engine: WorkflowEngine = WorkflowEngine(), configuration: Configuration = Configuration(), logger: Logger
     ) {
         self.store = store
-        self.lock = VisitorLock(redis: redis, ttl: configuration.lockTTL)
+        self.lock = VisitorLock(redis: redis, ttl: configuration.lockTTL, legacyKeys: configuration.legacyLockKeys)
         self.workflows = workflows
         self.provider = provider
         self.engine = engine

@@ -10,10 +10,35 @@ final class RedisConnection: @unchecked Sendable {
     private let configuration: RedisConfiguration
     private let queue: DispatchQueue
     private var context: UnsafeMutablePointer<redisContext>?
+    /// Where to connect, asked at each (re)connect: fixed, or Sentinel's current primary.
+    private let endpoint: @Sendable () throws -> RedisEndpoint
 
-    init(configuration: RedisConfiguration, index: Int) {
+    init(configuration: RedisConfiguration, index: Int, endpoint: (@Sendable () throws -> RedisEndpoint)? = nil) {
         self.configuration = configuration
         self.queue = DispatchQueue(label: "convo.redis.connection.\(index)")
+        let fixed = configuration.endpoint
+        self.endpoint = endpoint ?? { fixed }
+    }
+
+    /// Connects to `endpoint` (a node of a cluster).
+    convenience init(configuration: RedisConfiguration, node: RedisEndpoint, index: Int) {
+        self.init(configuration: configuration, index: index) { node }
+    }
+
+    /// Drops the connection after the commands already queued; the next command connects again (to
+    /// wherever `endpoint` then says).
+    func reset() {
+        queue.async { self.disconnect() }
+    }
+
+    /// Sends commands back to back on this connection (`ASKING` and the command it enables), returning
+    /// each reply.
+    func sendMany(_ commands: [[[UInt8]]]) async throws -> [RedisReply] {
+        try await withCheckedThrowingContinuation { continuation in
+            queue.async {
+                continuation.resume(with: Result { try commands.map { try self.sendOnQueue($0) } })
+            }
+        }
     }
 
     deinit {
@@ -46,13 +71,14 @@ final class RedisConnection: @unchecked Sendable {
     private func connectedContext() throws -> UnsafeMutablePointer<redisContext> {
         if let context { return context }
         let timeout = Self.timeval(configuration.timeout)
-        guard let context = redisConnectWithTimeout(configuration.host, Int32(configuration.port), timeout) else {
+        let target = try endpoint()
+        guard let context = redisConnectWithTimeout(target.host, Int32(target.port), timeout) else {
             throw ResponderError(code: .redisUnavailable, message: "could not allocate a Redis connection")
         }
         guard context.pointee.err == 0 else {
             let reason = Self.errorString(context)
             redisFree(context)
-            throw ResponderError(code: .redisUnavailable, message: "cannot connect to Redis at \(configuration.host):\(configuration.port): \(reason)")
+            throw ResponderError(code: .redisUnavailable, message: "cannot connect to Redis at \(target): \(reason)")
         }
         _ = redisSetTimeout(context, timeout)
         _ = redisEnableKeepAlive(context)
@@ -84,7 +110,7 @@ final class RedisConnection: @unchecked Sendable {
         context = nil
     }
 
-    private static func command(_ context: UnsafeMutablePointer<redisContext>, _ arguments: [[UInt8]]) -> RedisReply? {
+    static func command(_ context: UnsafeMutablePointer<redisContext>, _ arguments: [[UInt8]]) -> RedisReply? {
         // One heap buffer per argument, alive until redisCommandArgv returns.
         let buffers = arguments.map { bytes -> UnsafeMutablePointer<CChar> in
             let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: max(bytes.count, 1))
@@ -126,13 +152,13 @@ final class RedisConnection: @unchecked Sendable {
         return pointer.withMemoryRebound(to: UInt8.self, capacity: count) { Array(UnsafeBufferPointer(start: $0, count: count)) }
     }
 
-    private static func errorString(_ context: UnsafeMutablePointer<redisContext>) -> String {
+    static func errorString(_ context: UnsafeMutablePointer<redisContext>) -> String {
         withUnsafeBytes(of: context.pointee.errstr) { raw in
             String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
         }
     }
 
-    private static func timeval(_ duration: Duration) -> Glibc.timeval {
+    static func timeval(_ duration: Duration) -> Glibc.timeval {
         let (seconds, attoseconds) = duration.components
         return Glibc.timeval(tv_sec: Int(seconds), tv_usec: Int(attoseconds / 1_000_000_000_000))
     }

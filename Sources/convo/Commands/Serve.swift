@@ -60,6 +60,11 @@ extension Convo {
             help: "How often the responder looks for conversations with unconsumed messages (env CONVO_SWEEP_SECONDS; default 30).")
         var sweepSeconds: Int?
 
+        @Flag(
+            name: .customLong("redis-legacy-lock-keys"),
+            help: "Also take the visitor-lock keys of versions before the {hash tag}, while such instances still run (a rolling upgrade; not with a cluster).")
+        var redisLegacyLockKeys = false
+
         @Option(
             name: .customLong("max-connections"),
             help: "Client connections held at once; past it a new one is answered 503 and closed. Lowered to fit the descriptor limit (env CONVO_MAX_CONNECTIONS; default 4096).")
@@ -109,6 +114,9 @@ extension Convo {
             else {
                 throw ValidationError("the event stream limits are between 1 and 1000000")
             }
+            if redisLegacyLockKeys, case .cluster = try RedisConfiguration(url: options.redisURL()).topology {
+                throw ValidationError("--redis-legacy-lock-keys needs one Redis or Sentinel: the keys before the hash tag cannot work on a cluster")
+            }
             guard (0...3600).contains(try resolved(keyCacheSeconds, "CONVO_KEY_CACHE_SECONDS", 5)) else {
                 throw ValidationError("the key cache lasts 0 to 3600 seconds")
             }
@@ -144,7 +152,7 @@ extension Convo {
             }
             let lockTTL = try resolved(lockTTL, "CONVO_LOCK_TTL_MS", 30_000)
             var context = ServerContext.make(
-                client: client, redis: redis, provider: provider, processing: .init(lockTTL: .milliseconds(lockTTL)),
+                client: client, redis: redis, provider: provider, processing: .init(lockTTL: .milliseconds(lockTTL), legacyLockKeys: redisLegacyLockKeys),
                 ingest: .init(
                     writers: try resolved(ingestWriters, "CONVO_INGEST_WRITERS", 2),
                     maxQueued: try resolved(ingestQueueLimit, "CONVO_INGEST_QUEUE_LIMIT", 10_000)),
