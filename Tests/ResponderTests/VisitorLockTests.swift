@@ -111,6 +111,36 @@ import Testing
         #expect(acquired > 0)
         #expect(maxHolders.value == 1)
     }
+
+    /// A rolling upgrade: instances of a version before the hash tag take `visitorLock:tenant:visitor`.
+    /// With legacyKeys, a new instance and an old one never hold one visitor at once.
+    @Test func legacyKeysKeepOldAndNewInstancesExclusive() async throws {
+        let redis = RedisClient(configuration: try RedisConfiguration(url: try TestDatabase.redisURL))
+        let lock = VisitorLock(redis: redis, ttl: .seconds(5), legacyKeys: true)
+        let tenant = TestDatabase.uniqueTenant()
+        let visitor = VisitorLock.Visitor(tenant: tenant, visitor: uniqueVisitor())
+        // An old instance holds the visitor: the new one does not take it.
+        #expect(try await redis.execute(["SET", visitor.legacyLockKey, "old-token", "NX", "PX", "5000"]) != .null)
+        #expect(try await lock.acquire(visitor) == nil)
+        #expect(try await redis.execute(["DEL", visitor.legacyLockKey]).integer == 1)
+        // A new instance holds it: an old one's SET NX fails, and a message it hands over is seen.
+        let lease = try #require(try await lock.acquire(visitor))
+        #expect(try await redis.execute(["SET", visitor.legacyLockKey, "old-token", "NX", "PX", "5000"]) == .null)
+        #expect(try await redis.execute(["SADD", visitor.legacyPendingKey, "c-old"]).integer == 1)
+        #expect(try await lock.renew(lease))
+        let ttl = try await redis.execute(["PTTL", visitor.legacyLockKey]).integer ?? 0
+        #expect(ttl > 4000)
+        #expect(try await lock.takePending(lease) == ConversationID(rawValue: "c-old"))
+        // Released: both keys are gone, and an old instance can take it again.
+        #expect(try await lock.release(lease).wasHeld)
+        #expect(try await redis.execute(["EXISTS", visitor.lockKey, visitor.legacyLockKey]).integer == 0)
+        // Without legacyKeys the old key is ignored (the version check, not the lock, then separates them).
+        let plain = VisitorLock(redis: redis, ttl: .seconds(5))
+        #expect(try await redis.execute(["SET", visitor.legacyLockKey, "old-token", "NX", "PX", "5000"]) != .null)
+        let unaware = try #require(try await plain.acquire(visitor))
+        try await plain.release(unaware)
+        _ = try await redis.execute(["DEL", visitor.legacyLockKey])
+    }
 }
 
 /// A thread-safe counter for tests.
@@ -119,4 +149,5 @@ final class Counter: Sendable {
     @discardableResult func add(_ delta: Int) -> Int { state.withLock { $0 += delta; return $0 } }
     func max(_ candidate: Int) { state.withLock { $0 = Swift.max($0, candidate) } }
     var value: Int { state.withLock { $0 } }
+
 }
