@@ -158,6 +158,30 @@ import Testing
         }
     }
 
+    @Test func theServerAnswersAsTheDocumentSays() async throws {
+        try await APIHarness.with { api in
+            // A method a path lacks is 405 with Allow; an unknown path stays 404.
+            let wrong = try await api.request(.delete, "/v1/conversations/c-1/messages", key: api.all)
+            #expect(wrong.status == .methodNotAllowed && wrong.headers[.allow] == "GET, POST" && wrong.errorCode == "method_not_allowed", "\(wrong.text)")
+            let both = try await api.request(.patch, "/v1/workflows/w", key: api.all)
+            #expect(both.status == .methodNotAllowed && both.headers[.allow] == "GET, PUT")
+            #expect(try await api.request(.delete, "/v1/nothing", key: api.all).status == .notFound)
+            // null is "absent" for the optional fields, as documented.
+            let nulls = try await api.post(APIHarness.conversationID(), #"{"visitorUid": "v", "text": "hi", "messageId": null, "sentAt": null}"#)
+            #expect(nulls.status == .accepted, "\(nulls.text)")
+            // Lengths are counted in code points, as JSON Schema's maxLength: 200 two-byte characters pass.
+            let wide = try await api.post(APIHarness.conversationID(), #"{"visitorUid": "v", "text": "hi", "messageId": "\#(String(repeating: "é", count: 200))"}"#)
+            #expect(wide.status == .accepted, "\(wide.text)")
+            let long = try await api.post(APIHarness.conversationID(), #"{"visitorUid": "v", "text": "hi", "messageId": "\#(String(repeating: "é", count: 201))"}"#)
+            #expect(long.status == .badRequest)
+            // RFC 3339 forms: lower-case t and z, any offset.
+            for sentAt in ["2026-11-22t10:15:00z", "2026-11-22T10:15:00-23:23", "2026-11-22T10:15:00.123456+05:30"] {
+                let reply = try await api.post(APIHarness.conversationID(), #"{"visitorUid": "v", "text": "hi", "sentAt": "\#(sentAt)"}"#)
+                #expect(reply.status == .accepted, "\(sentAt): \(reply.text)")
+            }
+        }
+    }
+
     @Test func csvCellsThatASpreadsheetWouldRunAreNeutralised() {
         let table = TextTable(header: ["text"], rows: [["=HYPERLINK(\"http://x\")"], ["+1"], ["-2"], ["@SUM(A1)"], ["\tx"], ["\rx"], ["plain"], ["a=b"]])
         let lines = table.csv.components(separatedBy: "\r\n")

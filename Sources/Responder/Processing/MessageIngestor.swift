@@ -23,7 +23,7 @@ public struct IncomingMessage: Sendable, Equatable {
         self.sentAt = sentAt
     }
 
-    /// The longest text a message may carry, in characters.
+    /// The longest text a message may carry, in Unicode code points.
     public static let maxTextLength = 10_000
 }
 
@@ -94,10 +94,11 @@ public struct MessageIngestor: Sendable {
 extension MessageIngestor {
     /// Checks a message before anything is read or written.
     public static func validate(_ message: IncomingMessage) throws {
-        guard (1...200).contains(message.messageId.utf8.count) else {
-            throw ResponderError(code: .invalidMessage, message: "messageId has 1 to 200 bytes")
+        // Lengths in Unicode code points, as the OpenAPI document's maxLength (JSON Schema) counts them.
+        guard (1...200).contains(message.messageId.unicodeScalars.count) else {
+            throw ResponderError(code: .invalidMessage, message: "messageId has 1 to 200 characters")
         }
-        guard message.text.count <= IncomingMessage.maxTextLength else {
+        guard message.text.unicodeScalars.count <= IncomingMessage.maxTextLength else {
             throw ResponderError(code: .messageTooLong, message: "text has at most \(IncomingMessage.maxTextLength) characters")
         }
         guard message.text.hasVisibleCharacters else {

@@ -152,11 +152,29 @@ final class ClusterRouter: Sendable {
     let seeds: [RedisEndpoint]
 
     private struct State {
-        var slots: [RedisEndpoint?] = Array(repeating: nil, count: ClusterRouter.slotCount)
-        var nodes: [RedisEndpoint: [RedisConnection]] = [:]
+        /// Each slot's node, as an index into `nodes` (-1: not known).
+        var slots = [Int16](repeating: -1, count: ClusterRouter.slotCount)
+        var nodes: [RedisEndpoint] = []
+        var pools: [[RedisConnection]] = []
         var next = 0
         var stale = true
         var nextIndex = 0
+
+        mutating func node(_ endpoint: RedisEndpoint, configuration: RedisConfiguration) -> Int {
+            if let index = nodes.firstIndex(of: endpoint) { return index }
+            nodes.append(endpoint)
+            pools.append(
+                (0..<max(1, configuration.connections)).map { _ in
+                    nextIndex += 1
+                    return RedisConnection(configuration: configuration, node: endpoint, index: nextIndex)
+                })
+            return nodes.count - 1
+        }
+
+        mutating func connection(_ node: Int) -> RedisConnection {
+            next &+= 1
+            return pools[node][next % pools[node].count]
+        }
     }
 
     private let state = Mutex(State())
@@ -167,15 +185,27 @@ final class ClusterRouter: Sendable {
     }
 
     func send(_ arguments: [[UInt8]]) async throws -> RedisReply {
-        if state.withLock({ $0.stale }) { try? await refresh() }
         let slot = Self.key(of: arguments).map(Self.slot)
-        var target = state.withLock { state in slot.flatMap { state.slots[$0] } ?? state.slots.lazy.compactMap { $0 }.first } ?? seeds[0]
+        // One lock: the slot's node and one of its connections, unless the map must be read first.
+        let route = state.withLock { state -> (RedisConnection, RedisEndpoint)? in
+            guard !state.stale, let known = Self.node(of: slot, in: state) else { return nil }
+            return (state.connection(known), state.nodes[known])
+        }
+        var target: RedisEndpoint
+        var preferred: RedisConnection?
+        if let route {
+            (preferred, target) = route
+        } else {
+            try? await refresh()
+            target = state.withLock { state in Self.node(of: slot, in: state).map { state.nodes[$0] } } ?? seeds[0]
+        }
         var asking = false
         var replies: [String] = []
         var redirections = 0
         var waits = 0
         while redirections < Self.maxRedirections {
-            let connection = connection(to: target)
+            let connection = preferred ?? connection(to: target)
+            preferred = nil
             let reply: RedisReply
             do {
                 reply = asking ? try await connection.sendMany([[Array("ASKING".utf8)], arguments])[1] : try await connection.send(arguments)
@@ -187,7 +217,7 @@ final class ClusterRouter: Sendable {
             guard case .error(let message) = reply else { return reply }
             replies.append(message)
             if message.hasPrefix("MOVED "), let (movedSlot, endpoint) = Self.redirection(message, from: target) {
-                state.withLock { $0.slots[movedSlot] = endpoint }
+                state.withLock { state in state.slots[movedSlot] = Int16(state.node(endpoint, configuration: configuration)) }
                 try? await refresh()
                 target = endpoint
                 asking = false
@@ -213,36 +243,33 @@ final class ClusterRouter: Sendable {
     }
 
     private func connection(to node: RedisEndpoint) -> RedisConnection {
-        state.withLock { state in
-            state.next &+= 1
-            if let pool = state.nodes[node] { return pool[state.next % pool.count] }
-            let pool = (0..<max(1, configuration.connections)).map { _ in
-                state.nextIndex += 1
-                return RedisConnection(configuration: configuration, node: node, index: state.nextIndex)
-            }
-            state.nodes[node] = pool
-            return pool[0]
-        }
+        state.withLock { state in state.connection(state.node(node, configuration: configuration)) }
     }
 
     /// Reads the slot map from the first node that answers (known nodes, then the seeds).
     func refresh() async throws {
-        let candidates = state.withLock { state in Array(Set(state.slots.compactMap { $0 })) } + seeds
+        let candidates = state.withLock { state in state.nodes } + seeds
         var lastError: (any Error)?
         for node in candidates {
             do {
                 let reply = try await connection(to: node).send([Array("CLUSTER".utf8), Array("SLOTS".utf8)])
                 guard case .array(let ranges) = reply else { throw ResponderError(code: .redisCommandFailed, message: "CLUSTER SLOTS: \(reply)") }
-                var slots = [RedisEndpoint?](repeating: nil, count: Self.slotCount)
+                var owners: [(ClosedRange<Int>, RedisEndpoint)] = []
                 for range in ranges {
                     guard case .array(let fields) = range, fields.count >= 3, let low = fields[0].integer, let high = fields[1].integer,
                         case .array(let primary) = fields[2], primary.count >= 2, let port = primary[1].integer
                     else { continue }
                     let host = primary[0].text.flatMap { $0.isEmpty ? nil : $0 } ?? node.host
                     let endpoint = RedisEndpoint(host: host, port: Int(port))
-                    for slot in Int(low)...Int(min(high, Int64(Self.slotCount - 1))) { slots[slot] = endpoint }
+                    guard low <= high, high < Self.slotCount else { continue }
+                    owners.append((Int(low)...Int(high), endpoint))
                 }
                 state.withLock { state in
+                    var slots = [Int16](repeating: -1, count: Self.slotCount)
+                    for (range, endpoint) in owners {
+                        let index = Int16(state.node(endpoint, configuration: configuration))
+                        for slot in range { slots[slot] = index }
+                    }
                     state.slots = slots
                     state.stale = false
                 }
@@ -265,15 +292,32 @@ final class ClusterRouter: Sendable {
     /// The key a command's slot is taken from: the first key (`EVAL`'s first after the key count).
     static func key(of arguments: [[UInt8]]) -> [UInt8]? {
         guard let first = arguments.first else { return nil }
-        switch String(decoding: first, as: UTF8.self).uppercased() {
-        case "PING", "INFO", "CLUSTER", "ASKING", "ROLE", "CONFIG", "DBSIZE", "FLUSHALL", "TIME":
-            return nil
-        case "EVAL", "EVALSHA":
+        if matches(first, "EVAL") || matches(first, "EVALSHA") {
             guard arguments.count > 3, let count = Int(String(decoding: arguments[2], as: UTF8.self)), count > 0 else { return nil }
             return arguments[3]
-        default:
-            return arguments.count > 1 ? arguments[1] : nil
         }
+        let keyless: [StaticString] = ["PING", "INFO", "CLUSTER", "ASKING", "ROLE", "CONFIG", "DBSIZE", "FLUSHALL", "TIME"]
+        for name in keyless where matches(first, name) { return nil }
+        return arguments.count > 1 ? arguments[1] : nil
+    }
+
+    /// The node serving `slot` (any node serving slots for a keyless command); `nil` when not known.
+    private static func node(of slot: Int?, in state: State) -> Int? {
+        let index: Int16
+        if let slot {
+            index = state.slots[slot]
+        } else {
+            index = state.slots.first { $0 >= 0 } ?? -1
+        }
+        return index >= 0 ? Int(index) : nil
+    }
+
+    /// Whether a command name is `name`, ignoring ASCII case, without making a string of it.
+    private static func matches(_ bytes: [UInt8], _ name: StaticString) -> Bool {
+        guard bytes.count == name.utf8CodeUnitCount else { return false }
+        let expected = UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount)
+        for (byte, wanted) in zip(bytes, expected) where byte & 0xDF != wanted { return false }
+        return true
     }
 
     /// The cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the text between the first `{` and the
@@ -286,10 +330,14 @@ final class ClusterRouter: Sendable {
             hashed = key[(open + 1)..<close]
         }
         var crc: UInt16 = 0
-        for byte in hashed {
-            crc ^= UInt16(byte) << 8
-            for _ in 0..<8 { crc = crc & 0x8000 != 0 ? (crc << 1) ^ 0x1021 : crc << 1 }
-        }
+        for byte in hashed { crc = (crc << 8) ^ crcTable[Int(UInt8(crc >> 8) ^ byte)] }
         return Int(crc) % slotCount
+    }
+
+    /// CRC16-CCITT (XMODEM, polynomial 0x1021), by byte.
+    private static let crcTable: [UInt16] = (0..<256).map { value in
+        var crc = UInt16(value) << 8
+        for _ in 0..<8 { crc = crc & 0x8000 != 0 ? (crc << 1) ^ 0x1021 : crc << 1 }
+        return crc
     }
 }

@@ -66,6 +66,7 @@ func buildRouter(_ context: ServerContext, background: Bool = true) -> (Router<C
     router.add(middleware: MetricsMiddleware())
     router.add(middleware: LogRequestsMiddleware(.debug))
     router.add(middleware: ErrorMiddleware())
+    router.add(middleware: MethodNotAllowedMiddleware(table: table))
     router.add(middleware: DeadlineMiddleware(deadline: context.requestDeadline))
     let projections = background ? ProjectionRegistry.standard : []
 

@@ -28,6 +28,37 @@ final class RouteTable: Sendable {
     }
 }
 
+extension RouteTable {
+    /// The methods of the routes whose path template matches `path` (`{name}` matches one segment).
+    func methods(for path: String) -> [String] {
+        let segments = path.split(separator: "/", omittingEmptySubsequences: false)
+        return Set(routes.filter { route in
+            let template = route.path.split(separator: "/", omittingEmptySubsequences: false)
+            return template.count == segments.count
+                && zip(template, segments).allSatisfy { pattern, segment in
+                    (pattern.hasPrefix("{") && pattern.hasSuffix("}") && !segment.isEmpty) || pattern == segment
+                }
+        }.map { $0.method.uppercased() }).sorted()
+    }
+}
+
+/// A method a path does not have is 405 with `Allow` (RFC 9110 §15.5.6), not 404: the path exists.
+struct MethodNotAllowedMiddleware<Context: RequestContext>: RouterMiddleware {
+    let table: RouteTable
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as HTTPError where error.status == .notFound {
+            let allowed = table.methods(for: request.uri.path)
+            guard !allowed.isEmpty, !allowed.contains(request.method.rawValue) else { throw error }
+            throw APIError(
+                .methodNotAllowed, "method_not_allowed", "\(request.uri.path) answers \(allowed.joined(separator: ", "))",
+                headers: [.allow: allowed.joined(separator: ", ")])
+        }
+    }
+}
+
 /// Carries a value the compiler cannot prove Sendable across a task boundary the caller keeps structured.
 struct UncheckedSendable<Value>: @unchecked Sendable {
     let value: Value
