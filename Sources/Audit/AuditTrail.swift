@@ -99,8 +99,9 @@ public struct AuditTrail: Sendable {
         guard (1...AuditFilter.maxLimit).contains(filter.limit) else {
             throw AuditError(.invalidFilter, "limit is between 1 and \(AuditFilter.maxLimit)")
         }
-        if let from = filter.from, let to = filter.to, from >= to {
-            throw AuditError(.invalidFilter, "from must be before to")
+        // from == to is an empty range (to is exclusive): an empty page; from after to is a mistake.
+        if let from = filter.from, let to = filter.to, from > to {
+            throw AuditError(.invalidFilter, "from must not be after to")
         }
         if let after = filter.after, after < 0 {
             throw AuditError(.invalidFilter, "after is a position ≥ 0")

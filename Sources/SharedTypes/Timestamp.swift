@@ -83,7 +83,7 @@ public enum Timestamp {
             index += 1
             return true
         }
-        guard let year = number(4), expect("-"), let month = number(2), expect("-"), let day = number(2), expect("Tt "),
+        guard let year = number(4), expect("-"), let month = number(2), expect("-"), let day = number(2), expect(strict ? "Tt" : "Tt "),
             let hour = number(2), expect(":"), let minute = number(2), expect(":"), let second = number(2)
         else { return nil }
         var micros = 0
@@ -114,7 +114,7 @@ public enum Timestamp {
             offset = sign * (hours * 3600 + minutes * 60)
         }
         guard index == bytes.count else { return nil }
-        guard (1...12).contains(month), (1...31).contains(day), hour <= 23, minute <= 59, second <= 60, offset.magnitude < 86_400 else { return nil }
+        guard (1...12).contains(month), (1...31).contains(day), hour <= 23, minute <= 59, second <= 59, offset.magnitude < 86_400 else { return nil }
         var parts = tm()
         parts.tm_year = Int32(year - 1900)
         parts.tm_mon = Int32(month - 1)

@@ -64,6 +64,8 @@ struct APIHarness: Sendable {
             let client = PostgresClient(configuration: database.clientConfiguration(maximumConnections: 8), backgroundLogger: logger)
             let context = ServerContext.make(
                 client: client, redis: RedisClient(configuration: try RedisConfiguration(url: try TestDatabase.redisURL)), keyCacheTTL: .zero,
+                // Generous: route tests share a busy 2-core machine with the fault suites; deadlines have tests of their own.
+                requestDeadline: .seconds(60),
                 logger: logger)
             let table = buildRouter(context, background: false).1
             let app = buildApplication(context, host: "127.0.0.1", port: 0, background: false, logger: logger)

@@ -5,6 +5,7 @@ import Testing
 /// Redis failing over under load, with real `convo serve` processes, a primary, a replica and three
 /// Sentinels of the test's own: once asked of Sentinel (`SENTINEL FAILOVER`), once by killing the
 /// primary.
+extension ProcessHeavyTests {
 @Suite(.serialized, .timeLimit(.minutes(5))) struct RedisFailoverTests {
     @Test func sentinelFailoversUnderLoadLoseNothingAnswerNothingTwiceAndProcessingGoesOn() async throws {
         let redis = try await RedisSentinelSet()
@@ -54,4 +55,5 @@ import Testing
         for server in servers { #expect(try await server.stop(timeout: .seconds(40)) == 0, "\(server.failureSummary)") }
         try await redis.stop()
     }
+}
 }

@@ -83,7 +83,7 @@ import Testing
             #expect(frames.contains { $0.event == "AssistantMessageSent" })
 
             // Reconnecting after the second event: the stored rest comes first, then a new message live, nothing twice.
-            try #require(frames.count >= 2)
+            try #require(frames.count >= 2, "\(frames.map(\.event))")
             let resumeAfter = frames[1].id
             let expectedStored = frames.filter { $0.id > resumeAfter }
             let (resumedProgress, resumedContinuation) = AsyncStream<[Frame]>.makeStream()

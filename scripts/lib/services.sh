@@ -26,6 +26,7 @@ install_dependencies() {
     command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
     [ -f /usr/include/hiredis/hiredis.h ] || missing+=(libhiredis-dev)
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing from Debian: ${missing[*]}"
         local sudo=()
@@ -38,6 +39,19 @@ install_dependencies() {
         log "creating the unprivileged user '$CONVO_OS_USER' that runs the private PostgreSQL"
         useradd --system --no-create-home --shell /usr/sbin/nologin "$CONVO_OS_USER"
     fi
+}
+
+# The test tools from PyPI, pinned, in a virtualenv under .convo/venv (made once, then reused).
+SCHEMATHESIS_VERSION=4.32.5
+install_test_tools() {
+    local venv=.convo/venv
+    if [ ! -x "$venv/bin/schemathesis" ] || ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+        log "installing schemathesis $SCHEMATHESIS_VERSION into $venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >"$venv.log" 2>&1 ||
+            { tail -20 "$venv.log" >&2; die "could not install schemathesis"; }
+    fi
+    export CONVO_SCHEMATHESIS=$PWD/$venv/bin/schemathesis
 }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

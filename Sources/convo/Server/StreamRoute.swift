@@ -19,8 +19,9 @@ struct StreamRoute: Sendable {
     @Sendable func stream(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> Response {
         let tenant = try requestContext.tenant(for: .read)
         let conversation = try ConversationRoutes.conversationID(requestContext)
+        // Both are checked when both are sent; Last-Event-ID (a reconnecting client's) wins.
         var after: Int64 = 0
-        if let raw = request.headers[Self.lastEventID] ?? request.uri.queryParameters["after"].map(String.init) {
+        for raw in [request.uri.queryParameters["after"].map(String.init), request.headers[Self.lastEventID]].compactMap({ $0 }) {
             guard let value = Int64(raw.trimmingCharacters(in: .whitespaces)), value >= 0 else {
                 throw APIError(.badRequest, "invalid_parameter", "Last-Event-ID (or after) is a position ≥ 0")
             }

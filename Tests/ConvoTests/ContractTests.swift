@@ -1,0 +1,37 @@
+import ConvoTestSupport
+import Foundation
+import Testing
+
+/// schemathesis (PyPI, installed by ./scripts/test into .convo/venv) against a real `convo serve` and its
+/// `/openapi.json`, with an admin key: every check (no server error, status codes, content types, bodies
+/// conforming, schema-valid requests accepted and invalid ones refused, methods not served answered 405),
+/// every phase including the stateful one, bounded by Tests/schemathesis.toml. Zero failures.
+@Suite(.timeLimit(.minutes(10))) struct ContractTests {
+    // Not yet in the suite: each 5-minute run still finds a new mismatch (issue 14's note lists those
+    // fixed and those found); ./scripts/test does not install schemathesis until it runs clean.
+    @Test(.disabled("schemathesis still finds document/server mismatches: see issue 14's note"))
+    func schemathesisFindsNothing() async throws {
+        guard let schemathesis = ProcessInfo.processInfo.environment["CONVO_SCHEMATHESIS"] else {
+            Issue.record("CONVO_SCHEMATHESIS is not set: run the tests through ./scripts/test, which installs schemathesis")
+            return
+        }
+        let config = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("schemathesis.toml").path
+        try await TestDatabase.withFreshDatabase { database in
+            let env = ["CONVO_DATABASE_URL": database.description, "CONVO_REDIS_URL": try TestDatabase.redisURL, "CI": "true", "CONVO_LOG_LEVEL": "warning"]
+            let migrated = try await ConvoProcess.run(["migrate"], environment: env)
+            #expect(migrated.status == 0, "\(migrated.stderr)")
+            let made = try await ConvoProcess.run(["keys", "create", "--tenant", "contract", "--scopes", "ingest,read,admin", "--json"], environment: env)
+            let key = try JSONDecoder().decode(FaultFleet.Created.self, from: Data(made.stdout.utf8)).key
+            let server = try await ServeProcess(environment: env, arguments: ["--no-responder"])
+            // A fresh database: the projections are built and every check is ok before the run.
+            #expect(try await eventually(timeout: .seconds(60)) { await AbuseTests.plainGet(server, "/readyz").status == 200 })
+            let output = try await PostgresServer.shell(
+                ["/bin/sh", "-c", "\"$0\" --config-file \"$1\" --no-color run \"$2\" -H \"Authorization: Bearer $3\" --checks all; echo \"exit status $?\"",
+                 schemathesis, config, "\(server.baseURL)/openapi.json", key])
+            let passed = output.contains("exit status 0\n")
+            #expect(passed, "\(output.suffix(6000))")
+            if passed { print(output.split(separator: "\n").filter { $0.contains("generated") || $0.contains("passed") }.joined(separator: "\n")) }
+            #expect(try await server.stop() == 0, "\(server.failureSummary)")
+        }
+    }
+}
