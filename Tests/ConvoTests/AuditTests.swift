@@ -210,6 +210,11 @@ import Testing
                 let refused = try await api.request(.get, "/v1/audit/events?\(bad)", key: api.read)
                 #expect(refused.status == .badRequest && refused.errorCode == "invalid_parameter", "\(bad): \(refused.text)")
             }
+            // Every RFC 3339 form sentAt takes: a fraction with an offset, lower-case t and z, an early year.
+            for good in ["to=0874-12-09T16%3A37%3A13.847%2B23%3A04", "from=2026-01-01t00%3A00%3A00.5z", "to=2026-01-01T00%3A00%3A00-00%3A30"] {
+                let accepted = try await api.request(.get, "/v1/audit/events?\(good)", key: api.read)
+                #expect(accepted.status == .ok, "\(good): \(accepted.text)")
+            }
             let cliBad = try await cli(["events", "--tenant", tenant, "--order", "sideways"])
             #expect(cliBad.status != 0 && cliBad.stderr.contains("order is asc or desc"))
 

@@ -244,8 +244,8 @@ enum AuditQueryParameters {
     }
 
     static func date(_ raw: String, name: String) throws -> Date {
-        if let date = try? Date(raw, strategy: .iso8601) { return date }
-        if let date = try? Date(raw, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)) { return date }
+        // RFC 3339 as sentAt takes it (any fraction, any offset, lower-case t and z).
+        if let date = Timestamp.date(from: raw) { return date }
         throw AuditError(.invalidFilter, "\(name) is an ISO 8601 date and time, e.g. 2026-11-22T10:15:00Z")
     }
 }
