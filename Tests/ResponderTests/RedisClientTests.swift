@@ -42,6 +42,51 @@ import Testing
         _ = try await redis.send("DEL", key)
     }
 
+    /// One connection, thousands of commands at once: they are pipelined in rounds, and each caller gets
+    /// its own command's reply (a reply handed to the wrong caller would show as a wrong value).
+    @Test func pipelinedCommandsEachGetTheirOwnReply() async throws {
+        let redis = RedisClient(configuration: try RedisConfiguration(url: try TestDatabase.redisURL, connections: 1))
+        let prefix = "convo:test:\(UUID().uuidString):"
+        let count = 2_000
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for index in 0..<count {
+                group.addTask { () async throws -> Void in
+                    let key = prefix + "\(index)"
+                    #expect(try await redis.send("SET", key, "value-\(index)", "PX", "60000") == .status("OK"))
+                    #expect(try await redis.send("GET", key).text == "value-\(index)")
+                    _ = try await redis.execute(["INCRBY", prefix + "sum", "\(index)"])
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(try await redis.send("GET", prefix + "sum").text == "\(count * (count - 1) / 2)")
+    }
+
+    /// Redis frozen with hundreds of commands written on one pipelined connection and no reply coming:
+    /// every caller gets an error within the timeout, none waits for ever or gets another's reply, and the
+    /// connection works again once Redis goes on.
+    @Test(.timeLimit(.minutes(1))) func aFrozenRedisFailsEveryPipelinedCallerAndTheConnectionRecovers() async throws {
+        let server = try await RedisServer()
+        let redis = RedisClient(configuration: try RedisConfiguration(url: server.url, connections: 1, timeout: .seconds(1)))
+        try await redis.ping()
+        server.freeze()
+        let clock = ContinuousClock()
+        let start = clock.now
+        let failures = try await withThrowingTaskGroup(of: Bool.self) { group in
+            for index in 0..<400 {
+                group.addTask { (try? await redis.send("SET", "k\(index)", "\(index)")) == nil }
+            }
+            return try await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+        }
+        #expect(failures == 400)
+        // Rounds of 128 fail one timeout each, so well within a timeout per round.
+        #expect(clock.now - start < .seconds(15))
+        server.thaw()
+        #expect(try await eventually { (try? await redis.send("SET", "after", "1")) == .status("OK") })
+        #expect(try await redis.send("GET", "after").text == "1")
+        try await server.stop()
+    }
+
     @Test func anUnreachableRedisFailsClearlyAndQuickly() async throws {
         let redis = RedisClient(configuration: RedisConfiguration(host: "127.0.0.1", port: 1, timeout: .milliseconds(500)))
         let clock = ContinuousClock()

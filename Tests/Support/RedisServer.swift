@@ -50,6 +50,16 @@ public final class RedisServer: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: pidFile)
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.
+    public func freeze() {
+        if let pid { kill(pid, SIGSTOP) }
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    public func thaw() {
+        if let pid { kill(pid, SIGCONT) }
+    }
+
     /// Kills the server with SIGKILL (a crash), without waiting for anything but its exit.
     public func crash() async throws {
         guard let pid = self.pid else { return }

@@ -1,6 +1,7 @@
 import CHiredis
 import Dispatch
 import Foundation
+import Synchronization
 
 /// One hiredis connection. hiredis blocks and a `redisContext` is not thread-safe, so every call runs on
 /// this connection's own serial dispatch queue, never on Swift's cooperative pool, and callers await it.
@@ -48,14 +49,89 @@ final class RedisConnection: @unchecked Sendable {
     /// Sends one command (binary-safe arguments) and returns its reply. A Redis error reply is returned as
     /// ``RedisReply/error(_:)``, not thrown.
     ///
+    /// Commands sent while the connection is busy are pipelined: the next round writes all that queued up
+    /// meanwhile in one go and then reads their replies in order, so a burst costs one write and a few
+    /// reads instead of a round trip each (on both sides: Redis, too, reads them in one go).
+    ///
     /// - Throws: ``ResponderError`` with ``ResponderError/Code/redisUnavailable`` when Redis cannot be reached or the
-    ///   connection breaks; the next call reconnects.
+    ///   connection breaks (then every command of the round fails so: one written before the break may have
+    ///   run); the next call reconnects.
     func send(_ arguments: [[UInt8]]) async throws -> RedisReply {
         try await withCheckedThrowingContinuation { continuation in
-            queue.async {
-                continuation.resume(with: Result { try self.sendOnQueue(arguments) })
+            let startRound = pending.withLock { state -> Bool in
+                state.commands.append((arguments, continuation))
+                if state.draining { return false }
+                state.draining = true
+                return true
             }
+            if startRound { queue.async { self.drain() } }
         }
+    }
+
+    private struct Pending: ~Copyable {
+        var commands: [(arguments: [[UInt8]], continuation: CheckedContinuation<RedisReply, any Error>)] = []
+        /// Whether a round is scheduled or running on `queue` (it takes what is queued until none is left).
+        var draining = false
+    }
+
+    private let pending = Mutex(Pending())
+
+    /// At most this many commands are written in one round.
+    static let maximumRound = 128
+
+    /// On `queue`: rounds of pipelined commands until none is waiting.
+    private func drain() {
+        while true {
+            let round = pending.withLock { state -> [(arguments: [[UInt8]], continuation: CheckedContinuation<RedisReply, any Error>)] in
+                let count = min(state.commands.count, Self.maximumRound)
+                if count == 0 {
+                    state.draining = false
+                    return []
+                }
+                let round = Array(state.commands.prefix(count))
+                state.commands.removeFirst(count)
+                return round
+            }
+            if round.isEmpty { return }
+            if round.count == 1 {
+                round[0].continuation.resume(with: Result { try sendOnQueue(round[0].arguments) })
+                continue
+            }
+            let replies = pipelineOnQueue(round.map(\.arguments))
+            for (command, reply) in zip(round, replies) { command.continuation.resume(with: reply) }
+        }
+    }
+
+    /// Writes every command, then reads the reply of each in order. A broken connection fails the rest.
+    private func pipelineOnQueue(_ commands: [[[UInt8]]]) -> [Result<RedisReply, any Error>] {
+        let context: UnsafeMutablePointer<redisContext>
+        do { context = try connectedContext() } catch { return commands.map { _ in .failure(error) } }
+        var appended = 0
+        for arguments in commands {
+            guard Self.append(context, arguments) else { break }
+            appended += 1
+        }
+        var results: [Result<RedisReply, any Error>] = []
+        results.reserveCapacity(commands.count)
+        var broken: ResponderError?
+        for _ in 0..<appended {
+            var raw: UnsafeMutableRawPointer?
+            guard broken == nil, redisGetReply(context, &raw) == REDIS_OK, let raw else {
+                if broken == nil {
+                    broken = ResponderError(code: .redisUnavailable, message: "the Redis connection broke: \(Self.errorString(context))")
+                }
+                results.append(.failure(broken!))
+                continue
+            }
+            defer { freeReplyObject(raw) }
+            results.append(.success(Self.copyReply(raw.assumingMemoryBound(to: redisReply.self))))
+        }
+        if appended < commands.count || broken != nil {
+            let failure = broken ?? ResponderError(code: .redisUnavailable, message: "the Redis connection broke: \(Self.errorString(context))")
+            results += Array(repeating: .failure(failure), count: commands.count - appended)
+            disconnect()
+        }
+        return results
     }
 
     private func sendOnQueue(_ arguments: [[UInt8]]) throws -> RedisReply {
@@ -110,6 +186,27 @@ final class RedisConnection: @unchecked Sendable {
         context = nil
     }
 
+    /// Queues one command in hiredis' output buffer (written by the next read of a reply).
+    static func append(_ context: UnsafeMutablePointer<redisContext>, _ arguments: [[UInt8]]) -> Bool {
+        withArgv(arguments) { count, argv, lengths in redisAppendCommandArgv(context, count, argv, lengths) == REDIS_OK }
+    }
+
+    /// Calls `body` with C views of `arguments` (argc, argv, lengths), alive until it returns.
+    static func withArgv<T>(_ arguments: [[UInt8]], _ body: (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>, [Int]) -> T) -> T {
+        let buffers = arguments.map { bytes -> UnsafeMutablePointer<CChar> in
+            let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: max(bytes.count, 1))
+            bytes.withUnsafeBufferPointer { source in
+                source.withMemoryRebound(to: CChar.self) { chars in
+                    if let base = chars.baseAddress { buffer.initialize(from: base, count: bytes.count) }
+                }
+            }
+            return buffer
+        }
+        defer { buffers.forEach { $0.deallocate() } }
+        var argv: [UnsafePointer<CChar>?] = buffers.map { UnsafePointer($0) }
+        return argv.withUnsafeMutableBufferPointer { body(Int32(arguments.count), $0.baseAddress!, arguments.map { $0.count }) }
+    }
+
     static func command(_ context: UnsafeMutablePointer<redisContext>, _ arguments: [[UInt8]]) -> RedisReply? {
         // One heap buffer per argument, alive until redisCommandArgv returns.
         let buffers = arguments.map { bytes -> UnsafeMutablePointer<CChar> in
@@ -129,7 +226,7 @@ final class RedisConnection: @unchecked Sendable {
         return copyReply(raw.assumingMemoryBound(to: redisReply.self))
     }
 
-    private static func copyReply(_ reply: UnsafeMutablePointer<redisReply>) -> RedisReply {
+    static func copyReply(_ reply: UnsafeMutablePointer<redisReply>) -> RedisReply {
         let value = reply.pointee
         switch value.type {
         case REDIS_REPLY_STRING:
