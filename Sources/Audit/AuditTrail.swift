@@ -303,6 +303,13 @@ public struct AuditTrail: Sendable {
         case .failed(let failed): return "failed: \(failed.reason)"
         case .aiReplyFailed(let failure): return "AI reply failed (\(failure.provider)): \(failure.reason)"
         case .messagesProcessed(let processed): return "consumed messages up to v\(processed.upToVersion)"
+        case .assigned(let assigned):
+            return "assigned to \(assigned.agentName) (\(assigned.agentId))" + (assigned.fromAgentId.map { " from \($0)" } ?? " from the AI")
+        case .agentMessageSent(let sent): return "\(sent.agentName) replied"
+        case .noteAdded(let note): return "\(note.agentName) added a note"
+        case .handedBack(let back): return "handed back to the AI at \(back.nodeId)"
+        case .resolved: return "resolved"
+        case .reopened(let reopened): return reopened.agentId == nil ? "reopened by the visitor" : "reopened"
         }
     }
 }

@@ -58,9 +58,9 @@ struct APIHarness: Sendable {
             try await Migrator(client: pg, logger: logger).migrate()
             let keys = APIKeyStore(client: pg, logger: logger)
             let tenant = TestDatabase.uniqueTenant()
-            let made = try await [[Scope.ingest], [.read], [.admin], Scope.allCases].asyncMap { try await keys.create(tenant: tenant, scopes: Set($0), name: "test").key }
+            let made = try await [[Scope.ingest], [.read], [.admin], Scope.tenantScopes].asyncMap { try await keys.create(tenant: tenant, scopes: Set($0), name: "test").key }
             let strangerTenant = TestDatabase.uniqueTenant()
-            let stranger = try await keys.create(tenant: strangerTenant, scopes: Set(Scope.allCases), name: "stranger").key
+            let stranger = try await keys.create(tenant: strangerTenant, scopes: Set(Scope.tenantScopes), name: "stranger").key
             let client = PostgresClient(configuration: database.clientConfiguration(maximumConnections: 8), backgroundLogger: logger)
             let context = ServerContext.make(
                 client: client, redis: RedisClient(configuration: try RedisConfiguration(url: try TestDatabase.redisURL)), keyCacheTTL: .zero,
@@ -103,6 +103,19 @@ struct APIHarness: Sendable {
         var headers = HTTPFields()
         if let retryAfter = response.headers.first(name: "Retry-After") { headers[.retryAfter] = retryAfter }
         return Reply(status: .init(code: Int(response.status.code)), headers: headers, body: Data(buffer: body))
+    }
+
+    /// A POST over a connection of its own (see ``postConcurrently(_:_:key:)``), to any path.
+    func postConcurrently(path: String, key: String, json: String = "{}") async throws -> Reply {
+        guard let port = client.port else { throw Reply.Unexpected(description: "the application has no port") }
+        var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)")
+        request.method = .POST
+        request.headers.add(name: "Authorization", value: "Bearer \(key)")
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.body = .bytes(ByteBuffer(string: json))
+        let response = try await FaultFleet.http.execute(request, timeout: .seconds(30))
+        let body = try await response.body.collect(upTo: 1 << 20)
+        return Reply(status: .init(code: Int(response.status.code)), headers: [:], body: Data(buffer: body))
     }
 
     func post(_ conversation: String, _ json: String, key: String? = nil) async throws -> Reply {

@@ -92,6 +92,18 @@ public struct ConversationsProjection: Projection {
             row.status = "pending"
         case .messagesProcessed(let processed):
             row.messagesConsumed = max(row.messagesConsumed, processed.upToVersion)
+        case .assigned(let assigned):
+            row.handedOffTo = assigned.agentId
+            if row.status != "resolved" { row.status = "pending" }
+        case .agentMessageSent, .noteAdded:
+            break
+        case .handedBack:
+            row.handedOffTo = nil
+            row.status = "open"
+        case .resolved:
+            row.status = "resolved"
+        case .reopened:
+            row.status = "pending"
         }
     }
 }

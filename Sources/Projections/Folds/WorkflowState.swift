@@ -12,13 +12,20 @@ public struct WorkflowState: Sendable, Equatable, Codable {
         case running
         /// Paused at a `wait_for_input` node.
         case waitingForInput = "waiting_for_input"
-        /// With a human; the AI no longer answers.
+        /// Waiting for a human; the AI no longer answers.
         case handedOff = "handed_off"
+        /// Owned by an agent (``WorkflowState/assignedTo``); the AI no longer answers.
+        case assigned
+        /// Done; nobody answers until it is reopened.
+        case resolved
         case completed
         case failed
 
         /// Whether the workflow no longer reacts to visitor messages.
-        public var isFinal: Bool { self == .handedOff || self == .completed || self == .failed }
+        public var isFinal: Bool { self == .handedOff || self == .assigned || self == .resolved || self == .completed || self == .failed }
+
+        /// Whether a person, not the AI, has the conversation (waiting for one, owning it, or done with it).
+        public var isWithPeople: Bool { self == .handedOff || self == .assigned || self == .resolved }
     }
 
     public var workflowId: String?
@@ -31,6 +38,10 @@ public struct WorkflowState: Sendable, Equatable, Codable {
     /// The `workflow-` stream version this state reflects.
     public var version: Int64
     public var handedOffTo: String?
+    /// The agent (user id) who owns the conversation; `nil` while the AI or nobody does.
+    public var assignedTo: String?
+    /// The status a reopened conversation goes back to.
+    public var statusBeforeResolution: Status?
     public var failureReason: String?
     public var updatedAt: Date?
 
@@ -72,6 +83,22 @@ public struct WorkflowState: Sendable, Equatable, Codable {
             failureReason = failed.reason
         case .messagesProcessed(let processed):
             messagesConsumed = max(messagesConsumed, processed.upToVersion)
+        case .assigned(let assigned):
+            assignedTo = assigned.agentId
+            if status != .resolved { status = .assigned }
+        case .agentMessageSent, .noteAdded:
+            break
+        case .handedBack(let back):
+            assignedTo = nil
+            handedOffTo = nil
+            currentNode = back.nodeId
+            status = .running
+        case .resolved:
+            statusBeforeResolution = status
+            status = .resolved
+        case .reopened:
+            status = assignedTo != nil ? .assigned : .handedOff
+            statusBeforeResolution = nil
         }
         self.version = version
         if let date { updatedAt = date }

@@ -85,7 +85,12 @@ public struct WorkflowEngine: Sendable {
     public func decide(state: WorkflowState, definition: WorkflowDefinition, pending: [PendingMessage], aiOutcome: AIOutcome? = nil) -> Decision {
         var run = Run(state: state, queue: pending.filter { $0.streamVersion > state.messagesConsumed }.sorted { $0.streamVersion < $1.streamVersion })
         if run.state.status.isFinal {
-            // Messages after a hand-off or the end are for humans: consume them without answering.
+            // A visitor writing to a resolved conversation reopens it, for its people (not for the AI).
+            if run.state.status == .resolved, let first = run.queue.first {
+                run.emit(.reopened(ConversationReopened(agentId: nil, causedByMessageId: first.messageId)))
+            }
+            // Messages after a hand-off, while an agent owns the conversation or after the end are for
+            // people: consume them without answering.
             run.finish()
             return .append(run.events)
         }

@@ -11,6 +11,12 @@ public enum WorkflowEvent: Sendable, Equatable {
     case failed(WorkflowFailed)
     case aiReplyFailed(AIReplyFailed)
     case messagesProcessed(MessagesProcessed)
+    case assigned(ConversationAssigned)
+    case agentMessageSent(AgentMessageSent)
+    case noteAdded(InternalNoteAdded)
+    case handedBack(ConversationHandedBack)
+    case resolved(ConversationResolved)
+    case reopened(ConversationReopened)
 
     /// The payload, for encoding.
     public var payload: any DomainEvent {
@@ -26,6 +32,12 @@ public enum WorkflowEvent: Sendable, Equatable {
         case .failed(let event): return event
         case .aiReplyFailed(let event): return event
         case .messagesProcessed(let event): return event
+        case .assigned(let event): return event
+        case .agentMessageSent(let event): return event
+        case .noteAdded(let event): return event
+        case .handedBack(let event): return event
+        case .resolved(let event): return event
+        case .reopened(let event): return event
         }
     }
 
@@ -49,6 +61,12 @@ public enum WorkflowEvent: Sendable, Equatable {
         case WorkflowFailed.eventType: return .failed(try stored.decode(WorkflowFailed.self))
         case AIReplyFailed.eventType: return .aiReplyFailed(try stored.decode(AIReplyFailed.self))
         case MessagesProcessed.eventType: return .messagesProcessed(try stored.decode(MessagesProcessed.self))
+        case ConversationAssigned.eventType: return .assigned(try stored.decode(ConversationAssigned.self))
+        case AgentMessageSent.eventType: return .agentMessageSent(try stored.decode(AgentMessageSent.self))
+        case InternalNoteAdded.eventType: return .noteAdded(try stored.decode(InternalNoteAdded.self))
+        case ConversationHandedBack.eventType: return .handedBack(try stored.decode(ConversationHandedBack.self))
+        case ConversationResolved.eventType: return .resolved(try stored.decode(ConversationResolved.self))
+        case ConversationReopened.eventType: return .reopened(try stored.decode(ConversationReopened.self))
         default: return nil
         }
     }

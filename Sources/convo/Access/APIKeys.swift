@@ -15,6 +15,12 @@ enum Scope: String, CaseIterable, Codable, Sendable, Comparable {
     case read
     /// Publish workflows and read the audit trail.
     case admin
+    /// A person's key (``APIKeyRecord/userId``): take over, answer, hand back and resolve conversations.
+    /// Made by `convo agents create`, never by `convo keys create`.
+    case agent
+
+    /// The scopes of a tenant's keys (`convo keys create`); `agent` keys belong to people.
+    static let tenantScopes: [Scope] = [.ingest, .read, .admin]
 
     static func < (lhs: Scope, rhs: Scope) -> Bool {
         allCases.firstIndex(of: lhs)! < allCases.firstIndex(of: rhs)!
@@ -37,6 +43,8 @@ struct APIKeyRecord: Sendable, Equatable, Codable {
     var name: String
     var createdAt: Date
     var revokedAt: Date?
+    /// The person an `agent` key belongs to.
+    var userId: UUID?
 }
 
 /// API keys: `cvk_` + a public id (16 hex digits) + `_` + a secret (32 random bytes, base64url). The id finds
@@ -51,25 +59,37 @@ struct APIKeyStore: Sendable {
     ///
     /// - Returns: the key, to be shown once, and its record.
     func create(tenant: TenantID, scopes: Set<Scope>, name: String) async throws -> (key: String, record: APIKeyRecord) {
+        let sorted = scopes.sorted()
+        return try await mapped("create a key") {
+            try await client.withOpenTransaction(logger: logger) { connection in
+                try await connection.query("INSERT INTO tenants (id) VALUES (\(tenant.rawValue)) ON CONFLICT DO NOTHING", logger: logger)
+                return try await Self.insert(tenant: tenant, scopes: sorted, name: name, userId: nil, on: connection, logger: logger)
+            }
+        }
+    }
+
+    /// A new key: `cvk_` + 16 hex digits + `_` + 32 random bytes (base64url), and its public id.
+    static func generate() -> (id: String, key: String) {
         var generator = SystemRandomNumberGenerator()
         let id = (0..<8).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
         let secret = Data((0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }).base64URL
-        let key = "\(Self.prefix)\(id)_\(secret)"
-        let sorted = scopes.sorted()
-        let created = try await mapped("create a key") {
-            try await client.withOpenTransaction(logger: logger) { connection in
-                try await connection.query("INSERT INTO tenants (id) VALUES (\(tenant.rawValue)) ON CONFLICT DO NOTHING", logger: logger)
-                let rows = try await connection.query(
-                    """
-                    INSERT INTO api_keys (id, tenant_id, secret_hash, scopes, name)
-                    VALUES (\(id), \(tenant.rawValue), \(Self.hash(key)), \(sorted.map(\.rawValue)), \(name))
-                    RETURNING created_at
-                    """, logger: logger)
-                for try await date in rows.decode(Date.self) { return date }
-                return Date()
-            }
-        }
-        return (key, APIKeyRecord(id: id, tenant: tenant, scopes: sorted, name: name, createdAt: created, revokedAt: nil))
+        return (id, "\(prefix)\(id)_\(secret)")
+    }
+
+    /// Inserts a new key in the caller's transaction (the tenant exists).
+    static func insert(
+        tenant: TenantID, scopes: [Scope], name: String, userId: UUID?, on connection: PostgresConnection, logger: Logger
+    ) async throws -> (key: String, record: APIKeyRecord) {
+        let (id, key) = generate()
+        let rows = try await connection.query(
+            """
+            INSERT INTO api_keys (id, tenant_id, secret_hash, scopes, name, user_id)
+            VALUES (\(id), \(tenant.rawValue), \(hash(key)), \(scopes.map(\.rawValue)), \(name), \(userId))
+            RETURNING created_at
+            """, logger: logger)
+        var created = Date()
+        for try await date in rows.decode(Date.self) { created = date }
+        return (key, APIKeyRecord(id: id, tenant: tenant, scopes: scopes, name: name, createdAt: created, revokedAt: nil, userId: userId))
     }
 
     /// Every key, or those of `tenant`, oldest first.
@@ -78,7 +98,7 @@ struct APIKeyStore: Sendable {
             try await Self.records(
                 client.queryOpen(
                     """
-                    SELECT id, tenant_id, scopes, name, created_at, revoked_at FROM api_keys
+                    SELECT id, tenant_id, scopes, name, created_at, revoked_at, user_id FROM api_keys
                     WHERE \(tenant?.rawValue)::text IS NULL OR tenant_id = \(tenant?.rawValue)
                     ORDER BY created_at, id
                     """, logger: logger))
@@ -95,7 +115,7 @@ struct APIKeyStore: Sendable {
                 client.queryOpen(
                     """
                     UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = \(id)
-                    RETURNING id, tenant_id, scopes, name, created_at, revoked_at
+                    RETURNING id, tenant_id, scopes, name, created_at, revoked_at, user_id
                     """, logger: logger)
             ).first
         }
@@ -103,11 +123,11 @@ struct APIKeyStore: Sendable {
 
     private static func records(_ rows: some AsyncSequence<PostgresRow, any Error>) async throws -> [APIKeyRecord] {
         var records: [APIKeyRecord] = []
-        for try await (id, tenant, scopes, name, created, revoked) in rows.decode((String, String, [String], String, Date, Date?).self) {
+        for try await (id, tenant, scopes, name, created, revoked, user) in rows.decode((String, String, [String], String, Date, Date?, UUID?).self) {
             records.append(
                 APIKeyRecord(
                     id: id, tenant: TenantID(rawValue: tenant) ?? .default, scopes: scopes.compactMap(Scope.init(rawValue:)), name: name,
-                    createdAt: created, revokedAt: revoked))
+                    createdAt: created, revokedAt: revoked, userId: user))
         }
         return records
     }
@@ -116,12 +136,18 @@ struct APIKeyStore: Sendable {
     func authenticate(_ presented: String) async throws -> APIKeyRecord? {
         guard let (id, _) = Self.parse(presented) else { return nil }
         return try await mapped("check a key") {
+            // A disabled person's keys are revoked with them; the join refuses them even before that commits.
             let rows = try await client.queryOpen(
-                "SELECT tenant_id, secret_hash, scopes, name, created_at FROM api_keys WHERE id = \(id) AND revoked_at IS NULL", logger: logger)
-            for try await (tenant, stored, scopes, name, created) in rows.decode((String, Data, [String], String, Date).self) {
+                """
+                SELECT k.tenant_id, k.secret_hash, k.scopes, k.name, k.created_at, k.user_id FROM api_keys k
+                LEFT JOIN users u ON u.id = k.user_id
+                WHERE k.id = \(id) AND k.revoked_at IS NULL AND u.disabled_at IS NULL
+                """, logger: logger)
+            for try await (tenant, stored, scopes, name, created, user) in rows.decode((String, Data, [String], String, Date, UUID?).self) {
                 guard Self.constantTimeEqual(stored, Self.hash(presented)), let tenant = TenantID(rawValue: tenant) else { return nil }
                 return APIKeyRecord(
-                    id: id, tenant: tenant, scopes: scopes.compactMap(Scope.init(rawValue:)), name: name, createdAt: created, revokedAt: nil)
+                    id: id, tenant: tenant, scopes: scopes.compactMap(Scope.init(rawValue:)), name: name, createdAt: created, revokedAt: nil,
+                    userId: user)
             }
             return nil
         }
@@ -130,7 +156,11 @@ struct APIKeyStore: Sendable {
     /// Whether the key with this id exists and is not revoked.
     func isLive(_ id: String) async throws -> Bool {
         try await mapped("check a key") {
-            let rows = try await client.queryOpen("SELECT 1 FROM api_keys WHERE id = \(id) AND revoked_at IS NULL", logger: logger)
+            let rows = try await client.queryOpen(
+                """
+                SELECT 1 FROM api_keys k LEFT JOIN users u ON u.id = k.user_id
+                WHERE k.id = \(id) AND k.revoked_at IS NULL AND u.disabled_at IS NULL
+                """, logger: logger)
             return rows.rows.count == 1
         }
     }

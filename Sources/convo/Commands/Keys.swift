@@ -21,8 +21,11 @@ extension Convo {
             @Flag(help: "Print {\"key\": …, \"id\": …} as JSON.") var json = false
 
             func validate() throws {
-                guard Scope.parseList(scopes) != nil else {
+                guard let parsed = Scope.parseList(scopes) else {
                     throw ValidationError("--scopes is a comma-separated list of ingest, read and admin, got '\(scopes)'")
+                }
+                guard !parsed.contains(.agent) else {
+                    throw ValidationError("an agent key belongs to a person: make it with `convo agents create`")
                 }
                 guard name.count <= 200 else { throw ValidationError("--name has at most 200 characters") }
             }

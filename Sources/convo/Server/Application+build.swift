@@ -105,6 +105,7 @@ func buildRouter(_ context: ServerContext, background: Bool = true) -> (Router<C
     StreamRoute(context: context).register(on: api, table: table)
     WorkflowRoutes(context: context).register(on: api, table: table)
     AuditRoutes(context: context).register(on: api, table: table)
+    AgentRoutes(context: context).register(on: api, table: table)
     return (router, table)
 }
 

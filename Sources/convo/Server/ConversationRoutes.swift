@@ -306,7 +306,7 @@ struct ConversationResponse: ResponseCodable {
 
 /// One message of a transcript.
 struct TranscriptMessage: Codable {
-    /// `visitor` or `assistant`.
+    /// `visitor`, `assistant` or `agent`.
     var role: String
     var text: String
     var eventId: UUID
@@ -319,6 +319,9 @@ struct TranscriptMessage: Codable {
     var inReplyTo: [String]?
     var provider: String?
     var model: String?
+    /// For an agent's message: who wrote it (a user id) and their name.
+    var agentId: String?
+    var agentName: String?
 
     /// The message an event is, or `nil` when it is not a message.
     init?(_ event: RecordedEvent) throws {
@@ -333,6 +336,13 @@ struct TranscriptMessage: Codable {
             self.init(
                 role: "assistant", text: message.text, eventId: event.eventId, globalPosition: event.globalPosition, at: event.recordedAt,
                 inReplyTo: message.inReplyTo, provider: message.provider, model: message.model)
+        case AgentMessageSent.eventType:
+            let message = try event.decode(AgentMessageSent.self)
+            self.init(
+                role: "agent", text: message.text, eventId: event.eventId, globalPosition: event.globalPosition, at: event.recordedAt,
+                messageId: message.messageId)
+            agentId = message.agentId
+            agentName = message.agentName
         default:
             return nil
         }

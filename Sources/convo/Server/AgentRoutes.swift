@@ -1,0 +1,296 @@
+import Crypto
+import EventStore
+import Foundation
+import Hummingbird
+import Projections
+import Responder
+import SharedTypes
+
+/// What the people of a conversation do, with an `agent` key: take it over (or assign it), answer, note,
+/// hand it back to the AI, resolve and reopen it.
+///
+/// Each action is one event appended to the conversation's `workflow-` stream at the version its checks
+/// read, like the AI's decisions: an AI decision taken before a take-over meets the expected-version check
+/// and is thrown away (recorded as a conflict), and an agent's action that raced another change is checked
+/// again on the new state. Each is idempotent by the caller's id (`messageId`, `noteId` or `requestId`):
+/// the same id again answers 200 with what the first call stored.
+struct AgentRoutes: Sendable {
+    let context: ServerContext
+
+    func register(on router: some RouterMethods<ConvoRequestContext>, table: RouteTable) {
+        table.add(.post, "/v1/conversations/{conversationId}/assignment", on: router, use: assign)
+        table.add(.post, "/v1/conversations/{conversationId}/agent-messages", on: router, use: reply)
+        table.add(.post, "/v1/conversations/{conversationId}/notes", on: router, use: note)
+        table.add(.post, "/v1/conversations/{conversationId}/handback", on: router, use: handBack)
+        table.add(.post, "/v1/conversations/{conversationId}/resolve", on: router, use: resolve)
+        table.add(.post, "/v1/conversations/{conversationId}/reopen", on: router, use: reopen)
+    }
+
+    struct AssignmentBody: Decodable {
+        var requestId: String?
+        /// Another agent (supervisors only); the caller when absent.
+        var agentId: String?
+    }
+
+    struct MessageBody: Decodable {
+        var messageId: String?
+        var text: String
+    }
+
+    struct NoteBody: Decodable {
+        var noteId: String?
+        var text: String
+    }
+
+    struct HandbackBody: Decodable {
+        var requestId: String?
+        var nodeId: String
+    }
+
+    struct RequestBody: Decodable {
+        var requestId: String?
+    }
+
+    @Sendable func assign(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> EditedResponse<AgentActionResponse> {
+        let (tenant, agent) = try await caller(requestContext)
+        let conversation = try ConversationRoutes.conversationID(requestContext)
+        let body = try await Self.optionalBody(request, AssignmentBody.self, context: requestContext) ?? AssignmentBody()
+        let requestId = try Self.callerID(body.requestId, "requestId")
+        var target = agent
+        if let raw = body.agentId, raw.lowercased() != agent.actorId {
+            guard agent.role == .supervisor else {
+                throw APIError(.forbidden, "not_a_supervisor", "only a supervisor assigns a conversation to another agent")
+            }
+            guard let id = UUID(uuidString: raw), let other = try await agents(requestContext).agent(id, tenant: tenant), other.disabledAt == nil else {
+                throw APIError(.unprocessableContent, "unknown_agent", "no enabled agent '\(raw)' in this tenant")
+            }
+            target = other
+        }
+        return try await act(tenant: tenant, conversation: conversation, agent: agent, action: "assign", requestId: requestId) { state in
+            if state.status == .resolved {
+                throw APIError(.conflict, "conversation_resolved", "conversation \(conversation) is resolved: reopen it first")
+            }
+            if state.assignedTo == target.actorId {
+                throw APIError(.conflict, "already_assigned", "conversation \(conversation) is already assigned to \(target.actorId)")
+            }
+            if let owner = state.assignedTo, owner != agent.actorId, agent.role != .supervisor {
+                throw APIError(.conflict, "owned_by_another_agent", "conversation \(conversation) is owned by \(owner); a supervisor can reassign it")
+            }
+            return .assigned(ConversationAssigned(agentId: target.actorId, agentName: target.name, fromAgentId: state.assignedTo))
+        }
+    }
+
+    @Sendable func reply(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> EditedResponse<AgentActionResponse> {
+        let (tenant, agent) = try await caller(requestContext)
+        let conversation = try ConversationRoutes.conversationID(requestContext)
+        let body = try await request.decodeJSON(MessageBody.self, context: requestContext)
+        let messageId = try Self.callerID(body.messageId, "messageId")
+        try Self.checkText(body.text)
+        return try await act(tenant: tenant, conversation: conversation, agent: agent, action: "message", requestId: messageId) { state in
+            try Self.requireOwner(state, agent, conversation)
+            return .agentMessageSent(AgentMessageSent(messageId: messageId, text: body.text, agentId: agent.actorId, agentName: agent.name))
+        }
+    }
+
+    @Sendable func note(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> EditedResponse<AgentActionResponse> {
+        let (tenant, agent) = try await caller(requestContext)
+        let conversation = try ConversationRoutes.conversationID(requestContext)
+        let body = try await request.decodeJSON(NoteBody.self, context: requestContext)
+        let noteId = try Self.callerID(body.noteId, "noteId")
+        try Self.checkText(body.text)
+        // Any agent of the tenant may leave a note, owner or not.
+        return try await act(tenant: tenant, conversation: conversation, agent: agent, action: "note", requestId: noteId) { _ in
+            .noteAdded(InternalNoteAdded(noteId: noteId, text: body.text, agentId: agent.actorId, agentName: agent.name))
+        }
+    }
+
+    @Sendable func handBack(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> EditedResponse<AgentActionResponse> {
+        let (tenant, agent) = try await caller(requestContext)
+        let conversation = try ConversationRoutes.conversationID(requestContext)
+        let body = try await request.decodeJSON(HandbackBody.self, context: requestContext)
+        let requestId = try Self.callerID(body.requestId, "requestId")
+        let response = try await act(tenant: tenant, conversation: conversation, agent: agent, action: "handback", requestId: requestId) { state in
+            try Self.requireOwner(state, agent, conversation)
+            guard let workflowId = state.workflowId, let version = state.workflowVersion else {
+                throw APIError(.conflict, "no_workflow", "conversation \(conversation) has not started a workflow: there is no node to go on from")
+            }
+            guard let definition = try await context.workflows.definition(workflowId, version: version, tenant: tenant) else {
+                throw APIError(.conflict, "no_workflow", "the conversation's workflow \(workflowId) v\(version) is not published")
+            }
+            guard definition.nodes.contains(where: { $0.id == body.nodeId }) else {
+                throw APIError(
+                    .unprocessableContent, "unknown_node", "workflow \(workflowId) v\(version) has no node '\(body.nodeId)'",
+                    details: [ErrorDetail(nodeId: body.nodeId, message: "the workflow's nodes: \(definition.nodes.map(\.id).joined(separator: ", "))")])
+            }
+            return .handedBack(ConversationHandedBack(nodeId: body.nodeId, agentId: agent.actorId))
+        }
+        // The AI goes on from the node at once (the store's subscription would wake it too, a moment later).
+        if response.status == HTTPResponse.Status.created, let visitor = try await visitor(of: conversation, tenant: tenant) {
+            context.responder.messageIngested(tenant: tenant, visitor: visitor, conversation: conversation)
+        }
+        return response
+    }
+
+    @Sendable func resolve(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> EditedResponse<AgentActionResponse> {
+        let (tenant, agent) = try await caller(requestContext)
+        let conversation = try ConversationRoutes.conversationID(requestContext)
+        let body = try await Self.optionalBody(request, RequestBody.self, context: requestContext) ?? RequestBody()
+        let requestId = try Self.callerID(body.requestId, "requestId")
+        return try await act(tenant: tenant, conversation: conversation, agent: agent, action: "resolve", requestId: requestId) { state in
+            if state.status == .resolved { throw APIError(.conflict, "already_resolved", "conversation \(conversation) is resolved") }
+            if agent.role != .supervisor { try Self.requireOwner(state, agent, conversation) }
+            return .resolved(ConversationResolved(agentId: agent.actorId))
+        }
+    }
+
+    @Sendable func reopen(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> EditedResponse<AgentActionResponse> {
+        let (tenant, agent) = try await caller(requestContext)
+        let conversation = try ConversationRoutes.conversationID(requestContext)
+        let body = try await Self.optionalBody(request, RequestBody.self, context: requestContext) ?? RequestBody()
+        let requestId = try Self.callerID(body.requestId, "requestId")
+        return try await act(tenant: tenant, conversation: conversation, agent: agent, action: "reopen", requestId: requestId) { state in
+            guard state.status == .resolved else { throw APIError(.conflict, "not_resolved", "conversation \(conversation) is not resolved") }
+            return .reopened(ConversationReopened(agentId: agent.actorId, causedByMessageId: nil))
+        }
+    }
+
+    // MARK: The common part
+
+    private func agents(_ requestContext: ConvoRequestContext) -> AgentStore { AgentStore(client: context.client, logger: requestContext.logger) }
+
+    /// The caller's tenant and the person their key belongs to.
+    private func caller(_ requestContext: ConvoRequestContext) async throws -> (TenantID, Agent) {
+        let tenant = try requestContext.tenant(for: .agent)
+        guard let userId = requestContext.key?.userId, let agent = try await agents(requestContext).agent(userId, tenant: tenant), agent.disabledAt == nil else {
+            throw APIError(.forbidden, "agent_disabled", "this key's agent is disabled or gone")
+        }
+        return (tenant, agent)
+    }
+
+    /// Checks the state with `decide` and appends its event at the version read; a racing change makes it
+    /// read and check again. The same caller's id again returns the first call's event (200).
+    private func act(
+        tenant: TenantID, conversation: ConversationID, agent: Agent, action: String, requestId: String,
+        _ decide: (WorkflowState) async throws -> WorkflowEvent
+    ) async throws -> EditedResponse<AgentActionResponse> {
+        let eventId = Self.eventID(tenant: tenant, conversation: conversation, agent: agent, action: action, requestId: requestId)
+        for _ in 0..<8 {
+            let stored = try await context.store.readStreamToEnd(conversation.workflowStream, tenant: tenant)
+            var state = WorkflowState()
+            for event in stored {
+                try state.apply(event)
+                if event.eventId == eventId {
+                    return EditedResponse(status: .ok, response: AgentActionResponse(conversation: conversation, event: event, state: nil, duplicate: true))
+                }
+            }
+            if state.version == 0, try await context.store.streamVersion(conversation.messagesStream, tenant: tenant) == 0 {
+                throw ConversationRoutes.notFound(conversation)
+            }
+            let event = try await decide(state)
+            let new = try NewEvent(
+                eventId: eventId, type: event.eventType, encoding: event,
+                metadata: EventMetadata(actorId: agent.actorId, extra: ["keyId": .string(agent.actorId), "requestId": .string(requestId)]))
+            do {
+                let result = try await context.store.append([new], to: conversation.workflowStream, tenant: tenant, expectedVersion: .exact(state.version))
+                guard let recorded = result.events.first else { break }
+                state.apply(event, version: recorded.streamVersion, at: recorded.recordedAt)
+                return EditedResponse(
+                    status: result.isDuplicate ? .ok : .created,
+                    response: AgentActionResponse(
+                        conversation: conversation, eventId: eventId, type: event.eventType, streamVersion: recorded.streamVersion,
+                        globalPosition: recorded.globalPosition, state: state, duplicate: result.isDuplicate))
+            } catch let error as EventStoreError where error.code == .wrongExpectedVersion {
+                continue  // another writer moved the conversation on: check again on what it is now
+            } catch let error as EventStoreError where error.code == .duplicateEventID {
+                continue  // our own retry won meanwhile: the next read finds it
+            }
+        }
+        throw APIError(.conflict, "busy", "conversation \(conversation) kept changing; try again")
+    }
+
+    /// The caller's id, or a new one.
+    private static func callerID(_ raw: String?, _ field: String) throws -> String {
+        guard let raw else { return UUID().uuidString.lowercased() }
+        guard (1...128).contains(raw.unicodeScalars.count), !raw.unicodeScalars.contains(where: { $0.value < 0x20 }) else {
+            throw APIError(.badRequest, "invalid_field", "\(field) has 1 to 128 characters, none of them control characters")
+        }
+        return raw
+    }
+
+    private static func checkText(_ text: String) throws {
+        guard !text.isEmpty, !text.unicodeScalars.contains("\u{0}") else {
+            throw APIError(.badRequest, "invalid_field", "text is not empty and has no U+0000")
+        }
+        guard text.unicodeScalars.count <= IncomingMessage.maxTextLength else {
+            throw APIError(.contentTooLarge, "text_too_long", "text has at most \(IncomingMessage.maxTextLength) characters")
+        }
+    }
+
+    private static func requireOwner(_ state: WorkflowState, _ agent: Agent, _ conversation: ConversationID) throws {
+        if state.status == .resolved {
+            throw APIError(.conflict, "conversation_resolved", "conversation \(conversation) is resolved: reopen it first")
+        }
+        guard state.assignedTo == agent.actorId else {
+            throw APIError(
+                .conflict, "not_owner",
+                state.assignedTo.map { "conversation \(conversation) is owned by \($0)" } ?? "conversation \(conversation) is not assigned to you: take it first")
+        }
+    }
+
+    /// A body that may be left out (an empty body is `{}`).
+    private static func optionalBody<T: Decodable>(_ request: Request, _ type: T.Type, context: ConvoRequestContext) async throws -> T? {
+        if request.headers[.contentLength] == "0" || (request.headers[.contentType] == nil && request.headers[.contentLength] == nil) { return nil }
+        return try await request.decodeJSON(type, context: context)
+    }
+
+    /// One event id per (tenant, conversation, agent, action, caller's id): a retry finds what it stored.
+    static func eventID(tenant: TenantID, conversation: ConversationID, agent: Agent, action: String, requestId: String) -> UUID {
+        let digest = SHA256.hash(data: Data([tenant.rawValue, conversation.rawValue, agent.actorId, action, requestId].joined(separator: "\u{0}").utf8))
+        var bytes = Array(digest.prefix(16))
+        bytes[6] = (bytes[6] & 0x0F) | 0x50  // version 5 layout (name-based)
+        bytes[8] = (bytes[8] & 0x3F) | 0x80  // RFC 4122 variant
+        return UUID(uuid: (bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7], bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15]))
+    }
+
+    private func visitor(of conversation: ConversationID, tenant: TenantID) async throws -> VisitorUID? {
+        guard let first = try await context.store.readStream(conversation.messagesStream, tenant: tenant, fromVersion: 1, maxCount: 1).first else { return nil }
+        if first.type == ConversationStarted.eventType { return try first.decode(ConversationStarted.self).visitorUid }
+        if first.type == VisitorMessageReceived.eventType { return try first.decode(VisitorMessageReceived.self).visitorUid }
+        return nil
+    }
+}
+
+/// What an agent's action stored.
+struct AgentActionResponse: ResponseCodable {
+    struct State: Codable {
+        var status: String
+        var assignedTo: String?
+        var currentNodeId: String?
+        var version: Int64
+    }
+
+    var conversationId: String
+    var eventId: UUID
+    var type: String
+    var streamVersion: Int64
+    var globalPosition: Int64
+    /// The conversation right after the event; absent on a repeated call (it may have moved on since).
+    var state: State?
+    var duplicate: Bool
+
+    init(conversation: ConversationID, eventId: UUID, type: String, streamVersion: Int64, globalPosition: Int64, state: WorkflowState?, duplicate: Bool) {
+        conversationId = conversation.rawValue
+        self.eventId = eventId
+        self.type = type
+        self.streamVersion = streamVersion
+        self.globalPosition = globalPosition
+        self.state = state.map { State(status: $0.status.rawValue, assignedTo: $0.assignedTo, currentNodeId: $0.currentNode, version: $0.version) }
+        self.duplicate = duplicate
+    }
+
+    init(conversation: ConversationID, event: RecordedEvent, state: WorkflowState?, duplicate: Bool) {
+        self.init(
+            conversation: conversation, eventId: event.eventId, type: event.type, streamVersion: event.streamVersion, globalPosition: event.globalPosition,
+            state: state, duplicate: duplicate)
+    }
+}

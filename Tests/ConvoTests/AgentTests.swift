@@ -1,0 +1,259 @@
+import ConvoTestSupport
+import EventStore
+import Foundation
+import Hummingbird
+import Responder
+import SharedTypes
+import Synchronization
+import Projections
+import Testing
+
+@testable import convo
+
+/// An AI that answers only once the test lets it: the test, not the machine's speed, orders the racers.
+final class GatedProvider: AIProvider, Sendable {
+    let name = "gated"
+    private let calls = Atomic<Int>(0)
+    private let open = Atomic<Bool>(false)
+    var called: Bool { calls.load(ordering: .acquiring) > 0 }
+    func release() { open.store(true, ordering: .releasing) }
+
+    func reply(to request: AIRequest) async throws -> AIAnswer {
+        calls.add(1, ordering: .acquiringAndReleasing)
+        while !open.load(ordering: .acquiring) { try await Task.sleep(for: .milliseconds(10)) }
+        var answer = try await RuleProvider().reply(to: request)
+        answer.provider = name
+        return answer
+    }
+}
+
+/// People in the conversation: agents take it over, reply, note, hand it back and resolve it, over HTTP,
+/// each action an event of the conversation's `workflow-` stream behind the same version check as the AI.
+@Suite struct AgentTests {
+    struct People {
+        var agentA: (agent: Agent, key: String)
+        var agentB: (agent: Agent, key: String)
+        var supervisor: (agent: Agent, key: String)
+    }
+
+    static func people(_ api: APIHarness) async throws -> People {
+        let store = AgentStore(client: api.pg, logger: TestDatabase.logger)
+        func make(_ name: String, _ role: AgentRole) async throws -> (Agent, String) {
+            let made = try await store.create(tenant: api.tenant, email: "\(name)@\(api.tenant.rawValue).example", name: name, role: role)
+            return (made.agent, made.key)
+        }
+        return People(agentA: try await make("Ada", .agent), agentB: try await make("Bo", .agent), supervisor: try await make("Sam", .supervisor))
+    }
+
+    static func workflowEvents(_ api: APIHarness, _ conversation: String) async throws -> [RecordedEvent] {
+        try await PostgresEventStore(client: api.pg, logger: TestDatabase.logger)
+            .readStreamToEnd(ConversationID(rawValue: conversation)!.workflowStream, tenant: api.tenant)
+    }
+
+    func act(_ api: APIHarness, _ conversation: String, _ action: String, key: String, _ body: String? = nil) async throws -> APIHarness.Reply {
+        try await api.request(.post, "/v1/conversations/\(conversation)/\(action)", key: key, body: body)
+    }
+
+    @Test func agentsTakeOverReplyNoteHandBackAndResolveWithEveryRuleEnforced() async throws {
+        try await APIHarness.with { api in
+            let people = try await Self.people(api)
+            let (a, b, sam) = (people.agentA, people.agentB, people.supervisor)
+            let conversation = APIHarness.conversationID()
+            #expect(try await api.post(conversation, #"{"visitorUid": "v-1", "messageId": "m1", "text": "where is my order?"}"#).status == .accepted)
+            try await api.process(conversation, visitor: "v-1")
+
+            // Keys: a tenant key is not an agent's; another tenant's agent does not see the conversation.
+            #expect(try await act(api, conversation, "assignment", key: api.all).errorCode == "missing_scope")
+            let strangerAgent = try await AgentStore(client: api.pg, logger: TestDatabase.logger).create(
+                tenant: api.strangerTenant, email: "x@example.com", name: "X", role: .supervisor)
+            #expect(try await act(api, conversation, "assignment", key: strangerAgent.key).status == .notFound)
+
+            // Replying needs the conversation: take it first.
+            let early = try await act(api, conversation, "agent-messages", key: a.key, #"{"messageId": "a0", "text": "hi"}"#)
+            #expect(early.status == .conflict && early.errorCode == "not_owner", "\(early.text)")
+            let taken = try await act(api, conversation, "assignment", key: a.key, #"{"requestId": "take-1"}"#)
+            #expect(taken.status == .created, "\(taken.text)")
+            let takenAgain = try await act(api, conversation, "assignment", key: a.key, #"{"requestId": "take-1"}"#)
+            let first = try taken.decode(AgentActionResponse.self)
+            let again = try takenAgain.decode(AgentActionResponse.self)
+            #expect(takenAgain.status == .ok && again.duplicate && again.eventId == first.eventId)
+            #expect(try await act(api, conversation, "assignment", key: b.key).errorCode == "owned_by_another_agent")
+            // Only a supervisor passes it on.
+            #expect(try await act(api, conversation, "assignment", key: a.key, #"{"agentId": "\#(b.agent.actorId)"}"#).errorCode == "not_a_supervisor")
+            let passed = try await act(api, conversation, "assignment", key: sam.key, #"{"agentId": "\#(b.agent.actorId)"}"#)
+            let passedState = try passed.decode(AgentActionResponse.self).state
+            #expect(passed.status == .created && passedState?.assignedTo == b.agent.actorId, "\(passed.text)")
+            #expect(try await act(api, conversation, "agent-messages", key: a.key, #"{"text": "me?"}"#).errorCode == "not_owner")
+            let reply = try await act(api, conversation, "agent-messages", key: b.key, #"{"messageId": "b1", "text": "Hello, I'm Bo."}"#)
+            #expect(reply.status == .created, "\(reply.text)")
+            #expect(try await act(api, conversation, "agent-messages", key: b.key, #"{"messageId": "b1", "text": "Hello, I'm Bo."}"#).status == .ok)
+            #expect(try await act(api, conversation, "agent-messages", key: b.key, #"{"text": ""}"#).errorCode == "invalid_field")
+            // Anyone of the tenant may note; a note never reaches the transcript.
+            #expect(try await act(api, conversation, "notes", key: a.key, #"{"noteId": "n1", "text": "VIP customer"}"#).status == .created)
+
+            // While a person owns it, the AI stores and consumes visitor messages but never answers them.
+            #expect(try await api.post(conversation, #"{"visitorUid": "v-1", "messageId": "m2", "text": "hello?"}"#).status == .accepted)
+            try await api.process(conversation, visitor: "v-1")
+            var events = try await Self.workflowEvents(api, conversation)
+            let assignedAt = try #require(events.first { $0.type == ConversationAssigned.eventType }?.streamVersion)
+            #expect(!events.contains { $0.type == AssistantMessageSent.eventType && $0.streamVersion > assignedAt })
+            #expect(events.filter { $0.type == AgentMessageSent.eventType }.count == 1)
+            #expect(events.last?.type == MessagesProcessed.eventType)
+            let actors = events.filter { $0.type == AgentMessageSent.eventType }.compactMap { try? $0.metadata().actorId }
+            #expect(actors == [b.agent.actorId])
+
+            let transcript = try await api.request(.get, "/v1/conversations/\(conversation)/messages", key: api.read).decode(TranscriptResponse.self)
+            // The greeting and the AI's answer, then the agent, then the visitor message nobody but people answer.
+            #expect(transcript.messages.map(\.role) == ["visitor", "assistant", "assistant", "agent", "visitor"], "\(transcript.messages.map(\.text))")
+            #expect(transcript.messages.first { $0.role == "agent" }?.agentName == "Bo")
+            #expect(!transcript.messages.contains { $0.text == "VIP customer" })
+
+            // Hand back: the node must be the workflow's; the AI then goes on from it.
+            let badNode = try await act(api, conversation, "handback", key: b.key, #"{"nodeId": "nowhere"}"#)
+            #expect(badNode.status == .unprocessableContent && badNode.errorCode == "unknown_node", "\(badNode.text)")
+            #expect(try await act(api, conversation, "handback", key: a.key, #"{"nodeId": "await_question"}"#).errorCode == "not_owner")
+            let back = try await act(api, conversation, "handback", key: b.key, #"{"nodeId": "await_question"}"#)
+            let backState = try back.decode(AgentActionResponse.self).state
+            #expect(back.status == .created && backState?.status == "running", "\(back.text)")
+            #expect(try await api.post(conversation, #"{"visitorUid": "v-1", "messageId": "m3", "text": "and my refund?"}"#).status == .accepted)
+            try await api.process(conversation, visitor: "v-1")
+            events = try await Self.workflowEvents(api, conversation)
+            let backAt = try #require(events.first { $0.type == ConversationHandedBack.eventType }?.streamVersion)
+            #expect(events.contains { $0.type == AssistantMessageSent.eventType && $0.streamVersion > backAt })
+
+            // Resolve (the owner), then a visitor message reopens it for its people, unanswered by the AI.
+            #expect(try await act(api, conversation, "resolve", key: a.key).errorCode == "not_owner")
+            #expect(try await act(api, conversation, "assignment", key: a.key).status == .created)
+            #expect(try await act(api, conversation, "resolve", key: a.key).status == .created)
+            #expect(try await act(api, conversation, "resolve", key: a.key).errorCode == "already_resolved")
+            #expect(try await act(api, conversation, "agent-messages", key: a.key, #"{"text": "still there?"}"#).errorCode == "conversation_resolved")
+            #expect(try await api.post(conversation, #"{"visitorUid": "v-1", "messageId": "m4", "text": "one more thing"}"#).status == .accepted)
+            try await api.process(conversation, visitor: "v-1")
+            events = try await Self.workflowEvents(api, conversation)
+            let resolvedAt = try #require(events.last { $0.type == ConversationResolved.eventType }?.streamVersion)
+            #expect(events.contains { $0.type == ConversationReopened.eventType && $0.streamVersion > resolvedAt })
+            #expect(!events.contains { $0.type == AssistantMessageSent.eventType && $0.streamVersion > resolvedAt })
+            let state = try await api.request(.get, "/v1/conversations/\(conversation)/state", key: api.read)
+            #expect(state.text.contains(#""status":"assigned""#), "\(state.text)")
+            #expect(try await act(api, conversation, "reopen", key: a.key).errorCode == "not_resolved")
+
+            // A disabled agent's key stops working.
+            #expect(try await AgentStore(client: api.pg, logger: TestDatabase.logger).disable(a.agent.id)?.disabledAt != nil)
+            #expect(try await act(api, conversation, "agent-messages", key: a.key, #"{"text": "bye"}"#).status == .unauthorized)
+            // Unknown conversation: 404.
+            #expect(try await act(api, APIHarness.conversationID(), "assignment", key: b.key).status == .notFound)
+        }
+    }
+
+    /// The version fence: an AI reply in flight when an agent takes over is thrown away and recorded as a
+    /// conflict, whatever the timing; the agent's reply is delivered.
+    @Test func anAIReplyInFlightWhenAnAgentTakesOverIsThrownAwayAndRecorded() async throws {
+        try await APIHarness.with { api in
+            let people = try await Self.people(api)
+            let conversation = APIHarness.conversationID()
+            #expect(try await api.post(conversation, #"{"visitorUid": "v-9", "messageId": "m1", "text": "where is my order?"}"#).status == .accepted)
+            let gated = GatedProvider()
+            let store = PostgresEventStore(client: api.pg, logger: TestDatabase.logger)
+            let processor = ConversationProcessor(
+                store: store, redis: RedisClient(configuration: try RedisConfiguration(url: try TestDatabase.redisURL)),
+                workflows: WorkflowRepository(client: api.pg, logger: TestDatabase.logger), provider: gated, logger: TestDatabase.logger)
+            let processing = Task {
+                try await processor.process(tenant: api.tenant, visitor: VisitorUID(rawValue: "v-9")!, conversation: ConversationID(rawValue: conversation)!)
+            }
+            #expect(try await eventually { gated.called })  // the AI is mid-reply
+            let taken = try await act(api, conversation, "assignment", key: people.agentA.key)
+            #expect(taken.status == .created, "\(taken.text)")
+            gated.release()
+            let outcome = try await processing.value
+            #expect(outcome.conflicts == 1)
+
+            let events = try await Self.workflowEvents(api, conversation)
+            #expect(events.first?.type == ConversationAssigned.eventType)
+            #expect(!events.contains { $0.type == AssistantMessageSent.eventType }, "\(events.map(\.type))")
+            #expect(events.last?.type == MessagesProcessed.eventType)
+            let audit = try await store.readStreamToEnd(ConversationProcessor.auditStream(api.tenant), tenant: api.tenant)
+            let conflicts = try audit.filter { $0.type == ProcessingConflictDetected.eventType }.map { try $0.decode(ProcessingConflictDetected.self) }
+            #expect(conflicts.contains { $0.conversationId.rawValue == conversation && $0.expectedVersion == 0 && $0.actualVersion == 1 })
+
+            let reply = try await act(api, conversation, "agent-messages", key: people.agentA.key, #"{"text": "I'm on it."}"#)
+            #expect(reply.status == .created, "\(reply.text)")
+            let transcript = try await api.request(.get, "/v1/conversations/\(conversation)/messages", key: api.read).decode(TranscriptResponse.self)
+            #expect(transcript.messages.map(\.role) == ["visitor", "agent"])
+        }
+    }
+
+    /// Many conversations, each with the responder and a take-over racing (several workers and visitor
+    /// messages too): in every one, no AI reply lands after the assignment, and every message is consumed.
+    @Test func takeOversRacingTheResponderNeverLetTheAIAnswerAfterThem() async throws {
+        try await APIHarness.with { api in
+            let people = try await Self.people(api)
+            let conversations = (0..<24).map { _ in APIHarness.conversationID() }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for (index, conversation) in conversations.enumerated() {
+                    let visitor = "v-race-\(index)"
+                    group.addTask {
+                        #expect(try await api.postConcurrently(conversation, #"{"visitorUid": "\#(visitor)", "messageId": "m1", "text": "where is my order?"}"#).status == .accepted)
+                        try await withThrowingTaskGroup(of: Void.self) { racers in
+                            racers.addTask { try await api.process(conversation, visitor: visitor) }
+                            racers.addTask { try await api.process(conversation, visitor: visitor) }
+                            racers.addTask {
+                                let taken = try await api.postConcurrently(path: "/v1/conversations/\(conversation)/assignment", key: people.agentA.key)
+                                #expect(taken.status == .created, "\(taken.text)")
+                            }
+                            racers.addTask {
+                                _ = try await api.postConcurrently(conversation, #"{"visitorUid": "\#(visitor)", "messageId": "m2", "text": "hello?"}"#)
+                                try await api.process(conversation, visitor: visitor)
+                            }
+                            try await racers.waitForAll()
+                        }
+                        try await api.process(conversation, visitor: visitor)
+                    }
+                }
+                try await group.waitForAll()
+            }
+            var assignedFirst = 0
+            for conversation in conversations {
+                let events = try await Self.workflowEvents(api, conversation)
+                let assignedAt = try #require(events.first { $0.type == ConversationAssigned.eventType }?.streamVersion)
+                #expect(!events.contains { $0.type == AssistantMessageSent.eventType && $0.streamVersion > assignedAt }, "\(events.map(\.type))")
+                let state = try WorkflowStateTestFold.fold(events)
+                #expect(state.status == .assigned && state.messagesConsumed == 3, "\(conversation): \(state.status) \(state.messagesConsumed)")
+                if assignedAt == 1 { assignedFirst += 1 }
+            }
+            // Both orders happened: some taken before the AI said anything, some after.
+            print("take-over races: \(assignedFirst) of \(conversations.count) assigned before the AI's first event")
+        }
+    }
+
+    @Test func theAgentsCommandCreatesListsAndDisablesWithAKeyBoundToThePerson() async throws {
+        try await TestDatabase.withFreshDatabase { database in
+            let env = ["CONVO_DATABASE_URL": database.description, "CONVO_REDIS_URL": try TestDatabase.redisURL, "CI": "true"]
+            #expect(try await ConvoProcess.run(["migrate"], environment: env).status == 0)
+            let made = try await ConvoProcess.run(
+                ["agents", "create", "--tenant", "shop", "--email", "ada@shop.example", "--name", "Ada", "--json"], environment: env)
+            #expect(made.status == 0, "\(made.stderr)")
+            let created = try JSONDecoder().decode(CreatedAgent.self, from: Data(made.stdout.utf8))
+            #expect(created.key.hasPrefix("cvk_") && created.role == .agent && UUID(uuidString: created.id) != nil)
+            let twice = try await ConvoProcess.run(["agents", "create", "--tenant", "shop", "--email", "ADA@shop.example", "--name", "Ada 2"], environment: env)
+            #expect(twice.status != 0 && twice.stderr.contains("already has a person"), "\(twice.stderr)")
+            for bad in [["--email", "nope"], ["--email", "a@b.c", "--role", "boss"], ["--email", "a@b.c", "--name", ""]] {
+                let refused = try await ConvoProcess.run(["agents", "create", "--tenant", "shop", "--name", "N"] + bad, environment: env)
+                #expect(refused.status != 0 && !refused.stderr.isEmpty, "\(bad)")
+            }
+            let agentKey = try await ConvoProcess.run(["keys", "create", "--tenant", "shop", "--scopes", "agent"], environment: env)
+            #expect(agentKey.status != 0 && agentKey.stderr.contains("convo agents create"))
+            let listed = try await ConvoProcess.run(["agents", "list", "--tenant", "shop", "--json"], environment: env)
+            let agents = try JSONDecoder.iso8601.decode([Agent].self, from: Data(listed.stdout.utf8))
+            #expect(agents.map(\.email) == ["ada@shop.example"] && agents.first?.disabledAt == nil)
+            let disabled = try await ConvoProcess.run(["agents", "disable", created.id], environment: env)
+            #expect(disabled.status == 0, "\(disabled.stderr)")
+            let keys = try await ConvoProcess.run(["keys", "list", "--tenant", "shop", "--json"], environment: env)
+            #expect(keys.stdout.contains(created.keyId) && keys.stdout.contains("revokedAt"))
+            #expect(try await ConvoProcess.run(["agents", "disable", UUID().uuidString], environment: env).status != 0)
+        }
+    }
+}
+
+enum WorkflowStateTestFold {
+    static func fold(_ events: [RecordedEvent]) throws -> WorkflowState { try WorkflowState.fold(events) }
+}
