@@ -4,8 +4,10 @@ import Foundation
 public enum UserRole: String, Codable, Sendable, CaseIterable {
     /// Manages tenants, keys and workflows.
     case admin
-    /// A human who answers visitors after a hand-off.
+    /// A person of a tenant who takes conversations over and answers visitors.
     case agent
+    /// An agent who may also assign conversations to other agents.
+    case supervisor
     /// convo itself: every action the AI takes is recorded with this actor.
     case system
 }

@@ -132,8 +132,11 @@ import Testing
             }
             // Other users are ordinary rows.
             let id = UUID()
-            try await store.client.query("INSERT INTO users (id, email, name, role) VALUES (\(id), \("agent-\(id)@example.com"), 'Agent', 'agent')")
-            try await store.client.query("UPDATE users SET role = 'admin' WHERE id = \(id)")
+            try await store.client.query("INSERT INTO users (id, email, name, role) VALUES (\(id), \("admin-\(id)@example.com"), 'Admin', 'admin')")
+            // A person (agent or supervisor) belongs to a tenant.
+            let homeless = try await #require(throws: PSQLError.self) { try await store.client.query("UPDATE users SET role = 'agent' WHERE id = \(id)") }
+            #expect(homeless.serverInfo?[.sqlState] == "23514")
+            try await store.client.query("UPDATE users SET name = 'Admin 2' WHERE id = \(id)")
             try await store.client.query("DELETE FROM users WHERE id = \(id)")
             // Migrating again does not seed a second System user or fail.
             try await Migrator(client: store.client, logger: TestDatabase.logger).migrate()

@@ -144,6 +144,6 @@ import Testing
     @Test func theSystemUserIdIsTheDocumentedConstant() {
         #expect(SYSTEM_USER_ID.uuidString.lowercased() == "00000000-0000-4000-8000-000000000001")
         #expect(SystemActor.email == "system@internal.local")
-        #expect(UserRole.allCases.map(\.rawValue) == ["admin", "agent", "system"])
+        #expect(UserRole.allCases.map(\.rawValue) == ["admin", "agent", "supervisor", "system"])
     }
 }
