@@ -225,6 +225,67 @@ final class GatedProvider: AIProvider, Sendable {
         }
     }
 
+    /// The inbox and the conversation's row: owner, assignee, unread count and first-response time, folded
+    /// by the conversations projection's runner; keyset pages; agents' keys read.
+    @Test func theInboxShowsOwnersUnreadCountsAndFirstResponsesAndPages() async throws {
+        // A database of its own: the conversations runner follows every tenant of its database.
+        try await TestDatabase.withFreshDatabase { database in
+            try await APIHarness.with(database: database) { api in
+                let people = try await Self.people(api)
+                let (a, b) = (people.agentA, people.agentB)
+                let store = PostgresEventStore(client: api.pg, logger: TestDatabase.logger)
+                let runner = ProjectionRunner(projection: ConversationsProjection(), store: store, logger: TestDatabase.logger)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask { try await store.run() }
+                    group.addTask { try await runner.run() }
+                    defer { group.cancelAll() }
+                    let (withAI, handedOff, assigned) = (APIHarness.conversationID(), APIHarness.conversationID(), APIHarness.conversationID())
+                    _ = try await api.post(withAI, #"{"visitorUid": "v-1", "text": "where is my order?"}"#)
+                    try await api.process(withAI, visitor: "v-1")
+                    _ = try await api.post(handedOff, #"{"visitorUid": "v-2", "text": "I want a human please"}"#)
+                    try await api.process(handedOff, visitor: "v-2")
+                    #expect(try await act(api, handedOff, "assignment", key: a.key).status == .created)
+                    for text in ["hello?", "anyone?"] {
+                        _ = try await api.post(handedOff, #"{"visitorUid": "v-2", "text": "\#(text)"}"#)
+                    }
+                    try await api.process(handedOff, visitor: "v-2")
+                    _ = try await api.post(assigned, #"{"visitorUid": "v-3", "text": "hi"}"#)
+                    #expect(try await act(api, assigned, "assignment", key: b.key).status == .created)
+
+                    func inbox(_ query: String, key: String? = nil) async throws -> InboxResponse {
+                        try await api.request(.get, "/v1/conversations?\(query)", key: key ?? api.read).decode(InboxResponse.self)
+                    }
+                    // Two unread while nobody answered, then none once the agent has.
+                    #expect(try await eventually { try await inbox("assignedTo=\(a.agent.actorId)").conversations.first?.unread == 2 })
+                    #expect(try await act(api, handedOff, "agent-messages", key: a.key, #"{"text": "Here!"}"#).status == .created)
+                    #expect(try await eventually { try await inbox("assignedTo=\(a.agent.actorId)").conversations.first?.unread == 0 })
+                    let mine = try await inbox("assignedTo=\(a.agent.actorId)", key: a.key).conversations
+                    #expect(mine.map(\.conversationId) == [handedOff])
+                    #expect(mine.first?.agentMessages == 1 && (mine.first?.firstResponseSeconds ?? -1) >= 0 && mine.first?.withPeopleSince != nil)
+                    #expect(try await eventually { try await Set(inbox("owner=people").conversations.map(\.conversationId)) == [handedOff, assigned] })
+                    #expect(try await inbox("owner=ai").conversations.map(\.conversationId) == [withAI])
+                    #expect(try await inbox("visitor=v-3").conversations.map(\.assignedTo) == [b.agent.actorId])
+                    // Pages of one: every conversation once, newest activity first.
+                    var seen: [String] = []
+                    var after: Int64?
+                    repeat {
+                        let page = try await inbox("limit=1" + (after.map { "&after=\($0)" } ?? ""))
+                        seen += page.conversations.map(\.conversationId)
+                        after = page.next
+                    } while after != nil && seen.count < 10
+                    #expect(seen.count == 3 && Set(seen) == [withAI, handedOff, assigned])
+                    let row = try await api.request(.get, "/v1/conversations/\(handedOff)", key: a.key).decode(ConversationResponse.self)
+                    #expect(row.assignedTo == a.agent.actorId && row.counts.agentMessages == 1 && row.counts.unread == 0)
+                    for bad in ["owner=robots", "limit=0", "after=-1", "colour=blue", "status=%00"] {
+                        let refused = try await api.request(.get, "/v1/conversations?\(bad)", key: api.read)
+                        #expect(refused.status == .badRequest, "\(bad): \(refused.text)")
+                    }
+                    #expect(try await api.request(.get, "/v1/conversations", key: api.ingest).status == .forbidden)
+                }
+            }
+        }
+    }
+
     @Test func theAgentsCommandCreatesListsAndDisablesWithAKeyBoundToThePerson() async throws {
         try await TestDatabase.withFreshDatabase { database in
             let env = ["CONVO_DATABASE_URL": database.description, "CONVO_REDIS_URL": try TestDatabase.redisURL, "CI": "true"]

@@ -10,7 +10,7 @@ public struct ConversationsProjection: Projection {
     public var name: String
     public var version: Int
 
-    public init(name: String = "conversations", version: Int = 2) {
+    public init(name: String = "conversations", version: Int = 3) {
         self.name = name
         self.version = version
     }
@@ -33,7 +33,7 @@ public struct ConversationsProjection: Projection {
         case "messages":
             try applyMessage(event, to: &row, at: at)
         default:
-            try applyWorkflow(event, to: &row)
+            try applyWorkflow(event, to: &row, at: at)
         }
         row.unprocessedCount = max(0, row.messagesVersion - max(row.messagesConsumed, row.startedVersion))
         return row
@@ -54,6 +54,8 @@ public struct ConversationsProjection: Projection {
             let message = try event.message(VisitorMessageReceived.self)
             if row.visitorUid == nil { row.visitorUid = message.visitorUid.rawValue }
             row.visitorMessages += 1
+            // With people: unread until an agent answers.
+            if row.withPeopleSince != nil { row.unreadCount += 1 }
             // A visitor writing again reopens a resolved conversation.
             if row.status == "resolved" { row.status = "open" }
         default:
@@ -61,7 +63,7 @@ public struct ConversationsProjection: Projection {
         }
     }
 
-    private func applyWorkflow(_ event: ProjectedEvent, to row: inout ConversationRow) throws {
+    private func applyWorkflow(_ event: ProjectedEvent, to row: inout ConversationRow, at: Date) throws {
         guard event.streamVersion == row.workflowVersion + 1 else {
             throw FoldError(event, "expected workflow version \(row.workflowVersion + 1), got \(event.streamVersion)")
         }
@@ -90,16 +92,26 @@ public struct ConversationsProjection: Projection {
         case .handedOff(let handoff):
             row.handedOffTo = handoff.assignee
             row.status = "pending"
+            row.startWithPeople(at: at)
         case .messagesProcessed(let processed):
             row.messagesConsumed = max(row.messagesConsumed, processed.upToVersion)
         case .assigned(let assigned):
-            row.handedOffTo = assigned.agentId
+            row.assignedTo = assigned.agentId
             if row.status != "resolved" { row.status = "pending" }
-        case .agentMessageSent, .noteAdded:
-            break
+            row.startWithPeople(at: at)
+        case .agentMessageSent:
+            row.agentMessages += 1
+            row.unreadCount = 0
+            if row.firstResponseAt == nil { row.firstResponseAt = at }
+        case .noteAdded:
+            row.noteCount += 1
         case .handedBack:
+            row.assignedTo = nil
             row.handedOffTo = nil
             row.status = "open"
+            row.withPeopleSince = nil
+            row.firstResponseAt = nil
+            row.unreadCount = 0
         case .resolved:
             row.status = "resolved"
         case .reopened:
@@ -131,6 +143,15 @@ public struct ConversationRow: ProjectionRow {
     public var startedVersion: Int64 = 0
     /// Visitor messages the responder has not consumed yet.
     public var unprocessedCount: Int64 = 0
+    /// The agent (user id) who owns the conversation.
+    public var assignedTo: String?
+    public var agentMessages: Int64 = 0
+    /// Visitor messages since the conversation went to people, or since an agent last answered.
+    public var unreadCount: Int64 = 0
+    /// When the conversation went to people (a hand-off or an assignment); `nil` while with the AI.
+    public var withPeopleSince: Date?
+    /// The first agent message since then.
+    public var firstResponseAt: Date?
     public var startedAt: Date?
     public var lastActivityAt: Date?
 
@@ -159,9 +180,18 @@ public struct ConversationRow: ProjectionRow {
         .init("unprocessed_count", "bigint"),
         .init("started_at", "timestamptz", nullable: true),
         .init("last_activity_at", "timestamptz", nullable: true),
+        .init("assigned_to", "text", nullable: true),
+        .init("agent_messages", "bigint"),
+        .init("unread_count", "bigint"),
+        .init("with_people_since", "timestamptz", nullable: true),
+        .init("first_response_at", "timestamptz", nullable: true),
     ]
     public static let keyColumnCount = 2
-    public static let indexes = [["tenant_id", "status", "last_activity_at"], ["tenant_id", "visitor_uid"], ["unprocessed_count"]]
+    public static let indexes = [
+        ["tenant_id", "status", "last_activity_at"], ["tenant_id", "visitor_uid"], ["unprocessed_count"],
+        // The inbox (``ConversationsProjection/inbox(_:tenant:client:logger:)``): newest activity first, by status or assignee.
+        ["tenant_id", "last_position"], ["tenant_id", "status", "last_position"], ["tenant_id", "assigned_to", "last_position"],
+    ]
 
     enum CodingKeys: String, CodingKey {
         case tenantId = "tenant_id"
@@ -181,5 +211,17 @@ public struct ConversationRow: ProjectionRow {
         case unprocessedCount = "unprocessed_count"
         case startedAt = "started_at"
         case lastActivityAt = "last_activity_at"
+        case assignedTo = "assigned_to"
+        case agentMessages = "agent_messages"
+        case unreadCount = "unread_count"
+        case withPeopleSince = "with_people_since"
+        case firstResponseAt = "first_response_at"
+    }
+
+    /// A hand-off or an assignment: the first of an episode with people starts its clock.
+    mutating func startWithPeople(at date: Date) {
+        guard withPeopleSince == nil else { return }
+        withPeopleSince = date
+        firstResponseAt = nil
     }
 }

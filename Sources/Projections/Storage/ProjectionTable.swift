@@ -78,7 +78,7 @@ struct ProjectionTable<Row: ProjectionRow>: Sendable {
         JSONB(ByteBuffer(data: try RowCoding.encoder.encode(value)))
     }
 
-    private static func decode(_ rows: PostgresRowSequence) async throws -> [Row] {
+    static func decode(_ rows: PostgresRowSequence) async throws -> [Row] {
         var decoded: [Row] = []
         for try await json in rows.decode(JSONB.self) {
             do {

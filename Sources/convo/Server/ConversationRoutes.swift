@@ -18,6 +18,7 @@ struct ConversationRoutes: Sendable {
 
     func register(on router: some RouterMethods<ConvoRequestContext>, table: RouteTable) {
         table.add(.post, "/v1/conversations/{conversationId}/messages", on: router, use: ingest)
+        table.add(.get, "/v1/conversations", on: router, use: inbox)
         table.add(.get, "/v1/conversations/{conversationId}", on: router, use: conversation)
         table.add(.get, "/v1/conversations/{conversationId}/messages", on: router, use: transcript)
         table.add(.get, "/v1/conversations/{conversationId}/events", on: router, use: events)
@@ -80,6 +81,39 @@ struct ConversationRoutes: Sendable {
         } catch let error as ResponderError where error.code == .messageIdReused {
             throw APIError(.conflict, "message_id_reused", error.message)
         }
+    }
+
+    /// The tenant's conversations, newest activity first: `status`, `owner` (`ai` or `people`), `assignedTo`,
+    /// `visitor`, `after` (the previous page's `next`), `limit` (1…1000).
+    @Sendable func inbox(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> InboxResponse {
+        let tenant = try requestContext.tenant(for: .read)
+        let query = request.uri.queryParameters
+        let known: Set<String> = ["status", "owner", "assignedTo", "visitor", "after", "limit"]
+        if let unknown = query.map({ String($0.key) }).first(where: { !known.contains($0) }) {
+            throw APIError(.badRequest, "invalid_parameter", "unknown parameter '\(unknown)'; known: \(known.sorted().joined(separator: ", "))")
+        }
+        var filter = ConversationsProjection.InboxFilter()
+        func text(_ name: String) throws -> String? {
+            guard let raw = query[Substring(name)].map(String.init) else { return nil }
+            guard (1...128).contains(raw.unicodeScalars.count), !raw.unicodeScalars.contains(where: { $0.value < 0x20 }) else {
+                throw APIError(.badRequest, "invalid_parameter", "\(name) has 1 to 128 characters, none of them control characters")
+            }
+            return raw
+        }
+        filter.status = try text("status")
+        filter.assignedTo = try text("assignedTo")
+        filter.visitor = try text("visitor")
+        if let raw = try text("owner") {
+            guard let owner = ConversationsProjection.InboxFilter.Owner(rawValue: raw) else {
+                throw APIError(.badRequest, "invalid_parameter", "owner is ai or people")
+            }
+            filter.owner = owner
+        }
+        let (after, limit) = try Self.page(request)
+        filter.after = query["after"] == nil ? nil : after
+        filter.limit = limit
+        let (rows, next) = try await ConversationsProjection().inbox(filter, tenant: tenant, client: context.store.client, logger: requestContext.logger)
+        return InboxResponse(conversations: rows.map(InboxEntry.init), next: next)
     }
 
     @Sendable func conversation(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> ConversationResponse {
@@ -254,6 +288,9 @@ struct ConversationResponse: ResponseCodable {
         var notes: Int64
         /// Visitor messages the responder has not consumed yet.
         var unprocessed: Int64
+        var agentMessages: Int64 = 0
+        /// Visitor messages since the conversation went to people, or since an agent last answered.
+        var unread: Int64 = 0
     }
 
     struct State: Codable {
@@ -278,6 +315,11 @@ struct ConversationResponse: ResponseCodable {
     var visitorUid: String?
     var status: String
     var handedOffTo: String?
+    /// The agent (user id) who owns the conversation.
+    var assignedTo: String?
+    /// When the conversation went to people, and how long until an agent first answered.
+    var withPeopleSince: Date?
+    var firstResponseSeconds: Double?
     var tags: [String]
     var counts: Counts
     var startedAt: Date?
@@ -294,7 +336,11 @@ struct ConversationResponse: ResponseCodable {
         handedOffTo = row.handedOffTo
         tags = row.tags
         counts = Counts(
-            visitorMessages: row.visitorMessages, assistantMessages: row.assistantMessages, notes: row.noteCount, unprocessed: row.unprocessedCount)
+            visitorMessages: row.visitorMessages, assistantMessages: row.assistantMessages, notes: row.noteCount, unprocessed: row.unprocessedCount,
+            agentMessages: row.agentMessages, unread: row.unreadCount)
+        assignedTo = row.assignedTo
+        withPeopleSince = row.withPeopleSince
+        if let since = row.withPeopleSince, let first = row.firstResponseAt { firstResponseSeconds = max(0, first.timeIntervalSince(since)) }
         startedAt = row.startedAt
         lastActivityAt = row.lastActivityAt
         workflowState = State(
@@ -424,4 +470,43 @@ struct ParkedConversation: ResponseCodable {
 
 struct ParkedList: ResponseCodable {
     var conversations: [ParkedConversation]
+}
+
+/// A page of the inbox.
+struct InboxResponse: ResponseCodable {
+    var conversations: [InboxEntry]
+    /// The `after` of the next page; absent on the last.
+    var next: Int64?
+}
+
+/// One conversation of the inbox, as the projection has it.
+struct InboxEntry: Codable {
+    var conversationId: String
+    var visitorUid: String?
+    var status: String
+    var assignedTo: String?
+    var handedOffTo: String?
+    var unread: Int64
+    var visitorMessages: Int64
+    var agentMessages: Int64
+    var withPeopleSince: Date?
+    var firstResponseSeconds: Double?
+    var lastActivityAt: Date?
+    /// The global position of its last event (what `after` pages by).
+    var lastPosition: Int64
+
+    init(_ row: ConversationRow) {
+        conversationId = row.conversationId
+        visitorUid = row.visitorUid
+        status = row.status
+        assignedTo = row.assignedTo
+        handedOffTo = row.handedOffTo
+        unread = row.unreadCount
+        visitorMessages = row.visitorMessages
+        agentMessages = row.agentMessages
+        withPeopleSince = row.withPeopleSince
+        if let since = row.withPeopleSince, let first = row.firstResponseAt { firstResponseSeconds = max(0, first.timeIntervalSince(since)) }
+        lastActivityAt = row.lastActivityAt
+        lastPosition = row.lastPosition
+    }
 }

@@ -28,12 +28,13 @@ struct ConvoRequestContext: RequestContext {
         parameters.get(name).flatMap { $0.removingPercentEncoding }
     }
 
-    /// The tenant of the caller's key, when the key has `scope`.
+    /// The tenant of the caller's key, when the key has `scope`. An agent's key reads too (`read`): people
+    /// answering conversations see them.
     ///
     /// - Throws: 401 without a key, 403 when the key lacks the scope.
     func tenant(for scope: Scope) throws -> TenantID {
         guard let key else { throw APIError(.unauthorized, "missing_key", "send Authorization: Bearer KEY") }
-        guard key.scopes.contains(scope) else {
+        guard key.scopes.contains(scope) || (scope == .read && key.scopes.contains(.agent)) else {
             throw APIError(.forbidden, "missing_scope", "this key has no '\(scope.rawValue)' scope")
         }
         return key.tenant
