@@ -30,7 +30,7 @@ extension ProcessHeavyTests {
         #expect(try await processedSoon("sf-probe-1", within: 20), "\(servers[0].failureSummary)")
 
         // 2. The primary (the former replica) is killed: Sentinel promotes the other.
-        #expect(try await eventually(timeout: .seconds(30)) { try await redis.primary.cli(["info", "replication"]).contains("master_link_status:up") })
+        #expect(try await eventually(timeout: .seconds(30)) { (try? await redis.primary.cli(["info", "replication"]))?.contains("master_link_status:up") == true })
         try await redis.replica.crash()
         #expect(try await eventually(timeout: .seconds(30)) { try await redis.currentPrimaryPort() == redis.primary.port })
         #expect(try await processedSoon("sf-probe-2", within: 30), "\(servers[0].failureSummary)")

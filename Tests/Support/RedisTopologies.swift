@@ -55,10 +55,12 @@ public final class RedisSentinelSet: @unchecked Sendable {
         // Until the replica is in sync and every Sentinel knows the others, a failover cannot happen.
         let deadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < deadline {
-            let replication = try await replica.cli(["info", "replication"])
+            // A server busy with its first sync may drop a client (redis-cli: "Server closed the connection"):
+            // not ready yet, ask again.
+            let replication = (try? await replica.cli(["info", "replication"])) ?? ""
             var ready = replication.contains("master_link_status:up")
             for sentinel in sentinels {
-                let info = try await sentinel.cli(["sentinel", "master", name])
+                let info = (try? await sentinel.cli(["sentinel", "master", name])) ?? ""
                 if !info.contains("num-other-sentinels\n2") || !info.contains("num-slaves\n1") { ready = false }
             }
             if ready { return }
