@@ -1,3 +1,4 @@
+import Audit
 import ConvoTestSupport
 import EventStore
 import Foundation
@@ -311,6 +312,35 @@ final class GatedProvider: AIProvider, Sendable {
             let keys = try await ConvoProcess.run(["keys", "list", "--tenant", "shop", "--json"], environment: env)
             #expect(keys.stdout.contains(created.keyId) && keys.stdout.contains("revokedAt"))
             #expect(try await ConvoProcess.run(["agents", "disable", UUID().uuidString], environment: env).status != 0)
+
+            // The same actions from the CLI, by an agent of the tenant (Ada is disabled now: Bo acts).
+            let bo = try JSONDecoder().decode(
+                CreatedAgent.self,
+                from: Data(try await ConvoProcess.run(["agents", "create", "--tenant", "shop", "--email", "bo@shop.example", "--name", "Bo", "--json"], environment: env).stdout.utf8))
+            let sent = try await ConvoProcess.run(["send", "c-cli", "--visitor", "v-1", "--text", "where is my order?", "--tenant", "shop", "--process"], environment: env)
+            #expect(sent.status == 0, "\(sent.stderr)")
+            func cli(_ arguments: [String]) async throws -> ConvoProcess.Output {
+                try await ConvoProcess.run(["conversations"] + arguments + ["c-cli", "--tenant", "shop"], environment: env)
+            }
+            let asAda = try await cli(["assign", "--agent", created.id])
+            #expect(asAda.status != 0 && asAda.stderr.contains("no enabled agent"), "\(asAda.stderr)")
+            let notYet = try await cli(["reply", "--agent", bo.id, "--text", "hi"])
+            #expect(notYet.status != 0 && notYet.stderr.contains("not_owner"), "\(notYet.stderr)")
+            let assigned = try await cli(["assign", "--agent", bo.id, "--request-id", "t1", "--json"])
+            #expect(assigned.status == 0 && assigned.stdout.contains(#""type" : "ConversationAssigned""#), "\(assigned.stdout)\(assigned.stderr)")
+            #expect(try await cli(["assign", "--agent", bo.id, "--request-id", "t1"]).stdout.contains("already stored"))
+            #expect(try await cli(["reply", "--agent", bo.id, "--text", "Bo here"]).status == 0)
+            #expect(try await cli(["note", "--agent", bo.id, "--text", "checked the order"]).status == 0)
+            let badNode = try await cli(["handback", "--agent", bo.id, "--node", "nowhere"])
+            #expect(badNode.status != 0 && badNode.stderr.contains("unknown_node"))
+            #expect(try await cli(["handback", "--agent", bo.id, "--node", "await_question"]).status == 0)
+            #expect(try await cli(["assign", "--agent", bo.id]).status == 0)
+            #expect(try await cli(["resolve", "--agent", bo.id]).status == 0)
+            #expect(try await cli(["reopen", "--agent", bo.id]).status == 0)
+            // Found in the audit trail by the person's id.
+            let trail = try await ConvoProcess.run(["audit", "events", "--tenant", "shop", "--actor", bo.id, "--json"], environment: env)
+            let types = try JSONDecoder.iso8601.decode(AuditPage.self, from: Data(trail.stdout.utf8)).events.map(\.type)
+            #expect(types == ["ConversationAssigned", "AgentMessageSent", "InternalNoteAdded", "ConversationHandedBack", "ConversationAssigned", "ConversationResolved", "ConversationReopened"], "\(types)")
         }
     }
 }

@@ -8,8 +8,8 @@ extension Convo {
     /// `convo conversations`: conversations the responder parked, and handing them back.
     struct Conversations: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "List the conversations the responder parked after repeated failures, and hand them back.",
-            subcommands: [Failed.self, Retry.self])
+            abstract: "Parked conversations (list, hand back), and what agents do: assign, reply, note, handback, resolve, reopen.",
+            subcommands: [Failed.self, Retry.self, Assign.self, Reply.self, Note.self, Handback.self, Resolve.self, Reopen.self])
 
         struct Failed: AsyncParsableCommand {
             static let configuration = CommandConfiguration(

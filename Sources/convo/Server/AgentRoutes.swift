@@ -55,16 +55,104 @@ struct AgentRoutes: Sendable {
         let (tenant, agent) = try await caller(requestContext)
         let conversation = try ConversationRoutes.conversationID(requestContext)
         let body = try await Self.optionalBody(request, AssignmentBody.self, context: requestContext) ?? AssignmentBody()
-        let requestId = try Self.callerID(body.requestId, "requestId")
+        return Self.edited(
+            try await actions(requestContext).assign(
+                conversation, tenant: tenant, by: agent, to: body.agentId, requestId: try AgentActions.callerID(body.requestId, "requestId")))
+    }
+
+    @Sendable func reply(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> EditedResponse<AgentActionResponse> {
+        let (tenant, agent) = try await caller(requestContext)
+        let conversation = try ConversationRoutes.conversationID(requestContext)
+        let body = try await request.decodeJSON(MessageBody.self, context: requestContext)
+        return Self.edited(
+            try await actions(requestContext).reply(
+                conversation, tenant: tenant, by: agent, text: body.text, messageId: try AgentActions.callerID(body.messageId, "messageId")))
+    }
+
+    @Sendable func note(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> EditedResponse<AgentActionResponse> {
+        let (tenant, agent) = try await caller(requestContext)
+        let conversation = try ConversationRoutes.conversationID(requestContext)
+        let body = try await request.decodeJSON(NoteBody.self, context: requestContext)
+        return Self.edited(
+            try await actions(requestContext).note(conversation, tenant: tenant, by: agent, text: body.text, noteId: try AgentActions.callerID(body.noteId, "noteId")))
+    }
+
+    @Sendable func handBack(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> EditedResponse<AgentActionResponse> {
+        let (tenant, agent) = try await caller(requestContext)
+        let conversation = try ConversationRoutes.conversationID(requestContext)
+        let body = try await request.decodeJSON(HandbackBody.self, context: requestContext)
+        let outcome = try await actions(requestContext).handBack(
+            conversation, tenant: tenant, by: agent, nodeId: body.nodeId, requestId: try AgentActions.callerID(body.requestId, "requestId"))
+        // The AI goes on from the node at once (the sweep would find it too, later).
+        if outcome.created, let visitor = try await actions(requestContext).visitor(of: conversation, tenant: tenant) {
+            context.responder.messageIngested(tenant: tenant, visitor: visitor, conversation: conversation)
+        }
+        return Self.edited(outcome)
+    }
+
+    @Sendable func resolve(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> EditedResponse<AgentActionResponse> {
+        let (tenant, agent) = try await caller(requestContext)
+        let conversation = try ConversationRoutes.conversationID(requestContext)
+        let body = try await Self.optionalBody(request, RequestBody.self, context: requestContext) ?? RequestBody()
+        return Self.edited(
+            try await actions(requestContext).resolve(conversation, tenant: tenant, by: agent, requestId: try AgentActions.callerID(body.requestId, "requestId")))
+    }
+
+    @Sendable func reopen(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> EditedResponse<AgentActionResponse> {
+        let (tenant, agent) = try await caller(requestContext)
+        let conversation = try ConversationRoutes.conversationID(requestContext)
+        let body = try await Self.optionalBody(request, RequestBody.self, context: requestContext) ?? RequestBody()
+        return Self.edited(
+            try await actions(requestContext).reopen(conversation, tenant: tenant, by: agent, requestId: try AgentActions.callerID(body.requestId, "requestId")))
+    }
+
+    private func actions(_ requestContext: ConvoRequestContext) -> AgentActions {
+        AgentActions(store: context.store, workflows: context.workflows, agents: AgentStore(client: context.client, logger: requestContext.logger))
+    }
+
+    private static func edited(_ outcome: AgentActions.Outcome) -> EditedResponse<AgentActionResponse> {
+        EditedResponse(status: outcome.created ? .created : .ok, response: outcome.response)
+    }
+
+    /// The caller's tenant and the person their key belongs to.
+    private func caller(_ requestContext: ConvoRequestContext) async throws -> (TenantID, Agent) {
+        let tenant = try requestContext.tenant(for: .agent)
+        guard let userId = requestContext.key?.userId, let agent = try await actions(requestContext).agents.agent(userId, tenant: tenant), agent.disabledAt == nil
+        else { throw APIError(.forbidden, "agent_disabled", "this key's agent is disabled or gone") }
+        return (tenant, agent)
+    }
+
+    /// A body that may be left out (an empty body is `{}`).
+    private static func optionalBody<T: Decodable>(_ request: Request, _ type: T.Type, context: ConvoRequestContext) async throws -> T? {
+        if request.headers[.contentLength] == "0" || (request.headers[.contentType] == nil && request.headers[.contentLength] == nil) { return nil }
+        return try await request.decodeJSON(type, context: context)
+    }
+}
+
+/// The actions of people on conversations, for the HTTP routes and the CLI alike. Each checks the
+/// conversation's state and appends one event to its `workflow-` stream at the version it read; a racing
+/// change makes it read and check again. Refusals are ``APIError``s (a status, a code, a message).
+struct AgentActions: Sendable {
+    let store: PostgresEventStore
+    let workflows: WorkflowRepository
+    let agents: AgentStore
+
+    struct Outcome: Sendable {
+        /// `false` when the caller's id had been used: nothing was written, `response` is the first call's.
+        var created: Bool
+        var response: AgentActionResponse
+    }
+
+    func assign(_ conversation: ConversationID, tenant: TenantID, by agent: Agent, to other: String?, requestId: String) async throws -> Outcome {
         var target = agent
-        if let raw = body.agentId, raw.lowercased() != agent.actorId {
+        if let raw = other, raw.lowercased() != agent.actorId {
             guard agent.role == .supervisor else {
                 throw APIError(.forbidden, "not_a_supervisor", "only a supervisor assigns a conversation to another agent")
             }
-            guard let id = UUID(uuidString: raw), let other = try await agents(requestContext).agent(id, tenant: tenant), other.disabledAt == nil else {
+            guard let id = UUID(uuidString: raw), let found = try await agents.agent(id, tenant: tenant), found.disabledAt == nil else {
                 throw APIError(.unprocessableContent, "unknown_agent", "no enabled agent '\(raw)' in this tenant")
             }
-            target = other
+            target = found
         }
         return try await act(tenant: tenant, conversation: conversation, agent: agent, action: "assign", requestId: requestId) { state in
             if state.status == .resolved {
@@ -80,110 +168,73 @@ struct AgentRoutes: Sendable {
         }
     }
 
-    @Sendable func reply(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> EditedResponse<AgentActionResponse> {
-        let (tenant, agent) = try await caller(requestContext)
-        let conversation = try ConversationRoutes.conversationID(requestContext)
-        let body = try await request.decodeJSON(MessageBody.self, context: requestContext)
-        let messageId = try Self.callerID(body.messageId, "messageId")
-        try Self.checkText(body.text)
+    func reply(_ conversation: ConversationID, tenant: TenantID, by agent: Agent, text: String, messageId: String) async throws -> Outcome {
+        try Self.checkText(text)
         return try await act(tenant: tenant, conversation: conversation, agent: agent, action: "message", requestId: messageId) { state in
             try Self.requireOwner(state, agent, conversation)
-            return .agentMessageSent(AgentMessageSent(messageId: messageId, text: body.text, agentId: agent.actorId, agentName: agent.name))
+            return .agentMessageSent(AgentMessageSent(messageId: messageId, text: text, agentId: agent.actorId, agentName: agent.name))
         }
     }
 
-    @Sendable func note(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> EditedResponse<AgentActionResponse> {
-        let (tenant, agent) = try await caller(requestContext)
-        let conversation = try ConversationRoutes.conversationID(requestContext)
-        let body = try await request.decodeJSON(NoteBody.self, context: requestContext)
-        let noteId = try Self.callerID(body.noteId, "noteId")
-        try Self.checkText(body.text)
-        // Any agent of the tenant may leave a note, owner or not.
+    /// Any agent of the tenant may leave a note, owner or not.
+    func note(_ conversation: ConversationID, tenant: TenantID, by agent: Agent, text: String, noteId: String) async throws -> Outcome {
+        try Self.checkText(text)
         return try await act(tenant: tenant, conversation: conversation, agent: agent, action: "note", requestId: noteId) { _ in
-            .noteAdded(InternalNoteAdded(noteId: noteId, text: body.text, agentId: agent.actorId, agentName: agent.name))
+            .noteAdded(InternalNoteAdded(noteId: noteId, text: text, agentId: agent.actorId, agentName: agent.name))
         }
     }
 
-    @Sendable func handBack(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> EditedResponse<AgentActionResponse> {
-        let (tenant, agent) = try await caller(requestContext)
-        let conversation = try ConversationRoutes.conversationID(requestContext)
-        let body = try await request.decodeJSON(HandbackBody.self, context: requestContext)
-        let requestId = try Self.callerID(body.requestId, "requestId")
-        let response = try await act(tenant: tenant, conversation: conversation, agent: agent, action: "handback", requestId: requestId) { state in
+    func handBack(_ conversation: ConversationID, tenant: TenantID, by agent: Agent, nodeId: String, requestId: String) async throws -> Outcome {
+        try await act(tenant: tenant, conversation: conversation, agent: agent, action: "handback", requestId: requestId) { state in
             try Self.requireOwner(state, agent, conversation)
             guard let workflowId = state.workflowId, let version = state.workflowVersion else {
                 throw APIError(.conflict, "no_workflow", "conversation \(conversation) has not started a workflow: there is no node to go on from")
             }
-            guard let definition = try await context.workflows.definition(workflowId, version: version, tenant: tenant) else {
+            guard let definition = try await workflows.definition(workflowId, version: version, tenant: tenant) else {
                 throw APIError(.conflict, "no_workflow", "the conversation's workflow \(workflowId) v\(version) is not published")
             }
-            guard definition.nodes.contains(where: { $0.id == body.nodeId }) else {
+            guard definition.nodes.contains(where: { $0.id == nodeId }) else {
                 throw APIError(
-                    .unprocessableContent, "unknown_node", "workflow \(workflowId) v\(version) has no node '\(body.nodeId)'",
-                    details: [ErrorDetail(nodeId: body.nodeId, message: "the workflow's nodes: \(definition.nodes.map(\.id).joined(separator: ", "))")])
+                    .unprocessableContent, "unknown_node", "workflow \(workflowId) v\(version) has no node '\(nodeId)'",
+                    details: [ErrorDetail(nodeId: nodeId, message: "the workflow's nodes: \(definition.nodes.map(\.id).joined(separator: ", "))")])
             }
-            return .handedBack(ConversationHandedBack(nodeId: body.nodeId, agentId: agent.actorId))
+            return .handedBack(ConversationHandedBack(nodeId: nodeId, agentId: agent.actorId))
         }
-        // The AI goes on from the node at once (the store's subscription would wake it too, a moment later).
-        if response.status == HTTPResponse.Status.created, let visitor = try await visitor(of: conversation, tenant: tenant) {
-            context.responder.messageIngested(tenant: tenant, visitor: visitor, conversation: conversation)
-        }
-        return response
     }
 
-    @Sendable func resolve(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> EditedResponse<AgentActionResponse> {
-        let (tenant, agent) = try await caller(requestContext)
-        let conversation = try ConversationRoutes.conversationID(requestContext)
-        let body = try await Self.optionalBody(request, RequestBody.self, context: requestContext) ?? RequestBody()
-        let requestId = try Self.callerID(body.requestId, "requestId")
-        return try await act(tenant: tenant, conversation: conversation, agent: agent, action: "resolve", requestId: requestId) { state in
+    /// The owner, or a supervisor.
+    func resolve(_ conversation: ConversationID, tenant: TenantID, by agent: Agent, requestId: String) async throws -> Outcome {
+        try await act(tenant: tenant, conversation: conversation, agent: agent, action: "resolve", requestId: requestId) { state in
             if state.status == .resolved { throw APIError(.conflict, "already_resolved", "conversation \(conversation) is resolved") }
             if agent.role != .supervisor { try Self.requireOwner(state, agent, conversation) }
             return .resolved(ConversationResolved(agentId: agent.actorId))
         }
     }
 
-    @Sendable func reopen(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> EditedResponse<AgentActionResponse> {
-        let (tenant, agent) = try await caller(requestContext)
-        let conversation = try ConversationRoutes.conversationID(requestContext)
-        let body = try await Self.optionalBody(request, RequestBody.self, context: requestContext) ?? RequestBody()
-        let requestId = try Self.callerID(body.requestId, "requestId")
-        return try await act(tenant: tenant, conversation: conversation, agent: agent, action: "reopen", requestId: requestId) { state in
+    func reopen(_ conversation: ConversationID, tenant: TenantID, by agent: Agent, requestId: String) async throws -> Outcome {
+        try await act(tenant: tenant, conversation: conversation, agent: agent, action: "reopen", requestId: requestId) { state in
             guard state.status == .resolved else { throw APIError(.conflict, "not_resolved", "conversation \(conversation) is not resolved") }
             return .reopened(ConversationReopened(agentId: agent.actorId, causedByMessageId: nil))
         }
     }
 
-    // MARK: The common part
-
-    private func agents(_ requestContext: ConvoRequestContext) -> AgentStore { AgentStore(client: context.client, logger: requestContext.logger) }
-
-    /// The caller's tenant and the person their key belongs to.
-    private func caller(_ requestContext: ConvoRequestContext) async throws -> (TenantID, Agent) {
-        let tenant = try requestContext.tenant(for: .agent)
-        guard let userId = requestContext.key?.userId, let agent = try await agents(requestContext).agent(userId, tenant: tenant), agent.disabledAt == nil else {
-            throw APIError(.forbidden, "agent_disabled", "this key's agent is disabled or gone")
-        }
-        return (tenant, agent)
-    }
-
     /// Checks the state with `decide` and appends its event at the version read; a racing change makes it
     /// read and check again. The same caller's id again returns the first call's event (200).
-    private func act(
+    func act(
         tenant: TenantID, conversation: ConversationID, agent: Agent, action: String, requestId: String,
         _ decide: (WorkflowState) async throws -> WorkflowEvent
-    ) async throws -> EditedResponse<AgentActionResponse> {
+    ) async throws -> Outcome {
         let eventId = Self.eventID(tenant: tenant, conversation: conversation, agent: agent, action: action, requestId: requestId)
         for _ in 0..<8 {
-            let stored = try await context.store.readStreamToEnd(conversation.workflowStream, tenant: tenant)
+            let stored = try await store.readStreamToEnd(conversation.workflowStream, tenant: tenant)
             var state = WorkflowState()
             for event in stored {
                 try state.apply(event)
                 if event.eventId == eventId {
-                    return EditedResponse(status: .ok, response: AgentActionResponse(conversation: conversation, event: event, state: nil, duplicate: true))
+                    return Outcome(created: false, response: AgentActionResponse(conversation: conversation, event: event, state: nil, duplicate: true))
                 }
             }
-            if state.version == 0, try await context.store.streamVersion(conversation.messagesStream, tenant: tenant) == 0 {
+            if state.version == 0, try await store.streamVersion(conversation.messagesStream, tenant: tenant) == 0 {
                 throw ConversationRoutes.notFound(conversation)
             }
             let event = try await decide(state)
@@ -191,11 +242,11 @@ struct AgentRoutes: Sendable {
                 eventId: eventId, type: event.eventType, encoding: event,
                 metadata: EventMetadata(actorId: agent.actorId, extra: ["keyId": .string(agent.actorId), "requestId": .string(requestId)]))
             do {
-                let result = try await context.store.append([new], to: conversation.workflowStream, tenant: tenant, expectedVersion: .exact(state.version))
+                let result = try await store.append([new], to: conversation.workflowStream, tenant: tenant, expectedVersion: .exact(state.version))
                 guard let recorded = result.events.first else { break }
                 state.apply(event, version: recorded.streamVersion, at: recorded.recordedAt)
-                return EditedResponse(
-                    status: result.isDuplicate ? .ok : .created,
+                return Outcome(
+                    created: !result.isDuplicate,
                     response: AgentActionResponse(
                         conversation: conversation, eventId: eventId, type: event.eventType, streamVersion: recorded.streamVersion,
                         globalPosition: recorded.globalPosition, state: state, duplicate: result.isDuplicate))
@@ -209,7 +260,7 @@ struct AgentRoutes: Sendable {
     }
 
     /// The caller's id, or a new one.
-    private static func callerID(_ raw: String?, _ field: String) throws -> String {
+    static func callerID(_ raw: String?, _ field: String) throws -> String {
         guard let raw else { return UUID().uuidString.lowercased() }
         guard (1...128).contains(raw.unicodeScalars.count), !raw.unicodeScalars.contains(where: { $0.value < 0x20 }) else {
             throw APIError(.badRequest, "invalid_field", "\(field) has 1 to 128 characters, none of them control characters")
@@ -237,12 +288,6 @@ struct AgentRoutes: Sendable {
         }
     }
 
-    /// A body that may be left out (an empty body is `{}`).
-    private static func optionalBody<T: Decodable>(_ request: Request, _ type: T.Type, context: ConvoRequestContext) async throws -> T? {
-        if request.headers[.contentLength] == "0" || (request.headers[.contentType] == nil && request.headers[.contentLength] == nil) { return nil }
-        return try await request.decodeJSON(type, context: context)
-    }
-
     /// One event id per (tenant, conversation, agent, action, caller's id): a retry finds what it stored.
     static func eventID(tenant: TenantID, conversation: ConversationID, agent: Agent, action: String, requestId: String) -> UUID {
         let digest = SHA256.hash(data: Data([tenant.rawValue, conversation.rawValue, agent.actorId, action, requestId].joined(separator: "\u{0}").utf8))
@@ -252,8 +297,8 @@ struct AgentRoutes: Sendable {
         return UUID(uuid: (bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7], bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15]))
     }
 
-    private func visitor(of conversation: ConversationID, tenant: TenantID) async throws -> VisitorUID? {
-        guard let first = try await context.store.readStream(conversation.messagesStream, tenant: tenant, fromVersion: 1, maxCount: 1).first else { return nil }
+    func visitor(of conversation: ConversationID, tenant: TenantID) async throws -> VisitorUID? {
+        guard let first = try await store.readStream(conversation.messagesStream, tenant: tenant, fromVersion: 1, maxCount: 1).first else { return nil }
         if first.type == ConversationStarted.eventType { return try first.decode(ConversationStarted.self).visitorUid }
         if first.type == VisitorMessageReceived.eventType { return try first.decode(VisitorMessageReceived.self).visitorUid }
         return nil
