@@ -5,7 +5,8 @@ import Testing
 /// schemathesis (PyPI, installed by ./scripts/test into .convo/venv) against a real `convo serve` and its
 /// `/openapi.json`, with an admin key: every check (no server error, status codes, content types, bodies
 /// conforming, schema-valid requests accepted and invalid ones refused, methods not served answered 405),
-/// every phase including the stateful one, bounded by Tests/schemathesis.toml. Zero failures.
+/// every phase including the stateful one, bounded by Tests/schemathesis.toml; then the agents' routes and the
+/// inbox again with a supervisor's key. Zero failures.
 @Suite(.timeLimit(.minutes(10))) struct ContractTests {
     @Test
     func schemathesisFindsNothing() async throws {
@@ -23,12 +24,23 @@ import Testing
             let server = try await ServeProcess(environment: env, arguments: ["--no-responder"])
             // A fresh database: the projections are built and every check is ok before the run.
             #expect(try await eventually(timeout: .seconds(60)) { await AbuseTests.plainGet(server, "/readyz").status == 200 })
-            let output = try await PostgresServer.shell(
-                ["/bin/sh", "-c", "\"$0\" --config-file \"$1\" --no-color run \"$2\" -H \"Authorization: Bearer $3\" --checks all; echo \"exit status $?\"",
-                 schemathesis, config, "\(server.baseURL)/openapi.json", key])
-            let passed = output.contains("exit status 0\n")
-            #expect(passed, "\(output.suffix(6000))")
-            if passed { print(output.split(separator: "\n").filter { $0.contains("generated") || $0.contains("passed") }.joined(separator: "\n")) }
+            func schemathesisRun(key: String, _ extra: [String]) async throws {
+                let output = try await PostgresServer.shell(
+                    ["/bin/sh", "-c", "\"$0\" --config-file \"$1\" --no-color run \"$2\" -H \"Authorization: Bearer $3\" --checks all \"$@\"; echo \"exit status $?\"",
+                     schemathesis, config, "\(server.baseURL)/openapi.json", key] + extra)
+                let passed = output.contains("exit status 0\n")
+                #expect(passed, "\(output.suffix(6000))")
+                if passed { print(output.split(separator: "\n").filter { $0.contains("generated") || $0.contains("passed") }.joined(separator: "\n")) }
+            }
+            // Every route with an admin key (the agents' routes answer it 403)...
+            try await schemathesisRun(key: key, [])
+            // ...then the agents' routes and the inbox with a supervisor's key, so their checks and states are reached.
+            let agent = try await ConvoProcess.run(
+                ["agents", "create", "--tenant", "contract", "--email", "contract@example.com", "--name", "Contract", "--role", "supervisor", "--json"],
+                environment: env)
+            let agentKey = try JSONDecoder().decode(FaultFleet.Created.self, from: Data(agent.stdout.utf8)).key
+            try await schemathesisRun(
+                key: agentKey, ["--max-time", "60", "--include-path-regex", "(assignment|agent-messages|notes|handback|resolve|reopen|/v1/conversations$|/messages$)"])
             #expect(try await server.stop() == 0, "\(server.failureSummary)")
         }
     }
