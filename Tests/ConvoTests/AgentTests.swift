@@ -103,7 +103,12 @@ final class GatedProvider: AIProvider, Sendable {
             let actors = events.filter { $0.type == AgentMessageSent.eventType }.compactMap { try? $0.metadata().actorId }
             #expect(actors == [b.agent.actorId])
 
-            let transcript = try await api.request(.get, "/v1/conversations/\(conversation)/messages", key: api.read).decode(TranscriptResponse.self)
+            // Reads withhold events behind older open writes of the cluster (other tests'): wait for all five.
+            var transcript = TranscriptResponse(conversationId: conversation, messages: [])
+            _ = try await eventually {
+                transcript = try await api.request(.get, "/v1/conversations/\(conversation)/messages", key: api.read).decode(TranscriptResponse.self)
+                return transcript.messages.count >= 5
+            }
             // The greeting and the AI's answer, then the agent, then the visitor message nobody but people answer.
             #expect(transcript.messages.map(\.role) == ["visitor", "assistant", "assistant", "agent", "visitor"], "\(transcript.messages.map(\.text))")
             #expect(transcript.messages.first { $0.role == "agent" }?.agentName == "Bo")
@@ -178,7 +183,11 @@ final class GatedProvider: AIProvider, Sendable {
 
             let reply = try await act(api, conversation, "agent-messages", key: people.agentA.key, #"{"text": "I'm on it."}"#)
             #expect(reply.status == .created, "\(reply.text)")
-            let transcript = try await api.request(.get, "/v1/conversations/\(conversation)/messages", key: api.read).decode(TranscriptResponse.self)
+            var transcript = TranscriptResponse(conversationId: conversation, messages: [])
+            _ = try await eventually {
+                transcript = try await api.request(.get, "/v1/conversations/\(conversation)/messages", key: api.read).decode(TranscriptResponse.self)
+                return transcript.messages.count >= 2
+            }
             #expect(transcript.messages.map(\.role) == ["visitor", "agent"])
         }
     }

@@ -26,7 +26,7 @@ import Testing
             #expect(try await eventually(timeout: .seconds(60)) { await AbuseTests.plainGet(server, "/readyz").status == 200 })
             func schemathesisRun(key: String, _ extra: [String]) async throws {
                 let output = try await PostgresServer.shell(
-                    ["/bin/sh", "-c", "\"$0\" --config-file \"$1\" --no-color run \"$2\" -H \"Authorization: Bearer $3\" --checks all \"$@\"; echo \"exit status $?\"",
+                    ["/bin/sh", "-c", "config=$1 url=$2 key=$3; shift 3; \"$0\" --config-file \"$config\" --no-color run \"$url\" -H \"Authorization: Bearer $key\" --checks all \"$@\"; echo \"exit status $?\"",
                      schemathesis, config, "\(server.baseURL)/openapi.json", key] + extra)
                 let passed = output.contains("exit status 0\n")
                 #expect(passed, "\(output.suffix(6000))")
