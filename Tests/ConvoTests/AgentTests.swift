@@ -143,6 +143,13 @@ final class GatedProvider: AIProvider, Sendable {
             #expect(state.text.contains(#""status":"assigned""#), "\(state.text)")
             #expect(try await act(api, conversation, "reopen", key: a.key).errorCode == "not_resolved")
 
+            // The history names the people: who assigned, and what changed.
+            let history = try await api.request(.get, "/v1/conversations/\(conversation)/workflow-state/history", key: api.read).decode(WorkflowHistory.self)
+            let assignments = history.changes.filter { $0.type == ConversationAssigned.eventType }
+            #expect(assignments.map(\.actorId) == [a.agent.actorId, sam.agent.actorId, a.agent.actorId])
+            #expect(assignments.first?.status == "assigned" && assignments.first?.summary.contains("Ada") == true, "\(assignments)")
+            #expect(history.changes.contains { $0.type == ConversationHandedBack.eventType && $0.status == "running" && $0.toNode == "await_question" })
+
             // A disabled agent's key stops working.
             #expect(try await AgentStore(client: api.pg, logger: TestDatabase.logger).disable(a.agent.id)?.disabledAt != nil)
             #expect(try await act(api, conversation, "agent-messages", key: a.key, #"{"text": "bye"}"#).status == .unauthorized)
