@@ -17,7 +17,7 @@ public final class PostgresServer: @unchecked Sendable {
     /// Creates and starts a new cluster with a `convo` database.
     public init() async throws {
         port = try ServeProcess.freePort()
-        directory = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("convo-pg-\(port)-\(UUID().uuidString.prefix(6))")
+        directory = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("convo-pg-\(TestRun.tag)-\(port)-\(UUID().uuidString.prefix(6))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         if getuid() == 0 { try await Self.shell(["chown", Self.osUser, directory.path]) }
         try await Self.shell(Self.asUser(["\(Self.bin)/initdb", "-D", data.path, "-U", "convo", "--auth=trust", "--no-sync", "--encoding=UTF8", "--locale=C.UTF-8"]))

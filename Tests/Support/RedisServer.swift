@@ -18,7 +18,7 @@ public final class RedisServer: @unchecked Sendable {
         var port = try ServeProcess.freePort()
         while clusterBus && (port > 55535 || !ServeProcess.isFree(port + 10000)) { port = try ServeProcess.freePort() }
         self.port = port
-        directory = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("convo-redis-\(port)-\(UUID().uuidString.prefix(6))")
+        directory = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("convo-redis-\(TestRun.tag)-\(port)-\(UUID().uuidString.prefix(6))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         try await start()
     }

@@ -91,7 +91,7 @@ public final class SentinelProcess: @unchecked Sendable {
 
     init(monitoring primaryPort: Int, name: String) async throws {
         port = try ServeProcess.freePort()
-        directory = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("convo-sentinel-\(port)-\(UUID().uuidString.prefix(6))")
+        directory = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("convo-sentinel-\(TestRun.tag)-\(port)-\(UUID().uuidString.prefix(6))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let config = """
             port \(port)
