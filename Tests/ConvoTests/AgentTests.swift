@@ -102,6 +102,9 @@ final class GatedProvider: AIProvider, Sendable {
             #expect(events.last?.type == MessagesProcessed.eventType)
             let actors = events.filter { $0.type == AgentMessageSent.eventType }.compactMap { try? $0.metadata().actorId }
             #expect(actors == [b.agent.actorId])
+            // And how it came in: the key that made it (not the person's id again).
+            let vias = events.filter { $0.type == AgentMessageSent.eventType }.compactMap { try? $0.metadata()["via"]?.stringValue }
+            #expect(vias == ["apikey:\(try #require(APIKeyStore.parse(b.key)).id)"])
 
             // Reads withhold events behind older open writes of the cluster (other tests'): wait for all five.
             var transcript = TranscriptResponse(conversationId: conversation, messages: [])
@@ -233,11 +236,11 @@ final class GatedProvider: AIProvider, Sendable {
                 let events = try await Self.workflowEvents(api, conversation)
                 let assignedAt = try #require(events.first { $0.type == ConversationAssigned.eventType }?.streamVersion)
                 #expect(!events.contains { $0.type == AssistantMessageSent.eventType && $0.streamVersion > assignedAt }, "\(events.map(\.type))")
-                let state = try WorkflowStateTestFold.fold(events)
+                let state = try WorkflowState.fold(events)
                 #expect(state.status == .assigned && state.messagesConsumed == 3, "\(conversation): \(state.status) \(state.messagesConsumed)")
                 if assignedAt == 1 { assignedFirst += 1 }
             }
-            // Both orders happened: some taken before the AI said anything, some after.
+            // Which order won varies from run to run; printed, not asserted (it depends on scheduling).
             print("take-over races: \(assignedFirst) of \(conversations.count) assigned before the AI's first event")
         }
     }
@@ -359,8 +362,4 @@ final class GatedProvider: AIProvider, Sendable {
             #expect(types == ["ConversationAssigned", "AgentMessageSent", "InternalNoteAdded", "ConversationHandedBack", "ConversationAssigned", "ConversationResolved", "ConversationReopened"], "\(types)")
         }
     }
-}
-
-enum WorkflowStateTestFold {
-    static func fold(_ events: [RecordedEvent]) throws -> WorkflowState { try WorkflowState.fold(events) }
 }

@@ -152,6 +152,12 @@ public struct ConversationRow: ProjectionRow {
     public var withPeopleSince: Date?
     /// The first agent message since then.
     public var firstResponseAt: Date?
+
+    /// From ``withPeopleSince`` to ``firstResponseAt``; `nil` until an agent has answered.
+    public var firstResponseSeconds: Double? {
+        guard let since = withPeopleSince, let first = firstResponseAt else { return nil }
+        return max(0, first.timeIntervalSince(since))
+    }
     public var startedAt: Date?
     public var lastActivityAt: Date?
 

@@ -40,8 +40,6 @@ public struct WorkflowState: Sendable, Equatable, Codable {
     public var handedOffTo: String?
     /// The agent (user id) who owns the conversation; `nil` while the AI or nobody does.
     public var assignedTo: String?
-    /// The status a reopened conversation goes back to.
-    public var statusBeforeResolution: Status?
     public var failureReason: String?
     public var updatedAt: Date?
 
@@ -94,11 +92,10 @@ public struct WorkflowState: Sendable, Equatable, Codable {
             currentNode = back.nodeId
             status = .running
         case .resolved:
-            statusBeforeResolution = status
             status = .resolved
         case .reopened:
+            // Back to its people: the owner, or whoever takes it.
             status = assignedTo != nil ? .assigned : .handedOff
-            statusBeforeResolution = nil
         }
         self.version = version
         if let date { updatedAt = date }

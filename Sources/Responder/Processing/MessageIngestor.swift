@@ -98,17 +98,25 @@ extension MessageIngestor {
         guard (1...200).contains(message.messageId.unicodeScalars.count) else {
             throw ResponderError(code: .invalidMessage, message: "messageId has 1 to 200 characters")
         }
-        guard message.text.unicodeScalars.count <= IncomingMessage.maxTextLength else {
-            throw ResponderError(code: .messageTooLong, message: "text has at most \(IncomingMessage.maxTextLength) characters")
-        }
-        guard message.text.hasVisibleCharacters else {
-            throw ResponderError(code: .invalidMessage, message: "text is empty")
-        }
         // PostgreSQL's text and jsonb cannot hold U+0000: refused here, before it reaches a batch.
         guard !message.messageId.unicodeScalars.contains("\u{0}") else {
             throw ResponderError(code: .invalidMessage, message: "messageId contains U+0000, which cannot be stored")
         }
-        guard !message.text.unicodeScalars.contains("\u{0}") else {
+        try validateText(message.text)
+    }
+
+    /// The rules of a message's text, a visitor's or an agent's: at most ``IncomingMessage/maxTextLength``
+    /// code points, something visible, no U+0000.
+    ///
+    /// - Throws: ``ResponderError`` `messageTooLong` or `invalidMessage`.
+    public static func validateText(_ text: String) throws {
+        guard text.unicodeScalars.count <= IncomingMessage.maxTextLength else {
+            throw ResponderError(code: .messageTooLong, message: "text has at most \(IncomingMessage.maxTextLength) characters")
+        }
+        guard text.hasVisibleCharacters else {
+            throw ResponderError(code: .invalidMessage, message: "text is empty")
+        }
+        guard !text.unicodeScalars.contains("\u{0}") else {
             throw ResponderError(code: .invalidMessage, message: "text contains U+0000, which cannot be stored")
         }
     }

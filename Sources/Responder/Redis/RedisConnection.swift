@@ -32,12 +32,12 @@ final class RedisConnection: @unchecked Sendable {
         queue.async { self.disconnect() }
     }
 
-    /// Sends commands back to back on this connection (`ASKING` and the command it enables), returning
-    /// each reply.
+    /// Sends commands back to back on this connection, in one write (`ASKING` and the command it enables),
+    /// returning each reply.
     func sendMany(_ commands: [[[UInt8]]]) async throws -> [RedisReply] {
         try await withCheckedThrowingContinuation { continuation in
             queue.async {
-                continuation.resume(with: Result { try commands.map { try self.sendOnQueue($0) } })
+                continuation.resume(with: Result { try self.pipelineOnQueue(commands).map { try $0.get() } })
             }
         }
     }
@@ -93,10 +93,6 @@ final class RedisConnection: @unchecked Sendable {
                 return round
             }
             if round.isEmpty { return }
-            if round.count == 1 {
-                round[0].continuation.resume(with: Result { try sendOnQueue(round[0].arguments) })
-                continue
-            }
             let replies = pipelineOnQueue(round.map(\.arguments))
             for (command, reply) in zip(round, replies) { command.continuation.resume(with: reply) }
         }
@@ -132,16 +128,6 @@ final class RedisConnection: @unchecked Sendable {
             disconnect()
         }
         return results
-    }
-
-    private func sendOnQueue(_ arguments: [[UInt8]]) throws -> RedisReply {
-        let context = try connectedContext()
-        guard let reply = Self.command(context, arguments) else {
-            let reason = Self.errorString(context)
-            disconnect()
-            throw ResponderError(code: .redisUnavailable, message: "the Redis connection broke: \(reason)")
-        }
-        return reply
     }
 
     private func connectedContext() throws -> UnsafeMutablePointer<redisContext> {
@@ -207,21 +193,9 @@ final class RedisConnection: @unchecked Sendable {
         return argv.withUnsafeMutableBufferPointer { body(Int32(arguments.count), $0.baseAddress!, arguments.map { $0.count }) }
     }
 
+    /// One command and its reply (what a connection sends before it is handed out: AUTH, SELECT).
     static func command(_ context: UnsafeMutablePointer<redisContext>, _ arguments: [[UInt8]]) -> RedisReply? {
-        // One heap buffer per argument, alive until redisCommandArgv returns.
-        let buffers = arguments.map { bytes -> UnsafeMutablePointer<CChar> in
-            let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: max(bytes.count, 1))
-            bytes.withUnsafeBufferPointer { source in
-                source.withMemoryRebound(to: CChar.self) { chars in
-                    if let base = chars.baseAddress { buffer.initialize(from: base, count: bytes.count) }
-                }
-            }
-            return buffer
-        }
-        defer { buffers.forEach { $0.deallocate() } }
-        var argv: [UnsafePointer<CChar>?] = buffers.map { UnsafePointer($0) }
-        let lengths = arguments.map { $0.count }
-        guard let raw = redisCommandArgv(context, Int32(arguments.count), &argv, lengths) else { return nil }
+        guard let raw = withArgv(arguments, { count, argv, lengths in redisCommandArgv(context, count, argv, lengths) }) else { return nil }
         defer { freeReplyObject(raw) }
         return copyReply(raw.assumingMemoryBound(to: redisReply.self))
     }

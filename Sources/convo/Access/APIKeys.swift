@@ -60,7 +60,7 @@ struct APIKeyStore: Sendable {
     /// - Returns: the key, to be shown once, and its record.
     func create(tenant: TenantID, scopes: Set<Scope>, name: String) async throws -> (key: String, record: APIKeyRecord) {
         let sorted = scopes.sorted()
-        return try await mapped("create a key") {
+        return try await mappingStoreErrors("create a key") {
             try await client.withOpenTransaction(logger: logger) { connection in
                 try await connection.query("INSERT INTO tenants (id) VALUES (\(tenant.rawValue)) ON CONFLICT DO NOTHING", logger: logger)
                 return try await Self.insert(tenant: tenant, scopes: sorted, name: name, userId: nil, on: connection, logger: logger)
@@ -94,7 +94,7 @@ struct APIKeyStore: Sendable {
 
     /// Every key, or those of `tenant`, oldest first.
     func list(tenant: TenantID? = nil) async throws -> [APIKeyRecord] {
-        try await mapped("list keys") {
+        try await mappingStoreErrors("list keys") {
             try await Self.records(
                 client.queryOpen(
                     """
@@ -110,7 +110,7 @@ struct APIKeyStore: Sendable {
     /// - Returns: the record, or `nil` when there is no such key. Revoking twice keeps the first time.
     func revoke(_ idOrKey: String) async throws -> APIKeyRecord? {
         let id = Self.parse(idOrKey)?.id ?? idOrKey
-        return try await mapped("revoke a key") {
+        return try await mappingStoreErrors("revoke a key") {
             try await Self.records(
                 client.queryOpen(
                     """
@@ -135,7 +135,7 @@ struct APIKeyStore: Sendable {
     /// The live key `presented` is, or `nil` when it is malformed, unknown, revoked or its secret is wrong.
     func authenticate(_ presented: String) async throws -> APIKeyRecord? {
         guard let (id, _) = Self.parse(presented) else { return nil }
-        return try await mapped("check a key") {
+        return try await mappingStoreErrors("check a key") {
             // A disabled person's keys are revoked with them; the join refuses them even before that commits.
             let rows = try await client.queryOpen(
                 """
@@ -155,7 +155,7 @@ struct APIKeyStore: Sendable {
 
     /// Whether the key with this id exists and is not revoked.
     func isLive(_ id: String) async throws -> Bool {
-        try await mapped("check a key") {
+        try await mappingStoreErrors("check a key") {
             let rows = try await client.queryOpen(
                 """
                 SELECT 1 FROM api_keys k LEFT JOIN users u ON u.id = k.user_id
@@ -183,12 +183,14 @@ struct APIKeyStore: Sendable {
         return zip(a, b).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
     }
 
-    private func mapped<T>(_ operation: String, _ body: () async throws -> T) async throws -> T {
-        do {
-            return try await body()
-        } catch {
-            throw PostgresEventStore.mapError(error, operation: operation)
-        }
+}
+
+/// Runs `body`, turning PostgresNIO's errors into the store's (``PostgresEventStore/mapError(_:operation:)``).
+func mappingStoreErrors<T>(_ operation: String, _ body: () async throws -> T) async throws -> T {
+    do {
+        return try await body()
+    } catch {
+        throw PostgresEventStore.mapError(error, operation: operation)
     }
 }
 

@@ -62,7 +62,7 @@ struct AgentStore: Sendable {
 
     /// The tenant's people (or everyone's), oldest first.
     func list(tenant: TenantID?) async throws -> [Agent] {
-        try await mapped("list agents") {
+        try await mappingStoreErrors("list agents") {
             try await Self.agents(
                 client.queryOpen(
                     """
@@ -75,7 +75,7 @@ struct AgentStore: Sendable {
 
     /// One person, enabled or not; `nil` when there is none with this id (of this tenant, when given).
     func agent(_ id: UUID, tenant: TenantID? = nil) async throws -> Agent? {
-        try await mapped("read an agent") {
+        try await mappingStoreErrors("read an agent") {
             try await Self.agents(
                 client.queryOpen(
                     """
@@ -90,7 +90,7 @@ struct AgentStore: Sendable {
     ///
     /// - Returns: the person, or `nil` when there is none with this id.
     func disable(_ id: UUID) async throws -> Agent? {
-        try await mapped("disable an agent") {
+        try await mappingStoreErrors("disable an agent") {
             try await client.withOpenTransaction(logger: logger) { connection in
                 let agents = try await Self.agents(
                     connection.query(
@@ -115,13 +115,6 @@ struct AgentStore: Sendable {
         return agents
     }
 
-    private func mapped<T>(_ operation: String, _ body: () async throws -> T) async throws -> T {
-        do {
-            return try await body()
-        } catch {
-            throw PostgresEventStore.mapError(error, operation: operation)
-        }
-    }
 }
 
 enum AgentStoreError: Error, CustomStringConvertible {

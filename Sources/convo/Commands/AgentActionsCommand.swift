@@ -27,7 +27,7 @@ extension Convo.Conversations {
                 guard let agent = try await agents.agent(agentId, tenant: tenant), agent.disabledAt == nil else {
                     throw CommandFailure("no enabled agent \(agentId.uuidString.lowercased()) in tenant \(tenant)")
                 }
-                let actions = AgentActions(store: store, workflows: WorkflowRepository(client: store.client, logger: logger), agents: agents)
+                let actions = AgentActions(store: store, workflows: WorkflowRepository(client: store.client, logger: logger), agents: agents, via: "cli")
                 do {
                     return try await action(actions, agent, try AgentActions.callerID(requestId, "--request-id"))
                 } catch let refusal as APIError {

@@ -108,17 +108,9 @@ struct CreatedAgent: Codable {
     var role: AgentRole
 }
 
-/// Runs `body` with the agent store of a migrated database; store errors become a message and exit status 1.
-private func withAgentStore(_ options: GlobalOptions, _ body: @Sendable (AgentStore) async throws -> Void) async throws {
+/// Runs `body` with the agent store of a migrated database (``withStore(_:logger:_:)``): store errors
+/// become a message and exit status 1.
+private func withAgentStore(_ options: GlobalOptions, _ body: @escaping @Sendable (AgentStore) async throws -> Void) async throws {
     let logger = try options.makeLogger()
-    try await withPostgresClient(url: try options.databaseURL(), connectTimeout: try options.connectTimeout(), logger: logger) { client in
-        do {
-            try await Migrator(client: client, logger: logger).requireCurrent()
-            try await body(AgentStore(client: client, logger: logger))
-        } catch let error as CommandFailure {
-            throw error
-        } catch {
-            throw CommandFailure(error)
-        }
-    }
+    try await withStore(options, logger: logger) { store in try await body(AgentStore(client: store.client, logger: logger)) }
 }

@@ -107,7 +107,9 @@ struct AgentRoutes: Sendable {
     }
 
     private func actions(_ requestContext: ConvoRequestContext) -> AgentActions {
-        AgentActions(store: context.store, workflows: context.workflows, agents: AgentStore(client: context.client, logger: requestContext.logger))
+        AgentActions(
+            store: context.store, workflows: context.workflows, agents: AgentStore(client: context.client, logger: requestContext.logger),
+            via: "apikey:\(requestContext.key?.id ?? "?")")
     }
 
     private static func edited(_ outcome: AgentActions.Outcome) -> EditedResponse<AgentActionResponse> {
@@ -136,6 +138,8 @@ struct AgentActions: Sendable {
     let store: PostgresEventStore
     let workflows: WorkflowRepository
     let agents: AgentStore
+    /// How the action came in, recorded in its metadata (`via`): `apikey:ID` or `cli`.
+    let via: String
 
     struct Outcome: Sendable {
         /// `false` when the caller's id had been used: nothing was written, `response` is the first call's.
@@ -240,7 +244,7 @@ struct AgentActions: Sendable {
             let event = try await decide(state)
             let new = try NewEvent(
                 eventId: eventId, type: event.eventType, encoding: event,
-                metadata: EventMetadata(actorId: agent.actorId, extra: ["keyId": .string(agent.actorId), "requestId": .string(requestId)]))
+                metadata: EventMetadata(actorId: agent.actorId, extra: ["via": .string(via), "requestId": .string(requestId)]))
             do {
                 let result = try await store.append([new], to: conversation.workflowStream, tenant: tenant, expectedVersion: .exact(state.version))
                 guard let recorded = result.events.first else { break }
@@ -268,12 +272,14 @@ struct AgentActions: Sendable {
         return raw
     }
 
+    /// A text's rules are a visitor message's (``MessageIngestor/validateText(_:)``), answered as ingest answers them.
     private static func checkText(_ text: String) throws {
-        guard !text.isEmpty, !text.unicodeScalars.contains("\u{0}") else {
-            throw APIError(.badRequest, "invalid_field", "text is not empty and has no U+0000")
-        }
-        guard text.unicodeScalars.count <= IncomingMessage.maxTextLength else {
-            throw APIError(.contentTooLarge, "text_too_long", "text has at most \(IncomingMessage.maxTextLength) characters")
+        do {
+            try MessageIngestor.validateText(text)
+        } catch let error as ResponderError where error.code == .messageTooLong {
+            throw APIError(.contentTooLarge, "text_too_long", error.message)
+        } catch let error as ResponderError {
+            throw APIError(.badRequest, "invalid_field", error.message)
         }
     }
 

@@ -340,7 +340,7 @@ struct ConversationResponse: ResponseCodable {
             agentMessages: row.agentMessages, unread: row.unreadCount)
         assignedTo = row.assignedTo
         withPeopleSince = row.withPeopleSince
-        if let since = row.withPeopleSince, let first = row.firstResponseAt { firstResponseSeconds = max(0, first.timeIntervalSince(since)) }
+        firstResponseSeconds = row.firstResponseSeconds
         startedAt = row.startedAt
         lastActivityAt = row.lastActivityAt
         workflowState = State(
@@ -505,7 +505,7 @@ struct InboxEntry: Codable {
         visitorMessages = row.visitorMessages
         agentMessages = row.agentMessages
         withPeopleSince = row.withPeopleSince
-        if let since = row.withPeopleSince, let first = row.firstResponseAt { firstResponseSeconds = max(0, first.timeIntervalSince(since)) }
+        firstResponseSeconds = row.firstResponseSeconds
         lastActivityAt = row.lastActivityAt
         lastPosition = row.lastPosition
     }
