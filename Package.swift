@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "Projections", targets: ["Projections"]),
         .library(name: "Responder", targets: ["Responder"]),
         .library(name: "Audit", targets: ["Audit"]),
+        .library(name: "Webhooks", targets: ["Webhooks"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
@@ -83,6 +84,24 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Standard Webhooks: endpoints, signing, and the senders that follow the event store.
+        .target(
+            name: "Webhooks",
+            dependencies: [
+                "SharedTypes",
+                "EventStore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Debian's libhiredis, for the visitor lock.
         .systemLibrary(
             name: "CHiredis",
@@ -120,6 +139,7 @@ let package = Package(
                 "Projections",
                 "Responder",
                 "Audit",
+                "Webhooks",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -199,6 +219,7 @@ let package = Package(
                 "convo",
                 "ConvoTestSupport",
                 "Audit",
+                "Webhooks",
                 "EventStore",
                 "Projections",
                 "Responder",
@@ -207,6 +228,7 @@ let package = Package(
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -32,5 +32,6 @@ public struct Migration: Sendable, Hashable {
         Migration(fileName: "0010_event_hash_chain.sql", bytes: PackageResources._010_event_hash_chain_sql),
         Migration(fileName: "0011_audit_indexes.sql", bytes: PackageResources._011_audit_indexes_sql),
         Migration(fileName: "0012_agents.sql", bytes: PackageResources._012_agents_sql),
+        Migration(fileName: "0013_webhooks.sql", bytes: PackageResources._013_webhooks_sql),
     ]
 }

@@ -327,6 +327,19 @@ public final class PostgresEventStore: EventStore, Service {
         }
     }
 
+    /// The events of one tenant at the given global positions (those that exist), in position order: what a
+    /// reader that kept only positions (a webhook sender's owed deliveries) needs back.
+    public func readEvents(at positions: [Int64], tenant: TenantID) async throws -> [RecordedEvent] {
+        guard !positions.isEmpty else { return [] }
+        try Self.checkPageSize(positions.count)
+        return try await fetch(
+            """
+            SELECT \(unescaped: Self.columns) FROM events
+            WHERE tenant_id = \(tenant.rawValue) AND global_position = ANY(\(positions))
+            ORDER BY global_position
+            """, operation: "read events by position")
+    }
+
     /// Reads up to `maxCount` events of several streams of one tenant (a conversation's `messages-` and
     /// `workflow-` streams) after a global position, in position order.
     ///

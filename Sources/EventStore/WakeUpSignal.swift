@@ -2,7 +2,7 @@ import Synchronization
 
 /// Wakes tasks waiting for "something new may have been appended". Waiters compare generations, so a
 /// signal between a waiter's last read and its wait is never lost.
-final class WakeUpSignal: Sendable {
+public final class WakeUpSignal: Sendable {
     private struct State {
         var generation: UInt64 = 0
         var nextWaiter = 0
@@ -12,14 +12,16 @@ final class WakeUpSignal: Sendable {
 
     private let state = Mutex(State())
 
+    public init() {}
+
     /// Tasks waiting for a signal now.
-    var waiting: Int { state.withLock { $0.waiters.count } }
+    public var waiting: Int { state.withLock { $0.waiters.count } }
 
     /// The current generation; read it before looking for new events, then ``wait(after:timeout:)``.
-    var generation: UInt64 { state.withLock { $0.generation } }
+    public var generation: UInt64 { state.withLock { $0.generation } }
 
     /// Starts a new generation and wakes every waiter.
-    func signal() {
+    public func signal() {
         let waiters = state.withLock { state in
             state.generation &+= 1
             defer { state.waiters.removeAll() }
@@ -29,7 +31,7 @@ final class WakeUpSignal: Sendable {
     }
 
     /// Returns when the generation moves past `generation`, after `timeout`, or when the task is cancelled.
-    func wait(after generation: UInt64, timeout: Duration) async {
+    public func wait(after generation: UInt64, timeout: Duration) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.waitForSignal(after: generation) }
             group.addTask { try? await Task.sleep(for: timeout) }

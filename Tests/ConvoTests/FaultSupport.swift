@@ -3,6 +3,7 @@ import ConvoTestSupport
 import EventStore
 import Foundation
 import NIOCore
+import NIOHTTP1
 import SharedTypes
 import Synchronization
 
@@ -67,6 +68,23 @@ final class FaultFleet: Sendable {
         if authorized { request.headers.add(name: "Authorization", value: "Bearer \(key)") }
         do {
             let response = try await Self.http.execute(request, timeout: .seconds(timeout))
+            return (Int(response.status.code), String(buffer: try await response.body.collect(upTo: 1 << 22)))
+        } catch {
+            return (0, "\(error)")
+        }
+    }
+
+    /// A request with the fleet's key and a JSON body; the status and body, or 0 when nothing answered.
+    func send(_ server: ServeProcess, _ method: HTTPMethod, _ path: String, json: String? = nil) async -> (status: Int, body: String) {
+        var request = HTTPClientRequest(url: "\(server.baseURL)\(path)")
+        request.method = method
+        request.headers.add(name: "Authorization", value: "Bearer \(key)")
+        if let json {
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(string: json))
+        }
+        do {
+            let response = try await Self.http.execute(request, timeout: .seconds(30))
             return (Int(response.status.code), String(buffer: try await response.body.collect(upTo: 1 << 22)))
         } catch {
             return (0, "\(error)")

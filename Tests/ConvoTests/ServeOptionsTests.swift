@@ -8,8 +8,11 @@ import Testing
         let env = ["CONVO_DATABASE_URL": try TestDatabase.url.description, "CI": "true"]
         let refused = try await ConvoProcess.run(["serve", "--port", "\(try ServeProcess.freePort())", "--database-pool-size", "4"], environment: env)
         #expect(refused.status != 0)
-        #expect(refused.stderr.contains("cannot serve") && refused.stderr.contains("--database-pool-size 8"), "\(refused.stderr)")
-        let ingestOnly = try await ConvoProcess.run(["serve", "--port", "\(try ServeProcess.freePort())", "--database-pool-size", "4", "--no-projections"], environment: env)
+        #expect(refused.stderr.contains("cannot serve") && refused.stderr.contains("--database-pool-size 9"), "\(refused.stderr)")
+        let ingestOnly = try await ConvoProcess.run(
+            ["serve", "--port", "\(try ServeProcess.freePort())", "--database-pool-size", "4", "--no-projections", "--no-webhooks"], environment: env)
         #expect(ingestOnly.stderr.contains("--database-pool-size 5"), "\(ingestOnly.stderr)")
+        let badSchedule = try await ConvoProcess.run(["serve", "--port", "\(try ServeProcess.freePort())", "--webhook-retry-schedule", "1,x"], environment: env)
+        #expect(badSchedule.status != 0 && badSchedule.stderr.contains("retry schedule"), "\(badSchedule.stderr)")
     }
 }

@@ -43,15 +43,19 @@ install_dependencies() {
 
 # The test tools from PyPI, pinned, in a virtualenv under .convo/venv (made once, then reused).
 SCHEMATHESIS_VERSION=4.32.5
+STANDARDWEBHOOKS_VERSION=1.3.0
 install_test_tools() {
     local venv=.convo/venv
-    if [ ! -x "$venv/bin/schemathesis" ] || ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
-        log "installing schemathesis $SCHEMATHESIS_VERSION into $venv"
+    if [ ! -x "$venv/bin/schemathesis" ] || ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION" ||
+        ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('standardwebhooks') != '$STANDARDWEBHOOKS_VERSION')" 2>/dev/null; then
+        log "installing schemathesis $SCHEMATHESIS_VERSION and standardwebhooks $STANDARDWEBHOOKS_VERSION into $venv"
         python3 -m venv "$venv"
-        "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >"$venv.log" 2>&1 ||
-            { tail -20 "$venv.log" >&2; die "could not install schemathesis"; }
+        "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" "standardwebhooks==$STANDARDWEBHOOKS_VERSION" >"$venv.log" 2>&1 ||
+            { tail -20 "$venv.log" >&2; die "could not install the test tools"; }
     fi
     export CONVO_SCHEMATHESIS=$PWD/$venv/bin/schemathesis
+    # The webhook tests' receiver checks signatures with the Standard Webhooks reference library.
+    export CONVO_TEST_PYTHON=$PWD/$venv/bin/python
 }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

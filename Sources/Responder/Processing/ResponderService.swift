@@ -214,7 +214,7 @@ public final class ResponderService: Service, Sendable {
             failures[work] = entry
             return entry
         }
-        let reason = (error as? CustomStringConvertible)?.description ?? "\(type(of: error))"
+        let reason = String(describing: error)
         if permanentCount >= configuration.maxAttempts {
             do {
                 try await parkingLot.park(

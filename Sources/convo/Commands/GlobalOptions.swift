@@ -5,6 +5,7 @@ import Foundation
 import Logging
 import Projections
 import Responder
+import Webhooks
 
 /// Where PostgreSQL and Redis are, and how much to log. Flags win over `CONVO_*` variables, which win over
 /// the defaults `./scripts/dev` uses.
@@ -75,6 +76,7 @@ struct GlobalOptions: ParsableArguments {
         case let error as ResponderError: return error.message
         case let error as ProjectionError: return error.message
         case let error as AuditError: return error.message
+        case let error as WebhookError: return error.message
         default: return "\(error)"
         }
     }

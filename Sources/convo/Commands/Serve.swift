@@ -1,3 +1,4 @@
+import Foundation
 import ArgumentParser
 import EventStore
 import Hummingbird
@@ -5,6 +6,7 @@ import PostgresNIO
 import Projections
 import Responder
 import ServiceLifecycle
+import Webhooks
 
 extension Convo {
     /// `convo serve`: the HTTP service.
@@ -39,6 +41,19 @@ extension Convo {
 
         @Flag(inversion: .prefixedNo, help: "Run the projection runners in this process (one per projection is active across all instances).")
         var projections = true
+
+        @Flag(inversion: .prefixedNo, help: "Send webhooks from this process (each endpoint has one sender across all instances).")
+        var webhooks = true
+
+        @Option(
+            name: .customLong("webhook-retry-schedule"),
+            help: ArgumentHelp(
+                "Seconds before each retry of a failed webhook message, comma-separated; past the last the endpoint is disabled (env CONVO_WEBHOOK_RETRY_SCHEDULE; default 1,5,300,1800,7200,18000,36000,36000: 27.6 h).",
+                valueName: "seconds,..."))
+        var webhookRetrySchedule: String?
+
+        @Option(name: .customLong("webhook-timeout"), help: "Seconds one webhook attempt may take (env CONVO_WEBHOOK_TIMEOUT; default 10).")
+        var webhookTimeout: Int?
 
         @Option(
             name: .customLong("projection-stale-seconds"),
@@ -114,6 +129,10 @@ extension Convo {
             else {
                 throw ValidationError("the event stream limits are between 1 and 1000000")
             }
+            _ = try retrySchedule()
+            guard (1...600).contains(try resolved(webhookTimeout, "CONVO_WEBHOOK_TIMEOUT", 10)) else {
+                throw ValidationError("the webhook timeout is between 1 and 600 seconds")
+            }
             if redisLegacyLockKeys, case .cluster = try RedisConfiguration(url: options.redisURL()).topology {
                 throw ValidationError("--redis-legacy-lock-keys needs one Redis or Sentinel: the keys before the hash tag cannot work on a cluster")
             }
@@ -131,11 +150,11 @@ extension Convo {
             let logger = try options.makeLogger()
             let url = try options.databaseURL()
             let poolSize = try resolved(databasePoolSize, "CONVO_DATABASE_POOL_SIZE", 20)
-            let held = Self.connectionsHeld(projections: projections)
+            let held = Self.connectionsHeld(projections: projections, webhooks: webhooks)
             guard poolSize >= held + Self.minimumRequestConnections else {
                 throw ValidationError(
                     "a database pool of \(poolSize) cannot serve: \(held) connections are held for life (one per projection runner, "
-                        + "standby included, and one for LISTEN), and requests need at least \(Self.minimumRequestConnections) more; "
+                        + "standby included, one for LISTEN, one for the webhook senders), and requests need at least \(Self.minimumRequestConnections) more; "
                         + "use --database-pool-size \(held + Self.minimumRequestConnections) or more")
             }
             var postgres = url.clientConfiguration(maximumConnections: poolSize, sessionTimeouts: .seconds(300))
@@ -161,6 +180,9 @@ extension Convo {
                 requestDeadline: .seconds(try resolved(requestTimeout, "CONVO_REQUEST_TIMEOUT", 10)),
                 streams: .init(
                     total: try resolved(maxStreams, "CONVO_MAX_STREAMS", 2000), perTenant: try resolved(maxStreamsPerTenant, "CONVO_MAX_STREAMS_PER_TENANT", 200)),
+                webhooks: .init(
+                    retrySchedule: try retrySchedule(), attemptTimeout: .seconds(try resolved(webhookTimeout, "CONVO_WEBHOOK_TIMEOUT", 10)),
+                    instance: ConversationProcessor.defaultInstance),
                 logger: logger)
             context.projectionStaleAfter = .seconds(try resolved(projectionStaleSeconds, "CONVO_PROJECTION_STALE_SECONDS", 10))
             // The descriptors PostgreSQL and Redis need are kept out of the connection budget.
@@ -174,7 +196,7 @@ extension Convo {
             // SIGTERM or SIGINT: stop accepting, finish in-flight requests and processing, release locks. Work that
             // cannot finish (PostgreSQL gone) is cancelled after the shutdown timeout.
             var group = ServiceGroupConfiguration(
-                services: [buildApplication(context, host: host, port: port, roles: .init(responder: responder, projections: projections), logger: logger)],
+                services: [buildApplication(context, host: host, port: port, roles: .init(responder: responder, projections: projections, webhooks: webhooks), logger: logger)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger)
             group.maximumGracefulShutdownDuration = .seconds(try resolved(shutdownTimeout, "CONVO_SHUTDOWN_TIMEOUT", 30))
@@ -186,9 +208,23 @@ extension Convo {
         static let minimumRequestConnections = 4
 
         /// Connections a `convo serve` holds for as long as it runs: one per projection runner (an active one
-        /// holds its advisory lock on it, a standby one waits on it) and one for `LISTEN`.
-        static func connectionsHeld(projections: Bool) -> Int {
-            (projections ? ProjectionRegistry.standard.count : 0) + 1
+        /// holds its advisory lock on it, a standby one waits on it), one for `LISTEN`, and the webhook
+        /// senders' session (their locks and writes).
+        static func connectionsHeld(projections: Bool, webhooks: Bool) -> Int {
+            (projections ? ProjectionRegistry.standard.count : 0) + (webhooks ? 1 : 0) + 1
+        }
+
+        /// The webhook retry schedule: each delay 0.01 s to 2 days, 1 to 20 of them.
+        private func retrySchedule() throws -> [Duration] {
+            guard let raw = webhookRetrySchedule ?? options.environment["CONVO_WEBHOOK_RETRY_SCHEDULE"] else {
+                return WebhookDispatcher.Configuration.defaultRetrySchedule
+            }
+            let parts = raw.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            let seconds = parts.compactMap(Double.init)
+            guard seconds.count == parts.count, (1...20).contains(seconds.count), seconds.allSatisfy({ (0.01...172_800).contains($0) }) else {
+                throw ValidationError("the webhook retry schedule is 1 to 20 comma-separated delays of 0.01 to 172800 seconds, e.g. 5,300,1800")
+            }
+            return seconds.map { .milliseconds(Int64(($0 * 1000).rounded())) }
         }
 
         private func resolvedPort() throws -> Int { try resolved(port, "CONVO_PORT", 8080) }

@@ -9,6 +9,7 @@ import Prometheus
 import Responder
 import ServiceLifecycle
 import SharedTypes
+import Webhooks
 
 /// Everything the HTTP routes use, built once per process.
 struct ServerContext: Sendable {
@@ -28,6 +29,10 @@ struct ServerContext: Sendable {
     let requestDeadline: Duration
     /// One runner per projection; each is active in one process at a time.
     let runners: [ProjectionRunner]
+    /// Webhook endpoints and deliveries, for the routes.
+    let webhooks: WebhookStore
+    /// Sends the endpoints' messages; each endpoint's sender runs in one process at a time.
+    let dispatcher: WebhookDispatcher
     /// How long a projection may keep an event waiting before `/readyz` reports it stale.
     var projectionStaleAfter: Duration = .seconds(10)
     /// How many client connections the server holds, and for how long without a request.
@@ -39,7 +44,8 @@ struct ServerContext: Sendable {
         client: PostgresClient, redis: RedisClient, provider: any AIProvider = RuleProvider(),
         processing: ConversationProcessor.Configuration = .init(), runners: ProjectionRunner.Configuration = .init(),
         ingest: IngestBatcher.Configuration = .init(), responder: ResponderService.Configuration = .init(), keyCacheTTL: Duration = .seconds(5), requestDeadline: Duration = .seconds(10),
-        streams: ConversationFeed.Limits = .init(), logger: Logger
+        streams: ConversationFeed.Limits = .init(), webhooks: WebhookDispatcher.Configuration = .init(instance: ConversationProcessor.defaultInstance),
+        logger: Logger
     ) -> ServerContext {
         let metrics = ConvoMetrics.bootstrap()
         let store = PostgresEventStore(client: client, logger: logger)
@@ -52,7 +58,9 @@ struct ServerContext: Sendable {
             responder: ResponderService(processor: processor, store: store, configuration: responder, logger: logger), workflows: workflows,
             keys: KeyAuthenticator(store: APIKeyStore(client: client, logger: logger), ttl: keyCacheTTL),
             feed: ConversationFeed(store: store, limits: streams, logger: logger), metrics: metrics, requestDeadline: requestDeadline,
-            runners: ProjectionRegistry.standard.map { ProjectionRunner(projection: $0, store: store, configuration: runners, logger: logger) })
+            runners: ProjectionRegistry.standard.map { ProjectionRunner(projection: $0, store: store, configuration: runners, logger: logger) },
+            webhooks: WebhookStore(client: client, store: store, logger: logger),
+            dispatcher: WebhookDispatcher(client: client, store: store, configuration: webhooks, logger: logger))
     }
 }
 
@@ -106,6 +114,7 @@ func buildRouter(_ context: ServerContext, background: Bool = true) -> (Router<C
     WorkflowRoutes(context: context).register(on: api, table: table)
     AuditRoutes(context: context).register(on: api, table: table)
     AgentRoutes(context: context).register(on: api, table: table)
+    WebhookRoutes(context: context).register(on: api, table: table)
     return (router, table)
 }
 
@@ -141,8 +150,9 @@ func buildApplication(_ context: ServerContext, host: String, port: Int, backgro
 struct ServerRoles: Sendable {
     var responder: Bool
     var projections: Bool
-    static let all = ServerRoles(responder: true, projections: true)
-    static let none = ServerRoles(responder: false, projections: false)
+    var webhooks: Bool
+    static let all = ServerRoles(responder: true, projections: true, webhooks: true)
+    static let none = ServerRoles(responder: false, projections: false, webhooks: false)
 }
 
 /// `measuresProjections: false` leaves the projections out of `/readyz` and `/metrics`: only for route tests,
@@ -153,6 +163,7 @@ func buildApplication(
     var services: [any Service] = [context.client, context.store, context.feed, context.batcher]
     if roles.projections { services += context.runners }
     if roles.responder { services.append(context.responder) }
+    if roles.webhooks { services.append(context.dispatcher) }
     return Application(
         router: buildRouter(context, background: measuresProjections).0,
         server: .guarded(context.connectionLimits, counter: context.connections),

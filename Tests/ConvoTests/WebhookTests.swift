@@ -1,0 +1,449 @@
+import ConvoTestSupport
+import EventStore
+import Foundation
+import NIOCore
+import PostgresNIO
+import SharedTypes
+import Synchronization
+import Testing
+import Webhooks
+
+@testable import convo
+
+/// Webhooks by the Standard Webhooks specification: signing checked against the specification's own
+/// vector and, end to end, by its reference library in a real receiver that refuses, goes down and answers
+/// slowly, with two `convo serve` instances, a killed sender and a restarted PostgreSQL.
+@Suite struct WebhookSigningTests {
+    /// The example of the specification (and of its reference libraries' tests).
+    @Test func signaturesAreTheSpecificationsExample() throws {
+        let secret = try WebhookSecret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        let signature = secret.signature(id: "msg_p5jXN8AQM9LWM0D4loKWxJek", timestamp: 1_614_265_330, body: Data(#"{"test": 2432232314}"#.utf8))
+        #expect(signature == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
+        #expect(!"\(secret)".contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"))
+    }
+
+    @Test func aRotationSignsWithBothSecretsUntilTheOldOneRetires() throws {
+        let old = WebhookSecret.generate()
+        let new = WebhookSecret.generate()
+        let now = Date()
+        let keys = WebhookSigningKeys(keys: [.init(secret: new), .init(secret: old, retiresAt: now.addingTimeInterval(60))])
+        let body = Data("{}".utf8)
+        let during = keys.signatureHeader(id: "msg_1", timestamp: 1, body: body, now: now).split(separator: " ").map(String.init)
+        #expect(during == [new.signature(id: "msg_1", timestamp: 1, body: body), old.signature(id: "msg_1", timestamp: 1, body: body)])
+        let after = keys.signatureHeader(id: "msg_1", timestamp: 1, body: body, now: now.addingTimeInterval(61))
+        #expect(after == new.signature(id: "msg_1", timestamp: 1, body: body))
+    }
+
+    @Test func badSecretsAndEventTypesAreRefusedWithReasons() throws {
+        for bad in ["", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_", "whsec_!!!!", "whsec_c2hvcnQ=", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2La=aSw"] {
+            #expect(throws: WebhookError.self, "\(bad)") { try WebhookSecret(bad) }
+        }
+        #expect(WebhookSecret.generate().encoded.hasPrefix("whsec_"))
+        #expect(try WebhookEventType.parse(["message.created", "conversation.assigned", "message.created"]) == [.assigned, .messageCreated])
+        #expect(throws: WebhookError.self) { try WebhookEventType.parse([]) }
+        #expect(throws: WebhookError.self) { try WebhookEventType.parse(["message.created", "message.deleted"]) }
+        for url in [
+            "ftp://example.com/", "example.com/hook", "http:///hook", "http://user:pw@example.com/", "http://example.com/" + String(repeating: "a", count: 2100),
+            "http://0*", "http://a..b/", "http://-a/", "http://a-/", "http://a:0/", "http://a:65536/", "http://a:08/", "http://a/%zz", "http://a/#frag",
+            "http://a/ b", "HTTP://a/",
+        ] {
+            #expect(throws: WebhookError.self, "\(url)") { try WebhookEndpoint.validateURL(url) }
+        }
+        for url in ["https://desk.example.com/hooks/convo?x=1&y=%20", "http://127.0.0.1:65535/hook", "http://0", "http://a-b.c/d/e/?q=1?2"] {
+            #expect(throws: Never.self, "\(url)") { try WebhookEndpoint.validateURL(url) }
+        }
+    }
+
+    @Test func aMessageNamesItsConversationEventAndActorAndCarriesThePayload() throws {
+        let eventId = UUID()
+        let payload = try JSONCoding.encoder.encode(AgentMessageSent(messageId: "a1", text: "hello", agentId: "u-1", agentName: "Ada"))
+        let event = RecordedEvent(
+            globalPosition: 42, eventId: eventId, tenant: TenantID(rawValue: "acme")!, stream: try StreamName(parsing: "workflow-conv-1"), streamVersion: 3,
+            type: AgentMessageSent.eventType, data: ByteBuffer(data: payload), metadataJSON: ByteBuffer(string: #"{"actorId": "u-1"}"#), recordedAt: Date())
+        let message = try #require(WebhookMessage(event))
+        #expect(message.id == "msg_" + eventId.uuidString.lowercased().replacingOccurrences(of: "-", with: ""))
+        #expect(message.type == .messageCreated)
+        #expect(message.conversationId == "conv-1")
+        let body = try JSONDecoder().decode(JSONValue.self, from: message.body)
+        guard case .object(let envelope) = body, case .object(let data)? = envelope["data"], case .object(let inner)? = data["payload"] else {
+            Issue.record("unexpected body \(String(decoding: message.body, as: UTF8.self))")
+            return
+        }
+        #expect(envelope["type"] == .string("message.created"))
+        #expect(data["role"] == .string("agent"))
+        #expect(data["actorId"] == .string("u-1"))
+        #expect(data["position"] == .number(42))
+        #expect(inner["text"] == .string("hello"))
+        // A type no endpoint is told about makes no message.
+        let other = RecordedEvent(
+            globalPosition: 43, eventId: UUID(), tenant: TenantID(rawValue: "acme")!, stream: try StreamName(parsing: "workflow-conv-1"), streamVersion: 4,
+            type: MessagesProcessed.eventType, data: ByteBuffer(string: "{}"), metadataJSON: ByteBuffer(string: "{}"), recordedAt: Date())
+        #expect(WebhookMessage(other) == nil)
+    }
+}
+
+/// The routes, on the shared database, without a sender running.
+@Suite struct WebhookRouteTests {
+    struct Endpoint: Decodable {
+        var id: String
+        var url: String
+        var eventTypes: [String]
+        var enabled: Bool
+        var secret: String?
+        var signingSecrets: Int
+        var health: Health?
+        struct Health: Decodable {
+            var owed: Int
+            var activeSenders: Int
+        }
+    }
+
+    @Test func endpointsAreConfiguredCheckedAndKeptPerTenant() async throws {
+        try await APIHarness.with { api in
+            let body = #"{"url": "http://127.0.0.1:9/hook", "eventTypes": ["message.created", "conversation.handed_off"]}"#
+            #expect(try await api.request(.put, "/v1/webhooks/desk", key: api.ingest, body: body).status == .forbidden)
+            let created = try await api.request(.put, "/v1/webhooks/desk", key: api.admin, body: body)
+            #expect(created.status == .created, "\(created.text)")
+            let first = try created.decode(Endpoint.self)
+            // No secret given: one is made and shown this once.
+            let secret = try #require(first.secret)
+            _ = try WebhookSecret(secret)
+            #expect(first.eventTypes == ["conversation.handed_off", "message.created"] && first.enabled && first.signingSecrets == 1)
+            let replaced = try await api.request(.put, "/v1/webhooks/desk", key: api.admin, body: body)
+            #expect(replaced.status == .ok)
+            #expect(try replaced.decode(Endpoint.self).secret == nil)
+            // A new secret is a rotation: two sign until the old one retires.
+            let rotated = try await api.request(
+                .put, "/v1/webhooks/desk", key: api.admin, body: #"{"url": "http://127.0.0.1:9/hook", "eventTypes": ["message.created"], "secret": "\#(WebhookSecret.generate().encoded)"}"#)
+            #expect(try rotated.decode(Endpoint.self).signingSecrets == 2)
+
+            for (json, code) in [
+                (#"{"url": "ftp://x/", "eventTypes": ["message.created"]}"#, "invalid_url"),
+                (#"{"url": "http://x/", "eventTypes": ["message.created"], "secret": "abc"}"#, "invalid_secret"),
+                (#"{"url": "http://x/", "eventTypes": ["message.removed"]}"#, "invalid_event_types"),
+                (#"{"url": "http://x/", "eventTypes": []}"#, "invalid_event_types"),
+            ] {
+                let refused = try await api.request(.put, "/v1/webhooks/desk", key: api.admin, body: json)
+                #expect(refused.status == .unprocessableContent && refused.errorCode == code, "\(json): \(refused.text)")
+            }
+            #expect(try await api.request(.put, "/v1/webhooks/bad%20id", key: api.admin, body: body).errorCode == "invalid_webhook_id")
+            #expect(try await api.request(.put, "/v1/webhooks/desk", key: api.admin, body: "{").status == .badRequest)
+
+            let read = try await api.request(.get, "/v1/webhooks/desk", key: api.admin)
+            let endpoint = try read.decode(Endpoint.self)
+            #expect(endpoint.eventTypes == ["message.created"] && endpoint.secret == nil)
+            // Measured: nothing owed, and no process sends for it here (no dispatcher runs in route tests).
+            #expect(endpoint.health?.owed == 0 && endpoint.health?.activeSenders == 0)
+            #expect(!read.text.contains("whsec_"))
+
+            // Another tenant neither sees nor touches it; its own "desk" is its own.
+            #expect(try await api.request(.get, "/v1/webhooks/desk", key: api.stranger).status == .notFound)
+            #expect(try await api.request(.delete, "/v1/webhooks/desk", key: api.stranger).status == .notFound)
+            #expect(try await api.request(.put, "/v1/webhooks/desk", key: api.stranger, body: body).status == .created)
+            #expect(try await api.request(.get, "/v1/webhooks", key: api.admin).decode([String: [Endpoint]].self)["webhooks"]?.map(\.id) == ["desk"])
+
+            #expect(try await api.request(.get, "/v1/webhooks/desk/deliveries?limit=0", key: api.admin).status == .badRequest)
+            #expect(try await api.request(.get, "/v1/webhooks/desk/deliveries?status=lost", key: api.admin).status == .badRequest)
+            #expect(try await api.request(.post, "/v1/webhooks/desk/deliveries/12345678/redeliver", key: api.admin).errorCode == "delivery_not_found")
+            #expect(try await api.request(.delete, "/v1/webhooks/desk", key: api.admin).status == .noContent)
+            #expect(try await api.request(.get, "/v1/webhooks/desk", key: api.admin).status == .notFound)
+            #expect(try await api.request(.get, "/v1/webhooks/desk/deliveries", key: api.admin).status == .notFound)
+            #expect(try await api.request(.get, "/v1/webhooks/desk", key: api.stranger).status == .ok)
+        }
+    }
+}
+
+/// `convo webhooks`, on the shared database: what the routes do, from the command line.
+@Suite struct WebhookCommandTests {
+    @Test func theCommandsConfigureListShowAndDeleteAndRefuseBadInput() async throws {
+        let env = ["CONVO_DATABASE_URL": try TestDatabase.url.description, "CI": "true"]
+        let tenant = TestDatabase.uniqueTenant().rawValue
+        let put = try await ConvoProcess.run(
+            ["webhooks", "put", "--tenant", tenant, "desk", "--url", "http://127.0.0.1:9/hook", "--event-type", "message.created", "--event-type", "conversation.parked", "--json"],
+            environment: env)
+        #expect(put.status == 0, "\(put.stderr)")
+        let created = try JSONDecoder.iso8601.decode(WebhookRouteTests.Endpoint.self, from: Data(put.stdout.utf8))
+        #expect(created.secret?.hasPrefix("whsec_") == true && created.eventTypes == ["conversation.parked", "message.created"])
+        let list = try await ConvoProcess.run(["webhooks", "list", "--tenant", tenant], environment: env)
+        #expect(list.status == 0 && list.stdout.contains("desk\thttp://127.0.0.1:9/hook"), "\(list.stdout)")
+        let get = try await ConvoProcess.run(["webhooks", "get", "--tenant", tenant, "desk"], environment: env)
+        #expect(try JSONDecoder.iso8601.decode(WebhookRouteTests.Endpoint.self, from: Data(get.stdout.utf8)).health?.owed == 0)
+        let deliveries = try await ConvoProcess.run(["webhooks", "deliveries", "--tenant", tenant, "desk"], environment: env)
+        #expect(deliveries.status == 0 && (try? JSONDecoder().decode([JSONValue].self, from: Data(deliveries.stdout.utf8)))?.isEmpty == true, "\(deliveries.stdout)")
+
+        for (arguments, reason) in [
+            (["--url", "ftp://x/", "--event-type", "message.created"], "webhook url"),
+            (["--url", "http://x/", "--event-type", "message.lost"], "unknown event types"),
+            (["--url", "http://x/", "--event-type", "message.created", "--secret", "whsec_short"], "webhook secret"),
+        ] {
+            let refused = try await ConvoProcess.run(["webhooks", "put", "--tenant", tenant, "desk"] + arguments, environment: env)
+            #expect(refused.status != 0 && refused.stderr.contains(reason), "\(arguments): \(refused.stderr)")
+        }
+        #expect(try await ConvoProcess.run(["webhooks", "redeliver", "--tenant", tenant, "desk", "99999999"], environment: env).status != 0)
+        #expect(try await ConvoProcess.run(["webhooks", "delete", "--tenant", tenant, "desk"], environment: env).status == 0)
+        let gone = try await ConvoProcess.run(["webhooks", "get", "--tenant", tenant, "desk"], environment: env)
+        #expect(gone.status != 0 && gone.stderr.contains("no webhook 'desk'"), "\(gone.stderr)")
+    }
+}
+
+/// End to end: real `convo serve` processes on a PostgreSQL of the test's own, a real receiver checking
+/// every signature with the `standardwebhooks` package.
+@Suite(.timeLimit(.minutes(5))) struct WebhookDeliveryTests {
+    struct Delivery: Decodable {
+        var id: Int64
+        var messageId: String
+        var conversationId: String
+        var status: String
+        var origin: String
+        var attempts: [Attempt]
+        struct Attempt: Decodable {
+            var statusCode: Int?
+            var error: String?
+            var instance: String
+        }
+    }
+
+    struct Page: Decodable {
+        var deliveries: [Delivery]
+        var nextBefore: Int64?
+    }
+
+    struct Endpoint: Decodable {
+        var enabled: Bool
+        var disabledReason: String?
+        var health: Health?
+        struct Health: Decodable {
+            var checkpoint: Int64
+            var owed: Int
+            var activeSenders: Int
+            var eventsBehind: Int
+        }
+    }
+
+    static let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+    static func put(_ fleet: FaultFleet, _ server: ServeProcess, _ id: String, url: String, types: [WebhookEventType] = WebhookEventType.allCases) async throws -> Endpoint {
+        let body = #"{"url": "\#(url)", "eventTypes": [\#(types.map { "\"\($0.rawValue)\"" }.joined(separator: ","))], "secret": "\#(secret)"}"#
+        let reply = await fleet.send(server, .PUT, "/v1/webhooks/\(id)", json: body)
+        guard reply.status == 201 || reply.status == 200 else { throw ServeProcess.Failure(description: "PUT webhook: \(reply)") }
+        return try await endpoint(fleet, server, id)
+    }
+
+    static func endpoint(_ fleet: FaultFleet, _ server: ServeProcess, _ id: String) async throws -> Endpoint {
+        let reply = await fleet.send(server, .GET, "/v1/webhooks/\(id)")
+        guard reply.status == 200 else { throw ServeProcess.Failure(description: "GET webhook: \(reply)") }
+        return try JSONDecoder.iso8601.decode(Endpoint.self, from: Data(reply.body.utf8))
+    }
+
+    /// Every delivery of an endpoint, all pages.
+    static func deliveries(_ fleet: FaultFleet, _ server: ServeProcess, _ id: String) async throws -> [Delivery] {
+        var all: [Delivery] = []
+        var before: Int64?
+        repeat {
+            let reply = await fleet.send(server, .GET, "/v1/webhooks/\(id)/deliveries?limit=500" + (before.map { "&before=\($0)" } ?? ""))
+            guard reply.status == 200 else { throw ServeProcess.Failure(description: "GET deliveries: \(reply)") }
+            let page = try JSONDecoder.iso8601.decode(Page.self, from: Data(reply.body.utf8))
+            all += page.deliveries
+            before = page.nextBefore
+        } while before != nil
+        return all
+    }
+
+    /// The message ids an endpoint is owed, read from the events themselves: those of its types after its
+    /// first checkpoint.
+    static func expected(_ fleet: FaultFleet, after checkpoint: Int64, types: Set<WebhookEventType> = Set(WebhookEventType.allCases)) async throws -> [String: (
+        conversation: String, position: Int64
+    )] {
+        let tenant = TenantID(rawValue: fleet.tenant)!
+        return try await fleet.withStore { store in
+            var owed: [String: (String, Int64)] = [:]
+            var position = checkpoint
+            while true {
+                let page = try await store.readAll(.tenant(tenant), after: position, maxCount: 1000)
+                guard let last = page.last else { break }
+                for event in page {
+                    if let message = WebhookMessage(event), types.contains(message.type) { owed[message.id] = (message.conversationId, message.position) }
+                }
+                position = last.globalPosition
+            }
+            return owed
+        }
+    }
+
+    /// Each conversation's accepted messages, first acceptance of each id, come in position order.
+    static func orderKept(_ entries: [WebhookReceiver.Entry]) -> [String] {
+        var seen = Set<String>()
+        var last: [String: Int64] = [:]
+        var broken: [String] = []
+        for entry in entries where entry.status == 200 {
+            guard seen.insert(entry.id).inserted, let conversation = entry.conversationId, let position = entry.position else { continue }
+            if let previous = last[conversation], previous >= position { broken.append("\(conversation): \(position) after \(previous)") }
+            last[conversation] = position
+        }
+        return broken
+    }
+
+    static func ingest(_ fleet: FaultFleet, _ servers: [ServeProcess], conversations: [String], messages: Int, from: Int = 0) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (index, conversation) in conversations.enumerated() {
+                group.addTask {
+                    for message in from..<(from + messages) {
+                        let server = servers[(index + message) % servers.count]
+                        let reply = await fleet.post(server, conversation: conversation, visitor: "v-\(conversation)", messageId: "\(conversation)-m\(message)")
+                        guard reply.status == 202 || reply.status == 200 || reply.status == 201 else {
+                            throw ServeProcess.Failure(description: "ingest: \(reply.status) \(reply.body)")
+                        }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+    }
+
+    /// Two instances, one receiver that refuses every 4th message's first attempt, answers every 7th request
+    /// slowly and is killed for a while: every event delivered once and verified, in order per conversation,
+    /// one sender per endpoint, each delivery's attempts all from one instance.
+    @Test func twoInstancesDeliverEveryEventOnceInOrderThroughRefusalsDowntimeAndSlowAnswers() async throws {
+        let fleet = try await FaultFleet(environment: ["CONVO_WEBHOOK_RETRY_SCHEDULE": "0.2,0.4,0.8,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1"])
+        let receiver = try await WebhookReceiver(secrets: [Self.secret], options: ["--refuse-every", "4", "--slow-every", "7", "--slow-seconds", "0.3"])
+        let crm = try await WebhookReceiver(secrets: [Self.secret])
+        let a = try await fleet.serve()
+        let b = try await fleet.serve()
+        let desk = try await Self.put(fleet, a, "desk", url: receiver.url)
+        _ = try await Self.put(fleet, b, "crm", url: crm.url, types: [.conversationStarted])
+        let start = try #require(desk.health?.checkpoint)
+        let conversations = (0..<16).map { "wh-\($0)" }
+        try await Self.ingest(fleet, [a, b], conversations: conversations, messages: 2)
+        // The receiver goes down while messages are owed; the attempts meanwhile fail on a refused connection.
+        try await receiver.kill()
+        try await Self.ingest(fleet, [a, b], conversations: conversations, messages: 2, from: 2)
+        #expect(
+            try await eventually(timeout: .seconds(30)) {
+                try await Self.deliveries(fleet, a, "desk").contains { $0.attempts.contains { $0.error?.hasPrefix("connection") == true } }
+            })
+        try await receiver.start()
+
+        var expected: [String: (conversation: String, position: Int64)] = [:]
+        let delivered = try await eventually(timeout: .seconds(90)) {
+            guard try await fleet.allProcessed(conversations).done else { return false }
+            expected = try await Self.expected(fleet, after: start)
+            let accepted = Set(try receiver.entries().filter { $0.status == 200 }.map(\.id))
+            return !expected.isEmpty && Set(expected.keys).isSubset(of: accepted)
+        }
+        let entries = try receiver.entries()
+        #expect(delivered, "\(expected.count) owed, \(Set(entries.filter { $0.status == 200 }.map(\.id)).count) accepted")
+        #expect(expected.count >= conversations.count * 5, "visitor messages, replies and starts: \(expected.count)")
+        #expect(entries.allSatisfy { $0.verified }, "every signature verifies with the reference library")
+        #expect(entries.contains { $0.status == 503 }, "refusals happened")
+        // At least once, and here exactly once: no instance crashed, so nothing was sent twice after a 2xx.
+        let acceptedTwice = Dictionary(grouping: entries.filter { $0.status == 200 }, by: \.id).filter { $0.value.count > 1 }
+        #expect(acceptedTwice.isEmpty, "\(acceptedTwice.keys.prefix(5))")
+        #expect(Self.orderKept(entries).isEmpty, "\(Self.orderKept(entries).prefix(5))")
+        // Nothing owed is left, exactly one process sends for each endpoint, and each delivery's attempts came from one instance.
+        let owed = try await Self.endpoint(fleet, b, "desk")
+        #expect(owed.health?.owed == 0 && owed.health?.activeSenders == 1, "\(String(describing: owed.health))")
+        #expect(try await Self.endpoint(fleet, a, "crm").health?.activeSenders == 1)
+        let records = try await Self.deliveries(fleet, b, "desk")
+        #expect(records.allSatisfy { Set($0.attempts.map(\.instance)).count == 1 && $0.status == "delivered" })
+        // The other endpoint got only what it asked for, each conversation's start once.
+        let crmEntries = try crm.entries()
+        #expect(crmEntries.allSatisfy { $0.type == "conversation.started" && $0.verified })
+        #expect(Set(crmEntries.compactMap(\.conversationId)) == Set(conversations) && crmEntries.count == conversations.count)
+        #expect(try await a.stop() == 0, "\(a.failureSummary)")
+        #expect(try await b.stop() == 0, "\(b.failureSummary)")
+    }
+
+    /// The instance that sends is killed with SIGKILL and PostgreSQL is restarted, both while messages are
+    /// owed: the other instance takes the endpoint over and nothing is lost.
+    @Test func aKilledSenderAndARestartedPostgresLoseNothing() async throws {
+        let fleet = try await FaultFleet(environment: ["CONVO_WEBHOOK_RETRY_SCHEDULE": "0.2,0.5,1,1,1,1,1,1,1,1"])
+        let receiver = try await WebhookReceiver(secrets: [Self.secret], options: ["--slow-every", "3", "--slow-seconds", "0.2"])
+        let a = try await fleet.serve()
+        let b = try await fleet.serve()
+        let desk = try await Self.put(fleet, a, "desk", url: receiver.url)
+        let start = try #require(desk.health?.checkpoint)
+        let conversations = (0..<12).map { "kill-\($0)" }
+        try await Self.ingest(fleet, [a, b], conversations: conversations, messages: 2)
+        // Whoever sends has sent something: find it by the instance its attempts name (host:pid).
+        var sender: ServeProcess?
+        #expect(
+            try await eventually(timeout: .seconds(30)) {
+                let instances = Set(try await Self.deliveries(fleet, b, "desk").flatMap { $0.attempts.map(\.instance) })
+                sender = [a, b].first { server in instances.contains { $0.hasSuffix(":\(server.pid)") } }
+                return sender != nil
+            })
+        let killed = try #require(sender)
+        let survivor = killed === a ? b : a
+        killed.send(SIGKILL)
+        try await Self.ingest(fleet, [survivor], conversations: conversations, messages: 2, from: 2)
+        try await fleet.postgres.restart()
+        try await Self.ingest(fleet, [survivor], conversations: conversations, messages: 1, from: 4)
+
+        var expected: [String: (conversation: String, position: Int64)] = [:]
+        let delivered = try await eventually(timeout: .seconds(120)) {
+            guard (try? await fleet.allProcessed(conversations).done) == true else { return false }
+            expected = try await Self.expected(fleet, after: start)
+            let accepted = Set(try receiver.entries().filter { $0.status == 200 }.map(\.id))
+            return !expected.isEmpty && Set(expected.keys).isSubset(of: accepted)
+        }
+        let entries = try receiver.entries()
+        #expect(delivered, "\(expected.count) owed, \(Set(entries.filter { $0.status == 200 }.map(\.id)).count) accepted")
+        #expect(entries.allSatisfy { $0.verified })
+        #expect(Self.orderKept(entries).isEmpty, "\(Self.orderKept(entries).prefix(5))")
+        let endpoint = try await Self.endpoint(fleet, survivor, "desk")
+        #expect(endpoint.health?.owed == 0 && endpoint.health?.activeSenders == 1, "\(String(describing: endpoint.health))")
+        let instances = Set(try await Self.deliveries(fleet, survivor, "desk").flatMap { $0.attempts.map(\.instance) })
+        #expect(instances.contains { $0.hasSuffix(":\(survivor.pid)") }, "the survivor took over: \(instances)")
+        #expect(try await survivor.stop() == 0, "\(survivor.failureSummary)")
+    }
+
+    /// One endpoint answers 500 slowly to everything: the other gets all its messages while that one still
+    /// retries; when its retries run out it is disabled and says why, and a PUT enables it again. A
+    /// redelivery sends an event once more.
+    @Test func aFailingEndpointDelaysNoOtherRunsOutOfRetriesIsDisabledAndComesBack() async throws {
+        let fleet = try await FaultFleet(environment: ["CONVO_WEBHOOK_RETRY_SCHEDULE": "0.5,0.5,0.5"])
+        let good = try await WebhookReceiver(secrets: [Self.secret])
+        let bad = try await WebhookReceiver(secrets: [Self.secret], options: ["--status", "500", "--slow-every", "1", "--slow-seconds", "3"])
+        let server = try await fleet.serve()
+        let start = try #require(try await Self.put(fleet, server, "good", url: good.url).health?.checkpoint)
+        _ = try await Self.put(fleet, server, "bad", url: bad.url)
+        let conversations = (0..<10).map { "fail-\($0)" }
+        try await Self.ingest(fleet, [server], conversations: conversations, messages: 1)
+        let allGood = try await eventually(timeout: .seconds(60)) {
+            guard try await fleet.allProcessed(conversations).done else { return false }
+            let expected = try await Self.expected(fleet, after: start)
+            return Set(expected.keys).isSubset(of: Set(try good.entries().filter { $0.status == 200 }.map(\.id)))
+        }
+        #expect(allGood)
+        // Measured when the healthy one was done: the failing one still owes, still enabled, still trying.
+        let failing = try await Self.endpoint(fleet, server, "bad")
+        #expect(failing.enabled && (failing.health?.owed ?? 0) > 0, "\(failing)")
+
+        #expect(
+            try await eventually(timeout: .seconds(60)) {
+                try await Self.endpoint(fleet, server, "bad").enabled == false
+            })
+        let disabled = try await Self.endpoint(fleet, server, "bad")
+        #expect(disabled.disabledReason?.contains("HTTP 500") == true && disabled.disabledReason?.contains("4 attempts") == true, "\(String(describing: disabled.disabledReason))")
+        #expect(try bad.entries().allSatisfy { $0.verified })
+
+        // Fixed and PUT again: enabled, and what it was owed is delivered (to the good receiver now).
+        let owedBefore = try #require(disabled.health?.owed)
+        #expect(owedBefore > 0)
+        _ = try await Self.put(fleet, server, "bad", url: good.url)
+        #expect(
+            try await eventually(timeout: .seconds(30)) {
+                let endpoint = try await Self.endpoint(fleet, server, "bad")
+                return endpoint.enabled && endpoint.health?.owed == 0
+            })
+
+        // A redelivery of a delivered message sends it once more, with the same webhook-id.
+        let one = try #require(try await Self.deliveries(fleet, server, "good").first { $0.status == "delivered" })
+        let before = try good.entries().filter { $0.id == one.messageId && $0.status == 200 }.count
+        let asked = await fleet.send(server, .POST, "/v1/webhooks/good/deliveries/\(one.id)/redeliver")
+        #expect(asked.status == 202, "\(asked)")
+        #expect(try await eventually(timeout: .seconds(20)) { try good.entries().filter { $0.id == one.messageId && $0.status == 200 }.count == before + 1 })
+        #expect(try await eventually(timeout: .seconds(10)) { try await Self.deliveries(fleet, server, "good").contains { $0.origin == "redelivery" && $0.status == "delivered" } })
+        #expect(try await server.stop() == 0, "\(server.failureSummary)")
+    }
+}
