@@ -65,9 +65,10 @@ public final class WebhookDispatcher: Service, Sendable {
     let store: PostgresEventStore
     let configuration: Configuration
     let logger: Logger
-    private let senders = Mutex<[String: WebhookSender]>([:])
-    /// Senders of the current session that ended, for the scan to release their locks.
-    private let finished = Mutex<[Finished]>([])
+    /// The current session's senders. A session of its own each time: a session given up on (its connection
+    /// closed) may keep a sender suspended on a query that never completes, and must not make the next
+    /// session believe that sender still runs.
+    private let current = Mutex<SessionState?>(nil)
 
     public init(client: PostgresClient, store: PostgresEventStore, configuration: Configuration, logger: Logger) {
         self.client = client
@@ -77,7 +78,7 @@ public final class WebhookDispatcher: Service, Sendable {
     }
 
     /// The endpoints (`tenant/id`) this process sends for now.
-    public var sendingFor: [String] { senders.withLock { Array($0.keys).sorted() } }
+    public var sendingFor: [String] { current.withLock { $0?.senders.withLock { Array($0.keys).sorted() } ?? [] } }
 
     public func run() async throws {
         var http = HTTPClient.Configuration(redirectConfiguration: .disallow, timeout: .init(connect: .seconds(5)))
@@ -104,17 +105,25 @@ public final class WebhookDispatcher: Service, Sendable {
         var error: String?
     }
 
+    private final class SessionState: Sendable {
+        let senders = Mutex<[String: WebhookSender]>([:])
+        /// Senders that ended, for the scan to release their locks.
+        let finished = Mutex<[Finished]>([])
+        let wake = WakeUpSignal()
+    }
+
     /// Holds this session's locks and their senders until the session fails or the task is cancelled.
     private func session(on connection: PostgresConnection, http: HTTPClient) async throws {
-        let wake = WakeUpSignal()
-        finished.withLock { $0.removeAll() }
-        defer { senders.withLock { $0.removeAll() } }
+        let session = SessionState()
+        let wake = session.wake
+        current.withLock { $0 = session }
+        defer { current.withLock { if $0 === session { $0 = nil } } }
         try await withThrowingTaskGroup(of: Void.self) { group in
             var lastCleanup = ContinuousClock.now - .seconds(3600)
             while !Task.isCancelled {
                 let generation = wake.generation
-                for done in finished.withLock({ list in defer { list.removeAll() }; return list }) {
-                    senders.withLock { $0[done.ref] = nil }
+                for done in session.finished.withLock({ list in defer { list.removeAll() }; return list }) {
+                    session.senders.withLock { $0[done.ref] = nil }
                     try await connection.query("SELECT pg_advisory_unlock(\(WebhookLocks.lockClass), \(done.lockKey))", logger: logger)
                     if let error = done.error { logger.warning("webhook sender stopped", metadata: ["convo.webhook.endpoint": "\(done.ref)", "convo.error": "\(error)"]) }
                 }
@@ -124,7 +133,7 @@ public final class WebhookDispatcher: Service, Sendable {
                 for endpoint in endpoints {
                     let ref = "\(endpoint.tenant.rawValue)/\(endpoint.id)"
                     present.insert(ref)
-                    if let sender = senders.withLock({ $0[ref] }) {
+                    if let sender = session.senders.withLock({ $0[ref] }) {
                         if !endpoint.enabled {
                             sender.stop()
                         } else if sender.configVersion != endpoint.configVersion {
@@ -139,16 +148,16 @@ public final class WebhookDispatcher: Service, Sendable {
                     guard taken else { continue }
                     let sender = WebhookSender(
                         endpoint: endpoint, connection: connection, store: store, http: http, configuration: configuration, logger: logger)
-                    senders.withLock { $0[ref] = sender }
+                    session.senders.withLock { $0[ref] = sender }
                     logger.info("webhook sender started", metadata: ["convo.webhook.endpoint": "\(ref)"])
                     group.addTask {
                         var failure: String?
                         do { try await sender.run() } catch { failure = String(reflecting: error) }
-                        self.finished.withLock { [failure] in $0.append(Finished(ref: ref, lockKey: endpoint.lockKey, error: failure)) }
+                        session.finished.withLock { [failure] in $0.append(Finished(ref: ref, lockKey: endpoint.lockKey, error: failure)) }
                         wake.signal()
                     }
                 }
-                for (ref, sender) in senders.withLock({ $0 }) where !present.contains(ref) { sender.stop() }
+                for (ref, sender) in session.senders.withLock({ $0 }) where !present.contains(ref) { sender.stop() }
                 if ContinuousClock.now - lastCleanup > .seconds(600) {
                     lastCleanup = .now
                     try await connection.query(

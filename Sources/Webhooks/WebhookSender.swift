@@ -125,13 +125,19 @@ final class WebhookSender: Sendable {
     /// - Throws: when the session's queries fail.
     func run() async throws {
         try await loadOwed()
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await self.intake() }
-            group.addTask { await self.dispatch() }
-            group.addTask { try await self.record() }
-            try await group.next()
-            group.cancelAll()
-            while let _ = try? await group.next() {}
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await self.intake() }
+                group.addTask { await self.dispatch() }
+                group.addTask { try await self.record() }
+                try await group.next()
+                group.cancelAll()
+                while let _ = try? await group.next() {}
+            }
+        } catch {
+            // Record what was sent before the failure, if the session still can: fewer messages sent twice.
+            if !Task.isCancelled { try? await flushOutcomes() }
+            throw error
         }
         try await flushOutcomes()
         let reason = state.withLock { $0.exhausted }

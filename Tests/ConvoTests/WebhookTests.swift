@@ -132,8 +132,9 @@ import Webhooks
             let read = try await api.request(.get, "/v1/webhooks/desk", key: api.admin)
             let endpoint = try read.decode(Endpoint.self)
             #expect(endpoint.eventTypes == ["message.created"] && endpoint.secret == nil)
-            // Measured: nothing owed, and no process sends for it here (no dispatcher runs in route tests).
-            #expect(endpoint.health?.owed == 0 && endpoint.health?.activeSenders == 0)
+            // Measured: nothing owed; at most one process sends for it (a `convo serve` of another test on this
+            // database may have taken it).
+            #expect(endpoint.health?.owed == 0 && (0...1).contains(endpoint.health?.activeSenders ?? -1))
             #expect(!read.text.contains("whsec_"))
 
             // Another tenant neither sees nor touches it; its own "desk" is its own.
@@ -158,6 +159,8 @@ import Webhooks
     @Test func theCommandsConfigureListShowAndDeleteAndRefuseBadInput() async throws {
         let env = ["CONVO_DATABASE_URL": try TestDatabase.url.description, "CI": "true"]
         let tenant = TestDatabase.uniqueTenant().rawValue
+        // This may be the first test of a run to reach the shared database.
+        #expect(try await ConvoProcess.run(["migrate"], environment: env).status == 0)
         let put = try await ConvoProcess.run(
             ["webhooks", "put", "--tenant", tenant, "desk", "--url", "http://127.0.0.1:9/hook", "--event-type", "message.created", "--event-type", "conversation.parked", "--json"],
             environment: env)
@@ -401,9 +404,11 @@ import Webhooks
     /// retries; when its retries run out it is disabled and says why, and a PUT enables it again. A
     /// redelivery sends an event once more.
     @Test func aFailingEndpointDelaysNoOtherRunsOutOfRetriesIsDisabledAndComesBack() async throws {
-        let fleet = try await FaultFleet(environment: ["CONVO_WEBHOOK_RETRY_SCHEDULE": "0.5,0.5,0.5"])
+        // Five attempts of 2 s each and 21.5 s between them: the failing endpoint runs out after 31 s or more,
+        // long after the healthy one has everything (a few seconds), however busy the machine.
+        let fleet = try await FaultFleet(environment: ["CONVO_WEBHOOK_RETRY_SCHEDULE": "0.5,0.5,0.5,20"])
         let good = try await WebhookReceiver(secrets: [Self.secret])
-        let bad = try await WebhookReceiver(secrets: [Self.secret], options: ["--status", "500", "--slow-every", "1", "--slow-seconds", "3"])
+        let bad = try await WebhookReceiver(secrets: [Self.secret], options: ["--status", "500", "--slow-every", "1", "--slow-seconds", "2"])
         let server = try await fleet.serve()
         let start = try #require(try await Self.put(fleet, server, "good", url: good.url).health?.checkpoint)
         _ = try await Self.put(fleet, server, "bad", url: bad.url)
@@ -420,11 +425,11 @@ import Webhooks
         #expect(failing.enabled && (failing.health?.owed ?? 0) > 0, "\(failing)")
 
         #expect(
-            try await eventually(timeout: .seconds(60)) {
+            try await eventually(timeout: .seconds(90)) {
                 try await Self.endpoint(fleet, server, "bad").enabled == false
             })
         let disabled = try await Self.endpoint(fleet, server, "bad")
-        #expect(disabled.disabledReason?.contains("HTTP 500") == true && disabled.disabledReason?.contains("4 attempts") == true, "\(String(describing: disabled.disabledReason))")
+        #expect(disabled.disabledReason?.contains("HTTP 500") == true && disabled.disabledReason?.contains("5 attempts") == true, "\(String(describing: disabled.disabledReason))")
         #expect(try bad.entries().allSatisfy { $0.verified })
 
         // Fixed and PUT again: enabled, and what it was owed is delivered (to the good receiver now).

@@ -220,6 +220,14 @@ enum AuditQueryParameters {
         for (name, value) in [("type", types.joined()), ("actor", actor ?? ""), ("tool", tool ?? "")] where value.unicodeScalars.contains("\u{0}") {
             throw AuditError(.invalidFilter, "\(name) contains U+0000")
         }
+        // convo's event types are names (ConversationAssigned, VisitorMessageReceived): a letter, then letters,
+        // digits or `_`, at most 200 characters.
+        for type in types
+        where type.utf8.count > 200 || !(type.utf8.first.map { ($0 | 0x20) >= UInt8(ascii: "a") && ($0 | 0x20) <= UInt8(ascii: "z") } ?? false)
+            || !type.utf8.allSatisfy({ ($0 | 0x20) >= UInt8(ascii: "a") && ($0 | 0x20) <= UInt8(ascii: "z") || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || $0 == UInt8(ascii: "_") })
+        {
+            throw AuditError(.invalidFilter, "an event type is a letter, then letters, digits or _ (at most 200): '\(type.prefix(64))' is not")
+        }
         var filter = AuditFilter()
         filter.types = types
         filter.actor = actor

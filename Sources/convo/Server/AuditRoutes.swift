@@ -41,7 +41,7 @@ struct AuditRoutes: Sendable {
         }
         let filter = try await Self.answer {
             try AuditQueryParameters.filter(
-                types: query.getAll("type").flatMap { $0.split(separator: ",").map(String.init) }, actor: query["actor"].map(String.init),
+                types: query.getAll("type").flatMap { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }, actor: query["actor"].map(String.init),
                 conversation: query["conversation"].map(String.init), visitor: query["visitor"].map(String.init), tool: query["tool"].map(String.init),
                 from: query["from"].map(String.init), to: query["to"].map(String.init), after: try Self.integer(query["after"].map(String.init), "after"),
                 limit: try Self.integer(query["limit"].map(String.init), "limit").map(Int.init) ?? APILimits.defaultPageSize,
