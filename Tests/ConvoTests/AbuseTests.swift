@@ -61,7 +61,7 @@ extension ProcessHeavyTests {
         let closedAll = try await eventually(timeout: .seconds(40)) {
             sockets.allSatisfy { $0.poll() }
         }
-        #expect(closedAll, "\(sockets.filter { !$0.isClosed }.count) of \(sockets.count) still open")
+        #expect(closedAll, "\(sockets.filter { !$0.isClosed }.count) of \(sockets.count) still open; the server said: \(server.output.suffix(3000))")
         // Past the cap they were answered 503 at once (how many depends on how fast the server accepts
         // while idle ones are closed: at least some of 180 against a cap of 60).
         let refused = sockets.filter { $0.received.hasPrefix("HTTP/1.1 503") && $0.received.contains("too_many_connections") }

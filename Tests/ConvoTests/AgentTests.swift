@@ -163,6 +163,49 @@ final class GatedProvider: AIProvider, Sendable {
 
     /// The version fence: an AI reply in flight when an agent takes over is thrown away and recorded as a
     /// conflict, whatever the timing; the agent's reply is delivered.
+    /// The per-tenant setting: with reopening off, a visitor message to a resolved conversation is stored and
+    /// consumed, and the conversation stays resolved; on again, the next one reopens it. Another tenant's
+    /// setting is its own.
+    @Test func aTenantThatTurnsReopeningOffKeepsResolvedConversationsResolved() async throws {
+        try await APIHarness.with { api in
+            let a = try await Self.people(api).agentA
+            let conversation = APIHarness.conversationID()
+            #expect(try await api.post(conversation, #"{"visitorUid": "v-1", "messageId": "m1", "text": "where is my order?"}"#).status == .accepted)
+            try await api.process(conversation, visitor: "v-1")
+            #expect(try await act(api, conversation, "assignment", key: a.key).status == .created)
+            #expect(try await act(api, conversation, "resolve", key: a.key).status == .created)
+
+            #expect(try await api.request(.get, "/v1/settings", key: api.read).text == #"{"reopenOnVisitorMessage":true}"#)
+            #expect(try await api.request(.put, "/v1/settings", key: api.ingest, body: #"{"reopenOnVisitorMessage": false}"#).status == .forbidden)
+            #expect(try await api.request(.put, "/v1/settings", key: api.admin, body: #"{"reopenOnVisitorMessage": "no"}"#).status == .badRequest)
+            let off = try await api.request(.put, "/v1/settings", key: api.admin, body: #"{"reopenOnVisitorMessage": false}"#)
+            #expect(off.status == .ok && off.text == #"{"reopenOnVisitorMessage":false}"#, "\(off.text)")
+            #expect(try await api.request(.get, "/v1/settings", key: api.stranger).text == #"{"reopenOnVisitorMessage":true}"#)
+
+            #expect(try await api.post(conversation, #"{"visitorUid": "v-1", "messageId": "m2", "text": "one more thing"}"#).status == .accepted)
+            try await api.process(conversation, visitor: "v-1")
+            var events = try await Self.workflowEvents(api, conversation)
+            let resolvedAt = try #require(events.last { $0.type == ConversationResolved.eventType }?.streamVersion)
+            #expect(!events.contains { $0.type == ConversationReopened.eventType })
+            let consumed = try events.filter { $0.type == MessagesProcessed.eventType && $0.streamVersion > resolvedAt }.map { try $0.decode(MessagesProcessed.self) }
+            #expect(!consumed.isEmpty, "the message is consumed, not left pending")
+            #expect(try await api.request(.get, "/v1/conversations/\(conversation)/state", key: api.read).text.contains(#""status":"resolved""#))
+
+            #expect(try await api.request(.put, "/v1/settings", key: api.admin, body: #"{"reopenOnVisitorMessage": true}"#).status == .ok)
+            #expect(try await api.post(conversation, #"{"visitorUid": "v-1", "messageId": "m3", "text": "hello again"}"#).status == .accepted)
+            try await api.process(conversation, visitor: "v-1")
+            events = try await Self.workflowEvents(api, conversation)
+            #expect(events.contains { $0.type == ConversationReopened.eventType && $0.streamVersion > resolvedAt })
+
+            // The CLI reads and writes the same setting.
+            let env = ["CONVO_DATABASE_URL": try TestDatabase.url.description, "CI": "true"]
+            let set = try await ConvoProcess.run(["settings", "--tenant", api.tenant.rawValue, "--reopen-on-visitor-message", "false", "--json"], environment: env)
+            #expect(set.status == 0 && set.stdout.contains(#""reopenOnVisitorMessage" : false"#), "\(set.stdout) \(set.stderr)")
+            #expect(try await api.request(.get, "/v1/settings", key: api.admin).text == #"{"reopenOnVisitorMessage":false}"#)
+            #expect(try await ConvoProcess.run(["settings", "--tenant", api.tenant.rawValue, "--reopen-on-visitor-message", "maybe"], environment: env).status != 0)
+        }
+    }
+
     @Test func anAIReplyInFlightWhenAnAgentTakesOverIsThrownAwayAndRecorded() async throws {
         try await APIHarness.with { api in
             let people = try await Self.people(api)

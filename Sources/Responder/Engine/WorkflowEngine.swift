@@ -82,11 +82,15 @@ public struct WorkflowEngine: Sendable {
         self.stepLimit = stepLimit
     }
 
-    public func decide(state: WorkflowState, definition: WorkflowDefinition, pending: [PendingMessage], aiOutcome: AIOutcome? = nil) -> Decision {
+    /// - Parameter settings: the tenant's; whether a visitor message reopens a resolved conversation.
+    public func decide(
+        state: WorkflowState, definition: WorkflowDefinition, pending: [PendingMessage], aiOutcome: AIOutcome? = nil, settings: TenantSettings = .init()
+    ) -> Decision {
         var run = Run(state: state, queue: pending.filter { $0.streamVersion > state.messagesConsumed }.sorted { $0.streamVersion < $1.streamVersion })
         if run.state.status.isFinal {
-            // A visitor writing to a resolved conversation reopens it, for its people (not for the AI).
-            if run.state.status == .resolved, let first = run.queue.first {
+            // A visitor writing to a resolved conversation reopens it, for its people (not for the AI), unless
+            // the tenant chose otherwise: then the message is stored and the conversation stays resolved.
+            if run.state.status == .resolved, settings.reopenOnVisitorMessage, let first = run.queue.first {
                 run.emit(.reopened(ConversationReopened(agentId: nil, causedByMessageId: first.messageId)))
             }
             // Messages after a hand-off, while an agent owns the conversation or after the end are for

@@ -71,6 +71,8 @@ public struct ConversationProcessor: Sendable {
     public let provider: any AIProvider
     public let engine: WorkflowEngine
     public let configuration: Configuration
+    /// The tenants' settings (whether a visitor message reopens a resolved conversation).
+    public let settings: TenantSettingsStore
     let logger: Logger
     /// Folded states of recently processed conversations, shared by copies of this processor.
     private let states = StateCache(capacity: 10_000)
@@ -92,6 +94,7 @@ public struct ConversationProcessor: Sendable {
         self.provider = provider
         self.engine = engine
         self.configuration = configuration
+        self.settings = TenantSettingsStore(client: workflows.client, logger: logger)
         self.logger = logger
     }
 
@@ -200,7 +203,9 @@ public struct ConversationProcessor: Sendable {
                 throw ResponderError(
                     code: .workflowNotFound, message: "conversation \(conversation): its workflow \(state.workflowId ?? configuration.defaultWorkflowID) is not published")
             }
-            var decision = engine.decide(state: state, definition: definition, pending: pending)
+            // Only a resolved conversation's decision depends on the tenant's settings.
+            let tenantSettings = state.status == .resolved ? try await settings.settings(for: tenant) : TenantSettings()
+            var decision = engine.decide(state: state, definition: definition, pending: pending, settings: tenantSettings)
             if case .askAI(let request) = decision {
                 let aiOutcome: AIOutcome
                 let started = ContinuousClock.now
@@ -212,7 +217,7 @@ public struct ConversationProcessor: Sendable {
                     logger.warning("AI provider failed", metadata: ["convo.provider": "\(provider.name)", "convo.error": "\(error)"])
                     aiOutcome = .failed(provider: provider.name, reason: (error as? ResponderError)?.message ?? "\(type(of: error))")
                 }
-                decision = engine.decide(state: state, definition: definition, pending: pending, aiOutcome: aiOutcome)
+                decision = engine.decide(state: state, definition: definition, pending: pending, aiOutcome: aiOutcome, settings: tenantSettings)
             }
             guard case .append(let events) = decision, !events.isEmpty else { return outcome }
             guard !lost.isSet else {

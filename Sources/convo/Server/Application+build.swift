@@ -115,6 +115,7 @@ func buildRouter(_ context: ServerContext, background: Bool = true) -> (Router<C
     AuditRoutes(context: context).register(on: api, table: table)
     AgentRoutes(context: context).register(on: api, table: table)
     WebhookRoutes(context: context).register(on: api, table: table)
+    SettingsRoutes(context: context).register(on: api, table: table)
     return (router, table)
 }
 
