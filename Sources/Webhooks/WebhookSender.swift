@@ -136,7 +136,7 @@ final class WebhookSender: Sendable {
             }
         } catch {
             // Record what was sent before the failure, if the session still can: fewer messages sent twice.
-            if !Task.isCancelled { try? await flushOutcomes() }
+            if !Task.isCancelled { _ = try? await flushOutcomes() }
             throw error
         }
         try await flushOutcomes()
