@@ -206,6 +206,47 @@ final class GatedProvider: AIProvider, Sendable {
         }
     }
 
+    /// PostgreSQL stopped while an agent takes a conversation over and answers: each action is refused
+    /// within the deadline (503, or 504 when its outcome is unknown), never half done; retried with the same
+    /// ids once PostgreSQL is back, each is stored exactly once.
+    @Test func agentActionsDuringAPostgresOutageAreRefusedCleanlyAndStoredOnceWhenRetried() async throws {
+        let fleet = try await FaultFleet()
+        let server = try await fleet.serve(["--request-timeout", "3"])
+        let made = try await ConvoProcess.run(
+            ["agents", "create", "--tenant", fleet.tenant, "--email", "ada@example.com", "--name", "Ada", "--json"], environment: fleet.env)
+        let key = try JSONDecoder().decode(FaultFleet.Created.self, from: Data(made.stdout.utf8)).key
+        let conversation = "outage-1"
+        #expect(await fleet.post(server, conversation: conversation, visitor: "v-out", messageId: "m1").status == 202)
+        #expect(try await eventually(timeout: .seconds(30)) { try await fleet.allProcessed([conversation]).done })
+
+        try await fleet.postgres.stop()
+        let started = ContinuousClock.now
+        let take = await fleet.send(server, .POST, "/v1/conversations/\(conversation)/assignment", json: #"{"requestId": "take-1"}"#, key: key)
+        let reply = await fleet.send(server, .POST, "/v1/conversations/\(conversation)/agent-messages", json: #"{"messageId": "a1", "text": "I'm here"}"#, key: key)
+        #expect([503, 504].contains(take.status), "\(take)")
+        #expect([503, 504].contains(reply.status), "\(reply)")
+        #expect(take.body.contains(#""error""#) && reply.body.contains(#""error""#))
+        #expect(ContinuousClock.now - started < .seconds(20), "both answered by their deadlines")
+        try await fleet.postgres.start()
+
+        // Retried with the same ids: stored once each (201, or 200 when the first try did commit).
+        #expect(
+            try await eventually(timeout: .seconds(30)) {
+                [200, 201].contains(await fleet.send(server, .POST, "/v1/conversations/\(conversation)/assignment", json: #"{"requestId": "take-1"}"#, key: key).status)
+            })
+        #expect(
+            try await eventually(timeout: .seconds(30)) {
+                [200, 201].contains(
+                    await fleet.send(server, .POST, "/v1/conversations/\(conversation)/agent-messages", json: #"{"messageId": "a1", "text": "I'm here"}"#, key: key).status)
+            })
+        let events = try await fleet.withStore { store in
+            try await store.readStreamToEnd(ConversationID(rawValue: conversation)!.workflowStream, tenant: TenantID(rawValue: fleet.tenant)!)
+        }
+        #expect(events.filter { $0.type == ConversationAssigned.eventType }.count == 1)
+        #expect(try events.filter { $0.type == AgentMessageSent.eventType }.map { try $0.decode(AgentMessageSent.self).messageId } == ["a1"])
+        #expect(try await server.stop() == 0, "\(server.failureSummary)")
+    }
+
     @Test func anAIReplyInFlightWhenAnAgentTakesOverIsThrownAwayAndRecorded() async throws {
         try await APIHarness.with { api in
             let people = try await Self.people(api)

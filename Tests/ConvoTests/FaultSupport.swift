@@ -75,10 +75,10 @@ final class FaultFleet: Sendable {
     }
 
     /// A request with the fleet's key and a JSON body; the status and body, or 0 when nothing answered.
-    func send(_ server: ServeProcess, _ method: HTTPMethod, _ path: String, json: String? = nil) async -> (status: Int, body: String) {
+    func send(_ server: ServeProcess, _ method: HTTPMethod, _ path: String, json: String? = nil, key: String? = nil) async -> (status: Int, body: String) {
         var request = HTTPClientRequest(url: "\(server.baseURL)\(path)")
         request.method = method
-        request.headers.add(name: "Authorization", value: "Bearer \(key)")
+        request.headers.add(name: "Authorization", value: "Bearer \(key ?? self.key)")
         if let json {
             request.headers.add(name: "Content-Type", value: "application/json")
             request.body = .bytes(ByteBuffer(string: json))
