@@ -391,7 +391,8 @@ import Webhooks
         }
         let entries = try receiver.entries()
         #expect(delivered, "\(expected.count) owed, \(Set(entries.filter { $0.status == 200 }.map(\.id)).count) accepted")
-        #expect(entries.allSatisfy { $0.verified })
+        // Every whole request verifies; the killed instance may have been cut off mid-request.
+        #expect(entries.allSatisfy { $0.verified || $0.truncated == true }, "\(entries.filter { !$0.verified }.prefix(3))")
         #expect(Self.orderKept(entries).isEmpty, "\(Self.orderKept(entries).prefix(5))")
         let endpoint = try await Self.endpoint(fleet, survivor, "desk")
         #expect(endpoint.health?.owed == 0 && endpoint.health?.activeSenders == 1, "\(String(describing: endpoint.health))")

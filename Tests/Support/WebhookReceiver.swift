@@ -12,6 +12,8 @@ public final class WebhookReceiver: @unchecked Sendable {
     public struct Entry: Decodable, Sendable {
         public var id: String
         public var verified: Bool
+        /// The sender went away before the whole body came (a killed instance): not a delivery.
+        public var truncated: Bool?
         public var status: Int
         public var type: String?
         public var conversationId: String?

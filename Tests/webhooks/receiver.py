@@ -5,7 +5,8 @@ It can misbehave on purpose:
   --refuse-every N   answer 503 to the first attempt of every Nth message (by webhook-id)
   --slow-every N     sleep --slow-seconds before answering every Nth request
   --status CODE      answer every request CODE (an endpoint that never accepts)
-A request whose signature does not verify is answered 400 and logged with "verified": false.
+A request whose signature does not verify is answered 400 and logged with "verified": false; one cut off
+before its whole body came (the sender killed mid-request) is logged with "truncated": true.
 """
 
 import argparse
@@ -41,7 +42,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         received = time.time()
-        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        length = int(self.headers.get("content-length", "0"))
+        body = self.rfile.read(length)
+        msg_id = self.headers.get("webhook-id", "")
+        if len(body) < length:
+            # The sender went away mid-request (a killed instance): not a delivery, and nothing to answer.
+            with lock:
+                log.write(json.dumps({"id": msg_id, "verified": False, "truncated": True, "status": 0, "signatures": 0, "receivedAt": received}) + "\n")
+            self.close_connection = True
+            return
         headers = {k: v for k, v in self.headers.items()}
         payload, verified = None, False
         for verifier in verifiers:
@@ -51,7 +60,6 @@ class Handler(BaseHTTPRequestHandler):
                 break
             except WebhookVerificationError:
                 continue
-        msg_id = self.headers.get("webhook-id", "")
         with lock:
             requests[0] += 1
             number = requests[0]
