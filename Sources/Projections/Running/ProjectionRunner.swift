@@ -182,8 +182,16 @@ public final class ProjectionRunner: Service, Sendable {
                 applied.increment(by: count)
             }
             if let failure {
+                // The rows were loaded after the checkpoint was read: a rebuild that swapped new rows in between
+                // makes the fold see events those rows already hold. Only a failure at the checkpoint this runner
+                // still owns is the projection's; otherwise follow the new rows.
+                guard try await ProjectionCatalogue.recordFailure(name, failure, ifAt: checkpoint, version: projection.version, on: connection, logger: logger)
+                else {
+                    writer.reset()
+                    logger.info("projection rows replaced by a rebuild under the runner; following the new table", metadata: ["convo.projection": "\(name)"])
+                    return
+                }
                 logger.error("projection stopped: an event cannot be applied", metadata: ["convo.projection": "\(name)", "convo.error": "\(failure)"])
-                try await ProjectionCatalogue.recordFailure(name, failure, on: connection, logger: logger)
                 set(.failed(position: failure.position, error: "\(failure.eventType): \(failure.reason)"))
                 if let entry = try await ProjectionCatalogue.entry(name, on: connection, logger: logger) {
                     try await waitForRepair(from: entry, on: connection)

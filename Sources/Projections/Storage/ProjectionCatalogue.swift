@@ -114,6 +114,22 @@ enum ProjectionCatalogue {
             """, logger: logger)
     }
 
+    /// Records the failure only if the projection is still at `checkpoint` of `version`: a runner whose rows
+    /// were replaced by a rebuild meanwhile folded events into rows that already held them, and its
+    /// "failure" is not the projection's.
+    ///
+    /// - Returns: whether it was recorded.
+    static func recordFailure(
+        _ name: String, _ failure: FoldError, ifAt checkpoint: Int64, version: Int, on connection: PostgresConnection, logger: Logger
+    ) async throws -> Bool {
+        try await connection.withTransaction(logger: logger) { transaction in
+            guard let entry = try await entry(name, forUpdate: true, on: transaction, logger: logger), entry.checkpoint == checkpoint, entry.version == version
+            else { return false }
+            try await recordFailure(name, failure, on: transaction, logger: logger)
+            return true
+        }
+    }
+
     /// Makes the rebuilt rows the live ones: in the caller's transaction.
     static func install(_ name: String, version: Int, checkpoint: Int64, on connection: PostgresConnection, logger: Logger) async throws {
         try await connection.query(
