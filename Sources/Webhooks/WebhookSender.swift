@@ -189,7 +189,8 @@ final class WebhookSender: Sendable {
             try await waitForRoom()
             let current = endpoint.withLock { $0 }
             let wanted = Set(current.eventTypes)
-            let messages = batch.compactMap { WebhookMessage($0) }.filter { wanted.contains($0.type) }
+            // The type first: only a wanted event's payload is decoded and its body encoded.
+            let messages = Array(batch.lazy.filter { WebhookEventType.of(storedType: $0.type).map(wanted.contains) ?? false }.compactMap { WebhookMessage($0) })
             let next = batch[batch.count - 1].globalPosition
             let rows = try await connection.query(
                 """

@@ -211,6 +211,15 @@ extension Convo {
 /// The search parameters the CLI and the HTTP routes share, parsed in one place (the ranges are
 /// ``AuditTrail``'s to check).
 enum AuditQueryParameters {
+    /// convo's event types are names (ConversationAssigned, VisitorMessageReceived): a letter, then letters,
+    /// digits or `_`, at most 200 characters (the OpenAPI pattern of the `type` filter).
+    static func isTypeName(_ type: String) -> Bool {
+        func isLetter(_ byte: UInt8) -> Bool { (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte | 0x20) }
+        let utf8 = type.utf8
+        guard let first = utf8.first, isLetter(first), utf8.count <= 200 else { return false }
+        return utf8.allSatisfy { isLetter($0) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || $0 == UInt8(ascii: "_") }
+    }
+
     /// - Throws: `AuditError.invalidFilter` naming the parameter that does not parse.
     static func filter(
         types: [String] = [], actor: String? = nil, conversation: String?, visitor: String? = nil, tool: String? = nil, from: String? = nil,
@@ -220,12 +229,7 @@ enum AuditQueryParameters {
         for (name, value) in [("type", types.joined()), ("actor", actor ?? ""), ("tool", tool ?? "")] where value.unicodeScalars.contains("\u{0}") {
             throw AuditError(.invalidFilter, "\(name) contains U+0000")
         }
-        // convo's event types are names (ConversationAssigned, VisitorMessageReceived): a letter, then letters,
-        // digits or `_`, at most 200 characters.
-        for type in types
-        where type.utf8.count > 200 || !(type.utf8.first.map { ($0 | 0x20) >= UInt8(ascii: "a") && ($0 | 0x20) <= UInt8(ascii: "z") } ?? false)
-            || !type.utf8.allSatisfy({ ($0 | 0x20) >= UInt8(ascii: "a") && ($0 | 0x20) <= UInt8(ascii: "z") || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || $0 == UInt8(ascii: "_") })
-        {
+        for type in types where !isTypeName(type) {
             throw AuditError(.invalidFilter, "an event type is a letter, then letters, digits or _ (at most 200): '\(type.prefix(64))' is not")
         }
         var filter = AuditFilter()
