@@ -180,6 +180,7 @@ let package = Package(
                 "EventStore",
                 "ConvoTestSupport",
                 "SharedTypes",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -107,6 +107,8 @@ public struct AuditEvent: Codable, Sendable, Equatable {
     public var hash: String
     public var data: JSONValue
     public var metadata: JSONValue
+    /// `true` when personal members of `data` were erased (the visitor was forgotten); absent otherwise.
+    public var erased: Bool? = nil
 }
 
 /// A page of a search, in position order; `next` is the cursor of the next page, `nil` after the last.

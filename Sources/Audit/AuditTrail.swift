@@ -156,20 +156,30 @@ public struct AuditTrail: Sendable {
 
         var events: [AuditEvent] = []
         do {
+            var recorded: [RecordedEvent] = []
+            var hashes: [ByteBuffer] = []
             let rows = try await store.client.queryOpen(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger)
             for try await (position, id, stream, version, type, at, data, metadata, hash) in rows.decode(
                 (Int64, UUID, String, Int64, String, Date, JSONB, JSONB, ByteBuffer).self)
             {
-                let dataValue = try JSONCoding.decoder.decode(JSONValue.self, from: data.text)
-                let metadataValue = try JSONCoding.decoder.decode(JSONValue.self, from: metadata.text)
-                let name = StreamName(unchecked: stream)
+                recorded.append(
+                    RecordedEvent(
+                        globalPosition: position, eventId: id, tenant: tenant, stream: StreamName(unchecked: stream), streamVersion: version, type: type,
+                        data: data.text, metadataJSON: metadata.text, recordedAt: at))
+                hashes.append(hash)
+            }
+            // Personal members opened (or shown erased) as every read of the store shows them.
+            for (event, hash) in zip(try await store.openPersonalData(recorded), hashes) {
+                let dataValue = try JSONCoding.decoder.decode(JSONValue.self, from: event.data)
+                let metadataValue = try JSONCoding.decoder.decode(JSONValue.self, from: event.metadataJSON)
+                let name = event.stream
                 events.append(
                     AuditEvent(
-                        globalPosition: position, eventId: id, stream: stream, streamVersion: version, type: type, recordedAt: at,
-                        actorId: metadataValue["actorId"]?.stringValue,
+                        globalPosition: event.globalPosition, eventId: event.eventId, stream: name.description, streamVersion: event.streamVersion,
+                        type: event.type, recordedAt: event.recordedAt, actorId: metadataValue["actorId"]?.stringValue,
                         conversationId: name.category == "audit" ? dataValue["conversationId"]?.stringValue : name.id,
                         visitorUid: metadataValue["visitorUid"]?.stringValue ?? dataValue["visitorUid"]?.stringValue,
-                        hash: Array(buffer: hash).hexString, data: dataValue, metadata: metadataValue))
+                        hash: Array(buffer: hash).hexString, data: dataValue, metadata: metadataValue, erased: event.isErased ? true : nil))
             }
         } catch let error as DecodingError {
             throw EventStoreError(code: .storageFailure, message: "a stored event's JSON does not decode: \(error)")
@@ -310,6 +320,7 @@ public struct AuditTrail: Sendable {
         case .handedBack(let back): return "handed back to the AI at \(back.nodeId)"
         case .resolved: return "resolved"
         case .reopened(let reopened): return reopened.agentId == nil ? "reopened by the visitor" : "reopened"
+        case .dataErased(let erased): return "the visitor's data was erased (messages up to v\(erased.messagesVersion) consumed)"
         }
     }
 }

@@ -15,6 +15,8 @@ public struct EventStoreError: Error, CustomStringConvertible {
             case migrationFailed
             case schemaOutdated
             case outcomeUnknown
+            case keyUnavailable
+            case subjectErased
         }
 
         private let base: Base
@@ -39,6 +41,12 @@ public struct EventStoreError: Error, CustomStringConvertible {
         /// A write was sent, and then the connection was lost or the wait given up before PostgreSQL answered:
         /// it may or may not have committed. Retry it with the same event ids (appends are idempotent by id).
         public static let outcomeUnknown = Code(.outcomeUnknown)
+        /// Personal data cannot be sealed or opened: no master key is configured, or not the one that wrapped
+        /// a data key.
+        public static let keyUnavailable = Code(.keyUnavailable)
+        /// The visitor was forgotten, and the append (derived from what was read before) may not give them a
+        /// new key.
+        public static let subjectErased = Code(.subjectErased)
 
         public var description: String { base.rawValue }
     }

@@ -10,19 +10,40 @@ public struct NewEvent: Sendable {
     /// The payload, UTF-8 JSON.
     public var data: ByteBuffer
     public var metadata: EventMetadata
+    /// The visitor whose personal data the event carries: the store seals ``personalFields`` with their
+    /// data key. An event with personal fields and no subject is refused.
+    public var personalDataSubject: PersonalDataSubject?
+    /// The top-level members of ``data`` that are personal data (``PersonalData``).
+    public var personalFields: [String]
 
-    public init(eventId: UUID = UUID(), type: String, data: ByteBuffer, metadata: EventMetadata = EventMetadata()) {
+    /// Creates an event from its JSON payload; its personal fields are those ``PersonalData`` lists for `type`.
+    public init(
+        eventId: UUID = UUID(), type: String, data: ByteBuffer, metadata: EventMetadata = EventMetadata(), subject: PersonalDataSubject? = nil
+    ) {
         self.eventId = eventId
         self.type = type
         self.data = data
         self.metadata = metadata
+        self.personalDataSubject = subject
+        self.personalFields = PersonalData.fields(ofType: type)
     }
 
-    /// Creates an event whose payload is `payload` encoded as JSON.
+    /// Creates an event whose payload is `payload` encoded as JSON; a domain event's personal fields are
+    /// those ``PersonalData/fields(of:)`` names.
     ///
     /// - Throws: The encoder's error when the payload cannot be encoded.
-    public init(eventId: UUID = UUID(), type: String, encoding payload: some Encodable, metadata: EventMetadata = EventMetadata()) throws {
-        self.init(eventId: eventId, type: type, data: try JSONCoding.encoder.encodeAsByteBuffer(payload, allocator: ByteBufferAllocator()), metadata: metadata)
+    public init(
+        eventId: UUID = UUID(), type: String, encoding payload: some Encodable, metadata: EventMetadata = EventMetadata(),
+        subject: PersonalDataSubject? = nil
+    ) throws {
+        self.init(
+            eventId: eventId, type: type, data: try JSONCoding.encoder.encodeAsByteBuffer(payload, allocator: ByteBufferAllocator()), metadata: metadata,
+            subject: subject)
+        if let event = payload as? any DomainEvent {
+            personalFields = PersonalData.fields(of: event)
+        } else if let event = payload as? WorkflowEvent {
+            personalFields = PersonalData.fields(of: event.payload)
+        }
     }
 }
 

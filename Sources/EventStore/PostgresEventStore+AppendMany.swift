@@ -31,6 +31,31 @@ extension PostgresEventStore {
     /// - Throws: ``EventStoreError`` for what fails the whole call: invalid requests, PostgreSQL unavailable.
     public func appendMany(_ requests: [AppendRequest]) async throws -> [Result<AppendResult, EventStoreError>] {
         guard !requests.isEmpty else { return [] }
+        for request in requests { try validate(request.events, expectedVersion: request.expectedVersion) }
+        guard requests.contains(where: { $0.events.contains { !$0.personalFields.isEmpty } }) else { return try await appendSealed(requests) }
+        // Personal data sealed first; an append refused there (a forgotten visitor) is answered alone.
+        let sealed = try await vault.seal(requests.map { ($0.events, $0.tenant) })
+        var results = [Result<AppendResult, EventStoreError>?](repeating: nil, count: requests.count)
+        var accepted: [AppendRequest] = []
+        var places: [Int] = []
+        for (index, outcome) in sealed.enumerated() {
+            switch outcome {
+            case .success(let events):
+                var request = requests[index]
+                request.events = events
+                accepted.append(request)
+                places.append(index)
+            case .failure(let error):
+                results[index] = .failure(error)
+            }
+        }
+        if !accepted.isEmpty {
+            for (place, result) in zip(places, try await appendSealed(accepted)) { results[place] = result }
+        }
+        return results.map { $0! }
+    }
+
+    private func appendSealed(_ requests: [AppendRequest]) async throws -> [Result<AppendResult, EventStoreError>] {
         var tenants: [String] = []
         var streams: [String] = []
         var expected: [Int64] = []
@@ -40,7 +65,6 @@ extension PostgresEventStore {
         var data: [JSONB] = []
         var metadata: [JSONB] = []
         for request in requests {
-            try validate(request.events, expectedVersion: request.expectedVersion)
             tenants.append(request.tenant.rawValue)
             streams.append(request.stream.description)
             expected.append(request.expectedVersion.sqlValue)

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import PostgresNIO
 import SharedTypes
@@ -25,7 +26,7 @@ extension PostgresEventStore {
                 batch.append(event)
                 if batch.count == batchSize {
                     count += batch.count
-                    try await body(batch)
+                    try await body(try await vault.open(batch))
                     batch.removeAll(keepingCapacity: true)
                 }
             }
@@ -36,7 +37,7 @@ extension PostgresEventStore {
         }
         if !batch.isEmpty {
             count += batch.count
-            try await body(batch)
+            try await body(try await vault.open(batch))
         }
         return count
     }
@@ -45,20 +46,20 @@ extension PostgresEventStore {
     /// their own transaction; the same rule as ``readAll(_:after:maxCount:)``.
     ///
     /// - Throws: ``EventStoreError`` when the read fails.
-    public static func readAll(on connection: PostgresConnection, after position: Int64, maxCount: Int, logger: Logger) async throws -> [RecordedEvent] {
+    public func readAll(on connection: PostgresConnection, after position: Int64, maxCount: Int) async throws -> [RecordedEvent] {
         var found: [RecordedEvent] = []
         do {
             let rows = try await connection.query(
                 """
-                SELECT \(unescaped: columns) FROM events
+                SELECT \(unescaped: Self.columns) FROM events
                 WHERE global_position > \(position) AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
                 ORDER BY global_position LIMIT \(maxCount)
                 """, logger: logger)
-            for try await event in events(in: rows) { found.append(event) }
+            for try await event in Self.events(in: rows) { found.append(event) }
         } catch {
-            throw mapError(error, operation: "read all")
+            throw Self.mapError(error, operation: "read all")
         }
-        return found
+        return try await vault.open(found)
     }
 
     /// Counts the events after `position` that readers can see now: a total for progress reports.
@@ -111,8 +112,8 @@ extension PostgresEventStore {
     /// For readers that already know every event up to `position` has committed, such as a projection's
     /// checkpoint read in the same snapshot.
     /// - Throws: ``EventStoreError`` when the read fails; whatever `body` throws.
-    public static func scan(
-        on connection: PostgresConnection, through position: Int64, tenant: TenantID? = nil, streams: [StreamName]? = nil, logger: Logger,
+    public func scan(
+        on connection: PostgresConnection, through position: Int64, tenant: TenantID? = nil, streams: [StreamName]? = nil,
         _ body: (RecordedEvent) throws -> Void
     ) async throws {
         let rows: PostgresRowSequence
@@ -120,21 +121,65 @@ extension PostgresEventStore {
             if let tenant, let streams {
                 rows = try await connection.query(
                     """
-                    SELECT \(unescaped: columns) FROM events
+                    SELECT \(unescaped: Self.columns) FROM events
                     WHERE tenant_id = \(tenant.rawValue) AND stream_name = ANY(\(streams.map(\.description))) AND global_position <= \(position)
                     ORDER BY global_position
                     """, logger: logger)
             } else {
                 rows = try await connection.query(
-                    "SELECT \(unescaped: columns) FROM events WHERE global_position <= \(position) ORDER BY global_position", logger: logger)
+                    "SELECT \(unescaped: Self.columns) FROM events WHERE global_position <= \(position) ORDER BY global_position", logger: logger)
             }
         } catch {
-            throw mapError(error, operation: "scan the events")
+            throw Self.mapError(error, operation: "scan the events")
         }
         do {
-            for try await event in events(in: rows) { try body(event) }
+            // In batches: opening sealed members asks for their keys once per batch.
+            var batch: [RecordedEvent] = []
+            batch.reserveCapacity(500)
+            for try await event in Self.events(in: rows) {
+                batch.append(event)
+                if batch.count == 500 {
+                    for opened in try await vault.open(batch) { try body(opened) }
+                    batch.removeAll(keepingCapacity: true)
+                }
+            }
+            for opened in try await vault.open(batch) { try body(opened) }
         } catch let error as PSQLError {
-            throw mapError(error, operation: "scan the events")
+            throw Self.mapError(error, operation: "scan the events")
+        }
+    }
+}
+
+extension PostgresEventStore {
+    /// A visitor's events of one type, in position order: those whose metadata or data names the visitor
+    /// (`visitorUid`), read through the audit index on that very expression.
+    ///
+    /// - Throws: ``EventStoreError`` when the read fails.
+    public func readVisitorEvents(_ visitor: VisitorUID, type: String, tenant: TenantID, maxCount: Int = 10_000) async throws -> [RecordedEvent] {
+        try await fetch(
+            """
+            SELECT \(unescaped: Self.columns) FROM events
+            WHERE tenant_id = \(tenant.rawValue) AND coalesce(metadata ->> 'visitorUid', data ->> 'visitorUid') = \(visitor.rawValue)
+              AND event_type = \(type)
+            ORDER BY global_position LIMIT \(maxCount)
+            """, operation: "read a visitor's events")
+    }
+
+    /// Events read by a caller's own query, their personal members opened (or marked erased) as every read
+    /// of the store opens them.
+    ///
+    /// - Throws: as ``readAll(_:after:maxCount:)``.
+    public func openPersonalData(_ events: [RecordedEvent]) async throws -> [RecordedEvent] {
+        try await vault.open(events)
+    }
+
+    /// Whether an event with this id is stored.
+    public func containsEvent(_ id: UUID) async throws -> Bool {
+        do {
+            for try await _ in try await client.queryOpen("SELECT 1 FROM events WHERE event_id = \(id)", logger: logger) { return true }
+            return false
+        } catch {
+            throw Self.mapError(error, operation: "look for an event")
         }
     }
 }

@@ -44,6 +44,8 @@ public final class PostgresEventStore: EventStore, Service {
 
     public let client: PostgresClient
     public let configuration: Configuration
+    /// Seals and opens visitors' personal data (see ``PersonalDataVault``).
+    public let vault: PersonalDataVault
     let logger: Logger
     let signal = WakeUpSignal()
     private let notifications: AsyncStream<Void>
@@ -60,9 +62,17 @@ public final class PostgresEventStore: EventStore, Service {
     let conflicts = Counter(label: "convo.eventstore.conflicts")
     let appendDuration = Timer(label: "convo.eventstore.append.duration")
 
-    public init(client: PostgresClient, configuration: Configuration = Configuration(), logger: Logger) {
+    /// - Parameters:
+    ///   - keyring: the master keys of visitors' data keys; without them, events with personal data can be
+    ///     neither appended nor read (their other events can).
+    public init(
+        client: PostgresClient, configuration: Configuration = Configuration(), keyring: MasterKeyring?,
+        vaultConfiguration: PersonalDataVault.Configuration = .init(), logger: Logger
+    ) {
         self.client = client
         self.configuration = configuration
+        self.vault = PersonalDataVault(
+            keyring: keyring, configuration: vaultConfiguration, client: client, channel: configuration.notificationChannel, logger: logger)
         self.logger = logger
         (self.notifications, self.notify) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
@@ -73,6 +83,7 @@ public final class PostgresEventStore: EventStore, Service {
     public func append(_ events: [NewEvent], to stream: StreamName, tenant: TenantID, expectedVersion: ExpectedVersion) async throws -> AppendResult {
         try validate(events, expectedVersion: expectedVersion)
         let start = ContinuousClock.now
+        let events = try await vault.seal(events, tenant: tenant)
         var ids: [UUID] = []
         var types: [String] = []
         var data: [JSONB] = []
@@ -433,14 +444,14 @@ public final class PostgresEventStore: EventStore, Service {
         }
     }
 
-    private func fetch(_ query: PostgresQuery, operation: @autoclosure () -> String) async throws -> [RecordedEvent] {
+    func fetch(_ query: PostgresQuery, operation: @autoclosure () -> String) async throws -> [RecordedEvent] {
         var events: [RecordedEvent] = []
         do {
             for try await event in Self.events(in: try await client.queryOpen(query, logger: logger)) { events.append(event) }
         } catch {
             throw Self.mapError(error, operation: operation())
         }
-        return events
+        return try await vault.open(events)
     }
 
     /// The events of rows selected with ``columns``, decoded as they stream in.
@@ -505,9 +516,17 @@ public final class PostgresEventStore: EventStore, Service {
                         defer { self.listening.store(false, ordering: .releasing) }
                         try await connection.listen(on: channel) { notifications in
                             self.listening.store(true, ordering: .releasing)
-                            // Anything committed while no LISTEN was active is picked up now.
+                            // Anything committed while no LISTEN was active is picked up now, and a key
+                            // destroyed meanwhile is no longer held.
+                            self.vault.forgetLiveKeys()
                             self.signal.signal()
-                            for try await _ in notifications { self.signal.signal() }
+                            for try await notification in notifications {
+                                if notification.payload.isEmpty {
+                                    self.signal.signal()
+                                } else {
+                                    self.vault.handle(notification: notification.payload)
+                                }
+                            }
                         }
                     }
                 }

@@ -18,6 +18,9 @@ public struct RecordedEvent: Sendable, Equatable {
     /// The metadata, UTF-8 JSON; decoded on demand by ``metadata()`` because most readers never need it.
     public let metadataJSON: ByteBuffer
     public let recordedAt: Date
+    /// Whether personal members of the payload were erased (their visitor forgotten): they read as
+    /// ``PersonalData/erasedPlaceholder``.
+    public private(set) var isErased: Bool = false
 
     public init(
         globalPosition: Int64, eventId: UUID, tenant: TenantID, stream: StreamName, streamVersion: Int64, type: String,
@@ -32,6 +35,15 @@ public struct RecordedEvent: Sendable, Equatable {
         self.data = data
         self.metadataJSON = metadataJSON
         self.recordedAt = recordedAt
+    }
+
+    /// The same event with another payload: what opening its sealed members gives.
+    func replacing(data: ByteBuffer, erased: Bool) -> RecordedEvent {
+        var event = RecordedEvent(
+            globalPosition: globalPosition, eventId: eventId, tenant: tenant, stream: stream, streamVersion: streamVersion, type: type, data: data,
+            metadataJSON: metadataJSON, recordedAt: recordedAt)
+        event.isErased = erased
+        return event
     }
 
     /// Decodes the payload.

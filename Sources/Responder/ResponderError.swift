@@ -17,6 +17,7 @@ public struct ResponderError: Error, CustomStringConvertible {
             case messageTooLong
             case overloaded
             case notStored
+            case visitorNotFound
         }
 
         private let base: Base
@@ -50,6 +51,8 @@ public struct ResponderError: Error, CustomStringConvertible {
         public static let overloaded = Code(.overloaded)
         /// The message was given up before its batch was written (the request's deadline passed): not stored.
         public static let notStored = Code(.notStored)
+        /// convo holds nothing of this visitor (no data key was ever made for them).
+        public static let visitorNotFound = Code(.visitorNotFound)
 
         public var description: String { base.rawValue }
     }

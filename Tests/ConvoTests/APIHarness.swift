@@ -63,7 +63,7 @@ struct APIHarness: Sendable {
             let stranger = try await keys.create(tenant: strangerTenant, scopes: Set(Scope.tenantScopes), name: "stranger").key
             let client = PostgresClient(configuration: database.clientConfiguration(maximumConnections: 8), backgroundLogger: logger)
             let context = ServerContext.make(
-                client: client, redis: RedisClient(configuration: try RedisConfiguration(url: try TestDatabase.redisURL)), keyCacheTTL: .zero,
+                client: client, redis: RedisClient(configuration: try RedisConfiguration(url: try TestDatabase.redisURL)), keyring: TestDatabase.keyring, keyCacheTTL: .zero,
                 // Generous: route tests share a busy 2-core machine with the fault suites; deadlines have tests of their own.
                 requestDeadline: .seconds(60),
                 logger: logger)
@@ -126,7 +126,7 @@ struct APIHarness: Sendable {
     func process(_ conversation: String, visitor: String) async throws {
         let logger = TestDatabase.logger
         let processor = ConversationProcessor(
-            store: PostgresEventStore(client: pg, logger: logger), redis: RedisClient(configuration: try RedisConfiguration(url: try TestDatabase.redisURL)),
+            store: PostgresEventStore(client: pg, keyring: TestDatabase.keyring, logger: logger), redis: RedisClient(configuration: try RedisConfiguration(url: try TestDatabase.redisURL)),
             workflows: WorkflowRepository(client: pg, logger: logger), logger: logger)
         try await processor.process(tenant: tenant, visitor: VisitorUID(rawValue: visitor)!, conversation: ConversationID(rawValue: conversation)!)
     }

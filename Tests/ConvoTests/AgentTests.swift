@@ -47,7 +47,7 @@ final class GatedProvider: AIProvider, Sendable {
     }
 
     static func workflowEvents(_ api: APIHarness, _ conversation: String) async throws -> [RecordedEvent] {
-        try await PostgresEventStore(client: api.pg, logger: TestDatabase.logger)
+        try await PostgresEventStore(client: api.pg, keyring: TestDatabase.keyring, logger: TestDatabase.logger)
             .readStreamToEnd(ConversationID(rawValue: conversation)!.workflowStream, tenant: api.tenant)
     }
 
@@ -175,12 +175,13 @@ final class GatedProvider: AIProvider, Sendable {
             #expect(try await act(api, conversation, "assignment", key: a.key).status == .created)
             #expect(try await act(api, conversation, "resolve", key: a.key).status == .created)
 
-            #expect(try await api.request(.get, "/v1/settings", key: api.read).text == #"{"reopenOnVisitorMessage":true}"#)
+            #expect(try await api.request(.get, "/v1/settings", key: api.read).text == #"{"reopenOnVisitorMessage":true,"visitorRetentionDays":0}"#)
             #expect(try await api.request(.put, "/v1/settings", key: api.ingest, body: #"{"reopenOnVisitorMessage": false}"#).status == .forbidden)
             #expect(try await api.request(.put, "/v1/settings", key: api.admin, body: #"{"reopenOnVisitorMessage": "no"}"#).status == .badRequest)
             let off = try await api.request(.put, "/v1/settings", key: api.admin, body: #"{"reopenOnVisitorMessage": false}"#)
-            #expect(off.status == .ok && off.text == #"{"reopenOnVisitorMessage":false}"#, "\(off.text)")
-            #expect(try await api.request(.get, "/v1/settings", key: api.stranger).text == #"{"reopenOnVisitorMessage":true}"#)
+            #expect(off.status == .ok && off.text == #"{"reopenOnVisitorMessage":false,"visitorRetentionDays":0}"#, "\(off.text)")
+            #expect(try await api.request(.put, "/v1/settings", key: api.admin, body: #"{"visitorRetentionDays": -1}"#).status == .badRequest)
+            #expect(try await api.request(.get, "/v1/settings", key: api.stranger).text == #"{"reopenOnVisitorMessage":true,"visitorRetentionDays":0}"#)
 
             #expect(try await api.post(conversation, #"{"visitorUid": "v-1", "messageId": "m2", "text": "one more thing"}"#).status == .accepted)
             try await api.process(conversation, visitor: "v-1")
@@ -253,7 +254,7 @@ final class GatedProvider: AIProvider, Sendable {
             let conversation = APIHarness.conversationID()
             #expect(try await api.post(conversation, #"{"visitorUid": "v-9", "messageId": "m1", "text": "where is my order?"}"#).status == .accepted)
             let gated = GatedProvider()
-            let store = PostgresEventStore(client: api.pg, logger: TestDatabase.logger)
+            let store = PostgresEventStore(client: api.pg, keyring: TestDatabase.keyring, logger: TestDatabase.logger)
             let processor = ConversationProcessor(
                 store: store, redis: RedisClient(configuration: try RedisConfiguration(url: try TestDatabase.redisURL)),
                 workflows: WorkflowRepository(client: api.pg, logger: TestDatabase.logger), provider: gated, logger: TestDatabase.logger)
@@ -337,7 +338,7 @@ final class GatedProvider: AIProvider, Sendable {
             try await APIHarness.with(database: database) { api in
                 let people = try await Self.people(api)
                 let (a, b) = (people.agentA, people.agentB)
-                let store = PostgresEventStore(client: api.pg, logger: TestDatabase.logger)
+                let store = PostgresEventStore(client: api.pg, keyring: TestDatabase.keyring, logger: TestDatabase.logger)
                 let runner = ProjectionRunner(projection: ConversationsProjection(), store: store, logger: TestDatabase.logger)
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask { try await store.run() }

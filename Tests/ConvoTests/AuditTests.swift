@@ -32,7 +32,8 @@ import Testing
                 let version = try await store.streamVersion(conversation.workflowStream, tenant: tenant)
                 let rival = try NewEvent(
                     type: WorkflowVariableSet.eventType, encoding: WorkflowVariableSet(name: "rival", value: true, nodeId: request.nodeId),
-                    metadata: EventMetadata(actorId: SystemActor.actorID, extra: ["lockToken": "rival-token", "instance": "rival-host:1"]))
+                    metadata: EventMetadata(actorId: SystemActor.actorID, extra: ["lockToken": "rival-token", "instance": "rival-host:1"]),
+                    subject: PersonalDataSubject(visitor: VisitorUID(rawValue: "rival")!, mayCreateKey: true))
                 try await store.append([rival], to: conversation.workflowStream, tenant: tenant, expectedVersion: .exact(version))
             }
             return try await RuleProvider().reply(to: request)
@@ -65,7 +66,7 @@ import Testing
         let raced = APIHarness.conversationID()
         let racedVisitor = "v-\(UUID().uuidString.prefix(8).lowercased())"
         #expect(try await api.post(raced, #"{"visitorUid": "\#(racedVisitor)", "messageId": "r1", "text": "hello"}"#).status == .accepted)
-        let store = PostgresEventStore(client: api.pg, logger: TestDatabase.logger)
+        let store = PostgresEventStore(client: api.pg, keyring: TestDatabase.keyring, logger: TestDatabase.logger)
         let processor = ConversationProcessor(
             store: store, redis: RedisClient(configuration: try RedisConfiguration(url: try TestDatabase.redisURL)),
             workflows: WorkflowRepository(client: api.pg, logger: TestDatabase.logger),
@@ -92,7 +93,7 @@ import Testing
             let reply = try await api.request(.get, "/v1/conversations/\(trail.main)/workflow-state/history", key: api.read)
             #expect(reply.status == .ok, "\(reply.text)")
             let history = try reply.decode(WorkflowHistory.self)
-            let stored = try await PostgresEventStore(client: api.pg, logger: TestDatabase.logger)
+            let stored = try await PostgresEventStore(client: api.pg, keyring: TestDatabase.keyring, logger: TestDatabase.logger)
                 .readStreamToEnd(ConversationID(rawValue: trail.main)!.workflowStream, tenant: api.tenant)
             #expect(history.changes.map(\.eventId) == stored.map(\.eventId))
             #expect(history.changes.map(\.streamVersion) == Array(1...Int64(stored.count)))
@@ -178,7 +179,7 @@ import Testing
             let recent = try await search("visitor=\(trail.visitor)&from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z&limit=1000")
             #expect(recent.events == everything.events)
             // A window between two commit times holds exactly the events recorded in it, in position order.
-            let trailQueries = AuditTrail(store: PostgresEventStore(client: api.pg, logger: TestDatabase.logger), logger: TestDatabase.logger)
+            let trailQueries = AuditTrail(store: PostgresEventStore(client: api.pg, keyring: TestDatabase.keyring, logger: TestDatabase.logger), logger: TestDatabase.logger)
             var visitorFilter = AuditFilter()
             visitorFilter.visitor = VisitorUID(rawValue: trail.visitor)
             visitorFilter.limit = 1000

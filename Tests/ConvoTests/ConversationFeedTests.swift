@@ -24,7 +24,7 @@ import Testing
             var version: Int64 = 0
             func say(_ text: String) async throws -> Int64 {
                 let appended = try await store.append(
-                    [try NewEvent(type: Said.eventType, encoding: Said(text: text))], to: conversation.messagesStream, tenant: tenant,
+                    [try NewEvent(type: Said.eventType, encoding: Said(text: text), subject: PersonalDataSubject(visitor: VisitorUID(rawValue: "feed-visitor")!, mayCreateKey: true))], to: conversation.messagesStream, tenant: tenant,
                     expectedVersion: .exact(version))
                 version = appended.streamVersion
                 return appended.lastPosition

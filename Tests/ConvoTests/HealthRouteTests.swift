@@ -26,7 +26,7 @@ import Testing
         let logger = TestDatabase.logger
         let client = PostgresClient(configuration: database.clientConfiguration(maximumConnections: 4), backgroundLogger: logger)
         let context = ServerContext.make(
-            client: client, redis: RedisClient(configuration: try RedisConfiguration(url: redisURL, timeout: .milliseconds(500))),
+            client: client, redis: RedisClient(configuration: try RedisConfiguration(url: redisURL, timeout: .milliseconds(500))), keyring: TestDatabase.keyring,
             requestDeadline: .seconds(2), logger: logger)
         let app = buildApplication(context, host: "127.0.0.1", port: 0, background: false, logger: logger)
         try await app.test(.live) { client in try await body(client) }

@@ -264,7 +264,7 @@ import Testing
                 }
 
                 try await Migrator(client: client, logger: TestDatabase.logger).migrate()
-                let store = PostgresEventStore(client: client, logger: TestDatabase.logger)
+                let store = PostgresEventStore(client: client, keyring: TestDatabase.keyring, logger: TestDatabase.logger)
                 try await store.append([note("four")], to: stream, tenant: tenant, expectedVersion: .exact(3))
                 let report = try await store.verifyChains()
                 #expect(report.issues == [])

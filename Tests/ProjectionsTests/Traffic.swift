@@ -32,7 +32,8 @@ actor Traffic {
         incoming.append(
             try NewEvent(
                 type: VisitorMessageReceived.eventType,
-                encoding: VisitorMessageReceived(messageId: "m\(count)", visitorUid: visitorUid, text: "message \(count)", sentAt: Date())))
+                encoding: VisitorMessageReceived(messageId: "m\(count)", visitorUid: visitorUid, text: "message \(count)", sentAt: Date()),
+                subject: PersonalDataSubject(visitor: visitorUid, mayCreateKey: true)))
         let appended = try await store.append(incoming, to: id.messagesStream, tenant: tenant, expectedVersion: .exact(messages))
         messages = appended.streamVersion
         let messagesLast = appended.lastPosition
@@ -49,7 +50,7 @@ actor Traffic {
         ]
         let metadata = EventMetadata(actorId: SystemActor.actorID, extra: ["visitorUid": .string(visitorUid.rawValue)])
         let decisions = try await store.append(
-            try decided.map { try NewEvent(type: $0.eventType, encoding: $0, metadata: metadata) }, to: id.workflowStream, tenant: tenant,
+            try decided.map { try NewEvent(type: $0.eventType, encoding: $0, metadata: metadata, subject: PersonalDataSubject(visitor: visitorUid, mayCreateKey: true)) }, to: id.workflowStream, tenant: tenant,
             expectedVersion: .exact(workflow))
         workflow = decisions.streamVersion
         let workflowLast = decisions.lastPosition

@@ -8,6 +8,21 @@ import SharedTypes
 public enum TestDatabase {
     public static let logger = Logger(label: "convo.test", factory: { _ in SwiftLogNoOpLogHandler() })
 
+    /// The master keys `./scripts/test` gives every process (`CONVO_MASTER_KEY_FILE` or `CONVO_MASTER_KEY`);
+    /// without them, a new key, exported so that the servers the tests start share it.
+    public static let keyring: MasterKeyring = {
+        let environment = ProcessInfo.processInfo.environment
+        if let path = environment["CONVO_MASTER_KEY_FILE"], let text = try? String(contentsOfFile: path, encoding: .utf8),
+            let keyring = try? MasterKeyring(parsing: text)
+        {
+            return keyring
+        }
+        if let text = environment["CONVO_MASTER_KEY"], let keyring = try? MasterKeyring(parsing: text) { return keyring }
+        let key = MasterKeyring.generateKey()
+        setenv("CONVO_MASTER_KEY", key, 1)
+        return try! MasterKeyring(parsing: key)
+    }()
+
     /// The Redis that `./scripts/test` starts, found through `CONVO_REDIS_URL`.
     public static var redisURL: String {
         get throws {
@@ -38,7 +53,7 @@ public enum TestDatabase {
     ) async throws -> T {
         try await withClient(url: try databaseURL ?? url, maximumConnections: maximumConnections) { client in
             try await Migrator(client: client, logger: logger).migrate()
-            let store = PostgresEventStore(client: client, configuration: configuration, logger: logger)
+            let store = PostgresEventStore(client: client, configuration: configuration, keyring: TestDatabase.keyring, logger: logger)
             return try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await store.run() }
                 defer { group.cancelAll() }

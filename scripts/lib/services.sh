@@ -184,3 +184,17 @@ check_private_clone() {
     [ "$status" -eq 0 ] || die "the services did not start from a clone inside a 0700 folder"
     log "checked: the services start from a clone inside a 0700 folder"
 }
+
+# The master key of visitors' data keys (see README, "Personal data"): $1/master.key, made once and kept with
+# the data it protects; exported as CONVO_MASTER_KEY_FILE unless a key is given already.
+ensure_master_key() {
+    local dir=$1
+    if [ -n "${CONVO_MASTER_KEY:-}" ] || [ -n "${CONVO_MASTER_KEY_FILE:-}" ]; then
+        return
+    fi
+    mkdir -p "$dir"
+    if [ ! -s "$dir/master.key" ]; then
+        (umask 077 && head -c 32 /dev/urandom | base64 >"$dir/master.key")
+    fi
+    export CONVO_MASTER_KEY_FILE="$PWD/$dir/master.key"
+}

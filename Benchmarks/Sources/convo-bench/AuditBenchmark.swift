@@ -30,7 +30,7 @@ struct AuditBenchmark: AsyncParsableCommand {
             try await client.query(ProjectionBenchmark.generate(conversations: conversations, turns: turns, startSpacing: spacing), logger: BenchDatabase.logger)
             try await client.query(Self.generateConflicts(conflicts, conversations: conversations), logger: BenchDatabase.logger)
             try await client.query("VACUUM ANALYZE events", logger: BenchDatabase.logger)
-            let store = PostgresEventStore(client: client, logger: BenchDatabase.logger)
+            let store = PostgresEventStore(client: client, keyring: BenchDatabase.keyring, logger: BenchDatabase.logger)
             let total = try await store.countEvents()
             report(
                 "audit: \(total) events over \(conversations) conversations (\(turns) turns each) and \(conflicts) conflicts, generated in \((ContinuousClock.now - started).seconds.formatted(1)) s"

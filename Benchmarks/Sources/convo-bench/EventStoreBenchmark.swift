@@ -59,7 +59,7 @@ struct EventStoreBenchmark: AsyncParsableCommand {
     static let metadata = EventMetadata(correlationId: UUID(), causationId: UUID(), actorId: "visitor:visitor-42")
 
     private func appendCase(client: PostgresClient, writers: Int, batch: Int) async throws -> (ours: Double, raw: Double) {
-        let store = PostgresEventStore(client: client, logger: BenchDatabase.logger)
+        let store = PostgresEventStore(client: client, keyring: nil, vaultConfiguration: .init(allowsPlaintext: true), logger: BenchDatabase.logger)
         let metadataJSON = try ByteBuffer(bytes: JSONEncoder().encode(Self.metadata))
         var oursEvents = 0
         var rawEvents = 0
@@ -153,7 +153,7 @@ struct EventStoreBenchmark: AsyncParsableCommand {
             FROM generate_series(0, \(readEvents - 1)) AS i
             """)
         try await client.query("VACUUM ANALYZE events")
-        let store = PostgresEventStore(client: client, logger: BenchDatabase.logger)
+        let store = PostgresEventStore(client: client, keyring: nil, vaultConfiguration: .init(allowsPlaintext: true), logger: BenchDatabase.logger)
         _ = try await rawRead(client: client)  // warm the cache and set hint bits for both sides
         var oursTime = Duration.zero
         var rawTime = Duration.zero

@@ -66,7 +66,7 @@ struct ProjectionBenchmark: AsyncParsableCommand {
             // Settled before measuring: hint bits set and the visibility map written now, so no autovacuum of
             // the new rows runs during a round and no round pays for the first read of them.
             try await client.query("VACUUM (FREEZE, ANALYZE) events", logger: BenchDatabase.logger)
-            let store = PostgresEventStore(client: client, logger: BenchDatabase.logger)
+            let store = PostgresEventStore(client: client, keyring: BenchDatabase.keyring, logger: BenchDatabase.logger)
             let total = try await store.countEvents()
             report("projections: \(total) events over \(conversations) conversations (\(turns) turns each) generated in \((ContinuousClock.now - started).seconds.formatted(1)) s")
 

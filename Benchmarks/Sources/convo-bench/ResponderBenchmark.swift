@@ -32,7 +32,7 @@ struct ResponderBenchmark: AsyncParsableCommand {
         let more = try await BenchDatabase.withDatabase(maximumConnections: 40) { client, url in
             report("end-to-end on \(url) (created for this run, dropped after), rule provider")
             let redis = RedisClient(configuration: try RedisConfiguration(url: redisURL, connections: 8))
-            let store = PostgresEventStore(client: client, logger: BenchDatabase.logger)
+            let store = PostgresEventStore(client: client, keyring: BenchDatabase.keyring, logger: BenchDatabase.logger)
             let workflows = WorkflowRepository(client: client, logger: BenchDatabase.logger)
             var missed: [String] = []
             for visitors in [1, 100, 1000] {

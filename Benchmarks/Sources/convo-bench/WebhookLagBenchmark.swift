@@ -27,7 +27,7 @@ struct WebhookLagBenchmark: AsyncParsableCommand {
         let (rate, seconds, conversations) = (rate, seconds, conversations)
         let missed = try await BenchDatabase.withDatabase(maximumConnections: 24) { client, _ in
             let logger = BenchDatabase.logger
-            let store = PostgresEventStore(client: client, logger: logger)
+            let store = PostgresEventStore(client: client, keyring: BenchDatabase.keyring, logger: logger)
             let receiver = try await Receiver.start()
             defer { receiver.stop() }
             let webhooks = WebhookStore(client: client, store: store, logger: logger)
@@ -84,7 +84,8 @@ struct WebhookLagBenchmark: AsyncParsableCommand {
                         let conversation = ConversationID(rawValue: "c\(n % conversations)")!
                         let event = try NewEvent(
                             type: VisitorMessageReceived.eventType,
-                            encoding: VisitorMessageReceived(messageId: "m\(n)", visitorUid: VisitorUID(rawValue: "v\(n % conversations)")!, text: "hello", sentAt: Date()))
+                            encoding: VisitorMessageReceived(messageId: "m\(n)", visitorUid: VisitorUID(rawValue: "v\(n % conversations)")!, text: "hello", sentAt: Date()),
+                            subject: PersonalDataSubject(visitor: VisitorUID(rawValue: "v\(n % conversations)")!, mayCreateKey: true))
                         _ = try await store.append([event], to: conversation.messagesStream, tenant: tenant, expectedVersion: .any)
                         let at = Date().timeIntervalSince1970
                         committed.times.withLock { $0[WebhookMessage.messageID(event.eventId)] = at }

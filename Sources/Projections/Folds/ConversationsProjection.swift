@@ -116,6 +116,8 @@ public struct ConversationsProjection: Projection {
             row.status = "resolved"
         case .reopened:
             row.status = "pending"
+        case .dataErased(let erased):
+            row.messagesConsumed = max(row.messagesConsumed, erased.messagesVersion)
         }
     }
 }

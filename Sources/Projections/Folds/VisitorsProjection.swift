@@ -36,6 +36,9 @@ public struct VisitorsProjection: Projection {
                 throw FoldError(event, "a profile update without visitorUid in its metadata")
             }
             return [VisitorKey(tenantId: event.tenant.rawValue, visitorUid: visitor)]
+        case VisitorDataErased.eventType:
+            guard case .dataErased(let erased) = try event.workflowEvent() else { return [] }
+            return [VisitorKey(tenantId: event.tenant.rawValue, visitorUid: erased.visitorUid.rawValue)]
         default:
             return []
         }
@@ -59,6 +62,11 @@ public struct VisitorsProjection: Projection {
             if let email = arguments["email"]?.stringValue { row.email = email }
             if let phone = arguments["phone"]?.stringValue { row.phone = phone }
             row.profileUpdatedAt = at
+        case VisitorDataErased.eventType:
+            // The profile came from tool calls sealed with the destroyed key: a fold of them now sets nothing.
+            row.name = nil
+            row.email = nil
+            row.phone = nil
         default:
             throw FoldError(event, "not an event the visitors projection applies")
         }

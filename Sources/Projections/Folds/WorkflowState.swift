@@ -96,6 +96,10 @@ public struct WorkflowState: Sendable, Equatable, Codable {
         case .reopened:
             // Back to its people: the owner, or whoever takes it.
             status = assignedTo != nil ? .assigned : .handedOff
+        case .dataErased(let erased):
+            // What a fold of the erased events gives: every value set so far was sealed with the destroyed key.
+            messagesConsumed = max(messagesConsumed, erased.messagesVersion)
+            for name in variables.keys { variables[name] = .string(PersonalData.erasedPlaceholder) }
         }
         self.version = version
         if let date { updatedAt = date }

@@ -119,8 +119,8 @@ public struct ProjectionVerifier: Sendable {
         var targets: Set<P.Row.Key>?
         if let (tenant, conversation) = conversation {
             var keys = Set<P.Row.Key>()
-            try await PostgresEventStore.scan(
-                on: connection, through: limit, tenant: tenant, streams: [conversation.messagesStream, conversation.workflowStream], logger: logger
+            try await store.scan(
+                on: connection, through: limit, tenant: tenant, streams: [conversation.messagesStream, conversation.workflowStream]
             ) { recorded in
                 let event = ProjectedEvent(recorded)
                 keys.formUnion(try fold { try projection.keys(of: event) })
@@ -132,7 +132,7 @@ public struct ProjectionVerifier: Sendable {
         // events), never the whole store.
         let scope = conversation
         let streams = scope.flatMap { projection.rowsAreConversationLocal ? [$0.1.messagesStream, $0.1.workflowStream] : nil }
-        try await PostgresEventStore.scan(on: connection, through: limit, tenant: scope?.0, streams: streams, logger: logger) { recorded in
+        try await store.scan(on: connection, through: limit, tenant: scope?.0, streams: streams) { recorded in
             let event = ProjectedEvent(recorded)
             for key in try fold({ try projection.keys(of: event) }) where targets?.contains(key) ?? true {
                 expected[key] = try fold { try projection.apply(event, to: expected[key], key: key) }

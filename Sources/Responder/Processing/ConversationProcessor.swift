@@ -231,7 +231,8 @@ public struct ConversationProcessor: Sendable {
                     "instance": .string(configuration.instance),
                 ])
             let newEvents = try events.map { event in
-                try NewEvent(type: event.eventType, encoding: event, metadata: metadata)
+                // Sealed with the key the messages were read with: never a new one made after the visitor was forgotten.
+                try NewEvent(type: event.eventType, encoding: event, metadata: metadata, subject: PersonalDataSubject(visitor: visitor, mayCreateKey: false))
             }
             do {
                 let result = try await store.append(
@@ -242,6 +243,11 @@ public struct ConversationProcessor: Sendable {
                 states.put("\(tenant.rawValue)/\(conversation.rawValue)", state)
                 outcome.eventsAppended += events.count
                 processedCounter.increment(by: pending.filter { $0.streamVersion <= state.messagesConsumed }.count)
+            } catch let error as EventStoreError where error.code == .subjectErased {
+                // The visitor was forgotten while this decision was taken on what they said: it is thrown away,
+                // and the erasure's own event marks their messages consumed.
+                logger.info("visitor forgotten during processing: decision discarded", metadata: ["convo.stream": "\(conversation.workflowStream)"])
+                return outcome
             } catch let error as EventStoreError where error.code == .wrongExpectedVersion {
                 // Another writer advanced this visitor: throw the stale decision away, record, re-read.
                 outcome.conflicts += 1

@@ -127,7 +127,7 @@ extension MessageIngestor {
             eventId: StableID.make("message", message.tenant.rawValue, message.conversationId.rawValue, message.messageId),
             type: VisitorMessageReceived.eventType,
             encoding: VisitorMessageReceived(messageId: message.messageId, visitorUid: message.visitorUid, text: message.text, sentAt: message.sentAt),
-            metadata: EventMetadata(actorId: message.visitorUid.actorID))
+            metadata: EventMetadata(actorId: message.visitorUid.actorID), subject: PersonalDataSubject(visitor: message.visitorUid, mayCreateKey: true))
     }
 
     /// The conversation's first event, when this message starts it.

@@ -58,3 +58,27 @@ public struct ConversationResumed: DomainEvent {
         self.visitorUid = visitorUid
     }
 }
+
+/// A visitor was forgotten: their data keys were destroyed, so everything sealed with them reads as erased
+/// for good. The record of the erasure itself (who asked, when, why, which conversations) stays.
+public struct VisitorForgotten: DomainEvent {
+    public static let eventType = "VisitorForgotten"
+    public var erasureId: String
+    public var visitorUid: VisitorUID
+    /// Why: a request's reason, or the tenant's retention period.
+    public var reason: String
+    /// Who asked: an API key's id or `cli`, or `system:retention`.
+    public var requestedBy: String
+    public var conversations: [ConversationID]
+    /// The key generations destroyed.
+    public var keyGenerations: [Int]
+
+    public init(erasureId: String, visitorUid: VisitorUID, reason: String, requestedBy: String, conversations: [ConversationID], keyGenerations: [Int]) {
+        self.erasureId = erasureId
+        self.visitorUid = visitorUid
+        self.reason = reason
+        self.requestedBy = requestedBy
+        self.conversations = conversations
+        self.keyGenerations = keyGenerations
+    }
+}

@@ -11,10 +11,10 @@ public enum EventCatalogue {
     /// `workflow-{conversation}`: what the responder decided, appended only under the visitor lock.
     public static let workflowEvents: [any DomainEvent.Type] = [
         WorkflowStarted.self, WorkflowTransitioned.self, WorkflowVariableSet.self, AssistantMessageSent.self, ToolCalled.self,
-        WorkflowWaitingForInput.self, ConversationHandedOff.self, WorkflowCompleted.self, WorkflowFailed.self, AIReplyFailed.self, MessagesProcessed.self,
+        WorkflowWaitingForInput.self, ConversationHandedOff.self, WorkflowCompleted.self, WorkflowFailed.self, AIReplyFailed.self, MessagesProcessed.self, VisitorDataErased.self,
     ]
     /// `audit-{tenant}`: what operators must see, such as two writers racing for one visitor.
-    public static let auditEvents: [any DomainEvent.Type] = [ProcessingConflictDetected.self, ConversationParked.self, ConversationResumed.self]
+    public static let auditEvents: [any DomainEvent.Type] = [ProcessingConflictDetected.self, ConversationParked.self, ConversationResumed.self, VisitorForgotten.self]
 
     public static var all: [any DomainEvent.Type] { messageEvents + workflowEvents + auditEvents }
 }

@@ -17,6 +17,7 @@ public enum WorkflowEvent: Sendable, Equatable {
     case handedBack(ConversationHandedBack)
     case resolved(ConversationResolved)
     case reopened(ConversationReopened)
+    case dataErased(VisitorDataErased)
 
     /// The payload, for encoding.
     public var payload: any DomainEvent {
@@ -38,6 +39,7 @@ public enum WorkflowEvent: Sendable, Equatable {
         case .handedBack(let event): return event
         case .resolved(let event): return event
         case .reopened(let event): return event
+        case .dataErased(let event): return event
         }
     }
 
@@ -67,6 +69,7 @@ public enum WorkflowEvent: Sendable, Equatable {
         case ConversationHandedBack.eventType: return .handedBack(try stored.decode(ConversationHandedBack.self))
         case ConversationResolved.eventType: return .resolved(try stored.decode(ConversationResolved.self))
         case ConversationReopened.eventType: return .reopened(try stored.decode(ConversationReopened.self))
+        case VisitorDataErased.eventType: return .dataErased(try stored.decode(VisitorDataErased.self))
         default: return nil
         }
     }

@@ -157,3 +157,22 @@ public struct MessagesProcessed: DomainEvent {
 
     public init(upToVersion: Int64) { self.upToVersion = upToVersion }
 }
+
+/// The visitor of this conversation was forgotten: every personal member of the conversation's events
+/// sealed until now reads as erased, and the visitor messages up to `messagesVersion` count as consumed,
+/// so the responder never answers what it can no longer read. Appended to the `workflow-` stream before the
+/// visitor's key is destroyed: a decision taken on what was read before meets the expected-version check.
+public struct VisitorDataErased: DomainEvent {
+    public static let eventType = "VisitorDataErased"
+    public var visitorUid: VisitorUID
+    /// The `messages-` stream's version when the visitor was forgotten.
+    public var messagesVersion: Int64
+    /// The id of the tenant's ``VisitorForgotten`` record.
+    public var erasureId: String
+
+    public init(visitorUid: VisitorUID, messagesVersion: Int64, erasureId: String) {
+        self.visitorUid = visitorUid
+        self.messagesVersion = messagesVersion
+        self.erasureId = erasureId
+    }
+}

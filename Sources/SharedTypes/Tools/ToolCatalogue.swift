@@ -13,6 +13,9 @@ public struct ToolDefinition: Codable, Sendable, Equatable {
     public var name: ToolName
     public var description: String
     public var parameters: JSONSchema
+    /// Whether the arguments are the visitor's personal data: sealed with the visitor's key when stored,
+    /// erased when the visitor is forgotten.
+    public var personal: Bool
 }
 
 /// Every tool, defined once. `GET /v1/tools` serves this list; workflows and AI providers are checked
@@ -29,11 +32,11 @@ public enum ToolCatalogue {
         case .setConversationStatus:
             return ToolDefinition(
                 name: name, description: "Set the conversation's status.",
-                parameters: .object(["status": .string("The new status.", enum: conversationStatuses)], required: ["status"]))
+                parameters: .object(["status": .string("The new status.", enum: conversationStatuses)], required: ["status"]), personal: false)
         case .addVisitorNote:
             return ToolDefinition(
                 name: name, description: "Add a note about the visitor for the human agents.",
-                parameters: .object(["note": .string("The note.", maxLength: 2000)], required: ["note"]))
+                parameters: .object(["note": .string("The note.", maxLength: 2000)], required: ["note"]), personal: true)
         case .updateVisitorProfile:
             return ToolDefinition(
                 name: name, description: "Record the visitor's name, email or phone number.",
@@ -42,17 +45,18 @@ public enum ToolCatalogue {
                         "name": .string("The visitor's name.", maxLength: 200),
                         "email": .string("The visitor's email address.", maxLength: 254, pattern: #"[^@\s]+@[^@\s]+\.[^@\s]+"#),
                         "phone": .string("The visitor's phone number.", maxLength: 32, pattern: #"\+?[0-9 ()\-]{3,32}"#),
-                    ], required: [], minProperties: 1))
+                    ], required: [], minProperties: 1), personal: true)
         case .addTag:
             return ToolDefinition(
                 name: name, description: "Tag the conversation.",
-                parameters: .object(["tag": .string("A lowercase tag.", maxLength: 50, pattern: "[a-z0-9][a-z0-9_-]*")], required: ["tag"]))
+                parameters: .object(["tag": .string("A lowercase tag.", maxLength: 50, pattern: "[a-z0-9][a-z0-9_-]*")], required: ["tag"]),
+                personal: false)
         case .requestHandoff:
             return ToolDefinition(
                 name: name, description: "Hand the conversation to a human agent; the AI stops answering.",
                 parameters: .object(
                     ["team": .string("The team to hand off to.", maxLength: 100), "reason": .string("Why a human is needed.", maxLength: 500)],
-                    required: ["reason"]))
+                    required: ["reason"]), personal: false)
         }
     }
 

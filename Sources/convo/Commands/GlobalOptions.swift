@@ -25,7 +25,45 @@ struct GlobalOptions: ParsableArguments {
     @Option(name: .customLong("connect-timeout"), help: "Seconds to wait for PostgreSQL to answer before giving up (env CONVO_CONNECT_TIMEOUT; default 10).")
     var connectTimeoutFlag: Double?
 
+    @Option(
+        name: .customLong("master-key-file"),
+        help: "A file of base64 master keys, one per line, the current one first (env CONVO_MASTER_KEY_FILE, or the keys themselves in CONVO_MASTER_KEY).")
+    var masterKeyFileFlag: String?
+
     var environment: [String: String] { ProcessInfo.processInfo.environment }
+
+    /// The master keys of visitors' data keys, when given: `--master-key-file`, else `CONVO_MASTER_KEY_FILE`,
+    /// else `CONVO_MASTER_KEY`.
+    ///
+    /// - Throws: `ValidationError` for a file that cannot be read or keys that are not valid.
+    func keyring() throws -> MasterKeyring? {
+        let text: String
+        if let path = masterKeyFileFlag ?? environment["CONVO_MASTER_KEY_FILE"] {
+            do {
+                text = try String(contentsOfFile: path, encoding: .utf8)
+            } catch {
+                throw ValidationError("cannot read the master key file \(path)")
+            }
+        } else if let keys = environment["CONVO_MASTER_KEY"] {
+            text = keys
+        } else {
+            return nil
+        }
+        do {
+            return try MasterKeyring(parsing: text)
+        } catch {
+            throw ValidationError(Self.message(of: error))
+        }
+    }
+
+    /// The master keys, required: for what stores or reads personal data.
+    func requiredKeyring() throws -> MasterKeyring {
+        guard let keyring = try keyring() else {
+            throw ValidationError(
+                "a master key is needed: set CONVO_MASTER_KEY or --master-key-file (make one with `convo encryption generate-key`)")
+        }
+        return keyring
+    }
 
     func databaseURL() throws -> DatabaseURL {
         try DatabaseURL(databaseURLFlag ?? environment["CONVO_DATABASE_URL"] ?? Self.defaultDatabaseURL)
@@ -54,6 +92,7 @@ struct GlobalOptions: ParsableArguments {
     func validate() throws {
         _ = try logLevel()
         _ = try connectTimeout()
+        _ = try keyring()
         do {
             _ = try databaseURL()
             _ = try RedisConfiguration(url: redisURL())

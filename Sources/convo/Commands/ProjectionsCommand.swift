@@ -225,11 +225,12 @@ struct StateReport: Encodable {
 
 /// Runs `body` with an event store on a reachable, migrated database; turns failures into `error: …` exits.
 func withStore<T: Sendable>(_ options: GlobalOptions, logger: Logger, _ body: @Sendable (PostgresEventStore) async throws -> T) async throws -> T {
-    try await withPostgresClient(url: try options.databaseURL(), maximumConnections: 6, connectTimeout: try options.connectTimeout(), logger: logger) {
+    let keyring = try options.keyring()
+    return try await withPostgresClient(url: try options.databaseURL(), maximumConnections: 6, connectTimeout: try options.connectTimeout(), logger: logger) {
         client in
         do {
             try await Migrator(client: client, logger: logger).requireCurrent()
-            return try await body(PostgresEventStore(client: client, logger: logger))
+            return try await body(PostgresEventStore(client: client, keyring: keyring, logger: logger))
         } catch let error as ExitCode {
             throw error
         } catch {

@@ -31,12 +31,13 @@ extension Convo {
             let logger = try options.makeLogger()
             let baseID = messageId ?? UUID().uuidString.lowercased()
             let redisURL = options.redisURL()
+            let keyring = try options.requiredKeyring()
             try await withPostgresClient(
                 url: try options.databaseURL(), maximumConnections: 8, connectTimeout: try options.connectTimeout(), logger: logger
             ) { client in
                 do {
                     try await Migrator(client: client, logger: logger).requireCurrent()
-                    let store = PostgresEventStore(client: client, logger: logger)
+                    let store = PostgresEventStore(client: client, keyring: keyring, logger: logger)
                     let ingestor = MessageIngestor(store: store, logger: logger)
                     let processor = try process ? ConversationProcessor(
                         store: store, redis: RedisClient(configuration: RedisConfiguration(url: redisURL, connections: 2)),

@@ -52,6 +52,11 @@ extension Convo {
                 valueName: "seconds,..."))
         var webhookRetrySchedule: String?
 
+        @Option(
+            name: .customLong("retention-interval"),
+            help: "Seconds between passes of the retention service, which forgets visitors past their tenant's visitorRetentionDays (env CONVO_RETENTION_INTERVAL_SECONDS; default 3600).")
+        var retentionInterval: Int?
+
         @Option(name: .customLong("webhook-timeout"), help: "Seconds one webhook attempt may take (env CONVO_WEBHOOK_TIMEOUT; default 10).")
         var webhookTimeout: Int?
 
@@ -130,6 +135,9 @@ extension Convo {
                 throw ValidationError("the event stream limits are between 1 and 1000000")
             }
             _ = try retrySchedule()
+            guard (1...604_800).contains(try resolved(retentionInterval, "CONVO_RETENTION_INTERVAL_SECONDS", 3600)) else {
+                throw ValidationError("the retention interval is between 1 and 604800 seconds")
+            }
             guard (1...600).contains(try resolved(webhookTimeout, "CONVO_WEBHOOK_TIMEOUT", 10)) else {
                 throw ValidationError("the webhook timeout is between 1 and 600 seconds")
             }
@@ -149,6 +157,7 @@ extension Convo {
         func run() async throws {
             let logger = try options.makeLogger()
             let url = try options.databaseURL()
+            let keyring = try options.requiredKeyring()
             let poolSize = try resolved(databasePoolSize, "CONVO_DATABASE_POOL_SIZE", 20)
             let held = Self.connectionsHeld(projections: projections, webhooks: webhooks)
             guard poolSize >= held + Self.minimumRequestConnections else {
@@ -171,7 +180,7 @@ extension Convo {
             }
             let lockTTL = try resolved(lockTTL, "CONVO_LOCK_TTL_MS", 30_000)
             var context = ServerContext.make(
-                client: client, redis: redis, provider: provider, processing: .init(lockTTL: .milliseconds(lockTTL), legacyLockKeys: redisLegacyLockKeys),
+                client: client, redis: redis, keyring: keyring, provider: provider, processing: .init(lockTTL: .milliseconds(lockTTL), legacyLockKeys: redisLegacyLockKeys),
                 ingest: .init(
                     writers: try resolved(ingestWriters, "CONVO_INGEST_WRITERS", 2),
                     maxQueued: try resolved(ingestQueueLimit, "CONVO_INGEST_QUEUE_LIMIT", 10_000)),
@@ -183,6 +192,7 @@ extension Convo {
                 webhooks: .init(
                     retrySchedule: try retrySchedule(), attemptTimeout: .seconds(try resolved(webhookTimeout, "CONVO_WEBHOOK_TIMEOUT", 10)),
                     instance: ConversationProcessor.defaultInstance),
+                retention: .init(interval: .seconds(try resolved(retentionInterval, "CONVO_RETENTION_INTERVAL_SECONDS", 3600))),
                 logger: logger)
             context.projectionStaleAfter = .seconds(try resolved(projectionStaleSeconds, "CONVO_PROJECTION_STALE_SECONDS", 10))
             // The descriptors PostgreSQL and Redis need are kept out of the connection budget.

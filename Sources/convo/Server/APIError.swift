@@ -81,6 +81,13 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             throw APIError(.badRequest, "invalid_input", error.message)
         } catch let error as EventStoreError where error.code == .outcomeUnknown {
             throw APIError.outcomeUnknown
+        } catch let error as EventStoreError where error.code == .subjectErased {
+            throw APIError(.conflict, "visitor_forgotten", error.message)
+        } catch let error as EventStoreError where error.code == .keyUnavailable {
+            context.logger.error("personal data key unavailable", metadata: ["convo.error": "\(error.message)"])
+            throw APIError(.serviceUnavailable, "key_unavailable", "personal data cannot be read or stored: \(error.message)")
+        } catch let error as ResponderError where error.code == .visitorNotFound {
+            throw APIError(.notFound, "visitor_not_found", error.message)
         } catch let error as ResponderError where error.code == .overloaded {
             throw APIError.overloaded
         } catch let error as ResponderError where error.code == .notStored {

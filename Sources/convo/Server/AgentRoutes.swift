@@ -242,9 +242,14 @@ struct AgentActions: Sendable {
                 throw ConversationRoutes.notFound(conversation)
             }
             let event = try await decide(state)
-            let new = try NewEvent(
+            var new = try NewEvent(
                 eventId: eventId, type: event.eventType, encoding: event,
                 metadata: EventMetadata(actorId: agent.actorId, extra: ["via": .string(via), "requestId": .string(requestId)]))
+            if !new.personalFields.isEmpty {
+                // What an agent writes in a visitor's conversation is sealed with the visitor's key.
+                guard let visitor = try await visitor(of: conversation, tenant: tenant) else { throw ConversationRoutes.notFound(conversation) }
+                new.personalDataSubject = PersonalDataSubject(visitor: visitor, mayCreateKey: true)
+            }
             do {
                 let result = try await store.append([new], to: conversation.workflowStream, tenant: tenant, expectedVersion: .exact(state.version))
                 guard let recorded = result.events.first else { break }

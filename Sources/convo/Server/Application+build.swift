@@ -33,6 +33,8 @@ struct ServerContext: Sendable {
     let webhooks: WebhookStore
     /// Sends the endpoints' messages; each endpoint's sender runs in one process at a time.
     let dispatcher: WebhookDispatcher
+    /// Forgets visitors past their tenant's retention period; one pass at a time across instances.
+    let retention: RetentionService
     /// How long a projection may keep an event waiting before `/readyz` reports it stale.
     var projectionStaleAfter: Duration = .seconds(10)
     /// How many client connections the server holds, and for how long without a request.
@@ -41,14 +43,14 @@ struct ServerContext: Sendable {
 
     /// The context of one `convo serve` process.
     static func make(
-        client: PostgresClient, redis: RedisClient, provider: any AIProvider = RuleProvider(),
+        client: PostgresClient, redis: RedisClient, keyring: MasterKeyring, provider: any AIProvider = RuleProvider(),
         processing: ConversationProcessor.Configuration = .init(), runners: ProjectionRunner.Configuration = .init(),
         ingest: IngestBatcher.Configuration = .init(), responder: ResponderService.Configuration = .init(), keyCacheTTL: Duration = .seconds(5), requestDeadline: Duration = .seconds(10),
         streams: ConversationFeed.Limits = .init(), webhooks: WebhookDispatcher.Configuration = .init(instance: ConversationProcessor.defaultInstance),
-        logger: Logger
+        retention: RetentionService.Configuration = .init(), logger: Logger
     ) -> ServerContext {
         let metrics = ConvoMetrics.bootstrap()
-        let store = PostgresEventStore(client: client, logger: logger)
+        let store = PostgresEventStore(client: client, keyring: keyring, logger: logger)
         let workflows = WorkflowRepository(client: client, logger: logger)
         let processor = ConversationProcessor(
             store: store, redis: redis, workflows: workflows, provider: provider, configuration: processing, logger: logger)
@@ -60,7 +62,8 @@ struct ServerContext: Sendable {
             feed: ConversationFeed(store: store, limits: streams, logger: logger), metrics: metrics, requestDeadline: requestDeadline,
             runners: ProjectionRegistry.standard.map { ProjectionRunner(projection: $0, store: store, configuration: runners, logger: logger) },
             webhooks: WebhookStore(client: client, store: store, logger: logger),
-            dispatcher: WebhookDispatcher(client: client, store: store, configuration: webhooks, logger: logger))
+            dispatcher: WebhookDispatcher(client: client, store: store, configuration: webhooks, logger: logger),
+            retention: RetentionService(store: store, configuration: retention, logger: logger))
     }
 }
 
@@ -116,6 +119,7 @@ func buildRouter(_ context: ServerContext, background: Bool = true) -> (Router<C
     AgentRoutes(context: context).register(on: api, table: table)
     WebhookRoutes(context: context).register(on: api, table: table)
     SettingsRoutes(context: context).register(on: api, table: table)
+    VisitorRoutes(context: context).register(on: api, table: table)
     return (router, table)
 }
 
@@ -163,7 +167,7 @@ func buildApplication(
 ) -> some ApplicationProtocol {
     var services: [any Service] = [context.client, context.store, context.feed, context.batcher]
     if roles.projections { services += context.runners }
-    if roles.responder { services.append(context.responder) }
+    if roles.responder { services += [context.responder, context.retention] }
     if roles.webhooks { services.append(context.dispatcher) }
     return Application(
         router: buildRouter(context, background: measuresProjections).0,

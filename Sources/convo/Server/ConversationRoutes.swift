@@ -368,6 +368,8 @@ struct TranscriptMessage: Codable {
     /// For an agent's message: who wrote it (a user id) and their name.
     var agentId: String?
     var agentName: String?
+    /// `true` when the text was erased (the visitor was forgotten); absent otherwise.
+    var erased: Bool?
 
     /// The message an event is, or `nil` when it is not a message.
     init?(_ event: RecordedEvent) throws {
@@ -392,6 +394,7 @@ struct TranscriptMessage: Codable {
         default:
             return nil
         }
+        if event.isErased { erased = true }
     }
 
     init(
@@ -429,6 +432,8 @@ struct EventBody: Codable {
     var data: JSONValue
     /// Actor, causation and correlation ids, the lock token and instance of the worker that wrote it.
     var metadata: JSONValue
+    /// `true` when personal members of `data` were erased (the visitor was forgotten); absent otherwise.
+    var erased: Bool?
 
     init(_ event: RecordedEvent) throws {
         eventId = event.eventId
@@ -439,6 +444,7 @@ struct EventBody: Codable {
         recordedAt = event.recordedAt
         data = try JSONDecoder().decode(JSONValue.self, from: event.data)
         metadata = try JSONDecoder().decode(JSONValue.self, from: event.metadataJSON)
+        erased = event.isErased ? true : nil
     }
 }
 

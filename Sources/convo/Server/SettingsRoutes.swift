@@ -15,6 +15,7 @@ struct SettingsRoutes: Sendable {
     /// Only what is given changes.
     struct Body: Decodable {
         var reopenOnVisitorMessage: Bool?
+        var visitorRetentionDays: Double?
     }
 
     @Sendable func get(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> TenantSettingsResponse {
@@ -27,12 +28,22 @@ struct SettingsRoutes: Sendable {
         let body = try await request.decodeJSON(Body.self, context: requestContext)
         var settings = try await context.processor.settings.read(tenant)
         if let reopen = body.reopenOnVisitorMessage { settings.reopenOnVisitorMessage = reopen }
+        if let days = body.visitorRetentionDays {
+            guard days >= 0, days <= 36_500, days.isFinite else {
+                throw APIError(.badRequest, "invalid_field", "visitorRetentionDays is between 0 (keep) and 36500")
+            }
+            settings.visitorRetentionDays = days
+        }
         return TenantSettingsResponse(try await context.processor.settings.write(settings, for: tenant))
     }
 }
 
 struct TenantSettingsResponse: ResponseCodable {
     var reopenOnVisitorMessage: Bool
+    var visitorRetentionDays: Double
 
-    init(_ settings: TenantSettings) { reopenOnVisitorMessage = settings.reopenOnVisitorMessage }
+    init(_ settings: TenantSettings) {
+        reopenOnVisitorMessage = settings.reopenOnVisitorMessage
+        visitorRetentionDays = settings.visitorRetentionDays
+    }
 }

@@ -1,0 +1,100 @@
+/// The top-level members of a JSON object, found in its bytes without decoding it: what sealing and
+/// opening a payload's personal members need, at the cost of one pass and no allocation.
+enum JSONMembers {
+    /// A member: where its key's characters (between the quotes) and its whole value are.
+    struct Member {
+        var key: Range<Int>
+        var value: Range<Int>
+    }
+
+    struct Malformed: Error {}
+
+    /// The top-level members of the object in `bytes`, in order.
+    ///
+    /// - Throws: ``Malformed`` when `bytes` is not a JSON object.
+    static func members(of bytes: UnsafeRawBufferPointer) throws(Malformed) -> [Member] {
+        var members: [Member] = []
+        var index = skipSpace(bytes, 0)
+        guard index < bytes.count, bytes[index] == UInt8(ascii: "{") else { throw Malformed() }
+        index = skipSpace(bytes, index + 1)
+        if index < bytes.count, bytes[index] == UInt8(ascii: "}") { return members }
+        while true {
+            guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw Malformed() }
+            let keyEnd = try stringEnd(bytes, index)
+            let key = (index + 1)..<(keyEnd - 1)
+            index = skipSpace(bytes, keyEnd)
+            guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw Malformed() }
+            let valueStart = skipSpace(bytes, index + 1)
+            let valueEnd = try self.valueEnd(bytes, valueStart)
+            members.append(Member(key: key, value: valueStart..<valueEnd))
+            index = skipSpace(bytes, valueEnd)
+            guard index < bytes.count else { throw Malformed() }
+            if bytes[index] == UInt8(ascii: "}") { return members }
+            guard bytes[index] == UInt8(ascii: ",") else { throw Malformed() }
+            index = skipSpace(bytes, index + 1)
+        }
+    }
+
+    /// Whether the bytes in `range` are `name`'s.
+    static func matches(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ name: String) -> Bool {
+        var utf8 = name.utf8.makeIterator()
+        for index in range {
+            guard let byte = utf8.next(), byte == bytes[index] else { return false }
+        }
+        return utf8.next() == nil
+    }
+
+    private static func skipSpace(_ bytes: UnsafeRawBufferPointer, _ start: Int) -> Int {
+        var index = start
+        while index < bytes.count, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[index]) { index += 1 }
+        return index
+    }
+
+    /// The index after the closing quote of the string opening at `start`.
+    private static func stringEnd(_ bytes: UnsafeRawBufferPointer, _ start: Int) throws(Malformed) -> Int {
+        var index = start + 1
+        while index < bytes.count {
+            switch bytes[index] {
+            case UInt8(ascii: "\\"): index += 2
+            case UInt8(ascii: "\""): return index + 1
+            default: index += 1
+            }
+        }
+        throw Malformed()
+    }
+
+    /// The index after the value starting at `start`.
+    private static func valueEnd(_ bytes: UnsafeRawBufferPointer, _ start: Int) throws(Malformed) -> Int {
+        guard start < bytes.count else { throw Malformed() }
+        switch bytes[start] {
+        case UInt8(ascii: "\""):
+            return try stringEnd(bytes, start)
+        case UInt8(ascii: "{"), UInt8(ascii: "["):
+            var depth = 0
+            var index = start
+            while index < bytes.count {
+                switch bytes[index] {
+                case UInt8(ascii: "\""):
+                    index = try stringEnd(bytes, index)
+                    continue
+                case UInt8(ascii: "{"), UInt8(ascii: "["):
+                    depth += 1
+                case UInt8(ascii: "}"), UInt8(ascii: "]"):
+                    depth -= 1
+                    if depth == 0 { return index + 1 }
+                default:
+                    break
+                }
+                index += 1
+            }
+            throw Malformed()
+        default:
+            var index = start
+            while index < bytes.count, ![UInt8(ascii: ","), UInt8(ascii: "}"), UInt8(ascii: "]"), 0x20, 0x09, 0x0A, 0x0D].contains(bytes[index]) {
+                index += 1
+            }
+            guard index > start else { throw Malformed() }
+            return index
+        }
+    }
+}

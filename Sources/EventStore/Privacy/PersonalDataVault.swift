@@ -1,0 +1,564 @@
+import Crypto
+import Foundation
+import Logging
+import NIOCore
+import PostgresNIO
+import SharedTypes
+import Synchronization
+
+/// Seals the personal members of events with their visitor's own data key as they are appended, and
+/// opens them as they are read: AES-256-GCM (swift-crypto), bound to the tenant, the visitor, the key's
+/// generation, the event's id and the member's name, so a ciphertext cannot be moved to another place.
+///
+/// A sealed member is stored as the JSON string `pd1:` + base64(nonce ‖ ciphertext ‖ tag), and the event's
+/// metadata says whose it is: `"personalData": {"subject": uid, "key": generation, "fields": [...]}`. The
+/// hash chain covers what is stored, the ciphertext, so it verifies before and after an erasure.
+///
+/// Data keys live in `personal_data_keys` (`Migrations/0015_personal_data_keys.sql`), wrapped by the
+/// current master key of a ``MasterKeyring``. Destroying a visitor's keys (``destroyKeys(tenant:subject:)``)
+/// makes everything sealed with them read as ``PersonalData/erasedPlaceholder`` for good, with the event
+/// marked ``RecordedEvent/isErased``. Unwrapped keys are kept in memory for
+/// ``Configuration/cacheLifetime`` (erased ones for good); every process that listens on the store's
+/// channel drops a visitor's at once when they are destroyed anywhere.
+public final class PersonalDataVault: Sendable {
+    public struct Configuration: Sendable {
+        /// How long an unwrapped data key is used without asking PostgreSQL again; bounds how long a
+        /// process that missed the notification of an erasure can still read. Default: 10 seconds.
+        public var cacheLifetime: Duration
+        /// Whether events with personal members may be stored unsealed when no master key is configured:
+        /// only for measuring what sealing costs. Default: `false` (such an append is refused).
+        public var allowsPlaintext: Bool
+
+        public init(cacheLifetime: Duration = .seconds(10), allowsPlaintext: Bool = false) {
+            self.cacheLifetime = cacheLifetime
+            self.allowsPlaintext = allowsPlaintext
+        }
+    }
+
+    public let keyring: MasterKeyring?
+    public let configuration: Configuration
+    let client: PostgresClient
+    let channel: String
+    let logger: Logger
+    private let cache = Mutex(Cache())
+
+    static let envelopePrefix = "pd1:"
+    static let metadataKey = "personalData"
+
+    struct SubjectKey: Hashable, Sendable {
+        var tenant: String
+        var subject: String
+    }
+
+    struct GenerationKey: Hashable, Sendable {
+        var tenant: String
+        var subject: String
+        var generation: Int
+    }
+
+    enum DataKey: Sendable {
+        case live(SymmetricKey)
+        case erased
+    }
+
+    struct Cache: Sendable {
+        var keys: [GenerationKey: (key: DataKey, expires: ContinuousClock.Instant?)] = [:]
+        var current: [SubjectKey: (generation: Int, key: SymmetricKey, expires: ContinuousClock.Instant)] = [:]
+    }
+
+    init(keyring: MasterKeyring?, configuration: Configuration, client: PostgresClient, channel: String, logger: Logger) {
+        self.keyring = keyring
+        self.configuration = configuration
+        self.client = client
+        self.channel = channel
+        self.logger = logger
+    }
+
+    // MARK: Sealing
+
+    /// The events with their personal members sealed and their metadata naming whose they are.
+    ///
+    /// - Throws: ``EventStoreError`` `invalidArgument` for personal members without a subject or a payload
+    ///   that is not a JSON object; `subjectErased` when the subject's key is destroyed and the event may not
+    ///   make a new one; `keyUnavailable` without a master key; the store's errors.
+    func seal(_ events: [NewEvent], tenant: TenantID) async throws -> [NewEvent] {
+        guard events.contains(where: { !$0.personalFields.isEmpty }) else { return events }
+        return try await seal([(events, tenant)])[0].get()
+    }
+
+    /// Several appends' events sealed, their keys read (and made) in one query each: each append gets its
+    /// own result, so one append's refusal does not fail the others.
+    func seal(_ appends: [([NewEvent], TenantID)]) async throws -> [Result<[NewEvent], EventStoreError>] {
+        var wanted: [SubjectKey: Bool] = [:]
+        var results: [Result<[NewEvent], EventStoreError>] = appends.map { .success($0.0) }
+        for (index, (events, tenant)) in appends.enumerated() {
+            for event in events where !event.personalFields.isEmpty {
+                guard let subject = event.personalDataSubject else {
+                    results[index] = .failure(
+                        EventStoreError(
+                            code: .invalidArgument,
+                            message: "a \(event.type) carries personal data (\(event.personalFields.joined(separator: ", "))): the append must name its visitor"))
+                    break
+                }
+                guard keyring != nil else {
+                    if configuration.allowsPlaintext { continue }
+                    results[index] = .failure(EventStoreError(code: .keyUnavailable, message: "no master key is configured: personal data cannot be stored"))
+                    break
+                }
+                let id = SubjectKey(tenant: tenant.rawValue, subject: subject.visitor.rawValue)
+                wanted[id] = (wanted[id] ?? false) || subject.mayCreateKey
+            }
+        }
+        guard !wanted.isEmpty else { return results }
+        let keys = try await currentKeys(wanted)
+        for (index, (events, tenant)) in appends.enumerated() {
+            guard case .success = results[index] else { continue }
+            do {
+                var sealed = events
+                for position in sealed.indices where !sealed[position].personalFields.isEmpty {
+                    guard let subject = sealed[position].personalDataSubject else { continue }
+                    switch keys[SubjectKey(tenant: tenant.rawValue, subject: subject.visitor.rawValue)] {
+                    case .some(.some(let current)):
+                        try Self.seal(&sealed[position], tenant: tenant, generation: current.generation, key: current.key)
+                    default:
+                        throw EventStoreError(code: .subjectErased, message: "the visitor was forgotten: what was derived from their data is not stored")
+                    }
+                }
+                results[index] = .success(sealed)
+            } catch let error as EventStoreError {
+                results[index] = .failure(error)
+            }
+        }
+        return results
+    }
+
+    /// Seals one event's personal members with `key`.
+    static func seal(_ event: inout NewEvent, tenant: TenantID, generation: Int, key: SymmetricKey) throws {
+        guard let subject = event.personalDataSubject else { return }
+        let current = event
+        var fields: [String] = []
+        let data = try current.data.withUnsafeReadableBytes { bytes throws -> ByteBuffer in
+            let members: [JSONMembers.Member]
+            do { members = try JSONMembers.members(of: bytes) } catch {
+                throw EventStoreError(code: .invalidArgument, message: "a \(current.type) with personal data must be a JSON object")
+            }
+            var out = ByteBuffer()
+            out.reserveCapacity(bytes.count * 2 + 64)
+            var copied = 0
+            for member in members {
+                guard let field = current.personalFields.first(where: { JSONMembers.matches(bytes, member.key, $0) }) else { continue }
+                out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[copied..<member.value.lowerBound]))
+                let box = try AES.GCM.seal(
+                    UnsafeRawBufferPointer(rebasing: bytes[member.value]), using: key,
+                    authenticating: associatedData(
+                        tenant: tenant.rawValue, subject: subject.visitor.rawValue, generation: generation, eventId: current.eventId, field: field))
+                guard let combined = box.combined else { throw EventStoreError(code: .storageFailure, message: "sealing produced no ciphertext") }
+                out.writeString("\"\(envelopePrefix)\(combined.base64EncodedString())\"")
+                copied = member.value.upperBound
+                fields.append(field)
+            }
+            out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[copied...]))
+            return out
+        }
+        guard !fields.isEmpty else { return }
+        event.data = data
+        event.metadata[metadataKey] = .object([
+            "subject": .string(subject.visitor.rawValue), "key": .number(Double(generation)), "fields": .array(fields.map(JSONValue.string)),
+        ])
+    }
+
+    /// What a sealed member is bound to besides its key.
+    static func associatedData(tenant: String, subject: String, generation: Int, eventId: UUID, field: String) -> [UInt8] {
+        Array("convo.pd.v1\u{0}\(tenant)\u{0}\(subject)\u{0}\(generation)\u{0}\(eventId.uuidString.lowercased())\u{0}\(field)".utf8)
+    }
+
+    /// The subjects' live keys for sealing, made where there is none and the value says one may be made;
+    /// `nil` for a subject whose key is destroyed and may not be made again.
+    private func currentKeys(_ wanted: [SubjectKey: Bool]) async throws -> [SubjectKey: (generation: Int, key: SymmetricKey)?] {
+        let now = ContinuousClock.now
+        var found: [SubjectKey: (generation: Int, key: SymmetricKey)?] = [:]
+        cache.withLock { cache in
+            for id in wanted.keys {
+                if let cached = cache.current[id], cached.expires > now { found[id] = (cached.generation, cached.key) }
+            }
+        }
+        for _ in 0..<5 {
+            let missing = wanted.keys.filter { found[$0] == nil }
+            guard !missing.isEmpty else { return found }
+            var latest: [SubjectKey: (generation: Int, masterKeyId: String?, wrapped: ByteBuffer?)] = [:]
+            do {
+                let rows = try await client.queryOpen(
+                    """
+                    SELECT DISTINCT ON (k.tenant_id, k.subject) k.tenant_id, k.subject, k.generation, k.master_key_id, k.wrapped
+                    FROM personal_data_keys k JOIN unnest(\(missing.map(\.tenant)), \(missing.map(\.subject))) AS w (tenant, subject)
+                      ON k.tenant_id = w.tenant AND k.subject = w.subject
+                    ORDER BY k.tenant_id, k.subject, k.generation DESC
+                    """, logger: logger)
+                for try await (tenant, subject, generation, masterKeyId, wrapped) in rows.decode((String, String, Int, String?, ByteBuffer?).self) {
+                    latest[SubjectKey(tenant: tenant, subject: subject)] = (generation, masterKeyId, wrapped)
+                }
+            } catch {
+                throw PostgresEventStore.mapError(error, operation: "read data keys")
+            }
+            var creating: [(SubjectKey, Int, SymmetricKey, String, ByteBuffer)] = []
+            for id in missing {
+                if let row = latest[id], let masterKeyId = row.masterKeyId, let wrapped = row.wrapped {
+                    let key = try unwrap(wrapped, masterKeyId: masterKeyId, GenerationKey(tenant: id.tenant, subject: id.subject, generation: row.generation))
+                    remember(id, generation: row.generation, key: key)
+                    found[id] = (row.generation, key)
+                } else if latest[id] != nil, wanted[id] != true {
+                    found[id] = .some(nil)
+                } else {
+                    let generation = (latest[id]?.generation ?? 0) + 1
+                    let key = SymmetricKey(size: .bits256)
+                    let (masterKeyId, wrapped) = try wrap(key, GenerationKey(tenant: id.tenant, subject: id.subject, generation: generation))
+                    creating.append((id, generation, key, masterKeyId, wrapped))
+                }
+            }
+            guard !creating.isEmpty else { continue }
+            var created = Set<SubjectKey>()
+            do {
+                let rows = try await client.queryOpen(
+                    """
+                    INSERT INTO personal_data_keys (tenant_id, subject, generation, master_key_id, wrapped)
+                    SELECT * FROM unnest(\(creating.map(\.0.tenant)), \(creating.map(\.0.subject)), \(creating.map(\.1)), \(creating.map(\.3)), \(creating.map(\.4)))
+                    ON CONFLICT DO NOTHING RETURNING tenant_id, subject
+                    """, logger: logger)
+                for try await (tenant, subject) in rows.decode((String, String).self) { created.insert(SubjectKey(tenant: tenant, subject: subject)) }
+            } catch {
+                throw PostgresEventStore.mapError(error, operation: "store data keys")
+            }
+            for (id, generation, key, _, _) in creating where created.contains(id) {
+                remember(id, generation: generation, key: key)
+                found[id] = (generation, key)
+            }
+            // Another writer made a generation first: the next round reads theirs.
+        }
+        throw EventStoreError(code: .storageFailure, message: "could not settle the visitors' data keys")
+    }
+
+    private func remember(_ id: SubjectKey, generation: Int, key: SymmetricKey) {
+        let expires = ContinuousClock.now + configuration.cacheLifetime
+        cache.withLock {
+            $0.current[id] = (generation, key, expires)
+            $0.keys[GenerationKey(tenant: id.tenant, subject: id.subject, generation: generation)] = (.live(key), expires)
+        }
+    }
+
+    private func wrap(_ key: SymmetricKey, _ id: GenerationKey) throws -> (String, ByteBuffer) {
+        guard let keyring else { throw EventStoreError(code: .keyUnavailable, message: "no master key is configured") }
+        let box = try key.withUnsafeBytes { bytes in
+            try AES.GCM.seal(bytes, using: keyring.current.key, authenticating: Self.wrappingData(id))
+        }
+        guard let combined = box.combined else { throw EventStoreError(code: .storageFailure, message: "wrapping produced no ciphertext") }
+        return (keyring.current.id, ByteBuffer(bytes: combined))
+    }
+
+    func unwrap(_ wrapped: ByteBuffer, masterKeyId: String, _ id: GenerationKey) throws -> SymmetricKey {
+        guard let keyring else {
+            throw EventStoreError(code: .keyUnavailable, message: "no master key is configured: personal data cannot be read (CONVO_MASTER_KEY or --master-key-file)")
+        }
+        guard let master = keyring.key(id: masterKeyId) else {
+            throw EventStoreError(code: .keyUnavailable, message: "a data key is wrapped by master key \(masterKeyId), which this process was not given")
+        }
+        do {
+            let box = try AES.GCM.SealedBox(combined: Data(wrapped.readableBytesView))
+            return SymmetricKey(data: try AES.GCM.open(box, using: master.key, authenticating: Self.wrappingData(id)))
+        } catch {
+            throw EventStoreError(code: .storageFailure, message: "a data key does not unwrap with master key \(masterKeyId): it was altered", cause: error)
+        }
+    }
+
+    static func wrappingData(_ id: GenerationKey) -> [UInt8] {
+        Array("convo.dk.v1\u{0}\(id.tenant)\u{0}\(id.subject)\u{0}\(id.generation)".utf8)
+    }
+
+    // MARK: Opening
+
+    struct SealInfo: Decodable {
+        struct Personal: Decodable {
+            var subject: String
+            var key: Int
+            var fields: [String]
+        }
+
+        var personalData: Personal?
+    }
+
+    private static let marker = Array("\"\(metadataKey)\"".utf8)
+
+    /// What sealed an event, when it is sealed.
+    static func sealInfo(of event: RecordedEvent) throws -> SealInfo.Personal? {
+        let sealed = event.metadataJSON.withUnsafeReadableBytes { bytes in
+            marker.withUnsafeBytes { needle in contains(bytes, needle) }
+        }
+        guard sealed else { return nil }
+        return try RecordedEvent.decode(SealInfo.self, from: event.metadataJSON).personalData
+    }
+
+    /// Whether `needle` occurs in `bytes`.
+    static func contains(_ bytes: UnsafeRawBufferPointer, _ needle: UnsafeRawBufferPointer) -> Bool {
+        guard needle.count > 0, bytes.count >= needle.count else { return false }
+        let first = needle[0]
+        var index = 0
+        let last = bytes.count - needle.count
+        outer: while index <= last {
+            if bytes[index] == first {
+                for offset in 1..<needle.count where bytes[index + offset] != needle[offset] {
+                    index += 1
+                    continue outer
+                }
+                return true
+            }
+            index += 1
+        }
+        return false
+    }
+
+    /// The events with their sealed members opened, or marked erased where the key is destroyed.
+    ///
+    /// - Throws: ``EventStoreError`` `keyUnavailable` when a live key's master key is not configured;
+    ///   `storageFailure` when a sealed member does not open with its key (altered data) or its key is missing.
+    func open(_ events: [RecordedEvent]) async throws -> [RecordedEvent] {
+        var infos: [(Int, SealInfo.Personal)] = []
+        for index in events.indices {
+            if let info = try Self.sealInfo(of: events[index]) { infos.append((index, info)) }
+        }
+        guard !infos.isEmpty else { return events }
+        let keys = try await dataKeys(Set(infos.map { GenerationKey(tenant: events[$0.0].tenant.rawValue, subject: $0.1.subject, generation: $0.1.key) }))
+        var opened = events
+        for (index, info) in infos {
+            let event = events[index]
+            let id = GenerationKey(tenant: event.tenant.rawValue, subject: info.subject, generation: info.key)
+            guard let key = keys[id] else {
+                throw EventStoreError(code: .storageFailure, message: "the data key of the event at position \(event.globalPosition) is missing")
+            }
+            opened[index] = try Self.open(event, info: info, key: key)
+        }
+        return opened
+    }
+
+    static func open(_ event: RecordedEvent, info: SealInfo.Personal, key dataKey: DataKey) throws -> RecordedEvent {
+        let data = try event.data.withUnsafeReadableBytes { bytes throws -> ByteBuffer in
+            let members: [JSONMembers.Member]
+            do { members = try JSONMembers.members(of: bytes) } catch {
+                throw EventStoreError(code: .storageFailure, message: "the sealed event at position \(event.globalPosition) is not a JSON object")
+            }
+            var out = ByteBuffer()
+            out.reserveCapacity(bytes.count)
+            var copied = 0
+            for member in members {
+                guard let field = info.fields.first(where: { JSONMembers.matches(bytes, member.key, $0) }) else { continue }
+                out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[copied..<member.value.lowerBound]))
+                copied = member.value.upperBound
+                switch dataKey {
+                case .erased:
+                    out.writeString("\"\(PersonalData.erasedPlaceholder)\"")
+                case .live(let key):
+                    let value = UnsafeRawBufferPointer(rebasing: bytes[member.value])
+                    let prefix = 1 + envelopePrefix.utf8.count
+                    guard value.count > prefix + 1, let combined = Data(base64Encoded: Data(value[prefix..<(value.count - 1)])) else {
+                        throw EventStoreError(code: .storageFailure, message: "the sealed member '\(field)' of the event at position \(event.globalPosition) is not an envelope")
+                    }
+                    do {
+                        let plaintext = try AES.GCM.open(
+                            try AES.GCM.SealedBox(combined: combined), using: key,
+                            authenticating: associatedData(tenant: event.tenant.rawValue, subject: info.subject, generation: info.key, eventId: event.eventId, field: field))
+                        out.writeBytes(plaintext)
+                    } catch {
+                        throw EventStoreError(
+                            code: .storageFailure, message: "the sealed member '\(field)' of the event at position \(event.globalPosition) does not open: it was altered",
+                            cause: error)
+                    }
+                }
+            }
+            out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[copied...]))
+            return out
+        }
+        var erased = false
+        if case .erased = dataKey { erased = true }
+        return event.replacing(data: data, erased: erased)
+    }
+
+    /// The data keys of `ids`, from memory or in one query.
+    private func dataKeys(_ ids: Set<GenerationKey>) async throws -> [GenerationKey: DataKey] {
+        let now = ContinuousClock.now
+        var found: [GenerationKey: DataKey] = [:]
+        var missing: [GenerationKey] = []
+        cache.withLock { cache in
+            for id in ids {
+                if let entry = cache.keys[id], entry.expires.map({ $0 > now }) ?? true { found[id] = entry.key } else { missing.append(id) }
+            }
+        }
+        guard !missing.isEmpty else { return found }
+        var fetched: [(GenerationKey, DataKey, Bool)] = []
+        do {
+            let rows = try await client.queryOpen(
+                """
+                SELECT k.tenant_id, k.subject, k.generation, k.master_key_id, k.wrapped FROM personal_data_keys k
+                JOIN unnest(\(missing.map(\.tenant)), \(missing.map(\.subject)), \(missing.map(\.generation))) AS w (tenant, subject, generation)
+                  ON k.tenant_id = w.tenant AND k.subject = w.subject AND k.generation = w.generation
+                """, logger: logger)
+            for try await (tenant, subject, generation, masterKeyId, wrapped) in rows.decode((String, String, Int, String?, ByteBuffer?).self) {
+                let id = GenerationKey(tenant: tenant, subject: subject, generation: generation)
+                if let masterKeyId, let wrapped {
+                    fetched.append((id, .live(try unwrap(wrapped, masterKeyId: masterKeyId, id)), true))
+                } else {
+                    fetched.append((id, .erased, false))
+                }
+            }
+        } catch {
+            throw PostgresEventStore.mapError(error, operation: "read data keys")
+        }
+        let expires = now + configuration.cacheLifetime
+        cache.withLock { cache in
+            for (id, key, live) in fetched { cache.keys[id] = (key, live ? expires : nil) }
+        }
+        for (id, key, _) in fetched { found[id] = key }
+        return found
+    }
+
+    // MARK: Erasure
+
+    /// Destroys every live data key of a subject, in one transaction that also tells every listening
+    /// process to drop them from memory.
+    ///
+    /// - Returns: the generations destroyed; empty when there was none live.
+    public func destroyKeys(tenant: TenantID, subject: VisitorUID) async throws -> [Int] {
+        let payload = Self.erasurePayload(tenant: tenant.rawValue, subject: subject.rawValue)
+        let channel = self.channel
+        let logger = self.logger
+        let generations: [Int]
+        do {
+            generations = try await client.withOpenTransaction(logger: logger) { connection in
+                var destroyed: [Int] = []
+                let rows = try await connection.query(
+                    """
+                    UPDATE personal_data_keys SET wrapped = NULL, master_key_id = NULL, erased_at = now()
+                    WHERE tenant_id = \(tenant.rawValue) AND subject = \(subject.rawValue) AND wrapped IS NOT NULL
+                    RETURNING generation
+                    """, logger: logger)
+                for try await generation in rows.decode(Int.self) { destroyed.append(generation) }
+                try await connection.query("SELECT pg_notify(\(channel), \(payload))", logger: logger)
+                return destroyed.sorted()
+            }
+        } catch {
+            throw PostgresEventStore.mapError(error, operation: "destroy data keys")
+        }
+        forget(tenant: tenant.rawValue, subject: subject.rawValue)
+        return generations
+    }
+
+    /// Every key generation of a subject, live or not: whether convo has ever held their data.
+    public func generations(tenant: TenantID, subject: VisitorUID) async throws -> [(generation: Int, live: Bool)] {
+        do {
+            var found: [(Int, Bool)] = []
+            let rows = try await client.queryOpen(
+                """
+                SELECT generation, wrapped IS NOT NULL FROM personal_data_keys
+                WHERE tenant_id = \(tenant.rawValue) AND subject = \(subject.rawValue) ORDER BY generation
+                """, logger: logger)
+            for try await row in rows.decode((Int, Bool).self) { found.append(row) }
+            return found
+        } catch {
+            throw PostgresEventStore.mapError(error, operation: "read data keys")
+        }
+    }
+
+    static let erasureNotice = "erase\n"
+
+    static func erasurePayload(tenant: String, subject: String) -> String { "\(erasureNotice)\(tenant)\n\(subject)" }
+
+    /// Acts on a notification of the store's channel: an erasure drops the subject's keys from memory.
+    func handle(notification payload: String) {
+        guard payload.hasPrefix(Self.erasureNotice) else { return }
+        let parts = payload.dropFirst(Self.erasureNotice.count).split(separator: "\n", omittingEmptySubsequences: false)
+        guard parts.count == 2 else { return }
+        forget(tenant: String(parts[0]), subject: String(parts[1]))
+    }
+
+    /// Drops a subject's live keys from memory.
+    func forget(tenant: String, subject: String) {
+        cache.withLock { cache in
+            cache.current[SubjectKey(tenant: tenant, subject: subject)] = nil
+            for (id, entry) in cache.keys where id.tenant == tenant && id.subject == subject {
+                if case .live = entry.key { cache.keys[id] = nil }
+            }
+        }
+    }
+
+    /// Drops every live key from memory: what a process does when it may have missed notifications.
+    func forgetLiveKeys() {
+        cache.withLock { cache in
+            cache.current.removeAll()
+            cache.keys = cache.keys.filter { if case .erased = $0.value.key { true } else { false } }
+        }
+    }
+
+    // MARK: Rotation
+
+    /// Wraps again with the current master key every live data key wrapped by another one, a batch at a
+    /// time; a key destroyed meanwhile stays destroyed (each rewrap is conditional on the wrapping it read).
+    ///
+    /// - Parameter progress: called after each batch with the keys rewrapped so far and how many were left.
+    /// - Returns: how many keys were rewrapped.
+    public func rewrapAll(batchSize: Int = 500, progress: (Int, Int) -> Void = { _, _ in }) async throws -> Int {
+        guard let keyring else { throw EventStoreError(code: .keyUnavailable, message: "no master key is configured") }
+        var done = 0
+        while true {
+            var batch: [(GenerationKey, String, ByteBuffer)] = []
+            var remaining = 0
+            do {
+                let rows = try await client.queryOpen(
+                    """
+                    SELECT tenant_id, subject, generation, master_key_id, wrapped, count(*) OVER () FROM personal_data_keys
+                    WHERE wrapped IS NOT NULL AND master_key_id <> \(keyring.current.id)
+                    ORDER BY tenant_id, subject, generation LIMIT \(batchSize)
+                    """, logger: logger)
+                for try await (tenant, subject, generation, masterKeyId, wrapped, total) in rows.decode((String, String, Int, String, ByteBuffer, Int).self) {
+                    batch.append((GenerationKey(tenant: tenant, subject: subject, generation: generation), masterKeyId, wrapped))
+                    remaining = total
+                }
+            } catch {
+                throw PostgresEventStore.mapError(error, operation: "read data keys to rewrap")
+            }
+            if batch.isEmpty { return done }
+            var ids: (tenants: [String], subjects: [String], generations: [Int], old: [ByteBuffer], new: [ByteBuffer]) = ([], [], [], [], [])
+            for (id, masterKeyId, wrapped) in batch {
+                let key = try unwrap(wrapped, masterKeyId: masterKeyId, id)
+                let (_, rewrapped) = try wrap(key, id)
+                ids.tenants.append(id.tenant)
+                ids.subjects.append(id.subject)
+                ids.generations.append(id.generation)
+                ids.old.append(wrapped)
+                ids.new.append(rewrapped)
+            }
+            do {
+                let rows = try await client.queryOpen(
+                    """
+                    UPDATE personal_data_keys k SET wrapped = w.new, master_key_id = \(keyring.current.id)
+                    FROM unnest(\(ids.tenants), \(ids.subjects), \(ids.generations), \(ids.old), \(ids.new)) AS w (tenant, subject, generation, old, new)
+                    WHERE k.tenant_id = w.tenant AND k.subject = w.subject AND k.generation = w.generation AND k.wrapped = w.old
+                    RETURNING 1
+                    """, logger: logger)
+                for try await _ in rows { done += 1 }
+            } catch {
+                throw PostgresEventStore.mapError(error, operation: "rewrap data keys")
+            }
+            progress(done, max(0, remaining - batch.count))
+        }
+    }
+
+    /// How many live data keys each master key wraps.
+    public func keysByMasterKey() async throws -> [String: Int] {
+        do {
+            var counts: [String: Int] = [:]
+            let rows = try await client.queryOpen(
+                "SELECT master_key_id, count(*) FROM personal_data_keys WHERE wrapped IS NOT NULL GROUP BY master_key_id", logger: logger)
+            for try await (id, count) in rows.decode((String, Int).self) { counts[id] = count }
+            return counts
+        } catch {
+            throw PostgresEventStore.mapError(error, operation: "count data keys")
+        }
+    }
+}

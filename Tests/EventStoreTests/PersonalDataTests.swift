@@ -1,0 +1,209 @@
+import ConvoTestSupport
+import Crypto
+import Foundation
+import NIOCore
+import PostgresNIO
+import SharedTypes
+import Synchronization
+import Testing
+
+@testable import EventStore
+
+/// Visitors' personal data sealed with their own key at the store's boundary: ciphertext at rest, plaintext
+/// to readers, erased for good when the key is destroyed, with the hash chain unchanged.
+@Suite struct PersonalDataTests {
+    static func message(_ text: String, visitor: VisitorUID, id: String = UUID().uuidString, mayCreateKey: Bool = true) throws -> NewEvent {
+        try NewEvent(
+            type: VisitorMessageReceived.eventType, encoding: VisitorMessageReceived(messageId: id, visitorUid: visitor, text: text, sentAt: Date()),
+            metadata: EventMetadata(actorId: visitor.actorID), subject: PersonalDataSubject(visitor: visitor, mayCreateKey: mayCreateKey))
+    }
+
+    static func storedText(_ store: PostgresEventStore, _ id: UUID) async throws -> String {
+        for try await text in try await store.client.queryOpen("SELECT data ->> 'text' FROM events WHERE event_id = \(id)", logger: TestDatabase.logger)
+            .decode(String.self)
+        {
+            return text
+        }
+        return ""
+    }
+
+    static func visitor() -> VisitorUID { VisitorUID(rawValue: "v-\(UUID().uuidString.prefix(8).lowercased())")! }
+
+    @Test func aPersonalTextIsCiphertextAtRestAndPlaintextToReaders() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let visitor = Self.visitor()
+            let stream = try StreamName(category: "messages", id: "pd-\(UUID().uuidString.prefix(8).lowercased())")
+            let text = "my card is 4111 \"quoted\" \\ é \(UUID().uuidString)"
+            let event = try Self.message(text, visitor: visitor)
+            try await store.append([event], to: stream, tenant: tenant, expectedVersion: .noStream)
+            let stored = try await Self.storedText(store, event.eventId)
+            #expect(stored.hasPrefix("pd1:") && !stored.contains(text) && !stored.contains("4111"))
+            let read = try #require(try await store.readStream(stream, tenant: tenant).first)
+            #expect(try read.decode(VisitorMessageReceived.self).text == text && !read.isErased)
+            let subject = try read.metadata()["personalData"]?["subject"]?.stringValue
+            #expect(subject == visitor.rawValue)
+            // The other members stay as they were: structure is not personal.
+            #expect(try read.decode(VisitorMessageReceived.self).visitorUid == visitor)
+        }
+    }
+
+    @Test func personalDataWithoutASubjectIsRefusedAndNothingIsWritten() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let stream = try StreamName(category: "messages", id: "pd-\(UUID().uuidString.prefix(8).lowercased())")
+            var event = try Self.message("hello", visitor: Self.visitor())
+            event.personalDataSubject = nil
+            await #expect(throws: EventStoreError.self) { try await store.append([event], to: stream, tenant: tenant, expectedVersion: .any) }
+            #expect(try await store.streamVersion(stream, tenant: tenant) == 0)
+            let outcome = try await store.appendMany([AppendRequest([event], to: stream, tenant: tenant, expectedVersion: .any)])
+            guard case .failure(let error) = outcome.first else { Issue.record("a batch append stored it"); return }
+            #expect(error.code == .invalidArgument)
+        }
+    }
+
+    @Test func destroyingTheKeyErasesEveryReadKeepsTheChainAndFencesDerivedWrites() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let visitor = Self.visitor()
+            let other = Self.visitor()
+            let stream = try StreamName(category: "messages", id: "pd-\(UUID().uuidString.prefix(8).lowercased())")
+            let otherStream = try StreamName(category: "messages", id: "pd-\(UUID().uuidString.prefix(8).lowercased())")
+            // Through the batch path too, several visitors at once.
+            let results = try await store.appendMany([
+                AppendRequest([try Self.message("first secret", visitor: visitor)], to: stream, tenant: tenant, expectedVersion: .noStream),
+                AppendRequest([try Self.message("other's words", visitor: other)], to: otherStream, tenant: tenant, expectedVersion: .noStream),
+            ])
+            #expect(results.allSatisfy { if case .success = $0 { true } else { false } })
+            try await store.append([try Self.message("second secret", visitor: visitor)], to: stream, tenant: tenant, expectedVersion: .exact(1))
+            let before = try await store.verifyChains(tenant: tenant)
+            #expect(before.issues.isEmpty && before.events == 3)
+
+            #expect(try await store.vault.destroyKeys(tenant: tenant, subject: visitor) == [1])
+            #expect(try await store.vault.destroyKeys(tenant: tenant, subject: visitor) == [])
+            let erased = try await store.readStream(stream, tenant: tenant)
+            #expect(erased.count == 2 && erased.allSatisfy(\.isErased))
+            #expect(try erased.map { try $0.decode(VisitorMessageReceived.self).text } == [PersonalData.erasedPlaceholder, PersonalData.erasedPlaceholder])
+            let untouched = try #require(try await store.readStream(otherStream, tenant: tenant).first)
+            #expect(try untouched.decode(VisitorMessageReceived.self).text == "other's words" && !untouched.isErased)
+            let after = try await store.verifyChains(tenant: tenant)
+            #expect(after.issues.isEmpty && after.events == 3)
+
+            // What the responder derived from the erased words has no key to be sealed with.
+            await #expect(throws: EventStoreError.self) {
+                try await store.append([try Self.message("derived", visitor: visitor, mayCreateKey: false)], to: stream, tenant: tenant, expectedVersion: .exact(2))
+            }
+            #expect(try await store.streamVersion(stream, tenant: tenant) == 2)
+            // The visitor's new words get a new key; the old ones stay erased.
+            try await store.append([try Self.message("back again", visitor: visitor)], to: stream, tenant: tenant, expectedVersion: .exact(2))
+            let now = try await store.readStream(stream, tenant: tenant)
+            #expect(try now.map { try $0.decode(VisitorMessageReceived.self).text } == [PersonalData.erasedPlaceholder, PersonalData.erasedPlaceholder, "back again"])
+            #expect(try await store.vault.generations(tenant: tenant, subject: visitor).map(\.live) == [false, true])
+        }
+    }
+
+    @Test func aSealedMemberBoundToAnotherEventDoesNotOpen() throws {
+        let key = SymmetricKeyBox.random()
+        var event = try Self.message("bound", visitor: VisitorUID(rawValue: "v-1")!)
+        try PersonalDataVault.seal(&event, tenant: TenantID(rawValue: "t1")!, generation: 1, key: key)
+        let info = PersonalDataVault.SealInfo.Personal(subject: "v-1", key: 1, fields: ["text"])
+        func recorded(_ id: UUID) -> RecordedEvent {
+            RecordedEvent(
+                globalPosition: 1, eventId: id, tenant: TenantID(rawValue: "t1")!, stream: StreamName(unchecked: "messages-c"), streamVersion: 1,
+                type: event.type, data: event.data, metadataJSON: ByteBuffer(string: "{}"), recordedAt: Date())
+        }
+        let opened = try PersonalDataVault.open(recorded(event.eventId), info: info, key: .live(key))
+        #expect(try opened.decode(VisitorMessageReceived.self).text == "bound")
+        #expect(throws: EventStoreError.self) { try PersonalDataVault.open(recorded(UUID()), info: info, key: .live(key)) }
+        #expect(throws: EventStoreError.self) { try PersonalDataVault.open(recorded(event.eventId), info: info, key: .live(SymmetricKeyBox.random())) }
+        let erased = try PersonalDataVault.open(recorded(event.eventId), info: info, key: .erased)
+        #expect(try erased.isErased && erased.decode(VisitorMessageReceived.self).text == PersonalData.erasedPlaceholder)
+    }
+
+    @Test func anErasureReachesAnotherProcessesCacheAtOnce() async throws {
+        try await TestDatabase.withStore { writer in
+            // A second store with its own pool and LISTEN, whose cache would keep keys for an hour.
+            try await TestDatabase.withClient(url: try TestDatabase.url) { client in
+                let reader = PostgresEventStore(
+                    client: client, keyring: TestDatabase.keyring, vaultConfiguration: .init(cacheLifetime: .seconds(3600)), logger: TestDatabase.logger)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask { try await reader.run() }
+                    defer { group.cancelAll() }
+                    #expect(try await eventually { reader.isListening })
+                    let tenant = TestDatabase.uniqueTenant()
+                    let visitor = Self.visitor()
+                    let stream = try StreamName(category: "messages", id: "pd-\(UUID().uuidString.prefix(8).lowercased())")
+                    try await writer.append([try Self.message("cached words", visitor: visitor)], to: stream, tenant: tenant, expectedVersion: .noStream)
+                    #expect(try await reader.readStream(stream, tenant: tenant).first?.decode(VisitorMessageReceived.self).text == "cached words")
+                    _ = try await writer.vault.destroyKeys(tenant: tenant, subject: visitor)
+                    #expect(try await eventually(timeout: .seconds(5)) { try await reader.readStream(stream, tenant: tenant).first?.isErased == true })
+                }
+            }
+        }
+    }
+
+    @Test func rotatingTheMasterKeyUnderLoadLosesNothing() async throws {
+        try await TestDatabase.withFreshDatabase { url in
+            let old = try MasterKeyring(parsing: MasterKeyring.generateKey())
+            let newKey = MasterKeyring.generateKey()
+            let both = try MasterKeyring(parsing: newKey + "\n" + Self.encoded(old))
+            let onlyNew = try MasterKeyring(parsing: newKey)
+            try await TestDatabase.withClient(url: url) { client in
+                try await Migrator(client: client, logger: TestDatabase.logger).migrate()
+                let tenant = TestDatabase.uniqueTenant()
+                let before = PostgresEventStore(client: client, keyring: old, logger: TestDatabase.logger)
+                var written: [String: String] = [:]
+                for index in 0..<120 {
+                    let stream = try StreamName(category: "messages", id: "rot-\(index)")
+                    let text = "old \(index) \(UUID().uuidString)"
+                    try await before.append([try Self.message(text, visitor: VisitorUID(rawValue: "v\(index)")!)], to: stream, tenant: tenant, expectedVersion: .noStream)
+                    written[stream.description] = text
+                }
+                // Servers given both keys keep writing (old visitors and new ones) while the keys are rewrapped.
+                let during = PostgresEventStore(client: client, keyring: both, logger: TestDatabase.logger)
+                let load = Written()
+                let rewrapped = try await withThrowingTaskGroup(of: Int.self) { group in
+                    for writer in 0..<4 {
+                        group.addTask {
+                            for round in 0..<40 {
+                                let index = (writer * 40 + round) % 200
+                                let stream = try StreamName(category: "messages", id: "rot-load-\(writer)-\(round)")
+                                let text = "during \(writer)/\(round) \(UUID().uuidString)"
+                                try await during.append(
+                                    [try Self.message(text, visitor: VisitorUID(rawValue: "v\(index)")!)], to: stream, tenant: tenant, expectedVersion: .noStream)
+                                load.texts.withLock { $0[stream.description] = text }
+                            }
+                            return 0
+                        }
+                    }
+                    group.addTask { try await during.vault.rewrapAll(batchSize: 7) }
+                    return try await group.reduce(0, +)
+                }
+                #expect(rewrapped >= 120)
+                written.merge(load.texts.withLock { $0 }) { $1 }
+                let counts = try await during.vault.keysByMasterKey()
+                #expect(counts.keys.sorted() == [onlyNew.current.id], "\(counts)")
+                // The old key is gone: everything still reads, with only the new one.
+                let after = PostgresEventStore(client: client, keyring: onlyNew, logger: TestDatabase.logger)
+                for (stream, text) in written {
+                    let read = try await after.readStream(StreamName(unchecked: stream), tenant: tenant)
+                    #expect(try read.map { try $0.decode(VisitorMessageReceived.self).text } == [text])
+                }
+                #expect(written.count == 120 + 160)
+            }
+        }
+    }
+
+    static func encoded(_ keyring: MasterKeyring) -> String {
+        keyring.current.key.withUnsafeBytes { Data($0).base64EncodedString() }
+    }
+}
+
+final class Written: Sendable {
+    let texts = Mutex<[String: String]>([:])
+}
+
+/// Random data keys for the I/O-free tests.
+enum SymmetricKeyBox {
+    static func random() -> SymmetricKey { SymmetricKey(size: .bits256) }
+}
