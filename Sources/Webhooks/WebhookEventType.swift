@@ -21,6 +21,9 @@ public enum WebhookEventType: String, CaseIterable, Sendable, Codable, Comparabl
     case parked = "conversation.parked"
     /// An operator handed a parked conversation back to the responder.
     case resumed = "conversation.resumed"
+    /// The conversation's visitor was forgotten: what they said (and was said to them) is erased in convo;
+    /// a help desk erases its copy.
+    case erased = "conversation.erased"
 
     /// The webhook event type of a stored event type; `nil` for events no endpoint is told about.
     public static func of(storedType: String) -> WebhookEventType? { byStoredType[storedType] }
@@ -38,6 +41,7 @@ public enum WebhookEventType: String, CaseIterable, Sendable, Codable, Comparabl
         ConversationReopened.eventType: .reopened,
         ConversationParked.eventType: .parked,
         ConversationResumed.eventType: .resumed,
+        VisitorDataErased.eventType: .erased,
     ]
 
     /// Parses a list of names.

@@ -38,6 +38,8 @@ public struct WebhookMessage: Sendable, Equatable {
             "payload": payload,
         ]
         if let actor = try? event.metadata().actorId { data["actorId"] = .string(actor) }
+        // Sent after its visitor was forgotten (a retry, a redelivery): the payload's personal fields are erased.
+        if event.isErased { data["erased"] = .bool(true) }
         switch event.type {
         case VisitorMessageReceived.eventType: data["role"] = .string("visitor")
         case AssistantMessageSent.eventType: data["role"] = .string("assistant")

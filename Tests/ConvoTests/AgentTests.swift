@@ -11,6 +11,12 @@ import Testing
 
 @testable import convo
 
+/// `GET /v1/settings`, compared as values (the keys come in any order).
+struct SettingsBody: Decodable, Equatable {
+    var reopenOnVisitorMessage: Bool
+    var visitorRetentionDays: Double
+}
+
 /// An AI that answers only once the test lets it: the test, not the machine's speed, orders the racers.
 final class GatedProvider: AIProvider, Sendable {
     let name = "gated"
@@ -175,13 +181,13 @@ final class GatedProvider: AIProvider, Sendable {
             #expect(try await act(api, conversation, "assignment", key: a.key).status == .created)
             #expect(try await act(api, conversation, "resolve", key: a.key).status == .created)
 
-            #expect(try await api.request(.get, "/v1/settings", key: api.read).text == #"{"reopenOnVisitorMessage":true,"visitorRetentionDays":0}"#)
+            #expect(try await api.request(.get, "/v1/settings", key: api.read).decode(SettingsBody.self) == SettingsBody(reopenOnVisitorMessage: true, visitorRetentionDays: 0))
             #expect(try await api.request(.put, "/v1/settings", key: api.ingest, body: #"{"reopenOnVisitorMessage": false}"#).status == .forbidden)
             #expect(try await api.request(.put, "/v1/settings", key: api.admin, body: #"{"reopenOnVisitorMessage": "no"}"#).status == .badRequest)
             let off = try await api.request(.put, "/v1/settings", key: api.admin, body: #"{"reopenOnVisitorMessage": false}"#)
-            #expect(off.status == .ok && off.text == #"{"reopenOnVisitorMessage":false,"visitorRetentionDays":0}"#, "\(off.text)")
+            #expect(try off.status == .ok && off.decode(SettingsBody.self) == SettingsBody(reopenOnVisitorMessage: false, visitorRetentionDays: 0), "\(off.text)")
             #expect(try await api.request(.put, "/v1/settings", key: api.admin, body: #"{"visitorRetentionDays": -1}"#).status == .badRequest)
-            #expect(try await api.request(.get, "/v1/settings", key: api.stranger).text == #"{"reopenOnVisitorMessage":true,"visitorRetentionDays":0}"#)
+            #expect(try await api.request(.get, "/v1/settings", key: api.stranger).decode(SettingsBody.self) == SettingsBody(reopenOnVisitorMessage: true, visitorRetentionDays: 0))
 
             #expect(try await api.post(conversation, #"{"visitorUid": "v-1", "messageId": "m2", "text": "one more thing"}"#).status == .accepted)
             try await api.process(conversation, visitor: "v-1")
@@ -202,7 +208,7 @@ final class GatedProvider: AIProvider, Sendable {
             let env = ["CONVO_DATABASE_URL": try TestDatabase.url.description, "CI": "true"]
             let set = try await ConvoProcess.run(["settings", "--tenant", api.tenant.rawValue, "--reopen-on-visitor-message", "false", "--json"], environment: env)
             #expect(set.status == 0 && set.stdout.contains(#""reopenOnVisitorMessage" : false"#), "\(set.stdout) \(set.stderr)")
-            #expect(try await api.request(.get, "/v1/settings", key: api.admin).text == #"{"reopenOnVisitorMessage":false}"#)
+            #expect(try await api.request(.get, "/v1/settings", key: api.admin).decode(SettingsBody.self) == SettingsBody(reopenOnVisitorMessage: false, visitorRetentionDays: 0))
             #expect(try await ConvoProcess.run(["settings", "--tenant", api.tenant.rawValue, "--reopen-on-visitor-message", "maybe"], environment: env).status != 0)
         }
     }

@@ -4,7 +4,9 @@ import EventStore
 import Foundation
 import Responder
 import SharedTypes
+import NIOCore
 import Testing
+import Webhooks
 
 @testable import convo
 
@@ -159,7 +161,9 @@ extension PrivacyTests {
     @Test func retentionForgetsQuietVisitorsOnceAcrossInstancesAfterADryRun() async throws {
         let fleet = try await FaultFleet(environment: ["CONVO_RETENTION_INTERVAL_SECONDS": "1"])
         let quiet = "vq-\(UUID().uuidString.prefix(6).lowercased())"
-        let first = try await fleet.serve()
+        // The first instance's retention passes run at its start and then hourly: the dry run below sees the
+        // visitor before anyone forgets them.
+        let first = try await fleet.serve(["--retention-interval", "3600"])
         try await say(fleet, first, "rq-1", quiet, "m1", "hello \(Self.token("quiet"))")
         // Another tenant without a retention period.
         let otherTenant = TestDatabase.uniqueTenant().rawValue
@@ -180,12 +184,17 @@ extension PrivacyTests {
             return listed
         }
         #expect(listed)
+        let dryAgain = try await ConvoProcess.run(["visitors", "retention", "--tenant", fleet.tenant, "--dry-run"], environment: fleet.env)
+        #expect(dryAgain.stdout.contains("would forget") && dryAgain.stdout.contains(quiet), "\(dryAgain.stdout)")
+        #expect(!(await fleet.send(first, .GET, "/v1/conversations/rq-1/messages").body.contains(PersonalData.erasedPlaceholder)), "a dry run forgot")
+        // Two instances with a pass every second.
         let second = try await fleet.serve()
+        let third = try await fleet.serve()
         #expect(try await eventually { await fleet.send(first, .GET, "/v1/conversations/rq-1/messages").body.contains(PersonalData.erasedPlaceholder) })
         // Both instances go on running passes (two more, whoever holds the lock); the visitor was forgotten once.
         func metric(_ name: String) async -> Double {
             var total = 0.0
-            for server in [first, second] {
+            for server in [second, third] {
                 for line in await fleet.get(server, "/metrics").body.split(separator: "\n") where line.hasPrefix(name) {
                     total += Double(line.split(separator: " ").last ?? "0") ?? 0
                 }
@@ -205,6 +214,21 @@ extension PrivacyTests {
         #expect(forgottenTotal == 1)
         #expect(try await first.stop() == 0, "\(first.failureSummary)")
         #expect(try await second.stop() == 0, "\(second.failureSummary)")
+        #expect(try await third.stop() == 0, "\(third.failureSummary)")
+    }
+}
+
+extension PrivacyTests {
+    /// A help desk hears of an erasure per conversation, and a message sent after it says it is erased.
+    @Test func theHelpDeskIsToldOfAnErasureAndOfErasedContent() throws {
+        let erased = VisitorDataErased(visitorUid: VisitorUID(rawValue: "v-1")!, messagesVersion: 3, erasureId: "e-1")
+        let event = RecordedEvent(
+            globalPosition: 9, eventId: UUID(), tenant: TenantID(rawValue: "t1")!, stream: StreamName(unchecked: "workflow-c-7"), streamVersion: 4,
+            type: VisitorDataErased.eventType, data: ByteBuffer(data: try JSONCoding.encoder.encode(erased)), metadataJSON: ByteBuffer(string: "{}"),
+            recordedAt: Date())
+        let message = try #require(WebhookMessage(event))
+        #expect(message.type == .erased && message.conversationId == "c-7")
+        #expect(try WebhookEventType.parse(["conversation.erased"]) == [.erased])
     }
 }
 

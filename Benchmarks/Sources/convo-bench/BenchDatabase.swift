@@ -8,7 +8,8 @@ enum BenchDatabase {
     static let logger = Logger(label: "convo.bench", factory: { _ in SwiftLogNoOpLogHandler() })
 
     /// A master key for the run's own databases: data sealed with it is never read by anyone else.
-    static let keyring = try! MasterKeyring(parsing: MasterKeyring.generateKey())
+    static let masterKey = MasterKeyring.generateKey()
+    static let keyring = try! MasterKeyring(parsing: masterKey)
 
     static func serverURL() throws -> DatabaseURL {
         try DatabaseURL(ProcessInfo.processInfo.environment["CONVO_DATABASE_URL"] ?? "postgres://convo@127.0.0.1:55432/convo")

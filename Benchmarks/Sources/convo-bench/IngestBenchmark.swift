@@ -36,7 +36,7 @@ struct IngestBenchmark: AsyncParsableCommand {
         }
         let (concurrency, seconds, rounds, conversations, useWrk) = (concurrency, seconds, rounds, conversations, client == "wrk")
         let missed = try await BenchDatabase.withDatabase(maximumConnections: concurrency) { client, url in
-            let env = ["CONVO_DATABASE_URL": url.description, "CONVO_LOG_LEVEL": "error", "CI": "true"]
+            let env = ["CONVO_DATABASE_URL": url.description, "CONVO_LOG_LEVEL": "error", "CI": "true", "CONVO_MASTER_KEY": BenchDatabase.masterKey]
             let created = try Self.run(binary, ["keys", "create", "--tenant", "bench", "--scopes", "ingest", "--json"], env)
             guard let key = try JSONSerialization.jsonObject(with: Data(created.utf8)) as? [String: Any], let secret = key["key"] as? String else {
                 throw ValidationError("convo keys create printed no key: \(created)")

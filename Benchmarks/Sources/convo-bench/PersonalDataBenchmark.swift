@@ -1,0 +1,152 @@
+import ArgumentParser
+import EventStore
+import Foundation
+import Logging
+import PostgresNIO
+import Projections
+import Responder
+import SharedTypes
+
+/// What sealing visitors' personal data costs, each side measured in the same run on the same machine:
+/// ingest through the real group-commit path (IngestBatcher) with sealing against the same without (a store
+/// given no master key that stores plaintext, kept for this measure), and a rebuild of every projection over
+/// sealed events (opened as they are read) against one over the same events in plaintext.
+struct PersonalDataBenchmark: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "personal-data", abstract: "ingest and rebuild with sealing against without (targets ≥ 0.9×).")
+
+    @Option(help: "Seconds per ingest side and round.") var seconds: Double = 8
+    @Option(help: "Concurrent ingest callers.") var concurrency: Int = 64
+    @Option(help: "Visitors (each with a data key of their own).") var visitors: Int = 5000
+    @Option(help: "Conversations the rebuild's events are spread over.") var conversations: Int = 4000
+    @Option(help: "Turns per conversation for the rebuild (8 events each).") var turns: Int = 12
+    @Option(help: "Rounds; the median ratio counts.") var rounds: Int = 3
+    @Flag(help: "Exit 1 when a target is missed.") var check = false
+
+    static let target = 0.9
+
+    func run() async throws {
+        var missed = false
+        try await BenchDatabase.withDatabase(maximumConnections: 12) { sealedClient, _ in
+            try await BenchDatabase.withDatabase(maximumConnections: 12) { plainClient, _ in
+                let sealed = PostgresEventStore(client: sealedClient, keyring: BenchDatabase.keyring, logger: BenchDatabase.logger)
+                let plain = PostgresEventStore(
+                    client: plainClient, keyring: nil, vaultConfiguration: .init(allowsPlaintext: true), logger: BenchDatabase.logger)
+                report("personal-data: \(concurrency) callers, \(visitors) visitors, \(seconds) s per ingest side; rebuild of \(conversations) conversations × \(turns) turns")
+                var ingestRatios: [Double] = []
+                for round in 1...rounds {
+                    let withSealing = try await Self.ingest(sealed, seconds: seconds, concurrency: concurrency, visitors: visitors, round: round)
+                    let without = try await Self.ingest(plain, seconds: seconds, concurrency: concurrency, visitors: visitors, round: round)
+                    ingestRatios.append(withSealing / without)
+                    report(
+                        "  round \(round): ingest sealed \(withSealing.formatted(0)) msg/s, plaintext \(without.formatted(0)) msg/s: ×\((withSealing / without).formatted(3))")
+                }
+                let ingest = ingestRatios.sorted()[ingestRatios.count / 2]
+                let ingestOK = ingest >= Self.target
+                report("ingest with sealing / without: ×\(ingest.formatted(3)) median of \(rounds) (target ≥ \(Self.target)) \(ingestOK ? "ok" : "MISSED")")
+
+                let sealedTenant = TenantID(rawValue: "rebuild")!
+                try await Self.generate(sealed, tenant: sealedTenant, conversations: conversations, turns: turns)
+                try await Self.generate(plain, tenant: sealedTenant, conversations: conversations, turns: turns)
+                for client in [sealedClient, plainClient] { try await client.query("VACUUM (FREEZE, ANALYZE) events", logger: BenchDatabase.logger) }
+                var rebuildRatios: [Double] = []
+                for round in 1...rounds {
+                    let (count, sealedSeconds) = try await Self.rebuild(sealed)
+                    let (_, plainSeconds) = try await Self.rebuild(plain)
+                    let ratio = plainSeconds / sealedSeconds
+                    rebuildRatios.append(ratio)
+                    report(
+                        "  round \(round): rebuild of \(count) events sealed \((Double(count) / sealedSeconds).formatted(0)) ev/s, plaintext \((Double(count) / plainSeconds).formatted(0)) ev/s: ×\(ratio.formatted(3))")
+                }
+                let rebuild = rebuildRatios.sorted()[rebuildRatios.count / 2]
+                let rebuildOK = rebuild >= Self.target
+                report("rebuild with opening / without: ×\(rebuild.formatted(3)) median of \(rounds) (target ≥ \(Self.target)) \(rebuildOK ? "ok" : "MISSED")")
+                missed = !ingestOK || !rebuildOK
+            }
+        }
+        if check && missed { throw ExitCode(1) }
+    }
+
+    /// Messages per second through a running IngestBatcher, `concurrency` callers sending one message after another.
+    static func ingest(_ store: PostgresEventStore, seconds: Double, concurrency: Int, visitors: Int, round: Int) async throws -> Double {
+        let batcher = IngestBatcher(store: store, logger: BenchDatabase.logger)
+        return try await withThrowingTaskGroup(of: Int.self) { group in
+            group.addTask { try await batcher.run(); return 0 }
+            let deadline = ContinuousClock.now + .milliseconds(Int64(seconds * 1000))
+            let started = ContinuousClock.now
+            let sent = try await withThrowingTaskGroup(of: Int.self) { callersGroup in
+                for caller in 0..<concurrency {
+                    callersGroup.addTask {
+                        var count = 0
+                        while ContinuousClock.now < deadline {
+                            let visitor = (caller * 7919 + count * 31) % visitors
+                            let message = IncomingMessage(
+                                tenant: TenantID(rawValue: "ingest")!, conversationId: ConversationID(rawValue: "r\(round)-c\(visitor)")!,
+                                visitorUid: VisitorUID(rawValue: "v\(visitor)")!, messageId: "m\(caller)-\(count)",
+                                text: "Hello, I ordered a blue jacket last week and it has not arrived yet; my order number is \(caller)-\(count).",
+                                sentAt: Date())
+                            _ = try await batcher.ingest(message)
+                            count += 1
+                        }
+                        return count
+                    }
+                }
+                return try await callersGroup.reduce(0, +)
+            }
+            let elapsed = ContinuousClock.now - started
+            group.cancelAll()
+            return Double(sent) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+        }
+    }
+
+    /// What the responder writes for `turns` turns of each conversation, through the store (sealed when it seals).
+    static func generate(_ store: PostgresEventStore, tenant: TenantID, conversations: Int, turns: Int) async throws {
+        let chunk = 250
+        for start in stride(from: 0, to: conversations, by: chunk) {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for conversation in start..<min(conversations, start + chunk) {
+                    group.addTask {
+                        let id = ConversationID(rawValue: "c\(conversation)")!
+                        let visitor = VisitorUID(rawValue: "v\(conversation)")!
+                        let subject = PersonalDataSubject(visitor: visitor, mayCreateKey: true)
+                        var messages: [NewEvent] = [try NewEvent(type: ConversationStarted.eventType, encoding: ConversationStarted(visitorUid: visitor, startedAt: Date()))]
+                        var workflow: [NewEvent] = []
+                        let metadata = EventMetadata(actorId: SystemActor.actorID, extra: ["visitorUid": .string(visitor.rawValue)])
+                        workflow.append(try NewEvent(type: WorkflowStarted.eventType, encoding: WorkflowStarted(workflowId: "support", workflowVersion: 1, startNodeId: "wait"), metadata: metadata))
+                        for turn in 1...turns {
+                            let text = "Where is my order number \(conversation)-\(turn)? It was due yesterday."
+                            messages.append(
+                                try NewEvent(
+                                    type: VisitorMessageReceived.eventType,
+                                    encoding: VisitorMessageReceived(messageId: "m\(turn)", visitorUid: visitor, text: text, sentAt: Date()), subject: subject))
+                            let decided: [WorkflowEvent] = [
+                                .variableSet(WorkflowVariableSet(name: "question", value: .string(text), nodeId: "wait")),
+                                .transitioned(WorkflowTransitioned(from: "wait", to: "answer", causedByMessageId: "m\(turn)")),
+                                .assistantMessageSent(
+                                    AssistantMessageSent(
+                                        text: "Orders usually arrive within 3 to 5 working days; I have noted order \(conversation)-\(turn).", nodeId: "answer",
+                                        inReplyTo: ["m\(turn)"], provider: "rules")),
+                                .toolCalled(ToolCalled(tool: "add_tag", arguments: ["tag": "shipping"], outcome: .succeeded, actorId: SystemActor.actorID, nodeId: "answer")),
+                                .waitingForInput(WorkflowWaitingForInput(nodeId: "wait")),
+                                .messagesProcessed(MessagesProcessed(upToVersion: Int64(turn + 1))),
+                            ]
+                            workflow += try decided.map { try NewEvent(type: $0.eventType, encoding: $0, metadata: metadata, subject: subject) }
+                        }
+                        try await store.append(messages, to: id.messagesStream, tenant: tenant, expectedVersion: .noStream)
+                        try await store.append(workflow, to: id.workflowStream, tenant: tenant, expectedVersion: .noStream)
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+    }
+
+    /// Rebuilds every projection; how many events and how long.
+    static func rebuild(_ store: PostgresEventStore) async throws -> (Int64, Double) {
+        let started = ContinuousClock.now
+        let summaries = try await ProjectionRebuilder(store: store, logger: BenchDatabase.logger).rebuild(ProjectionRegistry.standard, reason: "bench")
+        let elapsed = ContinuousClock.now - started
+        let events = summaries.map(\.events).max() ?? 0
+        return (events, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+    }
+}
