@@ -26,8 +26,11 @@ extension PostgresEventStore {
                 batch.append(event)
                 if batch.count == batchSize {
                     count += batch.count
-                    try await body(try await vault.open(batch))
-                    batch.removeAll(keepingCapacity: true)
+                    // Handed over, not copied: opening changes the events in place.
+                    let full = batch
+                    batch = []
+                    batch.reserveCapacity(batchSize)
+                    try await body(try await vault.open(full))
                 }
             }
         } catch let error as EventStoreError {
@@ -171,6 +174,15 @@ extension PostgresEventStore {
     /// - Throws: as ``readAll(_:after:maxCount:)``.
     public func openPersonalData(_ events: [RecordedEvent]) async throws -> [RecordedEvent] {
         try await vault.open(events)
+    }
+
+    /// Events as stored, sealed members left sealed: for measuring what opening costs (`convo-bench personal-data --diagnose`).
+    public func readAllUnopened(after position: Int64, maxCount: Int) async throws -> [RecordedEvent] {
+        var events: [RecordedEvent] = []
+        let rows = try await client.queryOpen(
+            "SELECT \(unescaped: Self.columns) FROM events WHERE global_position > \(position) ORDER BY global_position LIMIT \(maxCount)", logger: logger)
+        for try await event in Self.events(in: rows) { events.append(event) }
+        return events
     }
 
     /// Whether an event with this id is stored.

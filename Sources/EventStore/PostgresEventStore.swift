@@ -513,12 +513,15 @@ public final class PostgresEventStore: EventStore, Service {
                 try await cancelWhenGracefulShutdown {
                     // A session that ends gives up the LISTEN at once (see whileOpen), and the next round listens again.
                     try await self.client.withOpenConnection { connection in
-                        defer { self.listening.store(false, ordering: .releasing) }
+                        defer {
+                            self.listening.store(false, ordering: .releasing)
+                            self.vault.listeningChanged(false)
+                        }
                         try await connection.listen(on: channel) { notifications in
                             self.listening.store(true, ordering: .releasing)
                             // Anything committed while no LISTEN was active is picked up now, and a key
                             // destroyed meanwhile is no longer held.
-                            self.vault.forgetLiveKeys()
+                            self.vault.listeningChanged(true)
                             self.signal.signal()
                             for try await notification in notifications {
                                 if notification.payload.isEmpty {

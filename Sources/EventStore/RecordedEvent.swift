@@ -14,13 +14,13 @@ public struct RecordedEvent: Sendable, Equatable {
     public let streamVersion: Int64
     public let type: String
     /// The payload, UTF-8 JSON.
-    public let data: ByteBuffer
+    public internal(set) var data: ByteBuffer
     /// The metadata, UTF-8 JSON; decoded on demand by ``metadata()`` because most readers never need it.
     public let metadataJSON: ByteBuffer
     public let recordedAt: Date
     /// Whether personal members of the payload were erased (their visitor forgotten): they read as
     /// ``PersonalData/erasedPlaceholder``.
-    public private(set) var isErased: Bool = false
+    public internal(set) var isErased: Bool = false
 
     public init(
         globalPosition: Int64, eventId: UUID, tenant: TenantID, stream: StreamName, streamVersion: Int64, type: String,

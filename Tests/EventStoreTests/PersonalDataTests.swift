@@ -207,3 +207,36 @@ final class Written: Sendable {
 enum SymmetricKeyBox {
     static func random() -> SymmetricKey { SymmetricKey(size: .bits256) }
 }
+
+@Suite struct Base64Tests {
+    @Test func encodingAndDecodingAgreeWithFoundationAtEveryLength() throws {
+        for length in 0..<70 {
+            let bytes = (0..<length).map { _ in UInt8.random(in: 0...255) }
+            var buffer = ByteBuffer()
+            Base64.encode(bytes, into: &buffer)
+            #expect(String(buffer: buffer) == Data(bytes).base64EncodedString())
+            let decoded = buffer.withUnsafeReadableBytes { Base64.decode($0) }
+            #expect(decoded == bytes)
+        }
+        for bad in ["abc", "ab=c", "a===", "ab!d"] {
+            #expect(Array(bad.utf8).withUnsafeBytes { Base64.decode($0) } == nil, "\(bad)")
+        }
+    }
+}
+
+@Suite struct SealInfoTests {
+    func info(_ json: String) throws -> PersonalDataVault.SealInfo.Personal? {
+        try PersonalDataVault.sealInfo(of: ByteBuffer(string: json))
+    }
+
+    @Test func theMetadataSaysWhoseAnEventIsHoweverItIsWritten() throws {
+        let plain = try #require(try info(#"{"actorId": "visitor:v-1", "personalData": {"key": 2, "fields": ["text", "value"], "subject": "v-1"}}"#))
+        #expect(plain.subject == "v-1" && plain.key == 2 && plain.fields == ["text", "value"])
+        let compact = try #require(try info(#"{"personalData":{"subject":"v-2","key":1,"fields":["text"]},"actorId":"a"}"#))
+        #expect(compact.subject == "v-2" && compact.key == 1 && compact.fields == ["text"])
+        // The key's name inside a string comes first: the decoder, not the fast path, answers.
+        let tricky = try #require(try info(#"{"actorId": "x \"personalData\": {", "personalData": {"key": 3, "fields": ["text"], "subject": "v\u002d3"}}"#))
+        #expect(tricky.subject == "v-3" && tricky.key == 3)
+        #expect(try info(#"{"actorId": "visitor:v-1"}"#) == nil)
+    }
+}

@@ -14,10 +14,19 @@ enum JSONMembers {
     /// - Throws: ``Malformed`` when `bytes` is not a JSON object.
     static func members(of bytes: UnsafeRawBufferPointer) throws(Malformed) -> [Member] {
         var members: [Member] = []
+        try forEach(in: bytes) { members.append($0) }
+        return members
+    }
+
+    /// Calls `body` with each top-level member of the object in `bytes`, in order, storing none of them.
+    ///
+    /// - Throws: ``Malformed`` when `bytes` is not a JSON object.
+    @inline(__always)
+    static func forEach(in bytes: UnsafeRawBufferPointer, _ body: (Member) -> Void) throws(Malformed) {
         var index = skipSpace(bytes, 0)
         guard index < bytes.count, bytes[index] == UInt8(ascii: "{") else { throw Malformed() }
         index = skipSpace(bytes, index + 1)
-        if index < bytes.count, bytes[index] == UInt8(ascii: "}") { return members }
+        if index < bytes.count, bytes[index] == UInt8(ascii: "}") { return }
         while true {
             guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw Malformed() }
             let keyEnd = try stringEnd(bytes, index)
@@ -26,10 +35,10 @@ enum JSONMembers {
             guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw Malformed() }
             let valueStart = skipSpace(bytes, index + 1)
             let valueEnd = try self.valueEnd(bytes, valueStart)
-            members.append(Member(key: key, value: valueStart..<valueEnd))
+            body(Member(key: key, value: valueStart..<valueEnd))
             index = skipSpace(bytes, valueEnd)
             guard index < bytes.count else { throw Malformed() }
-            if bytes[index] == UInt8(ascii: "}") { return members }
+            if bytes[index] == UInt8(ascii: "}") { return }
             guard bytes[index] == UInt8(ascii: ",") else { throw Malformed() }
             index = skipSpace(bytes, index + 1)
         }
@@ -44,9 +53,12 @@ enum JSONMembers {
         return utf8.next() == nil
     }
 
+    @inline(__always)
+    private static func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 || byte == 0x0A || byte == 0x0D }
+
     private static func skipSpace(_ bytes: UnsafeRawBufferPointer, _ start: Int) -> Int {
         var index = start
-        while index < bytes.count, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[index]) { index += 1 }
+        while index < bytes.count, isSpace(bytes[index]) { index += 1 }
         return index
     }
 
@@ -64,7 +76,7 @@ enum JSONMembers {
     }
 
     /// The index after the value starting at `start`.
-    private static func valueEnd(_ bytes: UnsafeRawBufferPointer, _ start: Int) throws(Malformed) -> Int {
+    static func valueEnd(_ bytes: UnsafeRawBufferPointer, _ start: Int) throws(Malformed) -> Int {
         guard start < bytes.count else { throw Malformed() }
         switch bytes[start] {
         case UInt8(ascii: "\""):
@@ -90,7 +102,9 @@ enum JSONMembers {
             throw Malformed()
         default:
             var index = start
-            while index < bytes.count, ![UInt8(ascii: ","), UInt8(ascii: "}"), UInt8(ascii: "]"), 0x20, 0x09, 0x0A, 0x0D].contains(bytes[index]) {
+            while index < bytes.count {
+                let byte = bytes[index]
+                if byte == UInt8(ascii: ",") || byte == UInt8(ascii: "}") || byte == UInt8(ascii: "]") || isSpace(byte) { break }
                 index += 1
             }
             guard index > start else { throw Malformed() }

@@ -1,4 +1,7 @@
 import Crypto
+#if canImport(Glibc)
+import Glibc
+#endif
 import Foundation
 import Logging
 import NIOCore
@@ -41,6 +44,13 @@ public final class PersonalDataVault: Sendable {
     let channel: String
     let logger: Logger
     private let cache = Mutex(Cache())
+    /// Whether the store's `LISTEN` is up: every erasure then reaches this process as it commits, and live
+    /// keys are kept for ``listeningCacheLifetime`` rather than ``Configuration/cacheLifetime``.
+    private let listening = Atomic<Bool>(false)
+    /// How long a live key is kept while erasures are heard: 10 minutes (memory, not staleness, bounds it).
+    static let listeningCacheLifetime: Duration = .seconds(600)
+    /// The most keys kept in memory; past it the live ones are dropped (they are read again as needed).
+    static let cacheLimit = 200_000
 
     static let envelopePrefix = "pd1:"
     static let metadataKey = "personalData"
@@ -64,6 +74,9 @@ public final class PersonalDataVault: Sendable {
     struct Cache: Sendable {
         var keys: [GenerationKey: (key: DataKey, expires: ContinuousClock.Instant?)] = [:]
         var current: [SubjectKey: (generation: Int, key: SymmetricKey, expires: ContinuousClock.Instant)] = [:]
+        /// Grows with every erasure heard and every drop: a key read before it changed is not kept, since the
+        /// erasure may have been handled between the read and the keeping.
+        var epoch = 0
     }
 
     init(keyring: MasterKeyring?, configuration: Configuration, client: PostgresClient, channel: String, logger: Logger) {
@@ -153,7 +166,9 @@ public final class PersonalDataVault: Sendable {
                     authenticating: associatedData(
                         tenant: tenant.rawValue, subject: subject.visitor.rawValue, generation: generation, eventId: current.eventId, field: field))
                 guard let combined = box.combined else { throw EventStoreError(code: .storageFailure, message: "sealing produced no ciphertext") }
-                out.writeString("\"\(envelopePrefix)\(combined.base64EncodedString())\"")
+                out.writeString("\"\(envelopePrefix)")
+                Base64.encode(combined, into: &out)
+                out.writeInteger(UInt8(ascii: "\""))
                 copied = member.value.upperBound
                 fields.append(field)
             }
@@ -169,7 +184,18 @@ public final class PersonalDataVault: Sendable {
 
     /// What a sealed member is bound to besides its key.
     static func associatedData(tenant: String, subject: String, generation: Int, eventId: UUID, field: String) -> [UInt8] {
-        Array("convo.pd.v1\u{0}\(tenant)\u{0}\(subject)\u{0}\(generation)\u{0}\(eventId.uuidString.lowercased())\u{0}\(field)".utf8)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(64 + tenant.utf8.count + subject.utf8.count + field.utf8.count)
+        bytes += "convo.pd.v1".utf8
+        bytes.append(0)
+        bytes += tenant.utf8
+        bytes.append(0)
+        bytes += subject.utf8
+        bytes.append(0)
+        withUnsafeBytes(of: UInt32(truncatingIfNeeded: generation).bigEndian) { bytes += $0 }
+        withUnsafeBytes(of: eventId.uuid) { bytes += $0 }
+        bytes += field.utf8
+        return bytes
     }
 
     /// The subjects' live keys for sealing, made where there is none and the value says one may be made;
@@ -183,6 +209,7 @@ public final class PersonalDataVault: Sendable {
             }
         }
         for _ in 0..<5 {
+            let epoch = cache.withLock { $0.epoch }
             let missing = wanted.keys.filter { found[$0] == nil }
             guard !missing.isEmpty else { return found }
             var latest: [SubjectKey: (generation: Int, masterKeyId: String?, wrapped: ByteBuffer?)] = [:]
@@ -204,7 +231,7 @@ public final class PersonalDataVault: Sendable {
             for id in missing {
                 if let row = latest[id], let masterKeyId = row.masterKeyId, let wrapped = row.wrapped {
                     let key = try unwrap(wrapped, masterKeyId: masterKeyId, GenerationKey(tenant: id.tenant, subject: id.subject, generation: row.generation))
-                    remember(id, generation: row.generation, key: key)
+                    remember(id, generation: row.generation, key: key, ifEpoch: epoch)
                     found[id] = (row.generation, key)
                 } else if latest[id] != nil, wanted[id] != true {
                     found[id] = .some(nil)
@@ -229,7 +256,7 @@ public final class PersonalDataVault: Sendable {
                 throw PostgresEventStore.mapError(error, operation: "store data keys")
             }
             for (id, generation, key, _, _) in creating where created.contains(id) {
-                remember(id, generation: generation, key: key)
+                remember(id, generation: generation, key: key, ifEpoch: epoch)
                 found[id] = (generation, key)
             }
             // Another writer made a generation first: the next round reads theirs.
@@ -237,9 +264,13 @@ public final class PersonalDataVault: Sendable {
         throw EventStoreError(code: .storageFailure, message: "could not settle the visitors' data keys")
     }
 
-    private func remember(_ id: SubjectKey, generation: Int, key: SymmetricKey) {
-        let expires = ContinuousClock.now + configuration.cacheLifetime
+    private var liveKeyLifetime: Duration { listening.load(ordering: .acquiring) ? Self.listeningCacheLifetime : configuration.cacheLifetime }
+
+    private func remember(_ id: SubjectKey, generation: Int, key: SymmetricKey, ifEpoch epoch: Int) {
+        let expires = ContinuousClock.now + liveKeyLifetime
         cache.withLock {
+            guard $0.epoch == epoch else { return }
+            if $0.keys.count > Self.cacheLimit { Self.dropLive(&$0) }
             $0.current[id] = (generation, key, expires)
             $0.keys[GenerationKey(tenant: id.tenant, subject: id.subject, generation: generation)] = (.live(key), expires)
         }
@@ -276,7 +307,7 @@ public final class PersonalDataVault: Sendable {
     // MARK: Opening
 
     struct SealInfo: Decodable {
-        struct Personal: Decodable {
+        struct Personal: Decodable, Equatable {
             var subject: String
             var key: Int
             var fields: [String]
@@ -289,56 +320,179 @@ public final class PersonalDataVault: Sendable {
 
     /// What sealed an event, when it is sealed.
     static func sealInfo(of event: RecordedEvent) throws -> SealInfo.Personal? {
-        let sealed = event.metadataJSON.withUnsafeReadableBytes { bytes in
-            marker.withUnsafeBytes { needle in contains(bytes, needle) }
-        }
-        guard sealed else { return nil }
-        return try RecordedEvent.decode(SealInfo.self, from: event.metadataJSON).personalData
+        try sealInfo(of: event.metadataJSON)
     }
 
-    /// Whether `needle` occurs in `bytes`.
-    static func contains(_ bytes: UnsafeRawBufferPointer, _ needle: UnsafeRawBufferPointer) -> Bool {
-        guard needle.count > 0, bytes.count >= needle.count else { return false }
-        let first = needle[0]
-        var index = 0
-        let last = bytes.count - needle.count
-        outer: while index <= last {
-            if bytes[index] == first {
-                for offset in 1..<needle.count where bytes[index + offset] != needle[offset] {
-                    index += 1
-                    continue outer
-                }
-                return true
-            }
-            index += 1
+    static func sealInfo(of metadataJSON: ByteBuffer) throws -> SealInfo.Personal? {
+        let found = metadataJSON.withUnsafeReadableBytes { bytes -> SealInfo.Personal?? in
+            guard let at = marker.withUnsafeBytes({ needle in firstIndex(of: needle, in: bytes) }) else { return .some(nil) }
+            // The common shape, read in place: a rebuild opens every sealed event, and a JSON decoder per event
+            // would cost more than opening it. Anything else goes to the decoder.
+            return fastSealInfo(bytes, markerAt: at).map { .some($0) } ?? nil
         }
-        return false
+        switch found {
+        case .some(let info): return info
+        case .none: return try RecordedEvent.decode(SealInfo.self, from: metadataJSON).personalData
+        }
+    }
+
+    /// `personalData` read from the metadata's bytes, starting where its key was found; `nil` when it is not
+    /// the plain shape convo writes (a key, not text inside a string; an object of a plain subject, a key
+    /// generation and a list of plain field names).
+    static func fastSealInfo(_ bytes: UnsafeRawBufferPointer, markerAt at: Int) -> SealInfo.Personal? {
+        // A key follows `{`, `,` or a space; inside a string the quote would be escaped.
+        guard at > 0, bytes[at - 1] != UInt8(ascii: "\\") else { return nil }
+        var index = at + marker.count
+        while index < bytes.count, bytes[index] == 0x20 { index += 1 }
+        guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { return nil }
+        index += 1
+        while index < bytes.count, bytes[index] == 0x20 { index += 1 }
+        guard index < bytes.count, bytes[index] == UInt8(ascii: "{"), let end = try? JSONMembers.valueEnd(bytes, index) else { return nil }
+        let object = UnsafeRawBufferPointer(rebasing: bytes[index..<end])
+        var subject: String?
+        var key: Int?
+        var names: [String]?
+        var malformed = false
+        do {
+            try JSONMembers.forEach(in: object) { field in
+                let value = UnsafeRawBufferPointer(rebasing: object[field.value])
+                if JSONMembers.matches(object, field.key, "subject") {
+                    subject = plainString(value)
+                } else if JSONMembers.matches(object, field.key, "key") {
+                    key = integer(value)
+                } else if JSONMembers.matches(object, field.key, "fields") {
+                    guard value.count >= 2, value[0] == UInt8(ascii: "["), value[value.count - 1] == UInt8(ascii: "]") else {
+                        malformed = true
+                        return
+                    }
+                    var list: [String] = []
+                    for part in UnsafeRawBufferPointer(rebasing: value[1..<(value.count - 1)]).split(separator: UInt8(ascii: ",")) {
+                        guard let name = plainString(UnsafeRawBufferPointer(rebasing: part.drop { $0 == 0x20 })) else {
+                            malformed = true
+                            return
+                        }
+                        list.append(name)
+                    }
+                    names = list
+                }
+            }
+        } catch { return nil }
+        guard !malformed, let subject, let key, let names else { return nil }
+        return SealInfo.Personal(subject: subject, key: key, fields: names)
+    }
+
+    /// A non-negative decimal integer; `nil` for anything else.
+    private static func integer(_ value: UnsafeRawBufferPointer) -> Int? {
+        guard !value.isEmpty, value.count < 10 else { return nil }
+        var result = 0
+        for byte in value {
+            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
+            result = result * 10 + Int(byte - UInt8(ascii: "0"))
+        }
+        return result
+    }
+
+    /// A JSON string without escapes, unquoted; `nil` for anything else.
+    private static func plainString(_ value: UnsafeRawBufferPointer) -> String? {
+        guard value.count >= 2, value[0] == UInt8(ascii: "\""), value[value.count - 1] == UInt8(ascii: "\"") else { return nil }
+        let inner = UnsafeRawBufferPointer(rebasing: value[1..<(value.count - 1)])
+        guard !inner.contains(UInt8(ascii: "\\")), !inner.contains(UInt8(ascii: "\"")) else { return nil }
+        return String(decoding: inner, as: UTF8.self)
+    }
+
+    /// Where `needle` first occurs in `bytes`: `memchr` (vectorized) finds each candidate by the needle's
+    /// rarest byte, its uppercase `D`, so the metadata of an unsealed event costs almost nothing to rule out.
+    static func firstIndex(of needle: UnsafeRawBufferPointer, in bytes: UnsafeRawBufferPointer) -> Int? {
+        guard let base = bytes.baseAddress, needle.count > 0, bytes.count >= needle.count else { return nil }
+        let pivot = needle.firstIndex(of: UInt8(ascii: "D")) ?? 0
+        var from = pivot
+        while from < bytes.count {
+            guard let hit = memchr(base + from, Int32(needle[pivot]), bytes.count - from) else { return nil }
+            let at = base.distance(to: UnsafeRawPointer(hit))
+            let start = at - pivot
+            if start + needle.count <= bytes.count, memcmp(base + start, needle.baseAddress!, needle.count) == 0 { return start }
+            from = at + 1
+        }
+        return nil
     }
 
     /// The events with their sealed members opened, or marked erased where the key is destroyed.
     ///
     /// - Throws: ``EventStoreError`` `keyUnavailable` when a live key's master key is not configured;
     ///   `storageFailure` when a sealed member does not open with its key (altered data) or its key is missing.
-    func open(_ events: [RecordedEvent]) async throws -> [RecordedEvent] {
+    func open(_ events: consuming [RecordedEvent]) async throws -> [RecordedEvent] {
+        // Large batches (a rebuild's, a scan's) are read and opened on several child tasks: the reading task
+        // would otherwise be the rebuild's bottleneck.
+        let parts = events.count >= 256 ? max(1, min(4, ProcessInfo.processInfo.activeProcessorCount)) : 1
+        let metadata = events.map(\.metadataJSON)
         var infos: [(Int, SealInfo.Personal)] = []
-        for index in events.indices {
-            if let info = try Self.sealInfo(of: events[index]) { infos.append((index, info)) }
+        if parts == 1 {
+            infos = try Self.sealInfos(metadata, metadata.indices)
+        } else {
+            infos = try await withThrowingTaskGroup(of: [(Int, SealInfo.Personal)].self) { group in
+                for slice in Self.slices(metadata.count, parts) { group.addTask { try Self.sealInfos(metadata, slice) } }
+                return try await group.reduce(into: []) { $0 += $1 }
+            }
         }
         guard !infos.isEmpty else { return events }
-        let keys = try await dataKeys(Set(infos.map { GenerationKey(tenant: events[$0.0].tenant.rawValue, subject: $0.1.subject, generation: $0.1.key) }))
         var opened = events
-        for (index, info) in infos {
-            let event = events[index]
-            let id = GenerationKey(tenant: event.tenant.rawValue, subject: info.subject, generation: info.key)
-            guard let key = keys[id] else {
-                throw EventStoreError(code: .storageFailure, message: "the data key of the event at position \(event.globalPosition) is missing")
+        let keys = try await dataKeys(Set(infos.map { GenerationKey(tenant: opened[$0.0].tenant.rawValue, subject: $0.1.subject, generation: $0.1.key) }))
+        if parts == 1 || infos.count < 256 {
+            for (index, info) in infos {
+                let (data, erased) = try Self.open(opened[index], info: info, key: keys)
+                opened[index].data = data
+                opened[index].isErased = erased
             }
-            opened[index] = try Self.open(event, info: info, key: key)
+            return opened
+        }
+        let work = infos
+        let sealed = opened
+        let results = try await withThrowingTaskGroup(of: [(Int, ByteBuffer, Bool)].self) { group in
+            for slice in Self.slices(work.count, parts) {
+                group.addTask {
+                    try slice.map { item in
+                        let (index, info) = work[item]
+                        let (data, erased) = try Self.open(sealed[index], info: info, key: keys)
+                        return (index, data, erased)
+                    }
+                }
+            }
+            return try await group.reduce(into: []) { $0 += $1 }
+        }
+        for (index, data, erased) in results {
+            opened[index].data = data
+            opened[index].isErased = erased
         }
         return opened
     }
 
+    private static func slices(_ count: Int, _ parts: Int) -> [Range<Int>] {
+        let size = (count + parts - 1) / max(1, parts)
+        return stride(from: 0, to: count, by: max(1, size)).map { $0..<min(count, $0 + size) }
+    }
+
+    private static func sealInfos(_ metadata: [ByteBuffer], _ range: Range<Int>) throws -> [(Int, SealInfo.Personal)] {
+        var found: [(Int, SealInfo.Personal)] = []
+        for index in range {
+            if let info = try sealInfo(of: metadata[index]) { found.append((index, info)) }
+        }
+        return found
+    }
+
+    private static func open(_ event: borrowing RecordedEvent, info: SealInfo.Personal, key keys: [GenerationKey: DataKey]) throws -> (ByteBuffer, Bool) {
+        guard let key = keys[GenerationKey(tenant: event.tenant.rawValue, subject: info.subject, generation: info.key)] else {
+            throw EventStoreError(code: .storageFailure, message: "the data key of the event at position \(event.globalPosition) is missing")
+        }
+        return try openedData(event, info: info, key: key)
+    }
+
     static func open(_ event: RecordedEvent, info: SealInfo.Personal, key dataKey: DataKey) throws -> RecordedEvent {
+        let (data, erased) = try openedData(event, info: info, key: dataKey)
+        return event.replacing(data: data, erased: erased)
+    }
+
+    /// The payload with its sealed members opened (or erased), and whether they were erased.
+    static func openedData(_ event: borrowing RecordedEvent, info: SealInfo.Personal, key dataKey: DataKey) throws -> (ByteBuffer, Bool) {
         let data = try event.data.withUnsafeReadableBytes { bytes throws -> ByteBuffer in
             let members: [JSONMembers.Member]
             do { members = try JSONMembers.members(of: bytes) } catch {
@@ -357,7 +511,7 @@ public final class PersonalDataVault: Sendable {
                 case .live(let key):
                     let value = UnsafeRawBufferPointer(rebasing: bytes[member.value])
                     let prefix = 1 + envelopePrefix.utf8.count
-                    guard value.count > prefix + 1, let combined = Data(base64Encoded: Data(value[prefix..<(value.count - 1)])) else {
+                    guard value.count > prefix + 1, let combined = Base64.decode(UnsafeRawBufferPointer(rebasing: value[prefix..<(value.count - 1)])) else {
                         throw EventStoreError(code: .storageFailure, message: "the sealed member '\(field)' of the event at position \(event.globalPosition) is not an envelope")
                     }
                     do {
@@ -377,7 +531,7 @@ public final class PersonalDataVault: Sendable {
         }
         var erased = false
         if case .erased = dataKey { erased = true }
-        return event.replacing(data: data, erased: erased)
+        return (data, erased)
     }
 
     /// The data keys of `ids`, from memory or in one query.
@@ -391,6 +545,7 @@ public final class PersonalDataVault: Sendable {
             }
         }
         guard !missing.isEmpty else { return found }
+        let epoch = cache.withLock { $0.epoch }
         var fetched: [(GenerationKey, DataKey, Bool)] = []
         do {
             let rows = try await client.queryOpen(
@@ -410,9 +565,11 @@ public final class PersonalDataVault: Sendable {
         } catch {
             throw PostgresEventStore.mapError(error, operation: "read data keys")
         }
-        let expires = now + configuration.cacheLifetime
+        let expires = now + liveKeyLifetime
         cache.withLock { cache in
-            for (id, key, live) in fetched { cache.keys[id] = (key, live ? expires : nil) }
+            if cache.keys.count > Self.cacheLimit { Self.dropLive(&cache) }
+            // A destroyed key is kept for good; a live one only if no erasure was heard meanwhile.
+            for (id, key, live) in fetched where !live || cache.epoch == epoch { cache.keys[id] = (key, live ? expires : nil) }
         }
         for (id, key, _) in fetched { found[id] = key }
         return found
@@ -480,6 +637,7 @@ public final class PersonalDataVault: Sendable {
     /// Drops a subject's live keys from memory.
     func forget(tenant: String, subject: String) {
         cache.withLock { cache in
+            cache.epoch += 1
             cache.current[SubjectKey(tenant: tenant, subject: subject)] = nil
             for (id, entry) in cache.keys where id.tenant == tenant && id.subject == subject {
                 if case .live = entry.key { cache.keys[id] = nil }
@@ -487,12 +645,18 @@ public final class PersonalDataVault: Sendable {
         }
     }
 
-    /// Drops every live key from memory: what a process does when it may have missed notifications.
-    func forgetLiveKeys() {
-        cache.withLock { cache in
-            cache.current.removeAll()
-            cache.keys = cache.keys.filter { if case .erased = $0.value.key { true } else { false } }
-        }
+    /// Drops every live key from memory and says whether erasures are heard from now on: what a process
+    /// does when its `LISTEN` starts or ends (it may have missed notifications in between).
+    func listeningChanged(_ isListening: Bool) {
+        cache.withLock { Self.dropLive(&$0) }
+        listening.store(isListening, ordering: .releasing)
+    }
+
+    private static func dropLive(_ cache: inout Cache) {
+        cache.epoch += 1
+        cache.current.removeAll()
+        cache.keys = cache.keys.filter { if case .erased = $0.value.key { true } else { false } }
+        if cache.keys.count > cacheLimit { cache.keys.removeAll() }
     }
 
     // MARK: Rotation
