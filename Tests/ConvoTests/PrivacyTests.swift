@@ -232,6 +232,62 @@ extension PrivacyTests {
     }
 }
 
+extension PrivacyTests {
+    /// The master key rotated as an operator does it, while visitors keep writing: servers given the new key
+    /// first and the old one after, `convo encryption rotate-master-key`, then the old key dropped. Nothing is lost.
+    @Test func theMasterKeyIsRotatedWithTheCommandsUnderLoadAndNothingIsLost() async throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("convo-keys-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let (old, new) = (MasterKeyring.generateKey(), MasterKeyring.generateKey())
+        let oldFile = folder.appendingPathComponent("old").path
+        let bothFile = folder.appendingPathComponent("both").path
+        let newFile = folder.appendingPathComponent("new").path
+        try old.write(toFile: oldFile, atomically: true, encoding: .utf8)
+        try "\(new)\n\(old)\n".write(toFile: bothFile, atomically: true, encoding: .utf8)
+        try new.write(toFile: newFile, atomically: true, encoding: .utf8)
+        let fleet = try await FaultFleet(environment: ["CONVO_MASTER_KEY_FILE": oldFile])
+        var sent: [String: [String]] = [:]
+        let before = try await fleet.serve()
+        for index in 0..<12 {
+            let text = Self.token("old\(index)-")
+            try await say(fleet, before, "rot-\(index)", "v\(index)", "m0", "hello \(text)")
+            sent["rot-\(index)", default: []].append(text)
+        }
+        // The rolling change: an instance with both keys (the new one current) takes over.
+        let during = try await fleet.serve(["--master-key-file", bothFile])
+        #expect(try await before.stop() == 0, "\(before.failureSummary)")
+        let load = Task { () -> [String: [String]] in
+            var more: [String: [String]] = [:]
+            for round in 1...6 {
+                for index in stride(from: round % 2, to: 24, by: 2) {
+                    let text = Self.token("new\(index)-")
+                    let reply = await fleet.send(
+                        during, .POST, "/v1/conversations/rot-\(index)/messages",
+                        json: #"{"visitorUid": "v\#(index)", "messageId": "m\#(round)", "text": "hello \#(text)"}"#)
+                    if reply.status == 202 { more["rot-\(index)", default: []].append(text) }
+                }
+            }
+            return more
+        }
+        let rotated = try await ConvoProcess.run(["encryption", "rotate-master-key", "--master-key-file", bothFile, "--batch-size", "3"], environment: fleet.env)
+        #expect(rotated.status == 0, "\(rotated.stdout)\(rotated.stderr)")
+        for (conversation, texts) in await load.value { sent[conversation, default: []] += texts }
+        // Keys made meanwhile were made with the new key: nothing is left under the old one.
+        let status = try await ConvoProcess.run(["encryption", "status", "--master-key-file", newFile], environment: fleet.env)
+        #expect(status.status == 0 && status.stdout.contains("current") && !status.stdout.contains("missing"), "\(status.stdout)")
+        #expect(try await during.stop() == 0, "\(during.failureSummary)")
+        // The old key is gone: everything reads with the new one alone.
+        let after = try await fleet.serve(["--master-key-file", newFile])
+        for (conversation, texts) in sent {
+            let transcript = await fleet.send(after, .GET, "/v1/conversations/\(conversation)/messages")
+            #expect(transcript.status == 200 && texts.allSatisfy { transcript.body.contains($0) }, "\(conversation): \(transcript.body.prefix(300))")
+        }
+        #expect(sent.values.map(\.count).reduce(0, +) > 40)
+        #expect(try await after.stop() == 0, "\(after.failureSummary)")
+    }
+}
+
 extension JSONDecoder {
     /// Decodes what convo answers (dates as RFC 3339 with fractions).
     static var convo: JSONDecoder { JSONCoding.decoder }

@@ -120,12 +120,7 @@ extension VisitorPrivacy {
         }
         var erasures: [Erasure] = []
         for event in try await store.readVisitorEvents(visitor, type: VisitorForgotten.eventType, tenant: tenant) {
-            let record = try event.decode(VisitorForgotten.self)
-            erasures.append(
-                Erasure(
-                    erasureId: record.erasureId, visitorUid: record.visitorUid.rawValue, reason: record.reason, requestedBy: record.requestedBy,
-                    conversations: record.conversations.map(\.rawValue), keyGenerations: record.keyGenerations, recordedAt: event.recordedAt,
-                    alreadyForgotten: false))
+            erasures.append(Erasure(try event.decode(VisitorForgotten.self), recordedAt: event.recordedAt, alreadyForgotten: false))
         }
         return Export(
             tenant: tenant.rawValue, visitorUid: visitor.rawValue, exportedAt: Date(),

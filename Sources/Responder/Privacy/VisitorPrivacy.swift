@@ -30,6 +30,28 @@ public struct VisitorPrivacy: Sendable {
         /// `true` when the visitor had been forgotten already and nothing was held of them since: this is
         /// the earlier erasure's record.
         public var alreadyForgotten: Bool
+
+        /// The erasure a stored record describes.
+        init(_ record: VisitorForgotten, recordedAt: Date, alreadyForgotten: Bool) {
+            self.init(
+                erasureId: record.erasureId, visitorUid: record.visitorUid.rawValue, reason: record.reason, requestedBy: record.requestedBy,
+                conversations: record.conversations.map(\.rawValue), keyGenerations: record.keyGenerations, recordedAt: recordedAt,
+                alreadyForgotten: alreadyForgotten)
+        }
+
+        init(
+            erasureId: String, visitorUid: String, reason: String, requestedBy: String, conversations: [String], keyGenerations: [Int], recordedAt: Date,
+            alreadyForgotten: Bool
+        ) {
+            self.erasureId = erasureId
+            self.visitorUid = visitorUid
+            self.reason = reason
+            self.requestedBy = requestedBy
+            self.conversations = conversations
+            self.keyGenerations = keyGenerations
+            self.recordedAt = recordedAt
+            self.alreadyForgotten = alreadyForgotten
+        }
     }
 
     /// Forgets a visitor: destroys their live data keys (every process drops them from memory at once),
@@ -81,19 +103,13 @@ public struct VisitorPrivacy: Sendable {
         logger.info(
             "visitor forgotten",
             metadata: ["convo.tenant": "\(tenant)", "convo.erasure": "\(erasureId)", "convo.conversations": "\(conversations.count)", "convo.keys": "\(destroyed.count)"])
-        return Erasure(
-            erasureId: erasureId, visitorUid: visitor.rawValue, reason: reason, requestedBy: requestedBy, conversations: conversations.map(\.rawValue),
-            keyGenerations: forgotten.keyGenerations, recordedAt: result.events.first?.recordedAt ?? Date(), alreadyForgotten: result.isDuplicate)
+        return Erasure(forgotten, recordedAt: result.events.first?.recordedAt ?? Date(), alreadyForgotten: result.isDuplicate)
     }
 
     /// The stored record of an erasure, if there is one.
     private func existingRecord(_ id: UUID, visitor: VisitorUID, tenant: TenantID) async throws -> Erasure? {
         for event in try await store.readVisitorEvents(visitor, type: VisitorForgotten.eventType, tenant: tenant) where event.eventId == id {
-            let record = try event.decode(VisitorForgotten.self)
-            return Erasure(
-                erasureId: record.erasureId, visitorUid: record.visitorUid.rawValue, reason: record.reason, requestedBy: record.requestedBy,
-                conversations: record.conversations.map(\.rawValue), keyGenerations: record.keyGenerations, recordedAt: event.recordedAt,
-                alreadyForgotten: true)
+            return Erasure(try event.decode(VisitorForgotten.self), recordedAt: event.recordedAt, alreadyForgotten: true)
         }
         return nil
     }
