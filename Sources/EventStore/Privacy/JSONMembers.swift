@@ -22,7 +22,7 @@ enum JSONMembers {
     ///
     /// - Throws: ``Malformed`` when `bytes` is not a JSON object.
     @inline(__always)
-    static func forEach(in bytes: UnsafeRawBufferPointer, _ body: (Member) -> Void) throws(Malformed) {
+    static func forEach(in bytes: UnsafeRawBufferPointer, _ body: (Member) throws(Malformed) -> Void) throws(Malformed) {
         var index = skipSpace(bytes, 0)
         guard index < bytes.count, bytes[index] == UInt8(ascii: "{") else { throw Malformed() }
         index = skipSpace(bytes, index + 1)
@@ -35,7 +35,7 @@ enum JSONMembers {
             guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw Malformed() }
             let valueStart = skipSpace(bytes, index + 1)
             let valueEnd = try self.valueEnd(bytes, valueStart)
-            body(Member(key: key, value: valueStart..<valueEnd))
+            try body(Member(key: key, value: valueStart..<valueEnd))
             index = skipSpace(bytes, valueEnd)
             guard index < bytes.count else { throw Malformed() }
             if bytes[index] == UInt8(ascii: "}") { return }

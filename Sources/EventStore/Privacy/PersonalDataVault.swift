@@ -365,6 +365,10 @@ public final class PersonalDataVault: Sendable {
                         malformed = true
                         return
                     }
+                    if let common = commonFieldLists.first(where: { $0.bytes.elementsEqual(value) }) {
+                        names = common.fields
+                        return
+                    }
                     var list: [String] = []
                     for part in UnsafeRawBufferPointer(rebasing: value[1..<(value.count - 1)]).split(separator: UInt8(ascii: ",")) {
                         guard let name = plainString(UnsafeRawBufferPointer(rebasing: part.drop { $0 == 0x20 })) else {
@@ -379,6 +383,11 @@ public final class PersonalDataVault: Sendable {
         } catch { return nil }
         guard !malformed, let subject, let key, let names else { return nil }
         return SealInfo.Personal(subject: subject, key: key, fields: names)
+    }
+
+    /// The field lists convo writes, as PostgreSQL writes them out: most events have one of these.
+    static let commonFieldLists: [(bytes: [UInt8], fields: [String])] = Set(PersonalData.fieldsByType.values).map { fields in
+        (Array("[\(fields.map { "\"\($0)\"" }.joined(separator: ", "))]".utf8), fields)
     }
 
     /// A non-negative decimal integer; `nil` for anything else.
@@ -436,34 +445,72 @@ public final class PersonalDataVault: Sendable {
         }
         guard !infos.isEmpty else { return events }
         var opened = events
-        let keys = try await dataKeys(Set(infos.map { GenerationKey(tenant: opened[$0.0].tenant.rawValue, subject: $0.1.subject, generation: $0.1.key) }))
+        var wanted = Set<GenerationKey>()
+        var previous: GenerationKey?
+        for (index, info) in infos {
+            let id = GenerationKey(tenant: opened[index].tenant.rawValue, subject: info.subject, generation: info.key)
+            if id != previous { wanted.insert(id) }
+            previous = id
+        }
+        let keys = try await dataKeys(wanted)
         if parts == 1 || infos.count < 256 {
-            for (index, info) in infos {
-                let (data, erased) = try Self.open(opened[index], info: info, key: keys)
-                opened[index].data = data
-                opened[index].isErased = erased
+            let (outputs, erasures) = try Self.openAll(opened, infos[...], keys: keys)
+            for (position, (index, _)) in infos.enumerated() {
+                opened[index].data = outputs[position]
+                opened[index].isErased = erasures[position]
             }
             return opened
         }
         let work = infos
         let sealed = opened
-        let results = try await withThrowingTaskGroup(of: [(Int, ByteBuffer, Bool)].self) { group in
+        let results = try await withThrowingTaskGroup(of: (Range<Int>, [ByteBuffer], [Bool]).self) { group in
             for slice in Self.slices(work.count, parts) {
                 group.addTask {
-                    try slice.map { item in
-                        let (index, info) = work[item]
-                        let (data, erased) = try Self.open(sealed[index], info: info, key: keys)
-                        return (index, data, erased)
-                    }
+                    let (outputs, erasures) = try Self.openAll(sealed, work[slice], keys: keys)
+                    return (slice, outputs, erasures)
                 }
             }
-            return try await group.reduce(into: []) { $0 += $1 }
+            return try await group.reduce(into: []) { $0.append($1) }
         }
-        for (index, data, erased) in results {
-            opened[index].data = data
-            opened[index].isErased = erased
+        for (slice, outputs, erasures) in results {
+            for (offset, item) in slice.enumerated() {
+                let index = work[item].0
+                opened[index].data = outputs[offset]
+                opened[index].isErased = erasures[offset]
+            }
         }
         return opened
+    }
+
+    /// The opened payloads of `items`, in order: slices of one buffer.
+    private static func openAll(
+        _ events: [RecordedEvent], _ items: ArraySlice<(Int, SealInfo.Personal)>, keys: [GenerationKey: DataKey]
+    ) throws -> ([ByteBuffer], [Bool]) {
+        var out = ByteBuffer()
+        out.reserveCapacity(items.reduce(0) { $0 + events[$1.0].data.readableBytes })
+        var ranges: [(Int, Int)] = []
+        var erasures: [Bool] = []
+        ranges.reserveCapacity(items.count)
+        erasures.reserveCapacity(items.count)
+        // Neighbouring events are often one conversation's: the last key found is tried first.
+        var last: (id: GenerationKey, key: DataKey)?
+        for (index, info) in items {
+            let event = events[index]
+            let id = GenerationKey(tenant: event.tenant.rawValue, subject: info.subject, generation: info.key)
+            let key: DataKey
+            if let last, last.id == id {
+                key = last.key
+            } else if let found = keys[id] {
+                key = found
+                last = (id, found)
+            } else {
+                throw EventStoreError(code: .storageFailure, message: "the data key of the event at position \(event.globalPosition) is missing")
+            }
+            let start = out.writerIndex
+            erasures.append(try openedData(event, info: info, key: key, into: &out))
+            ranges.append((start, out.writerIndex - start))
+        }
+        return (ranges.map { out.getSlice(at: $0.0, length: $0.1)! }, erasures)
     }
 
     private static func slices(_ count: Int, _ parts: Int) -> [Range<Int>] {
@@ -479,12 +526,6 @@ public final class PersonalDataVault: Sendable {
         return found
     }
 
-    private static func open(_ event: borrowing RecordedEvent, info: SealInfo.Personal, key keys: [GenerationKey: DataKey]) throws -> (ByteBuffer, Bool) {
-        guard let key = keys[GenerationKey(tenant: event.tenant.rawValue, subject: info.subject, generation: info.key)] else {
-            throw EventStoreError(code: .storageFailure, message: "the data key of the event at position \(event.globalPosition) is missing")
-        }
-        return try openedData(event, info: info, key: key)
-    }
 
     static func open(_ event: RecordedEvent, info: SealInfo.Personal, key dataKey: DataKey) throws -> RecordedEvent {
         let (data, erased) = try openedData(event, info: info, key: dataKey)
@@ -493,45 +534,54 @@ public final class PersonalDataVault: Sendable {
 
     /// The payload with its sealed members opened (or erased), and whether they were erased.
     static func openedData(_ event: borrowing RecordedEvent, info: SealInfo.Personal, key dataKey: DataKey) throws -> (ByteBuffer, Bool) {
-        let data = try event.data.withUnsafeReadableBytes { bytes throws -> ByteBuffer in
-            let members: [JSONMembers.Member]
-            do { members = try JSONMembers.members(of: bytes) } catch {
-                throw EventStoreError(code: .storageFailure, message: "the sealed event at position \(event.globalPosition) is not a JSON object")
-            }
-            var out = ByteBuffer()
-            out.reserveCapacity(bytes.count)
+        var out = ByteBuffer()
+        let erased = try openedData(event, info: info, key: dataKey, into: &out)
+        return (out, erased)
+    }
+
+    /// Writes the payload with its sealed members opened (or erased) at the end of `out`, which many events
+    /// share (a batch's opened payloads are slices of one buffer); whether they were erased.
+    static func openedData(_ event: borrowing RecordedEvent, info: SealInfo.Personal, key dataKey: DataKey, into out: inout ByteBuffer) throws -> Bool {
+        try event.data.withUnsafeReadableBytes { bytes throws in
             var copied = 0
-            for member in members {
-                guard let field = info.fields.first(where: { JSONMembers.matches(bytes, member.key, $0) }) else { continue }
-                out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[copied..<member.value.lowerBound]))
-                copied = member.value.upperBound
-                switch dataKey {
-                case .erased:
-                    out.writeString("\"\(PersonalData.erasedPlaceholder)\"")
-                case .live(let key):
-                    let value = UnsafeRawBufferPointer(rebasing: bytes[member.value])
-                    let prefix = 1 + envelopePrefix.utf8.count
-                    guard value.count > prefix + 1, let combined = Base64.decode(UnsafeRawBufferPointer(rebasing: value[prefix..<(value.count - 1)])) else {
-                        throw EventStoreError(code: .storageFailure, message: "the sealed member '\(field)' of the event at position \(event.globalPosition) is not an envelope")
-                    }
-                    do {
-                        let plaintext = try AES.GCM.open(
-                            try AES.GCM.SealedBox(combined: combined), using: key,
-                            authenticating: associatedData(tenant: event.tenant.rawValue, subject: info.subject, generation: info.key, eventId: event.eventId, field: field))
-                        out.writeBytes(plaintext)
-                    } catch {
-                        throw EventStoreError(
-                            code: .storageFailure, message: "the sealed member '\(field)' of the event at position \(event.globalPosition) does not open: it was altered",
-                            cause: error)
+            var failure: EventStoreError?
+            do {
+                try JSONMembers.forEach(in: bytes) { member in
+                    guard failure == nil, let field = info.fields.first(where: { JSONMembers.matches(bytes, member.key, $0) }) else { return }
+                    out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[copied..<member.value.lowerBound]))
+                    copied = member.value.upperBound
+                    switch dataKey {
+                    case .erased:
+                        out.writeString("\"\(PersonalData.erasedPlaceholder)\"")
+                    case .live(let key):
+                        let value = UnsafeRawBufferPointer(rebasing: bytes[member.value])
+                        let prefix = 1 + envelopePrefix.utf8.count
+                        guard value.count > prefix + 1, let combined = Base64.decode(UnsafeRawBufferPointer(rebasing: value[prefix..<(value.count - 1)])) else {
+                            failure = EventStoreError(
+                                code: .storageFailure, message: "the sealed member '\(field)' of the event at position \(event.globalPosition) is not an envelope")
+                            return
+                        }
+                        do {
+                            let plaintext = try AES.GCM.open(
+                                try AES.GCM.SealedBox(combined: combined), using: key,
+                                authenticating: associatedData(
+                                    tenant: event.tenant.rawValue, subject: info.subject, generation: info.key, eventId: event.eventId, field: field))
+                            out.writeBytes(plaintext)
+                        } catch {
+                            failure = EventStoreError(
+                                code: .storageFailure,
+                                message: "the sealed member '\(field)' of the event at position \(event.globalPosition) does not open: it was altered", cause: error)
+                        }
                     }
                 }
+            } catch {
+                throw EventStoreError(code: .storageFailure, message: "the sealed event at position \(event.globalPosition) is not a JSON object")
             }
+            if let failure { throw failure }
             out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[copied...]))
-            return out
+            if case .erased = dataKey { return true }
+            return false
         }
-        var erased = false
-        if case .erased = dataKey { erased = true }
-        return (data, erased)
     }
 
     /// The data keys of `ids`, from memory or in one query.
