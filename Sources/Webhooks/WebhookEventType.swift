@@ -44,12 +44,19 @@ public enum WebhookEventType: String, CaseIterable, Sendable, Codable, Comparabl
         VisitorDataErased.eventType: .erased,
     ]
 
+    /// The most names a list may hold.
+    public static let maxNames = 20
+
     /// Parses a list of names.
     ///
     /// - Throws: ``WebhookError/Code/invalidEventTypes`` naming the unknown ones, or when the list is empty.
     public static func parse(_ names: [String]) throws(WebhookError) -> [WebhookEventType] {
         guard !names.isEmpty else {
             throw WebhookError(code: .invalidEventTypes, message: "name at least one event type: \(allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        // As the API's schema says: a list is at most 20 names (repeats count).
+        guard names.count <= maxNames else {
+            throw WebhookError(code: .invalidEventTypes, message: "name at most \(maxNames) event types")
         }
         let unknown = names.filter { WebhookEventType(rawValue: $0) == nil }
         guard unknown.isEmpty else {

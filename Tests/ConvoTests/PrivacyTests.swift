@@ -229,6 +229,7 @@ extension PrivacyTests {
         let message = try #require(WebhookMessage(event))
         #expect(message.type == .erased && message.conversationId == "c-7")
         #expect(try WebhookEventType.parse(["conversation.erased"]) == [.erased])
+        #expect(throws: WebhookError.self) { try WebhookEventType.parse(Array(repeating: "conversation.erased", count: 21)) }
     }
 }
 
