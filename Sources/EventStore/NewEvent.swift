@@ -28,8 +28,8 @@ public struct NewEvent: Sendable {
         self.personalFields = PersonalData.fields(ofType: type)
     }
 
-    /// Creates an event whose payload is `payload` encoded as JSON; a domain event's personal fields are
-    /// those ``PersonalData/fields(of:)`` names.
+    /// Creates an event whose payload is `payload` encoded as JSON; a payload that declares its personal
+    /// fields (``PersonalFieldsDeclaring``) is taken at its word, any other by its type's entry in ``PersonalData``.
     ///
     /// - Throws: The encoder's error when the payload cannot be encoded.
     public init(
@@ -39,11 +39,7 @@ public struct NewEvent: Sendable {
         self.init(
             eventId: eventId, type: type, data: try JSONCoding.encoder.encodeAsByteBuffer(payload, allocator: ByteBufferAllocator()), metadata: metadata,
             subject: subject)
-        if let event = payload as? any DomainEvent {
-            personalFields = PersonalData.fields(of: event)
-        } else if let event = payload as? WorkflowEvent {
-            personalFields = PersonalData.fields(of: event.payload)
-        }
+        if let declaring = payload as? any PersonalFieldsDeclaring { personalFields = declaring.personalFields }
     }
 }
 

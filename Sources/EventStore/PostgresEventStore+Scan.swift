@@ -185,6 +185,31 @@ extension PostgresEventStore {
         return events
     }
 
+    /// The visitors of a tenant holding a live data key whose latest event (one naming them, through the
+    /// audit index on that very expression) is older than `seconds`: what a retention period forgets.
+    ///
+    /// - Returns: each visitor's uid and latest event's time, oldest first.
+    public func inactiveSubjects(tenant: String, quietFor seconds: Double, limit: Int) async throws -> [(String, Date)] {
+        do {
+            var found: [(String, Date)] = []
+            let rows = try await client.queryOpen(
+                """
+                SELECT k.subject, last.at FROM (SELECT DISTINCT subject FROM personal_data_keys WHERE tenant_id = \(tenant) AND wrapped IS NOT NULL) k
+                CROSS JOIN LATERAL (
+                    SELECT e.recorded_at AS at FROM events e
+                    WHERE e.tenant_id = \(tenant) AND coalesce(e.metadata ->> 'visitorUid', e.data ->> 'visitorUid') = k.subject
+                    ORDER BY e.global_position DESC LIMIT 1
+                ) last
+                WHERE last.at < now() - make_interval(secs => \(seconds))
+                ORDER BY last.at LIMIT \(limit)
+                """, logger: logger)
+            for try await row in rows.decode((String, Date).self) { found.append(row) }
+            return found
+        } catch {
+            throw Self.mapError(error, operation: "find inactive visitors")
+        }
+    }
+
     /// Whether an event with this id is stored.
     public func containsEvent(_ id: UUID) async throws -> Bool {
         do {

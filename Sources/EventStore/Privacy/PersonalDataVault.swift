@@ -318,11 +318,7 @@ public final class PersonalDataVault: Sendable {
 
     private static let marker = Array("\"\(metadataKey)\"".utf8)
 
-    /// What sealed an event, when it is sealed.
-    static func sealInfo(of event: RecordedEvent) throws -> SealInfo.Personal? {
-        try sealInfo(of: event.metadataJSON)
-    }
-
+    /// What sealed an event (read from its metadata), when it is sealed.
     static func sealInfo(of metadataJSON: ByteBuffer) throws -> SealInfo.Personal? {
         let found = metadataJSON.withUnsafeReadableBytes { bytes -> SealInfo.Personal?? in
             guard let at = marker.withUnsafeBytes({ needle in firstIndex(of: needle, in: bytes) }) else { return .some(nil) }

@@ -104,19 +104,7 @@ public struct RetentionService: Service {
                 """, logger: logger)
             for try await (tenant, days) in tenants.decode((String, Double).self) { periods[tenant] = days }
             for (tenant, days) in periods.sorted(by: { $0.key < $1.key }) {
-                // The visitors with a live key whose latest event (through the audit index by visitor) is older.
-                let rows = try await store.client.queryOpen(
-                    """
-                    SELECT k.subject, last.at FROM (SELECT DISTINCT subject FROM personal_data_keys WHERE tenant_id = \(tenant) AND wrapped IS NOT NULL) k
-                    CROSS JOIN LATERAL (
-                        SELECT e.recorded_at AS at FROM events e
-                        WHERE e.tenant_id = \(tenant) AND coalesce(e.metadata ->> 'visitorUid', e.data ->> 'visitorUid') = k.subject
-                        ORDER BY e.global_position DESC LIMIT 1
-                    ) last
-                    WHERE last.at < now() - make_interval(secs => \(days * 86_400))
-                    ORDER BY last.at LIMIT \(configuration.maxPerPass)
-                    """, logger: logger)
-                for try await (visitor, at) in rows.decode((String, Date).self) {
+                for (visitor, at) in try await store.inactiveSubjects(tenant: tenant, quietFor: days * 86_400, limit: configuration.maxPerPass) {
                     candidates.append(Candidate(tenant: tenant, visitorUid: visitor, lastActivityAt: at))
                 }
             }

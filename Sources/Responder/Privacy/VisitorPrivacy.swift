@@ -30,28 +30,6 @@ public struct VisitorPrivacy: Sendable {
         /// `true` when the visitor had been forgotten already and nothing was held of them since: this is
         /// the earlier erasure's record.
         public var alreadyForgotten: Bool
-
-        /// The erasure a stored record describes.
-        init(_ record: VisitorForgotten, recordedAt: Date, alreadyForgotten: Bool) {
-            self.init(
-                erasureId: record.erasureId, visitorUid: record.visitorUid.rawValue, reason: record.reason, requestedBy: record.requestedBy,
-                conversations: record.conversations.map(\.rawValue), keyGenerations: record.keyGenerations, recordedAt: recordedAt,
-                alreadyForgotten: alreadyForgotten)
-        }
-
-        init(
-            erasureId: String, visitorUid: String, reason: String, requestedBy: String, conversations: [String], keyGenerations: [Int], recordedAt: Date,
-            alreadyForgotten: Bool
-        ) {
-            self.erasureId = erasureId
-            self.visitorUid = visitorUid
-            self.reason = reason
-            self.requestedBy = requestedBy
-            self.conversations = conversations
-            self.keyGenerations = keyGenerations
-            self.recordedAt = recordedAt
-            self.alreadyForgotten = alreadyForgotten
-        }
     }
 
     /// Forgets a visitor: destroys their live data keys (every process drops them from memory at once),
@@ -112,5 +90,15 @@ public struct VisitorPrivacy: Sendable {
             return Erasure(try event.decode(VisitorForgotten.self), recordedAt: event.recordedAt, alreadyForgotten: true)
         }
         return nil
+    }
+}
+
+extension VisitorPrivacy.Erasure {
+    /// The erasure a stored record describes.
+    init(_ record: VisitorForgotten, recordedAt: Date, alreadyForgotten: Bool) {
+        self.init(
+            erasureId: record.erasureId, visitorUid: record.visitorUid.rawValue, reason: record.reason, requestedBy: record.requestedBy,
+            conversations: record.conversations.map(\.rawValue), keyGenerations: record.keyGenerations, recordedAt: recordedAt,
+            alreadyForgotten: alreadyForgotten)
     }
 }

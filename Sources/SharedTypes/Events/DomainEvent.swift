@@ -1,6 +1,6 @@
 /// An event payload with a stable type name: the name is stored with the event and never changes, even
 /// if the Swift type is renamed.
-public protocol DomainEvent: Codable, Sendable, Equatable {
+public protocol DomainEvent: Codable, Sendable, Equatable, PersonalFieldsDeclaring {
     static var eventType: String { get }
 }
 

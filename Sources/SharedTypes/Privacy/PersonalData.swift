@@ -33,6 +33,21 @@ public enum PersonalData {
     }
 }
 
+/// A payload that says which of its top-level members are personal data: every domain event (by its type,
+/// and a tool call by its tool), and a workflow event by the payload it wraps. The event store asks this of
+/// what it encodes, knowing no event type.
+public protocol PersonalFieldsDeclaring {
+    var personalFields: [String] { get }
+}
+
+extension PersonalFieldsDeclaring where Self: DomainEvent {
+    public var personalFields: [String] { PersonalData.fields(of: self) }
+}
+
+extension WorkflowEvent: PersonalFieldsDeclaring {
+    public var personalFields: [String] { PersonalData.fields(of: payload) }
+}
+
 /// Whose personal data an appended event carries, and whether the append may give that visitor a new data
 /// key (after one was destroyed, or for the first time).
 public struct PersonalDataSubject: Sendable, Hashable {

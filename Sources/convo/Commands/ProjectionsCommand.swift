@@ -281,6 +281,14 @@ final class ProgressPrinter: Sendable {
         }
     }
 
+    /// Prints `done` of `total` things, the rate and the time left measured from `started`.
+    func update(label: String, subject: String, done: Int, total: Int, since started: ContinuousClock.Instant) {
+        let elapsed = ContinuousClock.now - started
+        let rate = Double(done) / max(0.001, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+        update(
+            label: label, subject: subject, events: done, total: total, eventsPerSecond: rate, secondsLeft: rate > 0 ? Double(total - done) / rate : nil)
+    }
+
     func finish() {
         if interactive { printError("") }
     }

@@ -73,11 +73,7 @@ extension Convo {
                     let progress = ProgressPrinter(interactive: ProgressPrinter.isInteractive)
                     let started = ContinuousClock.now
                     let report = try await RetentionService(store: store, logger: logger).pass(tenant: tenant, dryRun: dryRun) { done, total in
-                        let seconds = Double((ContinuousClock.now - started).components.seconds) + 0.001
-                        let rate = Double(done) / seconds
-                        progress.update(
-                            label: "retention", subject: "visitors", events: done, total: total, eventsPerSecond: rate,
-                            secondsLeft: rate > 0 ? Double(total - done) / rate : nil)
+                        progress.update(label: "retention", subject: "visitors", done: done, total: total, since: started)
                     }
                     progress.finish()
                     if json {
@@ -150,11 +146,7 @@ extension Convo {
                     let progress = ProgressPrinter(interactive: ProgressPrinter.isInteractive)
                     let started = ContinuousClock.now
                     let done = try await store.vault.rewrapAll(batchSize: batchSize) { done, left in
-                        let seconds = Double((ContinuousClock.now - started).components.seconds) + 0.001
-                        let rate = Double(done) / seconds
-                        progress.update(
-                            label: "rotate", subject: "data keys", events: done, total: done + left, eventsPerSecond: rate,
-                            secondsLeft: rate > 0 ? Double(left) / rate : nil)
+                        progress.update(label: "rotate", subject: "data keys", done: done, total: done + left, since: started)
                     }
                     progress.finish()
                     let counts = try await store.vault.keysByMasterKey()
