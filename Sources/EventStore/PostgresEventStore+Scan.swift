@@ -62,7 +62,8 @@ extension PostgresEventStore {
         } catch {
             throw Self.mapError(error, operation: "read all")
         }
-        return try await vault.open(found)
+        // Every row is read: the keys come over the same connection, inside the caller's transaction.
+        return try await vault.open(found, on: connection)
     }
 
     /// Counts the events after `position` that readers can see now: a total for progress reports.
@@ -142,6 +143,7 @@ extension PostgresEventStore {
             for try await event in Self.events(in: rows) {
                 batch.append(event)
                 if batch.count == 500 {
+                    // The keys come from the pool: this connection is still streaming the scan's rows.
                     for opened in try await vault.open(batch) { try body(opened) }
                     batch.removeAll(keepingCapacity: true)
                 }

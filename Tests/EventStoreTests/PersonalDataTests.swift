@@ -123,7 +123,7 @@ import Testing
     @Test func anErasureReachesAnotherProcessesCacheAtOnce() async throws {
         try await TestDatabase.withStore { writer in
             // A second store with its own pool and LISTEN, whose cache would keep keys for an hour.
-            try await TestDatabase.withClient(url: try TestDatabase.url) { client in
+            try await TestDatabase.withClient(url: try TestDatabase.url, maximumConnections: 3) { client in
                 let reader = PostgresEventStore(
                     client: client, keyring: TestDatabase.keyring, vaultConfiguration: .init(cacheLifetime: .seconds(3600)), logger: TestDatabase.logger)
                 try await withThrowingTaskGroup(of: Void.self) { group in
@@ -148,7 +148,7 @@ import Testing
             let newKey = MasterKeyring.generateKey()
             let both = try MasterKeyring(parsing: newKey + "\n" + Self.encoded(old))
             let onlyNew = try MasterKeyring(parsing: newKey)
-            try await TestDatabase.withClient(url: url) { client in
+            try await TestDatabase.withClient(url: url, maximumConnections: 6) { client in
                 try await Migrator(client: client, logger: TestDatabase.logger).migrate()
                 let tenant = TestDatabase.uniqueTenant()
                 let before = PostgresEventStore(client: client, keyring: old, logger: TestDatabase.logger)

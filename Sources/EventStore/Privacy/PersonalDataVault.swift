@@ -425,7 +425,9 @@ public final class PersonalDataVault: Sendable {
     ///
     /// - Throws: ``EventStoreError`` `keyUnavailable` when a live key's master key is not configured;
     ///   `storageFailure` when a sealed member does not open with its key (altered data) or its key is missing.
-    func open(_ events: consuming [RecordedEvent]) async throws -> [RecordedEvent] {
+    /// - Parameter connection: the connection the events were read on, when the caller holds one (a reader
+    ///   inside its own transaction): the keys are read there too, never on a second connection it would wait for.
+    func open(_ events: consuming [RecordedEvent], on connection: PostgresConnection? = nil) async throws -> [RecordedEvent] {
         // Large batches (a rebuild's, a scan's) are read and opened on several child tasks: the reading task
         // would otherwise be the rebuild's bottleneck.
         let parts = events.count >= 256 ? max(1, min(4, ProcessInfo.processInfo.activeProcessorCount)) : 1
@@ -448,7 +450,7 @@ public final class PersonalDataVault: Sendable {
             if id != previous { wanted.insert(id) }
             previous = id
         }
-        let keys = try await dataKeys(wanted)
+        let keys = try await dataKeys(wanted, on: connection)
         if parts == 1 || infos.count < 256 {
             let (outputs, erasures) = try Self.openAll(opened, infos[...], keys: keys)
             for (position, (index, _)) in infos.enumerated() {
@@ -581,7 +583,7 @@ public final class PersonalDataVault: Sendable {
     }
 
     /// The data keys of `ids`, from memory or in one query.
-    private func dataKeys(_ ids: Set<GenerationKey>) async throws -> [GenerationKey: DataKey] {
+    private func dataKeys(_ ids: Set<GenerationKey>, on connection: PostgresConnection?) async throws -> [GenerationKey: DataKey] {
         let now = ContinuousClock.now
         var found: [GenerationKey: DataKey] = [:]
         var missing: [GenerationKey] = []
@@ -594,13 +596,19 @@ public final class PersonalDataVault: Sendable {
         let epoch = cache.withLock { $0.epoch }
         var fetched: [(GenerationKey, DataKey, Bool)] = []
         do {
-            let rows = try await client.queryOpen(
-                """
+            let query: PostgresQuery = """
                 SELECT k.tenant_id, k.subject, k.generation, k.master_key_id, k.wrapped FROM personal_data_keys k
                 JOIN unnest(\(missing.map(\.tenant)), \(missing.map(\.subject)), \(missing.map(\.generation))) AS w (tenant, subject, generation)
                   ON k.tenant_id = w.tenant AND k.subject = w.subject AND k.generation = w.generation
-                """, logger: logger)
-            for try await (tenant, subject, generation, masterKeyId, wrapped) in rows.decode((String, String, Int, String?, ByteBuffer?).self) {
+                """
+            let rows: [PostgresRow]
+            if let connection {
+                rows = try await connection.query(query, logger: logger).collect()
+            } else {
+                rows = try await client.queryOpen(query, logger: logger).rows
+            }
+            for row in rows {
+                let (tenant, subject, generation, masterKeyId, wrapped) = try row.decode((String, String, Int, String?, ByteBuffer?).self)
                 let id = GenerationKey(tenant: tenant, subject: subject, generation: generation)
                 if let masterKeyId, let wrapped {
                     fetched.append((id, .live(try unwrap(wrapped, masterKeyId: masterKeyId, id)), true))
