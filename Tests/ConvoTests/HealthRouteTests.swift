@@ -22,12 +22,18 @@ import Testing
         var error: Failure?
     }
 
-    func withApplication(database: DatabaseURL, redisURL: String, _ body: @Sendable (any TestClientProtocol) async throws -> Void) async throws {
+    /// `readinessTimeout`: long where a check is expected to pass. The checks run in this test process beside
+    /// every other test, whose tasks can keep a short check waiting for seconds; the timeout itself is tested
+    /// with an unreachable database, where no wait is long enough.
+    func withApplication(
+        database: DatabaseURL, redisURL: String, readinessTimeout: Duration = .seconds(30), _ body: @Sendable (any TestClientProtocol) async throws -> Void
+    ) async throws {
         let logger = TestDatabase.logger
         let client = PostgresClient(configuration: database.clientConfiguration(maximumConnections: 4), backgroundLogger: logger)
-        let context = ServerContext.make(
+        var context = ServerContext.make(
             client: client, redis: RedisClient(configuration: try RedisConfiguration(url: redisURL, timeout: .milliseconds(500))), keyring: TestDatabase.keyring,
             requestDeadline: .seconds(2), logger: logger)
+        context.readinessTimeout = readinessTimeout
         let app = buildApplication(context, host: "127.0.0.1", port: 0, background: false, logger: logger)
         try await app.test(.live) { client in try await body(client) }
     }
@@ -80,7 +86,7 @@ import Testing
 
     @Test func readyzNamesAnUnreachableDatabaseWithinItsTimeout() async throws {
         let unreachable = try DatabaseURL("postgres://convo@127.0.0.1:1/convo")
-        try await withApplication(database: unreachable, redisURL: try TestDatabase.redisURL) { client in
+        try await withApplication(database: unreachable, redisURL: try TestDatabase.redisURL, readinessTimeout: .seconds(3)) { client in
             let clock = ContinuousClock()
             let start = clock.now
             try await client.execute(uri: "/readyz", method: .get) { response in

@@ -16,7 +16,8 @@ import Testing
         """
 
     func temporaryFile(_ contents: String) throws -> String {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("convo-\(UUID().uuidString).json").path
+        // Named for this run: ./scripts/test removes them when the run ends.
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("convo-file-\(TestRun.tag)-\(UUID().uuidString).json").path
         try contents.write(toFile: path, atomically: true, encoding: .utf8)
         return path
     }

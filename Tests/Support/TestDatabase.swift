@@ -45,7 +45,8 @@ public enum TestDatabase {
     /// Runs `body` with a migrated store on the shared test database, its client and its service running.
     ///
     /// The pool is small: every test runs at once, and the suite's connections together must stay well under
-    /// the test cluster's `max_connections` (past it, PostgreSQL refuses connections and unrelated tests fail).
+    /// the test cluster's `max_connections` (past it, PostgreSQL refuses connections and unrelated tests fail;
+    /// the suite peaked near 300, and `./scripts/test` allows 1,000).
     /// A test racing more tasks than connections still races: its tasks take turns on the pool's connections.
     public static func withStore<T: Sendable>(
         url databaseURL: DatabaseURL? = nil, configuration: PostgresEventStore.Configuration = .init(),

@@ -37,6 +37,8 @@ struct ServerContext: Sendable {
     let retention: RetentionService
     /// How long a projection may keep an event waiting before `/readyz` reports it stale.
     var projectionStaleAfter: Duration = .seconds(10)
+    /// How long each of `/readyz`'s checks may take before it counts as failed.
+    var readinessTimeout: Duration = .seconds(3)
     /// How many client connections the server holds, and for how long without a request.
     var connectionLimits = ConnectionLimits()
     let connections = ConnectionCounter()
@@ -85,7 +87,7 @@ func buildRouter(_ context: ServerContext, background: Bool = true) -> (Router<C
     table.add(.get, "/readyz", on: router) { _, requestContext in
         let report = await ReadinessCheck(
             migrator: context.migrator, redis: context.redis, store: context.store, logger: requestContext.logger, projections: projections,
-            staleAfter: context.projectionStaleAfter
+            staleAfter: context.projectionStaleAfter, timeout: context.readinessTimeout
         ).run()
         let failed = report.checks.filter { $0.value != "ok" }.sorted { $0.key < $1.key }
         let body = ReadinessResponse(
