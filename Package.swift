@@ -151,7 +151,8 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
-            resources: [.embedInCode("Server/openapi.json")],
+            // Console/ (the console's page, script and styles) is compiled into the binary: no CDN, works offline.
+            resources: [.embedInCode("Server/openapi.json"), .embedInCode("Console")],
             swiftSettings: swiftSettings
         ),
         // What the integration tests share: the PostgreSQL and Redis that ./scripts/test starts.

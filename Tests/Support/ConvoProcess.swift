@@ -22,8 +22,13 @@ public enum ConvoProcess {
 
     /// Runs `convo arguments…` to completion with `environment` added to this process's, and returns its output.
     public static func run(_ arguments: [String], environment: [String: String] = [:], timeout: Duration = .seconds(60)) async throws -> Output {
+        try await run(executable: binary, arguments, environment: environment, timeout: timeout)
+    }
+
+    /// Runs another program the same way (a test tool: the browser tests' Selenium script).
+    public static func run(executable: URL, _ arguments: [String], environment: [String: String] = [:], timeout: Duration = .seconds(60)) async throws -> Output {
         let process = Process()
-        process.executableURL = binary
+        process.executableURL = executable
         process.arguments = arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let stdout = Pipe()

@@ -18,6 +18,16 @@ as_pg_user() {
     fi
 }
 
+# apt_install PACKAGE…: installs the Debian packages given (none: nothing), with sudo unless root.
+apt_install() {
+    [ $# -gt 0 ] || return 0
+    log "installing from Debian: $*"
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 install_dependencies() {
     local missing=()
     [ -x "$PG_BIN/initdb" ] || missing+=(postgresql-15 postgresql-contrib)
@@ -27,13 +37,7 @@ install_dependencies() {
     [ -f /usr/include/hiredis/hiredis.h ] || missing+=(libhiredis-dev)
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
-    if [ ${#missing[@]} -gt 0 ]; then
-        log "installing from Debian: ${missing[*]}"
-        local sudo=()
-        [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    fi
+    apt_install "${missing[@]}"
     command -v swift >/dev/null 2>&1 || die "swift is not on PATH: install the Swift 6 toolchain first"
     if [ "$(id -u)" -eq 0 ] && ! id -u "$CONVO_OS_USER" >/dev/null 2>&1; then
         log "creating the unprivileged user '$CONVO_OS_USER' that runs the private PostgreSQL"
@@ -44,13 +48,20 @@ install_dependencies() {
 # The test tools from PyPI, pinned, in a virtualenv under .convo/venv (made once, then reused).
 SCHEMATHESIS_VERSION=4.32.5
 STANDARDWEBHOOKS_VERSION=1.3.0
+SELENIUM_VERSION=4.50.0
 install_test_tools() {
     local venv=.convo/venv
+    # The console's browser tests drive Debian's Chromium through its driver.
+    local browser=()
+    command -v chromium >/dev/null 2>&1 || browser+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || browser+=(chromium-driver)
+    apt_install "${browser[@]}"
     if [ ! -x "$venv/bin/schemathesis" ] || ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION" ||
-        ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('standardwebhooks') != '$STANDARDWEBHOOKS_VERSION')" 2>/dev/null; then
-        log "installing schemathesis $SCHEMATHESIS_VERSION and standardwebhooks $STANDARDWEBHOOKS_VERSION into $venv"
+        ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('standardwebhooks') != '$STANDARDWEBHOOKS_VERSION' or m.version('selenium') != '$SELENIUM_VERSION')" 2>/dev/null; then
+        log "installing schemathesis $SCHEMATHESIS_VERSION, standardwebhooks $STANDARDWEBHOOKS_VERSION and selenium $SELENIUM_VERSION into $venv"
         python3 -m venv "$venv"
-        "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" "standardwebhooks==$STANDARDWEBHOOKS_VERSION" >"$venv.log" 2>&1 ||
+        "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" "standardwebhooks==$STANDARDWEBHOOKS_VERSION" \
+            "selenium==$SELENIUM_VERSION" >"$venv.log" 2>&1 ||
             { tail -20 "$venv.log" >&2; die "could not install the test tools"; }
     fi
     export CONVO_SCHEMATHESIS=$PWD/$venv/bin/schemathesis

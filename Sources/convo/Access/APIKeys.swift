@@ -341,6 +341,10 @@ final class FailureLimiter: Sendable {
     }
 
     /// The seconds to wait when the address has no failure left to spend, else `nil`.
+    ///
+    /// Checked before a lookup and spent after it fails, so lookups already under way when the budget runs
+    /// out still count: an address gets at most its budget plus the requests it has in flight. (Spending up
+    /// front would close that gap, but then a burst of valid keys not yet cached would be refused too.)
     func blocked(_ address: String) -> Int? {
         let now = ContinuousClock.now
         return buckets.withLock { buckets in

@@ -28,6 +28,13 @@ struct APIError: HTTPResponseError {
 
     static let retryAfterSeconds = 5
 
+    /// Too many failed authentications from the caller's address (`what`: "key" or "session"): 429.
+    static func tooManyFailedAuthentications(retryAfter wait: Int, _ what: String) -> APIError {
+        APIError(
+            .tooManyRequests, "too_many_failed_authentications",
+            "too many requests with an unknown or malformed \(what) from this address; retry in \(wait) s", headers: [.retryAfter: "\(wait)"])
+    }
+
     /// The write was sent and no answer came (the connection broke, or the deadline passed while its batch
     /// was being written): it may be stored. 504, never 503, which promises that nothing was stored.
     static let outcomeUnknown = APIError(

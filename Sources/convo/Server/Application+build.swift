@@ -23,6 +23,8 @@ struct ServerContext: Sendable {
     let responder: ResponderService
     let workflows: WorkflowRepository
     let keys: KeyAuthenticator
+    /// The console's sign-in sessions (cookies in place of keys).
+    let sessions: ConsoleSessions
     let feed: ConversationFeed
     let metrics: PrometheusCollectorRegistry
     /// How long a request may wait for its answer before it is refused with 503.
@@ -56,11 +58,12 @@ struct ServerContext: Sendable {
         let workflows = WorkflowRepository(client: client, logger: logger)
         let processor = ConversationProcessor(
             store: store, redis: redis, workflows: workflows, provider: provider, configuration: processing, logger: logger)
+        let keys = KeyAuthenticator(store: APIKeyStore(client: client, logger: logger), ttl: keyCacheTTL)
         return ServerContext(
             client: client, store: store, redis: redis, migrator: Migrator(client: client, logger: logger),
             batcher: IngestBatcher(store: store, configuration: ingest, logger: logger), processor: processor,
             responder: ResponderService(processor: processor, store: store, configuration: responder, logger: logger), workflows: workflows,
-            keys: KeyAuthenticator(store: APIKeyStore(client: client, logger: logger), ttl: keyCacheTTL),
+            keys: keys, sessions: ConsoleSessions(store: ConsoleSessionStore(client: client, logger: logger), ttl: keyCacheTTL, limiter: keys.limiter),
             feed: ConversationFeed(store: store, limits: streams, logger: logger), metrics: metrics, requestDeadline: requestDeadline,
             runners: ProjectionRegistry.standard.map { ProjectionRunner(projection: $0, store: store, configuration: runners, logger: logger) },
             webhooks: WebhookStore(client: client, store: store, logger: logger),
@@ -111,7 +114,8 @@ func buildRouter(_ context: ServerContext, background: Bool = true) -> (Router<C
         Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: PackageResources.openapi_json)))
     }
 
-    let api = router.group().add(middleware: Authenticate(keys: context.keys))
+    ConsoleRoutes(context: context).register(on: router)
+    let api = router.group().add(middleware: Authenticate(keys: context.keys, sessions: context.sessions))
     // The tool catalogue is the same for every tenant; any key may read it.
     table.add(.get, "/v1/tools", on: api) { _, _ in ToolsResponse(tools: ToolCatalogue.all) }
     ConversationRoutes(context: context).register(on: api, table: table)

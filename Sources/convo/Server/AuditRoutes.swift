@@ -17,14 +17,18 @@ struct AuditRoutes: Sendable {
         table.add(.get, "/v1/conversations/{conversationId}/verify", on: router, use: verify)
     }
 
+    /// Who may read one conversation's audit (its history, a reply's explanation, its chain): people
+    /// answering it (agent keys) too, as they read its events.
+    static let conversationReaders: [Scope] = [.read, .admin, .agent]
+
     @Sendable func history(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> AuditResponse<WorkflowHistory> {
-        let tenant = try requestContext.tenant(forAnyOf: [.read, .admin])
+        let tenant = try requestContext.tenant(forAnyOf: Self.conversationReaders)
         let conversation = try ConversationRoutes.conversationID(requestContext)
         return AuditResponse(value: try await Self.answer { try await trail(requestContext).workflowHistory(conversation, tenant: tenant) })
     }
 
     @Sendable func explain(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> AuditResponse<ReplyExplanation> {
-        let tenant = try requestContext.tenant(forAnyOf: [.read, .admin])
+        let tenant = try requestContext.tenant(forAnyOf: Self.conversationReaders)
         let conversation = try ConversationRoutes.conversationID(requestContext)
         guard let raw = requestContext.pathParameter("eventId"), let id = UUID(uuidString: raw) else {
             throw APIError(.badRequest, "invalid_event_id", "an event id is a UUID")
@@ -63,7 +67,7 @@ struct AuditRoutes: Sendable {
 
     /// The hash chains of the conversation's two streams, recomputed now: whether its record was tampered with.
     @Sendable func verify(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> AuditResponse<ChainReport> {
-        let tenant = try requestContext.tenant(forAnyOf: [.read, .admin])
+        let tenant = try requestContext.tenant(forAnyOf: Self.conversationReaders)
         let conversation = try ConversationRoutes.conversationID(requestContext)
         var report = ChainReport(streams: 0, events: 0, anchoredHeads: 0, issues: [], issueCount: 0)
         for stream in [conversation.messagesStream, conversation.workflowStream] {

@@ -1,34 +1,68 @@
+import Foundation
+import HTTPTypes
 import Hummingbird
 
-/// Requires `Authorization: Bearer KEY` with a live key, and puts the key in the context. Failed
-/// authentications are limited per client address (``FailureLimiter``): 429 with `Retry-After` past it. Which scope a
-/// route needs is the route's to check (``ConvoRequestContext/tenant(for:)``).
+/// Requires `Authorization: Bearer KEY` with a live key, or the console's session cookie with a live session,
+/// and puts the key in the context. Failed authentications are limited per client address
+/// (``FailureLimiter``): 429 with `Retry-After` past it. Which scope a route needs is the route's to check
+/// (``ConvoRequestContext/tenant(for:)``).
+///
+/// A browser sends a cookie with requests other sites' pages make, so a request authenticated by the cookie
+/// that changes something (any method but GET, HEAD, OPTIONS) must also carry the session's CSRF token in
+/// `X-CSRF-Token`, which only the console's own page knows, and an `Origin`, when sent, must be this server's.
 struct Authenticate: RouterMiddleware {
     let keys: KeyAuthenticator
+    let sessions: ConsoleSessions
 
     func handle(_ request: Request, context: ConvoRequestContext, next: (Request, ConvoRequestContext) async throws -> Response) async throws -> Response {
         let challenge: HTTPFields = [.wwwAuthenticate: "Bearer"]
-        guard let header = request.headers[.authorization] else {
-            throw APIError(.unauthorized, "missing_key", "send Authorization: Bearer KEY", headers: challenge)
-        }
-        let parts = header.split(separator: " ", maxSplits: 1)
-        guard parts.count == 2, parts[0].lowercased() == "bearer" else {
-            throw APIError(.unauthorized, "invalid_key", "the Authorization header is Bearer KEY", headers: challenge)
-        }
         let key: APIKeyRecord
-        switch try await keys.authenticate(String(parts[1]), from: context.clientAddress) {
-        case .valid(let record):
-            key = record
-        case .refused:
-            throw APIError(.unauthorized, "invalid_key", "the key is unknown or revoked", headers: challenge)
-        case .limited(let wait):
-            throw APIError(
-                .tooManyRequests, "too_many_failed_authentications",
-                "too many requests with an unknown or malformed key from this address; retry in \(wait) s", headers: [.retryAfter: "\(wait)"])
+        var sessionToken: String?
+        if let header = request.headers[.authorization] {
+            let parts = header.split(separator: " ", maxSplits: 1)
+            guard parts.count == 2, parts[0].lowercased() == "bearer" else {
+                throw APIError(.unauthorized, "invalid_key", "the Authorization header is Bearer KEY", headers: challenge)
+            }
+            switch try await keys.authenticate(String(parts[1]), from: context.clientAddress) {
+            case .valid(let record):
+                key = record
+            case .refused:
+                throw APIError(.unauthorized, "invalid_key", "the key is unknown or revoked", headers: challenge)
+            case .limited(let wait):
+                throw APIError.tooManyFailedAuthentications(retryAfter: wait, "key")
+            }
+        } else if request.cookies[ConsoleSessionStore.cookieName] != nil {
+            let session = try await ConsoleRoutes.session(of: request, context, sessions: sessions)
+            if ![.get, .head, .options].contains(request.method) { try Self.requireCSRF(request, session: session) }
+            key = session.key
+            sessionToken = request.cookies[ConsoleSessionStore.cookieName]?.value
+        } else {
+            throw APIError(.unauthorized, "missing_key", "send Authorization: Bearer KEY", headers: challenge)
         }
         var context = context
         context.key = key
+        context.sessionToken = sessionToken
         context.logger[metadataKey: "convo.key"] = "\(key.id)"
         return try await next(request, context)
+    }
+
+    static let csrfHeader = HTTPField.Name("X-CSRF-Token")!
+
+    /// A request made with the session's cookie that changes something: its CSRF token must match, and its
+    /// `Origin` (browsers send one with such requests) must be the host it was sent to.
+    ///
+    /// - Throws: 403 `csrf_failed` otherwise.
+    static func requireCSRF(_ request: Request, session: ConsoleSession) throws {
+        guard let sent = request.headers[csrfHeader], APIKeyStore.constantTimeEqual(Data(sent.utf8), Data(session.csrfToken.utf8)) else {
+            throw APIError(.forbidden, "csrf_failed", "a request with the console's session changes something only with its X-CSRF-Token")
+        }
+        // ("null", an opaque origin such as a sandboxed frame's, is another site too.)
+        if let origin = request.headers[.origin] {
+            let host = origin.split(separator: "://", maxSplits: 1).last.map(String.init) ?? origin
+            guard let authority = request.head.authority, host.lowercased() == authority.lowercased() else {
+                throw APIError(
+                    .forbidden, "csrf_failed", "the request came from another site's page (Origin \(origin), sent to \(request.head.authority ?? "no Host"))")
+            }
+        }
     }
 }

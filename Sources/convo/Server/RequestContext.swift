@@ -7,6 +7,8 @@ struct ConvoRequestContext: RequestContext {
     var coreContext: CoreRequestContextStorage
     /// The caller's key; `nil` on the routes that need none (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`).
     var key: APIKeyRecord?
+    /// The console session's token, when the request was authenticated by its cookie rather than a key.
+    var sessionToken: String?
 
     /// The peer's IP address (or its description for other sockets): what failed authentications are
     /// limited by.
@@ -15,6 +17,7 @@ struct ConvoRequestContext: RequestContext {
     init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)
         self.key = nil
+        self.sessionToken = nil
         let remote = source.channel.remoteAddress
         self.clientAddress = remote?.ipAddress ?? remote.map { "\($0)" } ?? "unknown"
     }

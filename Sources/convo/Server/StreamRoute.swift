@@ -31,6 +31,8 @@ struct StreamRoute: Sendable {
         let store = context.store
         let feed = context.feed
         let keys = context.keys
+        let sessions = context.sessions
+        let sessionToken = requestContext.sessionToken
         guard let keyID = requestContext.key?.id else { throw APIError(.unauthorized, "missing_key", "send Authorization: Bearer KEY") }
         guard feed.admits(tenant) else { throw Self.tooMany(feed) }
         let streams = [conversation.messagesStream, conversation.workflowStream]
@@ -50,11 +52,13 @@ struct StreamRoute: Sendable {
                     return
                 }
                 defer { feed.remove(listener) }
-                // The key is checked again once per key-cache interval: a revoked key's stream ends within it.
+                // The key (and the console session, when it opened the stream) is checked again once per
+                // key-cache interval: a revoked key's or an ended session's stream ends within it.
                 let watch = Task {
                     let every = max(keys.ttl, .seconds(1))
                     while (try? await Task.sleep(for: every)) != nil {
-                        if (try? await keys.isLive(keyID)) == false {
+                        let sessionLive = if let sessionToken { try? await sessions.isLive(sessionToken) } else { Bool?.some(true) }
+                        if (try? await keys.isLive(keyID)) == false || sessionLive == false {
                             feed.remove(listener)
                             return
                         }
