@@ -46,11 +46,15 @@ public struct DatabaseURL: Sendable, CustomStringConvertible {
     /// A PostgresClient configuration for this URL, with at most `maximumConnections` connections.
     /// A client configuration for this database.
     ///
-    /// - Parameter sessionTimeouts: the sessions' `statement_timeout` and, at a fifth of it (at least 10 s),
-    ///   `idle_in_transaction_session_timeout`; `nil` leaves PostgreSQL's (none). `convo serve` sets them, so a
-    ///   stuck statement or a session idle inside a transaction is ended by the server instead of holding locks
-    ///   and the readers' horizon (`pg_snapshot_xmin`).
-    public func clientConfiguration(maximumConnections: Int = 20, sessionTimeouts: Duration? = nil) -> PostgresClient.Configuration {
+    /// - Parameters:
+    ///   - sessionTimeouts: the sessions' `statement_timeout` and, unless `idleInTransaction` is given, at a fifth
+    ///     of it (at least 10 s) `idle_in_transaction_session_timeout`; `nil` leaves PostgreSQL's (none). `convo
+    ///     serve` sets them, so a stuck statement or a session idle inside a transaction (its process frozen or
+    ///     hung) is ended by the server instead of holding locks and every reader's horizon (`pg_snapshot_xmin`).
+    ///   - idleInTransaction: `idle_in_transaction_session_timeout` itself.
+    public func clientConfiguration(
+        maximumConnections: Int = 20, sessionTimeouts: Duration? = nil, idleInTransaction: Duration? = nil
+    ) -> PostgresClient.Configuration {
         let tls: PostgresClient.Configuration.TLS
         switch sslMode {
         case "require": tls = .require(.makeClientConfiguration())
@@ -63,7 +67,8 @@ public struct DatabaseURL: Sendable, CustomStringConvertible {
         if let sessionTimeouts {
             let seconds = max(1, sessionTimeouts.components.seconds)
             configuration.options.additionalStartupParameters = [
-                ("statement_timeout", "\(seconds)s"), ("idle_in_transaction_session_timeout", "\(max(10, seconds / 5))s"),
+                ("statement_timeout", "\(seconds)s"),
+                ("idle_in_transaction_session_timeout", "\(idleInTransaction.map { max(1, $0.components.seconds) } ?? max(10, seconds / 5))s"),
             ]
         }
         return configuration

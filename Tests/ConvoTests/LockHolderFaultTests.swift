@@ -82,7 +82,11 @@ import Glibc
 
     @Test func aHolderFrozenPastItsTTLIsFencedOutWhenItWakes() async throws {
         try await withFleet { fleet, stub in
-            let options = ["--lock-ttl-ms", "3000", "--sweep-seconds", "2"]
+            // Frozen inside a transaction (a projection runner's batch, say), the holder would hold back every
+            // reader of the cluster, the other instance's responder too, until PostgreSQL ends the session: 5 s
+            // here (15 by default), well inside the 60 s this test waits. Twice in a day's runs, a freeze landed
+            // there while the timeout was 60 s.
+            let options = ["--lock-ttl-ms", "3000", "--sweep-seconds", "2", "--idle-transaction-timeout", "5"]
             let frozen = try await fleet.serve(options)
             #expect(try await eventually(timeout: .seconds(60)) { await fleet.get(frozen, "/readyz").status == 200 })
             #expect(await fleet.post(frozen, conversation: "s1", visitor: "vs", messageId: "m1").status == 202)

@@ -14,5 +14,9 @@ import Testing
         #expect(ingestOnly.stderr.contains("--database-pool-size 5"), "\(ingestOnly.stderr)")
         let badSchedule = try await ConvoProcess.run(["serve", "--port", "\(try ServeProcess.freePort())", "--webhook-retry-schedule", "1,x"], environment: env)
         #expect(badSchedule.status != 0 && badSchedule.stderr.contains("retry schedule"), "\(badSchedule.stderr)")
+        for value in ["0", "3601", "x"] {
+            let badIdle = try await ConvoProcess.run(["serve", "--port", "\(try ServeProcess.freePort())", "--idle-transaction-timeout", value], environment: env)
+            #expect(badIdle.status != 0 && badIdle.stderr.contains("idle"), "\(value): \(badIdle.stderr)")
+        }
     }
 }

@@ -71,6 +71,13 @@ extension Convo {
         var requestTimeout: Int?
 
         @Option(
+            name: .customLong("idle-transaction-timeout"),
+            help: """
+                Seconds a session may sit idle inside a transaction before PostgreSQL ends it (env CONVO_IDLE_TRANSACTION_TIMEOUT;                 default 15): a frozen or hung instance's open transaction holds back every reader of the cluster until then.
+                """)
+        var idleTransactionTimeout: Int?
+
+        @Option(
             name: .customLong("ingest-queue-limit"),
             help: "Messages that may wait for a batch; past it ingest answers 503 at once (env CONVO_INGEST_QUEUE_LIMIT; default 10000).")
         var ingestQueueLimit: Int?
@@ -120,6 +127,9 @@ extension Convo {
             guard (1...600).contains(try resolved(requestTimeout, "CONVO_REQUEST_TIMEOUT", 10)) else {
                 throw ValidationError("the request timeout is between 1 and 600 seconds")
             }
+            guard (1...3600).contains(try resolved(idleTransactionTimeout, "CONVO_IDLE_TRANSACTION_TIMEOUT", 15)) else {
+                throw ValidationError("the idle transaction timeout is between 1 and 3600 seconds")
+            }
             guard (1...10_000_000).contains(try resolved(ingestQueueLimit, "CONVO_INGEST_QUEUE_LIMIT", 10_000)) else {
                 throw ValidationError("the ingest queue limit is between 1 and 10000000 messages")
             }
@@ -166,7 +176,9 @@ extension Convo {
                         + "standby included, one for LISTEN, one for the webhook senders), and requests need at least \(Self.minimumRequestConnections) more; "
                         + "use --database-pool-size \(held + Self.minimumRequestConnections) or more")
             }
-            var postgres = url.clientConfiguration(maximumConnections: poolSize, sessionTimeouts: .seconds(300))
+            var postgres = url.clientConfiguration(
+                maximumConnections: poolSize, sessionTimeouts: .seconds(300),
+                idleInTransaction: .seconds(try resolved(idleTransactionTimeout, "CONVO_IDLE_TRANSACTION_TIMEOUT", 15)))
             postgres.options.connectTimeout = try options.connectTimeout()
             let client = PostgresClient(configuration: postgres, backgroundLogger: backgroundLogger(logger))
             let redisPool = try resolved(redisPoolSize, "CONVO_REDIS_POOL_SIZE", 4)
