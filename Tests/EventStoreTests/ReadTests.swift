@@ -104,6 +104,34 @@ import Testing
         }
     }
 
+    /// A process frozen inside a transaction holds back every reader of the cluster, until PostgreSQL ends its
+    /// session after `idle_in_transaction_session_timeout` (`convo serve --idle-transaction-timeout`).
+    @Test(.timeLimit(.minutes(2))) func aSessionIdleInATransactionHoldsReadersBackUntilPostgreSQLEndsIt() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let url = try TestDatabase.url
+            // A connection of its own, with the startup parameters `convo serve` sends.
+            let settings = url.clientConfiguration(maximumConnections: 1, sessionTimeouts: .seconds(300), idleInTransaction: .seconds(3))
+            var configuration = PostgresConnection.Configuration(
+                host: url.host, port: url.port, username: url.username, password: url.password, database: url.database, tls: .disable)
+            configuration.options.additionalStartupParameters = settings.options.additionalStartupParameters
+            let frozen = try await PostgresConnection.connect(configuration: configuration, id: 1, logger: TestDatabase.logger)
+            defer { Task { try? await frozen.close() } }
+            try await frozen.query("BEGIN", logger: TestDatabase.logger)
+            // A transaction id taken and kept: what a batch that wrote and then froze leaves behind.
+            try await frozen.query("SELECT txid_current()", logger: TestDatabase.logger)
+            try await store.append([note("after the freeze")], to: TestDatabase.uniqueStream(), tenant: tenant, expectedVersion: .any)
+            let heldBack = try await store.readAll(.tenant(tenant), after: 0, maxCount: 10)
+            #expect(heldBack.isEmpty, "the reader did not wait for the open transaction")
+            #expect(try await eventually(timeout: .seconds(60)) { try await store.readAll(.tenant(tenant), after: 0, maxCount: 10).count == 1 })
+            // PostgreSQL ended the idle session: the frozen one's next statement fails (asked through whileOpen:
+            // a bare query on a connection the server closed while it was idle never returns).
+            await #expect(throws: (any Error).self) {
+                try await frozen.whileOpen { try await $0.query("SELECT 1", logger: TestDatabase.logger) }
+            }
+        }
+    }
+
     @Test func pageSizesOutOfRangeAreRefused() async throws {
         try await TestDatabase.withStore { store in
             for size in [0, -1, 10_001] {
