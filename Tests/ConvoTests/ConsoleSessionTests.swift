@@ -134,6 +134,18 @@ import Testing
                     try await api.request(.get, "/v1/tools", key: nil, headers: [.cookie: "convo_session=\(short.token)"]).status == .unauthorized
                 })
             #expect(short.session.expiresAt < Date())
+
+            // A row that expired long ago is pruned by the next sign-in; the recently expired one is kept.
+            let old = Data((0..<32).map { _ in UInt8.random(in: 0...255) })
+            try await api.pg.query(
+                """
+                INSERT INTO console_sessions (token_hash, key_id, csrf_token, created_at, expires_at)
+                VALUES (\(old), \(record.id), \(String(repeating: "c", count: 43)), now() - interval '41 days', now() - interval '40 days')
+                """)
+            _ = try await Self.signIn(api, key: api.all)
+            let left = try await api.pg.query(
+                "SELECT count(*) FILTER (WHERE token_hash = \(old)), count(*) FILTER (WHERE token_hash = \(ConsoleSessionStore.hash(short.token))) FROM console_sessions")
+            for try await (stale, recent) in left.decode((Int, Int).self) { #expect(stale == 0 && recent == 1, "stale \(stale), recent \(recent)") }
         }
     }
 

@@ -27,7 +27,12 @@ struct ConsoleSessionStore: Sendable {
     /// How long a session lasts without a sign-out.
     static let lifetime: Duration = .seconds(12 * 3600)
 
-    /// A new session for a live key: its token (for the cookie; never stored) and the session.
+    /// How long an ended or expired session's row is kept (who was signed in, and when) before a sign-in
+    /// prunes it.
+    static let kept = "30 days"
+
+    /// A new session for a live key: its token (for the cookie; never stored) and the session. Rows that
+    /// expired more than ``kept`` ago go in the same statement, so the table does not grow for ever.
     func create(for key: APIKeyRecord, lifetime: Duration = Self.lifetime) async throws -> (token: String, session: ConsoleSession) {
         let token = Self.prefix + Self.randomToken()
         let csrf = Self.randomToken()
@@ -35,6 +40,7 @@ struct ConsoleSessionStore: Sendable {
         return try await mappingStoreErrors("open a console session") {
             let rows = try await client.query(
                 """
+                WITH pruned AS (DELETE FROM console_sessions WHERE expires_at < now() - \(Self.kept)::interval)
                 INSERT INTO console_sessions (token_hash, key_id, csrf_token, expires_at)
                 VALUES (\(Self.hash(token)), \(key.id), \(csrf), now() + make_interval(secs => \(seconds)))
                 RETURNING expires_at

@@ -57,8 +57,10 @@ struct StreamRoute: Sendable {
                 let watch = Task {
                     let every = max(keys.ttl, .seconds(1))
                     while (try? await Task.sleep(for: every)) != nil {
-                        let sessionLive = if let sessionToken { try? await sessions.isLive(sessionToken) } else { Bool?.some(true) }
-                        if (try? await keys.isLive(keyID)) == false || sessionLive == false {
+                        // (A check that could not be made, PostgreSQL being away, ends nothing.)
+                        var ended = (try? await keys.isLive(keyID)) == false
+                        if !ended, let sessionToken { ended = (try? await sessions.isLive(sessionToken)) == false }
+                        if ended {
                             feed.remove(listener)
                             return
                         }
