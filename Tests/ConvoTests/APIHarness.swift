@@ -51,7 +51,11 @@ struct APIHarness: Sendable {
     /// Runs `body` against a live application (no responder or runners: `process` runs the responder's step).
     ///
     /// `database`: a database of the test's own (one that takes DDL), instead of the shared one.
-    static func with(database: DatabaseURL? = nil, _ body: @Sendable (APIHarness) async throws -> Void) async throws {
+    /// `measuresProjections`: `/readyz`, `/metrics` and `/v1/projections` report the standard projections
+    /// (no runner runs them here). `demo`: `/demo` is served, writing into the harness's tenant.
+    static func with(
+        database: DatabaseURL? = nil, measuresProjections: Bool = false, demo: Bool = false, _ body: @Sendable (APIHarness) async throws -> Void
+    ) async throws {
         let logger = TestDatabase.logger
         let database = try database ?? TestDatabase.url
         try await TestDatabase.withClient(url: database) { pg in
@@ -62,13 +66,14 @@ struct APIHarness: Sendable {
             let strangerTenant = TestDatabase.uniqueTenant()
             let stranger = try await keys.create(tenant: strangerTenant, scopes: Set(Scope.tenantScopes), name: "stranger").key
             let client = PostgresClient(configuration: database.clientConfiguration(maximumConnections: 8), backgroundLogger: logger)
-            let context = ServerContext.make(
+            var context = ServerContext.make(
                 client: client, redis: RedisClient(configuration: try RedisConfiguration(url: try TestDatabase.redisURL)), keyring: TestDatabase.keyring, keyCacheTTL: .zero,
                 // Generous: route tests share a busy 2-core machine with the fault suites; deadlines have tests of their own.
                 requestDeadline: .seconds(60),
                 logger: logger)
+            if demo { context.demoTenant = tenant }
             let table = buildRouter(context, background: false).1
-            let app = buildApplication(context, host: "127.0.0.1", port: 0, background: false, logger: logger)
+            let app = buildApplication(context, host: "127.0.0.1", port: 0, roles: .none, measuresProjections: measuresProjections, logger: logger)
             try await app.test(.live) { client in
                 try await body(
                     APIHarness(

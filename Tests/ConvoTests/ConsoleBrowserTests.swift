@@ -3,10 +3,13 @@ import EventStore
 import Foundation
 import Testing
 
-/// The console in headless Chromium, driven by Selenium (`Tests/console/console_test.py`) against a real
-/// `convo serve` on a database of its own: sign-in, the inbox, a conversation updated live, "why this
-/// reply?", the chain's verification, an agent's take-over and reply, keyboard reach, sign-out, a read-only
-/// key that sees no agent action, and a tampered event that verification flags. A failure keeps the page's screenshot under `.convo/test/`.
+/// The console and the demo in headless Chromium, driven by Selenium (`Tests/console/console_test.py`)
+/// against a real `convo serve --demo-tenant` on a database of its own: sign-in, the inbox, a conversation
+/// updated live, "why this reply?", the chain's verification, an agent's take-over and reply, keyboard reach,
+/// sign-out, a read-only key that sees no agent action, a tampered event that verification flags; a visitor
+/// chatting in the demo whose conversation reaches the console live and who sees the agent's reply; a
+/// workflow published with an error marked on its node, then fixed and compared; the operations page. A
+/// failure keeps the page's screenshot under `.convo/test/`.
 @Suite(.timeLimit(.minutes(5))) struct ConsoleBrowserTests {
     @Test func anAgentSignsInWatchesAConversationLiveAndAnswersInARealBrowser() async throws {
         let environment = ProcessInfo.processInfo.environment
@@ -31,7 +34,8 @@ import Testing
         let agent = try await key(["agents", "create", "--email", "ada@example.com", "--name", "Ada"])
         let read = try await key(["keys", "create", "--scopes", "read"])
         let ingest = try await key(["keys", "create", "--scopes", "ingest"])
-        let server = try await ServeProcess(environment: env)
+        let admin = try await key(["keys", "create", "--scopes", "read,admin"])
+        let server = try await ServeProcess(environment: env, arguments: ["--demo-tenant", tenant])
         let conversation = "console-\(UUID().uuidString.prefix(8).lowercased())"
         let artifacts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../.convo/test").standardized
         try FileManager.default.createDirectory(at: artifacts, withIntermediateDirectories: true)
@@ -40,8 +44,10 @@ import Testing
             executable: URL(fileURLWithPath: python), [script.path],
             environment: [
                 "CONVO_CONSOLE_URL": server.baseURL, "CONVO_CONSOLE_AGENT_KEY": agent, "CONVO_CONSOLE_READ_KEY": read, "CONVO_CONSOLE_INGEST_KEY": ingest,
+                "CONVO_CONSOLE_ADMIN_KEY": admin,
+                "CONVO_CONSOLE_SCREENSHOTS": ProcessInfo.processInfo.environment["CONVO_CONSOLE_SCREENSHOTS"] ?? "",
                 "CONVO_CONSOLE_CONVERSATION": conversation, "CONVO_CONSOLE_ARTIFACTS": artifacts.path, "CONVO_CONSOLE_DATABASE_URL": database.description,
-            ], timeout: .seconds(240))
+            ], timeout: .seconds(270))
         #expect(run.status == 0 && run.stdout.contains("every step passed"), "\(run.stdout)\n\(run.stderr.suffix(3000))\n\(server.failureSummary)")
         #expect(try await server.stop() == 0, "\(server.failureSummary)")
     }

@@ -52,8 +52,14 @@ import Testing
             // The cookie in place of the key: the tenant's own data, and who is signed in.
             let conversation = APIHarness.conversationID()
             #expect(try await api.post(conversation, Self.message("m-1")).status == .accepted)
-            let read = try await api.request(.get, "/v1/conversations/\(conversation)/messages", key: nil, headers: [.cookie: cookie])
-            #expect(read.status == .ok && read.text.contains("hello"), "\(read.status) \(read.text)")
+            // (A reader sees an event once every write transaction of the cluster begun before it has ended:
+            // on the shared test cluster, other tests' transactions can hold it back a while.)
+            var read = try await api.request(.get, "/v1/conversations/\(conversation)/messages", key: nil, headers: [.cookie: cookie])
+            let seen = try await eventually {
+                read = try await api.request(.get, "/v1/conversations/\(conversation)/messages", key: nil, headers: [.cookie: cookie])
+                return read.status != .ok || read.text.contains("hello")
+            }
+            #expect(seen && read.status == .ok && read.text.contains("hello"), "\(read.status) \(read.text)")
             let again = try await api.request(.get, "/console/session", key: nil, headers: [.cookie: cookie])
             #expect(again.status == .ok && again.headers[.cacheControl] == "no-store")
             #expect(try again.decode(Session.self).csrfToken == session.csrfToken)

@@ -18,5 +18,10 @@ import Testing
             let badIdle = try await ConvoProcess.run(["serve", "--port", "\(try ServeProcess.freePort())", "--idle-transaction-timeout", value], environment: env)
             #expect(badIdle.status != 0 && badIdle.stderr.contains("idle"), "\(value): \(badIdle.stderr)")
         }
+        for variable in [false, true] {
+            let arguments = ["serve", "--port", "\(try ServeProcess.freePort())"] + (variable ? [] : ["--demo-tenant", "Not A Tenant"])
+            let badDemo = try await ConvoProcess.run(arguments, environment: variable ? env.merging(["CONVO_DEMO_TENANT": "Not A Tenant"]) { $1 } : env)
+            #expect(badDemo.status != 0 && badDemo.stderr.contains("demo tenant"), "\(badDemo.stderr)")
+        }
     }
 }

@@ -17,12 +17,13 @@ import Testing
 
     /// Opens the stream and collects frames until `until` holds for them (or the timeout passes).
     static func collect(
-        port: Int, conversation: String, key: String, lastEventID: Int64? = nil, timeout: Duration = .seconds(60),
-        progress: AsyncStream<[Frame]>.Continuation? = nil, until: @escaping @Sendable ([Frame]) -> Bool
+        port: Int, conversation: String, key: String?, path: String? = nil, cookie: String? = nil, lastEventID: Int64? = nil,
+        timeout: Duration = .seconds(60), progress: AsyncStream<[Frame]>.Continuation? = nil, until: @escaping @Sendable ([Frame]) -> Bool
     ) async throws -> [Frame] {
         defer { progress?.finish() }
-        var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/conversations/\(conversation)/stream")
-        request.headers.add(name: "Authorization", value: "Bearer \(key)")
+        var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path ?? "/v1/conversations/\(conversation)/stream")")
+        if let key { request.headers.add(name: "Authorization", value: "Bearer \(key)") }
+        if let cookie { request.headers.add(name: "Cookie", value: cookie) }
         if let lastEventID { request.headers.add(name: "Last-Event-ID", value: "\(lastEventID)") }
         // The request's own deadline is generous (a busy machine); `timeout` bounds the collecting below.
         let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
@@ -106,6 +107,47 @@ import Testing
             #expect(stranger.isEmpty)
             let bad = try await api.request(.get, "/v1/conversations/\(conversation)/stream", key: api.read, headers: [StreamRoute.lastEventID: "soon"])
             #expect(bad.status == .badRequest && bad.errorCode == "invalid_parameter")
+        }
+    }
+
+    struct Accepted: Decodable {
+        var globalPosition: Int64
+    }
+
+    /// `GET /v1/stream`: every conversation of the tenant, from when it opens (or from `Last-Event-ID`), and
+    /// no other tenant's.
+    @Test func theTenantsStreamCarriesEveryConversationFromWhenItOpensAndResumes() async throws {
+        try await APIHarness.with { api in
+            let port = try #require(api.client.port)
+            let (a, b, c) = (APIHarness.conversationID(), APIHarness.conversationID(), APIHarness.conversationID())
+            func post(_ conversation: String, key: String? = nil) async throws -> Int64 {
+                let reply = try await api.post(conversation, #"{"visitorUid": "v-\#(conversation)", "text": "hello"}"#, key: key)
+                #expect(reply.status == .accepted, "\(reply.status) \(reply.text)")
+                return try reply.decode(Accepted.self).globalPosition
+            }
+            let before = try await post(a)
+            // Once a reader sees it, it lies below the head every later stream starts from.
+            #expect(try await eventually { try await api.request(.get, "/v1/conversations/\(a)/messages", key: api.read).text.contains("hello") })
+            let (progress, continuation) = AsyncStream<[Frame]>.makeStream()
+            let live = Task {
+                try await Self.collect(port: port, conversation: "", key: api.read, path: "/v1/stream", progress: continuation) { frames in
+                    frames.filter { $0.event == "VisitorMessageReceived" }.count >= 2
+                }
+            }
+            for await _ in progress { break }  // open
+            let foreign = try await post(APIHarness.conversationID(), key: api.stranger)
+            let (fromB, fromC) = (try await post(b), try await post(c))
+            let frames = try await live.value
+            let ids = Set(frames.map(\.id))
+            #expect(ids.isSuperset(of: [fromB, fromC]) && !ids.contains(before) && !ids.contains(foreign), "\(frames)")
+            #expect(frames.allSatisfy { $0.id > before } && frames.map(\.id) == frames.map(\.id).sorted())
+
+            // Resumed from before the first message: the stored ones first, in order, every conversation's.
+            let resumed = try await Self.collect(port: port, conversation: "", key: api.read, path: "/v1/stream", lastEventID: before - 1) { frames in
+                Set(frames.map(\.id)).isSuperset(of: [before, fromB, fromC])
+            }
+            #expect(resumed.first?.id == before && !resumed.contains { $0.id == foreign }, "\(resumed)")
+            #expect(try await api.request(.get, "/v1/stream", key: api.ingest).status == .forbidden)
         }
     }
 }

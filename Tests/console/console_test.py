@@ -7,6 +7,7 @@ HTML are kept in CONVO_CONSOLE_ARTIFACTS and the step that failed is printed.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,23 +15,31 @@ import traceback
 import urllib.request
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 BASE = os.environ["CONVO_CONSOLE_URL"]
 AGENT_KEY = os.environ["CONVO_CONSOLE_AGENT_KEY"]
 READ_KEY = os.environ["CONVO_CONSOLE_READ_KEY"]
 INGEST_KEY = os.environ["CONVO_CONSOLE_INGEST_KEY"]
+ADMIN_KEY = os.environ["CONVO_CONSOLE_ADMIN_KEY"]
 CONVERSATION = os.environ["CONVO_CONSOLE_CONVERSATION"]
 DATABASE_URL = os.environ["CONVO_CONSOLE_DATABASE_URL"]
 ARTIFACTS = os.environ.get("CONVO_CONSOLE_ARTIFACTS", ".")
 WAIT = float(os.environ.get("CONVO_CONSOLE_WAIT", "30"))
 
 step = "starting the browser"
+SCREENSHOTS = os.environ.get("CONVO_CONSOLE_SCREENSHOTS")
+
+
+def snap(driver, name):
+    """Keeps a screenshot of the page when CONVO_CONSOLE_SCREENSHOTS names a directory (to look at the pages)."""
+    if SCREENSHOTS:
+        driver.save_screenshot(os.path.join(SCREENSHOTS, name + ".png"))
 
 
 def api(method, path, key, body=None):
@@ -72,6 +81,18 @@ def text_in(locator, text):
     return check
 
 
+def click(driver, locator, what):
+    """Clicks what `locator` finds when it is there, found afresh on each try (a list the page redraws while
+    the test looks replaces its elements)."""
+    def attempt(d):
+        try:
+            d.find_element(*locator).click()
+            return True
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False
+    until(driver, attempt, what)
+
+
 def sign_in(driver, key):
     driver.get(BASE + "/console")
     field = until(driver, EC.visibility_of_element_located((By.ID, "key")), "the sign-in form")
@@ -86,6 +107,9 @@ def main():
     global step
     driver = browser()
     try:
+        step = "an admin adds a webhook endpoint that refuses every connection"
+        api("PUT", "/v1/webhooks/failing-desk", ADMIN_KEY, {"url": "http://127.0.0.1:9/hook", "eventTypes": ["message.created"]})
+
         step = "the visitor writes"
         ingest("m-1", "where is my order?")
 
@@ -100,13 +124,23 @@ def main():
         assert "agent" in driver.find_element(By.ID, "who").text
 
         step = "the inbox lists the conversation"
-        row = until(driver, EC.presence_of_element_located((By.CSS_SELECTOR, f'tr[data-conversation="{CONVERSATION}"]')), "the conversation's row")
+        until(driver, EC.presence_of_element_located((By.CSS_SELECTOR, f'tr[data-conversation="{CONVERSATION}"]')), "the conversation's row")
 
         step = "the conversation page shows the transcript and the answer"
-        row.find_element(By.TAG_NAME, "a").click()
+        click(driver, (By.CSS_SELECTOR, f'tr[data-conversation="{CONVERSATION}"] a'), "the conversation's link")
         until(driver, text_in((By.CSS_SELECTOR, "#transcript li.visitor"), "where is my order"), "the visitor's message")
         until(driver, EC.presence_of_element_located((By.CSS_SELECTOR, "#transcript li.assistant")), "the assistant's reply")
         until(driver, EC.presence_of_element_located((By.CSS_SELECTOR, '#timeline li[data-type="VisitorMessageReceived"]')), "the event timeline")
+
+        step = "the conversation's place in its workflow, its history and its conflicts"
+        at_node = (By.CSS_SELECTOR, '#conversation-facts dd[data-fact="at node"]')
+        def current_matches(d):
+            marked = d.find_elements(By.CSS_SELECTOR, "#conversation-graph g.node.current")
+            return len(marked) == 1 and marked[0].get_attribute("data-node") == d.find_element(*at_node).text != ""
+        until(driver, current_matches, "the current node marked on the workflow's graph")
+        until(driver, text_in((By.CSS_SELECTOR, "#history li"), 'caused by "where is my order?"'), "the workflow history with its cause")
+        until(driver, text_in((By.ID, "conversation-conflicts-note"), "None"), "the conversation's conflicts (none)")
+        snap(driver, "conversation")
 
         step = "a message sent meanwhile appears without a reload"
         marker = driver.execute_script("window.__noReload = 'still here'; return window.__noReload")
@@ -134,6 +168,62 @@ def main():
         assert any(m["role"] == "agent" and m["text"] == "An agent here: it ships today." for m in transcript["messages"]), transcript
         assigned = (By.CSS_SELECTOR, '#conversation-facts dd[data-fact="assigned to"]')
         until(driver, lambda d: d.find_element(*assigned).text not in ("", "the AI"), "the assignment in the facts")
+
+        step = "an event's chained hash is shown when it is opened"
+        driver.find_element(By.CSS_SELECTOR, '#timeline li[data-type="VisitorMessageReceived"] summary').click()
+        hash_field = (By.CSS_SELECTOR, '#timeline li[data-type="VisitorMessageReceived"] [data-field="hash"]')
+        until(driver, lambda d: len(d.find_element(*hash_field).text) == 64, "the event's hash")
+
+        step = "the demo: a visitor chats, sees the assistant's reply and the events as they are stored"
+        driver.execute_script("location.hash = '#/inbox'")
+        until(driver, EC.visibility_of_element_located((By.ID, "inbox")), "the inbox")
+        until(driver, lambda d: d.execute_script("return state.stream && state.stream.url.endsWith('/v1/stream') && state.stream.readyState") == 1, "the inbox's event stream open")
+        driver.execute_script("window.__noReload = 'inbox'")
+        console_tab = driver.current_window_handle
+        driver.switch_to.new_window("tab")
+        demo_tab = driver.current_window_handle
+        driver.get(BASE + "/demo")
+        chat = until(driver, EC.visibility_of_element_located((By.ID, "chat-text")), "the demo's chat")
+        assert driver.find_element(By.CSS_SELECTOR, "label[for=chat-text]").text == "Your message"
+        link = (By.ID, "console-link")
+        until(driver, lambda d: "#/conversations/demo-" in (d.find_element(*link).get_attribute("href") or ""), "the demo's visitor")
+        demo_conversation = driver.find_element(*link).get_attribute("href").split("#/conversations/")[1]
+        chat.send_keys("where is my order?", Keys.ENTER)
+        until(driver, text_in((By.CSS_SELECTOR, "#chat li.visitor"), "where is my order?"), "the visitor's message in the widget")
+        until(driver, text_in((By.CSS_SELECTOR, "#chat li.assistant"), "working days"), "the assistant's reply in the widget")
+        for event_type in ["ConversationStarted", "VisitorMessageReceived", "WorkflowStarted", "AssistantMessageSent"]:
+            until(driver, EC.presence_of_element_located((By.CSS_SELECTOR, f'#log li[data-type="{event_type}"]')), f"{event_type} in the event log")
+        chat.send_keys("I want to talk to a human", Keys.ENTER)
+        until(driver, EC.presence_of_element_located((By.CSS_SELECTOR, '#log li[data-type="ConversationHandedOff"]')), "the hand-off in the event log")
+        snap(driver, "demo")
+
+        step = "the demo's conversation appears in the console's inbox without a reload"
+        driver.switch_to.window(console_tab)
+        until(driver, EC.presence_of_element_located((By.CSS_SELECTOR, f'tr[data-conversation="{demo_conversation}"]')), "the demo conversation in the inbox")
+        assert driver.execute_script("return window.__noReload") == "inbox", "the console reloaded"
+
+        step = "the inbox filters by status: the handed-off demo conversation is pending, not open"
+        demo_row = (By.CSS_SELECTOR, f'tr[data-conversation="{demo_conversation}"]')
+        for status, listed in [("open", False), ("pending", True), ("", True)]:
+            Select(driver.find_element(By.ID, "filter-status")).select_by_value(status)
+            driver.find_element(By.CSS_SELECTOR, "#inbox-filter button[type=submit]").click()
+            until(driver, lambda d: bool(d.find_elements(*demo_row)) == listed, f"the demo conversation {'listed' if listed else 'left out'} with status '{status}'")
+
+        step = "the agent takes the demo conversation over and replies; the visitor's widget shows it"
+        click(driver, (By.CSS_SELECTOR, f'tr[data-conversation="{demo_conversation}"] a'), "the demo conversation's link")
+        until(driver, text_in((By.CSS_SELECTOR, "#transcript li.visitor"), "talk to a human"), "the demo visitor's messages")
+        until(driver, EC.presence_of_element_located((By.CSS_SELECTOR, '#timeline li[data-type="ConversationHandedOff"]')), "the hand-off in the timeline")
+        driver.find_element(By.ID, "take-over").click()
+        until(driver, text_in((By.ID, "action-result"), "ConversationAssigned"), "the take-over")
+        driver.find_element(By.ID, "reply-text").send_keys("Ada here, I'm looking at your order.")
+        driver.find_element(By.CSS_SELECTOR, "#reply-form button[type=submit]").click()
+        until(driver, text_in((By.ID, "action-result"), "AgentMessageSent"), "the agent's reply stored")
+        driver.switch_to.window(demo_tab)
+        until(driver, text_in((By.CSS_SELECTOR, "#chat li.agent"), "Ada here, I'm looking at your order."), "the agent's reply in the visitor's widget")
+        driver.close()
+        driver.switch_to.window(console_tab)
+        driver.execute_script(f"location.hash = '#/conversations/{CONVERSATION}'")
+        until(driver, text_in((By.CSS_SELECTOR, "#transcript li.agent"), "An agent here"), "the first conversation again")
 
         step = "keyboard: the controls are reached with Tab"
         driver.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
@@ -170,6 +260,67 @@ def main():
         driver.find_element(By.ID, "verify").click()
         result = until(driver, text_in((By.ID, "verify-result"), "verification FAILED"), "the tampered event's finding")
         assert "hash_mismatch" in result.text and f"workflow-{CONVERSATION} v1" in result.text, result.text
+
+        step = "an admin publishes a workflow with an error and sees it marked on its node"
+        driver.find_element(By.ID, "sign-out").click()
+        until(driver, EC.visibility_of_element_located((By.ID, "key")), "the sign-in form")
+        sign_in(driver, ADMIN_KEY)
+        driver.execute_script("location.hash = '#/workflows'")
+        click(driver, (By.CSS_SELECTOR, 'tr[data-workflow="support"] a'), "the support workflow in the list")
+        until(driver, EC.presence_of_element_located((By.CSS_SELECTOR, '#workflow-graph g.node[data-node="greet"]')), "the graph")
+        edges = driver.find_elements(By.CSS_SELECTOR, "#workflow-graph g.edge")
+        assert len(edges) == 10, f"{len(edges)} edges drawn"
+        assert driver.find_elements(By.CSS_SELECTOR, '#workflow-graph g.node-condition[data-node="route"]'), "the condition node"
+        editor = driver.find_element(By.ID, "workflow-json")
+        published = json.loads(editor.get_attribute("value"))
+        broken = json.loads(json.dumps(published))
+        next(node for node in broken["nodes"] if node["id"] == "greet")["next"] = "nowhere"
+        driver.execute_script("arguments[0].value = arguments[1]", editor, json.dumps(broken, indent=2))
+        driver.find_element(By.CSS_SELECTOR, "#workflow-editor button[type=submit]").click()
+        until(driver, text_in((By.CSS_SELECTOR, "#workflow-issues li"), "node greet"), "the problem listed")
+        marked = until(driver, EC.presence_of_element_located((By.CSS_SELECTOR, '#workflow-graph g.node.invalid[data-node="greet"]')), "the problem marked on its node")
+        snap(driver, "workflow-invalid")
+        assert "nowhere" in marked.get_attribute("aria-label"), marked.get_attribute("aria-label")
+        assert driver.find_elements(By.CSS_SELECTOR, '#workflow-graph g.node-missing[data-node="nowhere"]'), "the missing target drawn"
+        assert api("GET", "/v1/workflows/support", ADMIN_KEY)["versions"] == [1], "a workflow with an error was published"
+
+        step = "a fixed version is published and compared with the first"
+        fixed = json.loads(json.dumps(published))
+        next(node for node in fixed["nodes"] if node["id"] == "greet")["text"] = "Hello from version 2!"
+        driver.execute_script("arguments[0].value = arguments[1]", editor, json.dumps(fixed, indent=2))
+        driver.find_element(By.CSS_SELECTOR, "#workflow-editor button[type=submit]").click()
+        until(driver, text_in((By.ID, "workflow-result"), "Published support v2"), "the new version")
+        until(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, "#workflow-graph g.node.invalid"), "the draft's marks gone")
+        Select(driver.find_element(By.ID, "workflow-compare")).select_by_value("1")
+        until(driver, text_in((By.CSS_SELECTOR, "#workflow-diff-list li"), "node greet changed"), "the difference listed")
+        until(driver, EC.presence_of_element_located((By.CSS_SELECTOR, '#workflow-graph g.node.changed[data-node="greet"]')), "the changed node marked")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#workflow-graph g.node.changed")) == 1
+        snap(driver, "workflow")
+
+        step = "keyboard: a graph node is reached with Tab and opened with Enter"
+        driver.find_element(By.ID, "workflow-version").send_keys(Keys.TAB)
+        for _ in range(20):
+            active = driver.switch_to.active_element
+            if active.get_attribute("data-node"):
+                break
+            active.send_keys(Keys.TAB)
+        node = driver.switch_to.active_element.get_attribute("data-node")
+        assert node, "no graph node reached by Tab"
+        driver.switch_to.active_element.send_keys(Keys.ENTER)
+        until(driver, text_in((By.ID, "workflow-node"), f'"id": "{node}"'), "the node's definition")
+
+        step = "the operations page: projections measured, a forgotten visitor listed"
+        api("DELETE", "/v1/visitors/v-console?reason=asked%20by%20email", ADMIN_KEY)
+        driver.execute_script("location.hash = '#/operations'")
+        until(driver, text_in((By.CSS_SELECTOR, 'tr[data-projection="conversations"] td[data-state]'), "running"), "the conversations projection running")
+        until(driver, text_in((By.CSS_SELECTOR, 'tr[data-projection="workflow_state"] td[data-state]'), "running"), "the workflow_state projection running")
+        until(driver, text_in((By.CSS_SELECTOR, "#forgotten-list li"), "v-console"), "the forgotten visitor")
+        assert "asked by email" in driver.find_element(By.CSS_SELECTOR, "#forgotten-list li").text
+        snap(driver, "operations")
+        until(driver, EC.visibility_of_element_located((By.ID, "parked-empty")), "no parked conversation in a healthy run")
+        failing = (By.CSS_SELECTOR, 'li[data-webhook="failing-desk"]')
+        until(driver, lambda d: re.search(r"· [1-9][0-9]* failing deliver", d.find_element(*failing).text), "the failing webhook deliveries")
+        assert "HTTP" not in driver.find_element(*failing).text, "a refused connection shown as an HTTP answer"
 
         step = "done"
         print("console: every step passed")

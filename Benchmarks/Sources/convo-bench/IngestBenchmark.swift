@@ -36,17 +36,9 @@ struct IngestBenchmark: AsyncParsableCommand {
         }
         let (concurrency, seconds, rounds, conversations, useWrk) = (concurrency, seconds, rounds, conversations, client == "wrk")
         let missed = try await BenchDatabase.withDatabase(maximumConnections: concurrency) { client, url in
-            let env = ["CONVO_DATABASE_URL": url.description, "CONVO_LOG_LEVEL": "error", "CI": "true", "CONVO_MASTER_KEY": BenchDatabase.masterKey]
-            let created = try Self.run(binary, ["keys", "create", "--tenant", "bench", "--scopes", "ingest", "--json"], env)
-            guard let key = try JSONSerialization.jsonObject(with: Data(created.utf8)) as? [String: Any], let secret = key["key"] as? String else {
-                throw ValidationError("convo keys create printed no key: \(created)")
-            }
-            let port = Int.random(in: 30000..<40000)
-            let server = Process()
-            server.executableURL = URL(fileURLWithPath: binary)
-            server.arguments = ["serve", "--port", "\(port)", "--no-responder", "--no-projections"]
-            server.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
-            try server.run()
+            let env = Self.environment(url)
+            let secret = try Self.makeKey(binary, scopes: "ingest", env)
+            let (server, port) = try Self.serve(binary, ["--no-responder", "--no-projections"], env)
             defer { server.terminate() }
             let http = HTTPClient(
                 eventLoopGroupProvider: .singleton,
@@ -286,6 +278,31 @@ struct IngestBenchmark: AsyncParsableCommand {
         }
         sample.elapsed = clock.now - start
         return sample
+    }
+
+    /// What a `convo` process of the benchmark runs with: the run's database and master key.
+    static func environment(_ url: DatabaseURL) -> [String: String] {
+        ["CONVO_DATABASE_URL": url.description, "CONVO_LOG_LEVEL": "error", "CI": "true", "CONVO_MASTER_KEY": BenchDatabase.masterKey]
+    }
+
+    /// A key of the tenant `bench` with `scopes` (comma-separated), made by `convo keys create`.
+    static func makeKey(_ binary: String, scopes: String, _ environment: [String: String]) throws -> String {
+        let created = try run(binary, ["keys", "create", "--tenant", "bench", "--scopes", scopes, "--json"], environment)
+        guard let key = try JSONSerialization.jsonObject(with: Data(created.utf8)) as? [String: Any], let secret = key["key"] as? String else {
+            throw ValidationError("convo keys create printed no key: \(created)")
+        }
+        return secret
+    }
+
+    /// Starts `convo serve` on a random port; the caller terminates it.
+    static func serve(_ binary: String, _ arguments: [String], _ environment: [String: String]) throws -> (Process, port: Int) {
+        let port = Int.random(in: 30000..<40000)
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: binary)
+        server.arguments = ["serve", "--port", "\(port)"] + arguments
+        server.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        try server.run()
+        return (server, port)
     }
 
     static func waitUntilUp(_ http: HTTPClient, _ base: String) async throws {

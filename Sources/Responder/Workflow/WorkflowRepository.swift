@@ -138,6 +138,38 @@ public final class WorkflowRepository: Sendable {
         }
     }
 
+    /// One workflow id of a tenant, as its latest version has it.
+    public struct Summary: Sendable {
+        public var id: String
+        public var name: String?
+        public var latestVersion: Int
+        public var versionCount: Int
+        public var publishedAt: Date
+        public var publishedBy: String
+    }
+
+    /// The tenant's workflow ids after `after`, in order, at most `limit` (keyset-paged by id).
+    public func list(tenant: TenantID, after: String?, limit: Int) async throws -> [Summary] {
+        do {
+            let rows = try await client.queryOpen(
+                """
+                SELECT DISTINCT ON (workflow_id) workflow_id, definition->>'name', version,
+                       count(*) OVER (PARTITION BY workflow_id)::int, published_at, published_by
+                FROM workflows
+                WHERE tenant_id = \(tenant.rawValue) AND (\(after)::text IS NULL OR workflow_id > \(after))
+                ORDER BY workflow_id, version DESC
+                LIMIT \(limit)
+                """, logger: logger)
+            var summaries: [Summary] = []
+            for try await (id, name, version, count, at, by) in rows.decode((String, String?, Int, Int, Date, String).self) {
+                summaries.append(Summary(id: id, name: name, latestVersion: version, versionCount: count, publishedAt: at, publishedBy: by))
+            }
+            return summaries
+        } catch {
+            throw PostgresEventStore.mapError(error, operation: "list workflows")
+        }
+    }
+
     /// The latest version of a workflow; `nil` when none is published.
     public func latest(_ id: String, tenant: TenantID) async throws -> WorkflowDefinition? {
         do {

@@ -89,7 +89,7 @@ struct ConsoleSessionStore: Sendable {
     }
 
     /// `cvs_` and 43 base64url characters (32 bytes).
-    static func isWellFormed(_ token: String) -> Bool {
+    static func isWellFormed(_ token: String, prefix: String = prefix) -> Bool {
         guard token.hasPrefix(prefix) else { return false }
         let body = token.utf8.dropFirst(prefix.utf8.count)
         return body.count == 43 && body.allSatisfy { byte in

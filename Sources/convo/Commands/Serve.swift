@@ -6,6 +6,7 @@ import PostgresNIO
 import Projections
 import Responder
 import ServiceLifecycle
+import SharedTypes
 import Webhooks
 
 extension Convo {
@@ -108,6 +109,11 @@ extension Convo {
         @Option(name: .customLong("max-streams-per-tenant"), help: "Open event streams per tenant; past it 429 (env CONVO_MAX_STREAMS_PER_TENANT; default 200).")
         var maxStreamsPerTenant: Int?
 
+        @Option(
+            name: .customLong("demo-tenant"),
+            help: "Serve /demo, a visitor chat widget beside its conversation's live events, writing into this tenant without a key: for trying convo, not for a public server (env CONVO_DEMO_TENANT; default off).")
+        var demoTenant: String?
+
         @Option(name: .customLong("shutdown-timeout"), help: "Seconds a graceful shutdown may take before work is cancelled (env CONVO_SHUTDOWN_TIMEOUT; default 30).")
         var shutdownTimeout: Int?
 
@@ -145,6 +151,7 @@ extension Convo {
                 throw ValidationError("the event stream limits are between 1 and 1000000")
             }
             _ = try retrySchedule()
+            _ = try resolvedDemoTenant()
             guard (1...604_800).contains(try resolved(retentionInterval, "CONVO_RETENTION_INTERVAL_SECONDS", 3600)) else {
                 throw ValidationError("the retention interval is between 1 and 604800 seconds")
             }
@@ -206,6 +213,7 @@ extension Convo {
                     instance: ConversationProcessor.defaultInstance),
                 retention: .init(interval: .seconds(try resolved(retentionInterval, "CONVO_RETENTION_INTERVAL_SECONDS", 3600))),
                 logger: logger)
+            context.demoTenant = try resolvedDemoTenant()
             context.projectionStaleAfter = .seconds(try resolved(projectionStaleSeconds, "CONVO_PROJECTION_STALE_SECONDS", 10))
             // The descriptors PostgreSQL and Redis need are kept out of the connection budget.
             context.connectionLimits = ConnectionLimits(
@@ -247,6 +255,12 @@ extension Convo {
                 throw ValidationError("the webhook retry schedule is 1 to 20 comma-separated delays of 0.01 to 172800 seconds, e.g. 5,300,1800")
             }
             return seconds.map { .milliseconds(Int64(($0 * 1000).rounded())) }
+        }
+
+        private func resolvedDemoTenant() throws -> TenantID? {
+            guard let raw = demoTenant ?? options.environment["CONVO_DEMO_TENANT"], !raw.isEmpty else { return nil }
+            guard let tenant = TenantID(rawValue: raw) else { throw ValidationError("the demo tenant '\(raw)' is not a tenant id") }
+            return tenant
         }
 
         private func resolvedPort() throws -> Int { try resolved(port, "CONVO_PORT", 8080) }

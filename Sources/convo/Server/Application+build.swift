@@ -43,6 +43,8 @@ struct ServerContext: Sendable {
     var readinessTimeout: Duration = .seconds(3)
     /// How many client connections the server holds, and for how long without a request.
     var connectionLimits = ConnectionLimits()
+    /// The tenant `/demo` writes into; `nil` (the default) serves no demo.
+    var demoTenant: TenantID?
     let connections = ConnectionCounter()
 
     /// The context of one `convo serve` process.
@@ -115,6 +117,7 @@ func buildRouter(_ context: ServerContext, background: Bool = true) -> (Router<C
     }
 
     ConsoleRoutes(context: context).register(on: router)
+    if let tenant = context.demoTenant { DemoRoutes(context: context, tenant: tenant).register(on: router) }
     let api = router.group().add(middleware: Authenticate(keys: context.keys, sessions: context.sessions))
     // The tool catalogue is the same for every tenant; any key may read it.
     table.add(.get, "/v1/tools", on: api) { _, _ in ToolsResponse(tools: ToolCatalogue.all) }
@@ -126,6 +129,7 @@ func buildRouter(_ context: ServerContext, background: Bool = true) -> (Router<C
     WebhookRoutes(context: context).register(on: api, table: table)
     SettingsRoutes(context: context).register(on: api, table: table)
     VisitorRoutes(context: context).register(on: api, table: table)
+    ProjectionRoutes(context: context, projections: projections).register(on: api, table: table)
     return (router, table)
 }
 

@@ -37,8 +37,9 @@ struct AuditRoutes: Sendable {
     }
 
     @Sendable func events(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> AuditResponse<AuditPage> {
-        let tenant = try requestContext.tenant(forAnyOf: [.read, .admin])
         let query = request.uri.queryParameters
+        // An agent reads one conversation's trail (its events' hashes, say), not the tenant's.
+        let tenant = try requestContext.tenant(forAnyOf: query["conversation"] == nil ? [.read, .admin] : Self.conversationReaders)
         let known: Set<String> = ["type", "actor", "conversation", "visitor", "tool", "from", "to", "after", "limit", "order"]
         if let unknown = query.map({ String($0.key) }).first(where: { !known.contains($0) }) {
             throw APIError(.badRequest, "invalid_parameter", "unknown parameter '\(unknown)'; known: \(known.sorted().joined(separator: ", "))")
@@ -55,8 +56,8 @@ struct AuditRoutes: Sendable {
     }
 
     @Sendable func conflicts(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> AuditResponse<ConflictPage> {
-        let tenant = try requestContext.tenant(forAnyOf: [.read, .admin])
         let query = request.uri.queryParameters
+        let tenant = try requestContext.tenant(forAnyOf: query["conversation"] == nil ? [.read, .admin] : Self.conversationReaders)
         let filter = try await Self.answer {
             try AuditQueryParameters.filter(
                 conversation: query["conversation"].map(String.init), after: try Self.integer(query["after"].map(String.init), "after"),

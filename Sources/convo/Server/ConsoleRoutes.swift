@@ -16,6 +16,8 @@ struct ConsoleRoutes: Sendable {
     func register(on router: Router<ConvoRequestContext>) {
         // (`/console/` too: the router takes a path with or without its trailing slash.)
         router.get("/console") { _, _ in Self.asset(PackageResources.index_html, type: "text/html; charset=utf-8") }
+        router.get("/console/assets/shared.js") { _, _ in Self.asset(PackageResources.shared_js, type: "text/javascript; charset=utf-8") }
+        router.get("/console/assets/graph.js") { _, _ in Self.asset(PackageResources.graph_js, type: "text/javascript; charset=utf-8") }
         router.get("/console/assets/console.js") { _, _ in Self.asset(PackageResources.console_js, type: "text/javascript; charset=utf-8") }
         router.get("/console/assets/console.css") { _, _ in Self.asset(PackageResources.console_css, type: "text/css; charset=utf-8") }
         router.post("/console/session", use: signIn)

@@ -20,9 +20,10 @@ final class ConversationFeed: Service, Sendable {
         case heartbeat
     }
 
+    /// What a listener follows: one conversation of a tenant, or (`conversation` `nil`) every conversation of it.
     struct Key: Hashable, Sendable {
         var tenant: TenantID
-        var conversation: ConversationID
+        var conversation: ConversationID?
     }
 
     /// A registered listener: its items, and the position the feed had handed out before it registered
@@ -78,9 +79,9 @@ final class ConversationFeed: Service, Sendable {
         listeners.withLock { $0.total < limits.total && $0.perTenant[tenant, default: 0] < limits.perTenant }
     }
 
-    /// Registers a listener of a conversation's new events, unless the limits are reached (`nil`). Call
-    /// ``remove(_:)`` when done.
-    func listen(tenant: TenantID, conversation: ConversationID) -> Listener? {
+    /// Registers a listener of a conversation's new events (of all the tenant's conversations when
+    /// `conversation` is `nil`), unless the limits are reached (`nil`). Call ``remove(_:)`` when done.
+    func listen(tenant: TenantID, conversation: ConversationID?) -> Listener? {
         let key = Key(tenant: tenant, conversation: conversation)
         let id = UUID()
         let (items, continuation) = AsyncStream<Item>.makeStream(bufferingPolicy: .bufferingOldest(Self.bufferLimit))
@@ -195,11 +196,12 @@ final class ConversationFeed: Service, Sendable {
         listeners.withLock { listeners in
             guard !listeners.entries.isEmpty else { return }
             for event in batch where event.stream.category == "messages" || event.stream.category == "workflow" {
-                guard let conversation = ConversationID(rawValue: event.stream.id),
-                    let targets = listeners.entries[Key(tenant: event.tenant, conversation: conversation)]
-                else { continue }
-                for continuation in targets.values {
-                    if case .dropped = continuation.yield(.event(event)) { overflowing.append(continuation) }
+                guard let conversation = ConversationID(rawValue: event.stream.id) else { continue }
+                for key in [Key(tenant: event.tenant, conversation: conversation), Key(tenant: event.tenant, conversation: nil)] {
+                    guard let targets = listeners.entries[key] else { continue }
+                    for continuation in targets.values {
+                        if case .dropped = continuation.yield(.event(event)) { overflowing.append(continuation) }
+                    }
                 }
             }
         }

@@ -59,11 +59,15 @@ struct ConversationRoutes: Sendable {
             }
             sentAt = date
         }
+        return try await accept(
+            IncomingMessage(tenant: tenant, conversationId: conversation, visitorUid: visitor, messageId: messageId, text: body.text, sentAt: sentAt))
+    }
+
+    /// Stores a visitor's message (group commit) and wakes the responder: 202, or 200 for a retry of a stored one.
+    func accept(_ message: IncomingMessage) async throws -> EditedResponse<MessageAccepted> {
+        let (tenant, visitor, conversation, messageId) = (message.tenant, message.visitorUid, message.conversationId, message.messageId)
         do {
-            let result = try await context.batcher.ingest(
-                IncomingMessage(
-                    tenant: tenant, conversationId: conversation, visitorUid: visitor, messageId: messageId, text: body.text,
-                    sentAt: sentAt))
+            let result = try await context.batcher.ingest(message)
             (result.isDuplicate ? duplicates : accepted).increment()
             // The responder is woken by the store's subscription too; scheduling here only saves the hop.
             if !result.isDuplicate { context.responder.messageIngested(tenant: tenant, visitor: visitor, conversation: conversation) }

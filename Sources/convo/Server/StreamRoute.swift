@@ -13,29 +13,63 @@ struct StreamRoute: Sendable {
     static let lastEventID = HTTPField.Name("Last-Event-ID")!
 
     func register(on router: some RouterMethods<ConvoRequestContext>, table: RouteTable) {
-        table.add(.get, "/v1/conversations/{conversationId}/stream", on: router, use: stream)
+        table.add(.get, "/v1/conversations/{conversationId}/stream", on: router) { request, requestContext in
+            try await stream(request, requestContext, conversation: try ConversationRoutes.conversationID(requestContext))
+        }
+        // Every conversation of the tenant: what an inbox or a help desk follows.
+        table.add(.get, "/v1/stream", on: router) { request, requestContext in
+            try await stream(request, requestContext, conversation: nil)
+        }
     }
 
-    @Sendable func stream(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> Response {
+    /// A conversation's stream starts at its beginning; the tenant's (`conversation` `nil`) starts now unless
+    /// told where.
+    func stream(_ request: Request, _ requestContext: ConvoRequestContext, conversation: ConversationID?) async throws -> Response {
         let tenant = try requestContext.tenant(for: .read)
-        let conversation = try ConversationRoutes.conversationID(requestContext)
         // Both are checked when both are sent; Last-Event-ID (a reconnecting client's) wins.
-        var after: Int64 = 0
+        var after: Int64? = conversation == nil ? nil : 0
         for raw in [request.uri.queryParameters["after"].map(String.init), request.headers[Self.lastEventID]].compactMap({ $0 }) {
             guard let value = Int64(raw.trimmingCharacters(in: .whitespaces)), value >= 0 else {
                 throw APIError(.badRequest, "invalid_parameter", "Last-Event-ID (or after) is a position ≥ 0")
             }
             after = value
         }
-        let start = after
-        let store = context.store
-        let feed = context.feed
         let keys = context.keys
         let sessions = context.sessions
         let sessionToken = requestContext.sessionToken
         guard let keyID = requestContext.key?.id else { throw APIError(.unauthorized, "missing_key", "send Authorization: Bearer KEY") }
+        // (A check that could not be made, PostgreSQL being away, ends nothing.)
+        return try Self.events(of: conversation, tenant: tenant, after: after, context: context) {
+            if (try? await keys.isLive(keyID)) == false { return false }
+            if let sessionToken, (try? await sessions.isLive(sessionToken)) == false { return false }
+            return true
+        }
+    }
+
+    /// The stream of `conversation`'s events (every conversation's of the tenant when `nil`) after `after`
+    /// (from when the stream opens when `nil`): what is stored, then live ones. `isLive` is asked once per
+    /// key-cache interval (at least a second); the stream ends when it answers `false`.
+    ///
+    /// - Throws: 429 past the listener limits.
+    static func events(
+        of conversation: ConversationID?, tenant: TenantID, after: Int64?, context: ServerContext,
+        isLive: (@Sendable () async -> Bool)?
+    ) throws -> Response {
+        let store = context.store
+        let feed = context.feed
+        let every = max(context.keys.ttl, .seconds(1))
         guard feed.admits(tenant) else { throw Self.tooMany(feed) }
-        let streams = [conversation.messagesStream, conversation.workflowStream]
+        /// The stored events after a position, a page at a time (the tenant's: of its conversations only).
+        @Sendable func stored(after position: Int64) async throws -> (events: [RecordedEvent], last: Int64?) {
+            if let conversation {
+                let page = try await store.readStreams(
+                    [conversation.messagesStream, conversation.workflowStream], tenant: tenant, after: position, maxCount: APILimits.maxPageSize)
+                return (page, page.count < APILimits.maxPageSize ? nil : page.last?.globalPosition)
+            }
+            let page = try await store.readAll(.tenant(tenant), after: position, maxCount: APILimits.maxPageSize)
+            let conversations = page.filter { ($0.stream.category == "messages" || $0.stream.category == "workflow") && ConversationID(rawValue: $0.stream.id) != nil }
+            return (conversations, page.count < APILimits.maxPageSize ? nil : page.last?.globalPosition)
+        }
         let headers: HTTPFields = [
             .contentType: "text/event-stream", .cacheControl: "no-cache", HTTPField.Name("X-Accel-Buffering")!: "no",
         ]
@@ -55,12 +89,9 @@ struct StreamRoute: Sendable {
                 // The key (and the console session, when it opened the stream) is checked again once per
                 // key-cache interval: a revoked key's or an ended session's stream ends within it.
                 let watch = Task {
-                    let every = max(keys.ttl, .seconds(1))
+                    guard let isLive else { return }
                     while (try? await Task.sleep(for: every)) != nil {
-                        // (A check that could not be made, PostgreSQL being away, ends nothing.)
-                        var ended = (try? await keys.isLive(keyID)) == false
-                        if !ended, let sessionToken { ended = (try? await sessions.isLive(sessionToken)) == false }
-                        if ended {
+                        if await isLive() == false {
                             feed.remove(listener)
                             return
                         }
@@ -68,15 +99,19 @@ struct StreamRoute: Sendable {
                 }
                 defer { watch.cancel() }
                 try await withGracefulShutdownHandler {
-                    var last = start
+                    // (Where "now" is: below the head every event has committed; what commits later comes live.)
+                    var last: Int64
+                    if let after { last = after } else { last = try await store.headPosition(.allTenants) }
                     try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
+                    var position = last
                     while true {
-                        let page = try await store.readStreams(streams, tenant: tenant, after: last, maxCount: APILimits.maxPageSize)
+                        let (page, next) = try await stored(after: position)
                         for event in page {
                             try await writer.write(try Self.frame(event))
                             last = event.globalPosition
                         }
-                        if page.count < APILimits.maxPageSize { break }
+                        guard let next else { break }
+                        position = next
                     }
                     for await item in listener.items {
                         switch item {

@@ -3,13 +3,15 @@ import Hummingbird
 import Responder
 import SharedTypes
 
-/// `PUT /v1/workflows/{workflowId}` (publish a version) and `GET /v1/workflows/{workflowId}`.
+/// `GET /v1/workflows` (the tenant's workflow ids), `PUT /v1/workflows/{workflowId}` (publish a version) and
+/// `GET /v1/workflows/{workflowId}`.
 struct WorkflowRoutes: Sendable {
     let context: ServerContext
     /// Workflows are bigger than messages: up to 500 nodes.
     static let maxBodyBytes = 1024 * 1024
 
     func register(on router: some RouterMethods<ConvoRequestContext>, table: RouteTable) {
+        table.add(.get, "/v1/workflows", on: router, use: list)
         table.add(.put, "/v1/workflows/{workflowId}", on: router, use: publish)
         table.add(.get, "/v1/workflows/{workflowId}", on: router, use: read)
     }
@@ -42,6 +44,36 @@ struct WorkflowRoutes: Sendable {
                 .unprocessableContent, "invalid_workflow", "the workflow has \(error.issues.count) problem\(error.issues.count == 1 ? "" : "s")",
                 details: error.issues.map { ErrorDetail(nodeId: $0.nodeId, message: $0.message) })
         }
+    }
+
+    /// The tenant's workflows by id, each as its latest version has it: `after` (the previous page's `next`),
+    /// `limit` (1…1000, 100 by default).
+    @Sendable func list(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> WorkflowList {
+        let tenant = try requestContext.tenant(for: .read)
+        let query = request.uri.queryParameters
+        if let unknown = query.map({ String($0.key) }).first(where: { !["after", "limit"].contains($0) }) {
+            throw APIError(.badRequest, "invalid_parameter", "unknown parameter '\(unknown)'; known: after, limit")
+        }
+        let after = query["after"].map(String.init)
+        if let after, after.range(of: "^[a-z0-9][a-z0-9_-]{0,63}$", options: .regularExpression) == nil {
+            throw APIError(.badRequest, "invalid_parameter", "after is a workflow id (the previous page's next)")
+        }
+        var limit = APILimits.defaultPageSize
+        if let raw = query["limit"] {
+            guard let value = Int(String(raw)), (1...APILimits.maxPageSize).contains(value) else {
+                throw APIError(.badRequest, "invalid_parameter", "limit is between 1 and \(APILimits.maxPageSize)")
+            }
+            limit = value
+        }
+        let rows = try await context.workflows.list(tenant: tenant, after: after, limit: limit + 1)
+        let page = rows.prefix(limit)
+        return WorkflowList(
+            workflows: page.map {
+                WorkflowList.Entry(
+                    workflowId: $0.id, name: $0.name, latestVersion: $0.latestVersion, versionCount: $0.versionCount,
+                    publishedAt: $0.publishedAt, publishedBy: $0.publishedBy)
+            },
+            next: rows.count > limit ? page.last?.id : nil)
     }
 
     @Sendable func read(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> WorkflowResponse {
@@ -87,4 +119,19 @@ struct WorkflowResponse: ResponseCodable {
         self.created = created
         definition = stored.document
     }
+}
+
+struct WorkflowList: ResponseEncodable {
+    struct Entry: Encodable {
+        var workflowId: String
+        var name: String?
+        var latestVersion: Int
+        var versionCount: Int
+        var publishedAt: Date
+        var publishedBy: String
+    }
+
+    var workflows: [Entry]
+    /// The `after` of the next page; absent on the last.
+    var next: String?
 }
