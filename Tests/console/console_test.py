@@ -67,7 +67,8 @@ def browser():
 
 def until(driver, condition, what):
     try:
-        return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(condition)
+        # (An element the page redraws while a condition looks at it is looked for again at the next poll.)
+        return WebDriverWait(driver, WAIT, poll_frequency=0.1, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(condition)
     except TimeoutException:
         raise AssertionError(f"{what}: not within {WAIT} s")
 

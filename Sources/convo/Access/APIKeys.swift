@@ -216,17 +216,10 @@ final class KeyAuthenticator: Sendable {
     let limiter: FailureLimiter
     static let maxCachedKeys = 10_000
 
-    private struct Cached {
-        var record: APIKeyRecord
-        var expires: ContinuousClock.Instant
-        var used: UInt64
-    }
-
     private struct Cache {
-        var entries: [Data: Cached] = [:]
-        var tick: UInt64 = 0
+        var records = ExpiringCache<Data, APIKeyRecord>(capacity: KeyAuthenticator.maxCachedKeys)
         /// Live key ids, checked for open event streams.
-        var liveIDs: [String: ContinuousClock.Instant] = [:]
+        var liveIDs = ExpiringCache<String, Void>(capacity: KeyAuthenticator.maxCachedKeys)
     }
 
     private let cache = Mutex(Cache())
@@ -240,7 +233,7 @@ final class KeyAuthenticator: Sendable {
         self.limiter = limiter
     }
 
-    var cachedKeys: Int { cache.withLock { $0.entries.count } }
+    var cachedKeys: Int { cache.withLock { $0.records.count } }
 
     func authenticate(_ presented: String, from client: String) async throws -> Outcome {
         guard APIKeyStore.parse(presented) != nil else {
@@ -253,36 +246,21 @@ final class KeyAuthenticator: Sendable {
         }
         let digest = APIKeyStore.hash(presented)
         let now = ContinuousClock.now
-        let hit = cache.withLock { cache -> APIKeyRecord? in
-            guard var entry = cache.entries[digest], entry.expires > now else { return nil }
-            cache.tick &+= 1
-            entry.used = cache.tick
-            cache.entries[digest] = entry
-            return entry.record
-        }
-        if let hit { return .valid(hit) }
+        if let hit = cache.withLock({ $0.records.value(for: digest, at: now) }) { return .valid(hit) }
         if let wait = limiter.blocked(client) {
             limited.increment()
             return .limited(retryAfter: wait)
         }
         lookups.increment()
         guard let record = try await store.authenticate(presented) else {
-            cache.withLock { _ = $0.entries.removeValue(forKey: digest) }
+            cache.withLock { $0.records.remove(digest) }
             if let wait = limiter.failed(client) {
                 limited.increment()
                 return .limited(retryAfter: wait)
             }
             return .refused
         }
-        cache.withLock { cache in
-            if cache.entries[digest] == nil && cache.entries.count >= Self.maxCachedKeys {
-                // Evict the least recently used tenth at once, so eviction is rare however full the cache.
-                let victims = cache.entries.sorted { $0.value.used < $1.value.used }.prefix(Self.maxCachedKeys / 10)
-                for (key, _) in victims { cache.entries.removeValue(forKey: key) }
-            }
-            cache.tick &+= 1
-            cache.entries[digest] = Cached(record: record, expires: now + ttl, used: cache.tick)
-        }
+        cache.withLock { $0.records.insert(record, for: digest, until: now + ttl) }
         return .valid(record)
     }
 
@@ -290,16 +268,15 @@ final class KeyAuthenticator: Sendable {
     /// event streams check their key with it, so a revoked key's streams end within `ttl` too.
     func isLive(_ id: String) async throws -> Bool {
         let now = ContinuousClock.now
-        if let until = cache.withLock({ $0.liveIDs[id] }), until > now { return true }
+        if cache.withLock({ $0.liveIDs.value(for: id, at: now) }) != nil { return true }
         let live = try await store.isLive(id)
         cache.withLock { cache in
             if live {
-                if cache.liveIDs.count >= Self.maxCachedKeys { cache.liveIDs.removeAll(keepingCapacity: true) }
-                cache.liveIDs[id] = now + ttl
+                cache.liveIDs.insert((), for: id, until: now + ttl)
             } else {
-                cache.liveIDs[id] = nil
+                cache.liveIDs.remove(id)
                 // Its cached record goes too, so new requests with it are refused now rather than at expiry.
-                cache.entries = cache.entries.filter { $0.value.record.id != id }
+                cache.records.removeAll { $0.id == id }
             }
         }
         return live

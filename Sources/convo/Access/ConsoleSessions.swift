@@ -123,7 +123,7 @@ final class ConsoleSessions: Sendable {
     let limiter: FailureLimiter
     static let maxCached = 10_000
 
-    private let cache = Mutex([Data: (session: ConsoleSession, until: ContinuousClock.Instant)]())
+    private let cache = Mutex(ExpiringCache<Data, ConsoleSession>(capacity: ConsoleSessions.maxCached))
     private let lookups = Counter(label: "convo.console.session_lookups")
 
     init(store: ConsoleSessionStore, ttl: Duration, limiter: FailureLimiter) {
@@ -136,18 +136,14 @@ final class ConsoleSessions: Sendable {
         guard ConsoleSessionStore.isWellFormed(token) else { return refuse(client) }
         let digest = ConsoleSessionStore.hash(token)
         let now = ContinuousClock.now
-        if let hit = cache.withLock({ $0[digest] }), hit.until > now, hit.session.expiresAt > Date() { return .valid(hit.session) }
+        if let hit = cached(digest, at: now) { return .valid(hit) }
         if let wait = limiter.blocked(client) { return .limited(retryAfter: wait) }
         lookups.increment()
         guard let session = try await store.session(token) else {
-            cache.withLock { _ = $0.removeValue(forKey: digest) }
+            cache.withLock { $0.remove(digest) }
             return refuse(client)
         }
-        cache.withLock { cache in
-            if cache.count >= Self.maxCached { cache = cache.filter { $0.value.until > now } }
-            if cache.count >= Self.maxCached { cache.removeAll(keepingCapacity: true) }
-            cache[digest] = (session, now + ttl)
-        }
+        cache.withLock { $0.insert(session, for: digest, until: now + ttl) }
         return .valid(session)
     }
 
@@ -156,20 +152,26 @@ final class ConsoleSessions: Sendable {
     func isLive(_ token: String) async throws -> Bool {
         let digest = ConsoleSessionStore.hash(token)
         let now = ContinuousClock.now
-        if let hit = cache.withLock({ $0[digest] }), hit.until > now, hit.session.expiresAt > Date() { return true }
+        if cached(digest, at: now) != nil { return true }
         guard let session = try await store.session(token) else {
-            _ = cache.withLock { $0.removeValue(forKey: digest) }
+            cache.withLock { $0.remove(digest) }
             return false
         }
-        cache.withLock { $0[digest] = (session, now + ttl) }
+        cache.withLock { $0.insert(session, for: digest, until: now + ttl) }
         return true
     }
 
     /// Ends the session in PostgreSQL and forgets it here at once.
     func end(_ token: String) async throws -> Bool {
         let ended = try await store.end(token)
-        _ = cache.withLock { $0.removeValue(forKey: ConsoleSessionStore.hash(token)) }
+        cache.withLock { $0.remove(ConsoleSessionStore.hash(token)) }
         return ended
+    }
+
+    /// The remembered session, unless the memory or the session itself expired.
+    private func cached(_ digest: Data, at now: ContinuousClock.Instant) -> ConsoleSession? {
+        guard let session = cache.withLock({ $0.value(for: digest, at: now) }), session.expiresAt > Date() else { return nil }
+        return session
     }
 
     private func refuse(_ client: String) -> Outcome {

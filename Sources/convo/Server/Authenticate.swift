@@ -32,7 +32,7 @@ struct Authenticate: RouterMiddleware {
                 throw APIError.tooManyFailedAuthentications(retryAfter: wait, "key")
             }
         } else if request.cookies[ConsoleSessionStore.cookieName] != nil {
-            let session = try await ConsoleRoutes.session(of: request, context, sessions: sessions)
+            let session = try await sessions.session(of: request, context)
             if ![.get, .head, .options].contains(request.method) { try Self.requireCSRF(request, session: session) }
             key = session.key
             sessionToken = request.cookies[ConsoleSessionStore.cookieName]?.value
@@ -71,6 +71,24 @@ struct Authenticate: RouterMiddleware {
                 throw APIError(
                     .forbidden, "csrf_failed", "the request came from another site's page (Origin \(origin), sent to \(request.head.authority ?? "no Host"))")
             }
+        }
+    }
+}
+
+extension ConsoleSessions {
+    /// The live session of the request's cookie.
+    ///
+    /// - Throws: 401 without one (or with one that ended, expired, or whose key was revoked), 429 past the
+    ///   address's budget of failed attempts.
+    func session(of request: Request, _ requestContext: ConvoRequestContext) async throws -> ConsoleSession {
+        guard let token = request.cookies[ConsoleSessionStore.cookieName]?.value else {
+            throw APIError(.unauthorized, "not_signed_in", "no console session: sign in with POST /console/session")
+        }
+        switch try await authenticate(token, from: requestContext.clientAddress) {
+        case .valid(let session): return session
+        case .refused: throw APIError(.unauthorized, "invalid_session", "the console session ended, expired or its key was revoked: sign in again")
+        case .limited(let wait):
+            throw APIError.tooManyFailedAuthentications(retryAfter: wait, "session")
         }
     }
 }

@@ -83,35 +83,19 @@ struct ConsoleRoutes: Sendable {
     }
 
     @Sendable func current(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> Response {
-        let session = try await Self.session(of: request, requestContext, sessions: context.sessions)
+        let session = try await context.sessions.session(of: request, requestContext)
         var response = try SessionBody(session).response(from: request, context: requestContext)
         response.headers[.cacheControl] = "no-store"
         return response
     }
 
     @Sendable func signOut(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> Response {
-        let session = try await Self.session(of: request, requestContext, sessions: context.sessions)
+        let session = try await context.sessions.session(of: request, requestContext)
         try Authenticate.requireCSRF(request, session: session)
         if let token = request.cookies[ConsoleSessionStore.cookieName]?.value { _ = try await context.sessions.end(token) }
         var response = Response(status: .noContent)
         response.setCookie(Self.cookie("", maxAge: 0, request: request))
         return response
-    }
-
-    /// The live session of the request's cookie.
-    ///
-    /// - Throws: 401 without one (or with one that ended, expired, or whose key was revoked), 429 past the
-    ///   address's budget of failed attempts.
-    static func session(of request: Request, _ requestContext: ConvoRequestContext, sessions: ConsoleSessions) async throws -> ConsoleSession {
-        guard let token = request.cookies[ConsoleSessionStore.cookieName]?.value else {
-            throw APIError(.unauthorized, "not_signed_in", "no console session: sign in with POST /console/session")
-        }
-        switch try await sessions.authenticate(token, from: requestContext.clientAddress) {
-        case .valid(let session): return session
-        case .refused: throw APIError(.unauthorized, "invalid_session", "the console session ended, expired or its key was revoked: sign in again")
-        case .limited(let wait):
-            throw APIError.tooManyFailedAuthentications(retryAfter: wait, "session")
-        }
     }
 
     static func cookie(_ value: String, maxAge: Int, request: Request) -> Cookie {
