@@ -94,6 +94,21 @@ def click(driver, locator, what):
     until(driver, attempt, what)
 
 
+LABELLED = """
+return Array.from(document.querySelectorAll('input, select, textarea, button')).filter((control) => {
+  if (control.closest('[hidden]') || control.type === 'hidden') return false;
+  const named = (control.labels && control.labels.length > 0) || control.getAttribute('aria-label') || (control.tagName === 'BUTTON' && control.textContent.trim());
+  return !named;
+}).map((control) => control.outerHTML.slice(0, 120));
+"""
+
+
+def assert_labelled(driver, page):
+    """Every control shown on the page has a name a screen reader can say: a label, an aria-label or its text."""
+    unnamed = driver.execute_script(LABELLED)
+    assert not unnamed, f"{page}: controls without a label: {unnamed}"
+
+
 def sign_in(driver, key):
     driver.get(BASE + "/console")
     field = until(driver, EC.visibility_of_element_located((By.ID, "key")), "the sign-in form")
@@ -141,6 +156,7 @@ def main():
         until(driver, current_matches, "the current node marked on the workflow's graph")
         until(driver, text_in((By.CSS_SELECTOR, "#history li"), 'caused by "where is my order?"'), "the workflow history with its cause")
         until(driver, text_in((By.ID, "conversation-conflicts-note"), "None"), "the conversation's conflicts (none)")
+        assert_labelled(driver, "the conversation page")
         snap(driver, "conversation")
 
         step = "a message sent meanwhile appears without a reload"
@@ -192,6 +208,7 @@ def main():
         chat.send_keys("where is my order?", Keys.ENTER)
         until(driver, text_in((By.CSS_SELECTOR, "#chat li.visitor"), "where is my order?"), "the visitor's message in the widget")
         until(driver, text_in((By.CSS_SELECTOR, "#chat li.assistant"), "working days"), "the assistant's reply in the widget")
+        assert_labelled(driver, "the demo")
         for event_type in ["ConversationStarted", "VisitorMessageReceived", "WorkflowStarted", "AssistantMessageSent"]:
             until(driver, EC.presence_of_element_located((By.CSS_SELECTOR, f'#log li[data-type="{event_type}"]')), f"{event_type} in the event log")
         chat.send_keys("I want to talk to a human", Keys.ENTER)
@@ -202,6 +219,7 @@ def main():
         driver.switch_to.window(console_tab)
         until(driver, EC.presence_of_element_located((By.CSS_SELECTOR, f'tr[data-conversation="{demo_conversation}"]')), "the demo conversation in the inbox")
         assert driver.execute_script("return window.__noReload") == "inbox", "the console reloaded"
+        assert_labelled(driver, "the inbox")
 
         step = "the inbox filters by status: the handed-off demo conversation is pending, not open"
         demo_row = (By.CSS_SELECTOR, f'tr[data-conversation="{demo_conversation}"]')
@@ -248,6 +266,11 @@ def main():
         driver.refresh()
         until(driver, text_in((By.CSS_SELECTOR, "#transcript li.agent"), "An agent here"), "the transcript for the read-only key")
         assert not driver.find_element(By.ID, "agent-actions").is_displayed(), "agent actions shown to a read-only key"
+        driver.execute_script("location.hash = '#/workflows/support'")
+        until(driver, EC.presence_of_element_located((By.CSS_SELECTOR, '#workflow-graph g.node[data-node="greet"]')), "the workflow for the read-only key")
+        assert not driver.find_element(By.ID, "workflow-editor").is_displayed(), "the workflow editor shown to a read-only key"
+        driver.execute_script(f"location.hash = '#/conversations/{CONVERSATION}'")
+        until(driver, text_in((By.CSS_SELECTOR, "#transcript li.agent"), "An agent here"), "the conversation again")
 
         step = "a tampered event is flagged by verification"
         # The conversation's first workflow event is changed behind the store's back (the trigger that refuses
@@ -296,6 +319,7 @@ def main():
         until(driver, text_in((By.CSS_SELECTOR, "#workflow-diff-list li"), "node greet changed"), "the difference listed")
         until(driver, EC.presence_of_element_located((By.CSS_SELECTOR, '#workflow-graph g.node.changed[data-node="greet"]')), "the changed node marked")
         assert len(driver.find_elements(By.CSS_SELECTOR, "#workflow-graph g.node.changed")) == 1
+        assert_labelled(driver, "the workflow page")
         snap(driver, "workflow")
 
         step = "keyboard: a graph node is reached with Tab and opened with Enter"
@@ -316,6 +340,7 @@ def main():
         until(driver, text_in((By.CSS_SELECTOR, 'tr[data-projection="conversations"] td[data-state]'), "running"), "the conversations projection running")
         until(driver, text_in((By.CSS_SELECTOR, 'tr[data-projection="workflow_state"] td[data-state]'), "running"), "the workflow_state projection running")
         until(driver, text_in((By.CSS_SELECTOR, "#forgotten-list li"), "v-console"), "the forgotten visitor")
+        assert_labelled(driver, "the operations page")
         assert "asked by email" in driver.find_element(By.CSS_SELECTOR, "#forgotten-list li").text
         snap(driver, "operations")
         until(driver, EC.visibility_of_element_located((By.ID, "parked-empty")), "no parked conversation in a healthy run")
