@@ -73,8 +73,14 @@ extension ProcessHeavyTests {
         #expect(server.isRunning, "\(server.failureSummary)")
         // And the server serves the others, with PostgreSQL and Redis reachable.
         // (The shared test database holds other tests' events, so only these two checks are this test's.)
-        let ready = await Self.plainGet(server, "/readyz")
-        #expect(ready.body.contains(#""postgres":"ok""#) && ready.body.contains(#""redis":"ok""#), "\(ready.body)")
+        // (Its checks give PostgreSQL 3 s, which a suite of tests on two cores can take from it now and then: asked
+        // again, bounded.)
+        var ready = await Self.plainGet(server, "/readyz")
+        let reachable = try await eventually(timeout: .seconds(30)) {
+            ready = await Self.plainGet(server, "/readyz")
+            return ready.body.contains(#""postgres":"ok""#) && ready.body.contains(#""redis":"ok""#)
+        }
+        #expect(reachable, "\(ready.body)")
         let metrics = await Self.plainGet(server, "/metrics")
         #expect(metrics.body.contains("convo_http_connections_refused"))
         for connection in sockets { connection.close() }
@@ -95,8 +101,14 @@ extension ProcessHeavyTests {
         #expect(!sockets.filter { $0.received.hasPrefix("HTTP/1.1 503") }.isEmpty)
         #expect(server.isRunning, "\(server.failureSummary)")
         // (The shared test database holds other tests' events, so only these two checks are this test's.)
-        let ready = await Self.plainGet(server, "/readyz")
-        #expect(ready.body.contains(#""postgres":"ok""#) && ready.body.contains(#""redis":"ok""#), "\(ready.body)")
+        // (Its checks give PostgreSQL 3 s, which a suite of tests on two cores can take from it now and then: asked
+        // again, bounded.)
+        var ready = await Self.plainGet(server, "/readyz")
+        let reachable = try await eventually(timeout: .seconds(30)) {
+            ready = await Self.plainGet(server, "/readyz")
+            return ready.body.contains(#""postgres":"ok""#) && ready.body.contains(#""redis":"ok""#)
+        }
+        #expect(reachable, "\(ready.body)")
         #expect(!server.output.contains("Too many open files"), "\(server.output.suffix(2000))")
         for connection in sockets { connection.close() }
         try await server.stop()

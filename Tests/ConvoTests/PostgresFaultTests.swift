@@ -220,16 +220,16 @@ import Glibc
             }
             return await group.reduce(into: []) { $0.append($1) }
         }
-        // The two batch writers take what arrived first (their batches wait for PostgreSQL: 504 at the
-        // deadline); at most 4 more wait in the queue (503 at the deadline); the rest are refused at once.
+        // The two batch writers take what arrived first (their batches wait for PostgreSQL to look up the
+        // conversations' owners; nothing of them is sent); at most 4 more wait in the queue; all those are
+        // answered 503 "not stored" at the deadline; the rest are refused at once.
         let shed = answers.filter { $0.2.contains("overloaded") }
-        let waited = answers.filter { $0.0 == 503 && !$0.2.contains("overloaded") }
-        #expect(waited.count <= 4 && shed.count >= 10, "\(answers.map(\.0))")
+        #expect(shed.count >= 10, "\(answers.map(\.0))")
+        #expect(answers.allSatisfy { $0.0 == 503 }, "nothing was sent, so nothing is 'maybe stored': \(answers.map { ($0.0, $0.2.prefix(80)) })")
         let quick = shed.allSatisfy { $0.0 == 503 && $0.1 != nil && $0.3 < 1.5 }
         #expect(quick, "\(shed.map(\.3))")
-        // Queued ones are given up at the deadline (503, not stored); those whose batch had started may be
-        // stored when PostgreSQL returns (504, retry with the same id).
-        let byDeadline = answers.allSatisfy { ($0.0 == 503 || $0.0 == 504) && $0.3 < 4.5 }
+        // Waiting ones are given up at the deadline (503, not stored, and not written when PostgreSQL returns).
+        let byDeadline = answers.allSatisfy { $0.3 < 4.5 }
         #expect(byDeadline, "\(answers.map { ($0.0, $0.3) })")
         try await fleet.postgres.start()
         #expect(try await eventually(timeout: .seconds(30)) { await fleet.get(server, "/readyz").status == 200 })

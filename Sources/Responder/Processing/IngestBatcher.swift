@@ -129,7 +129,7 @@ public final class IngestBatcher: Service, Sendable {
                 return Array(queue.items.prefix(count))
             }
             // A message whose request gave up while it waited is not written.
-            let batch = taken.filter { $0.ticket.startWriting() }
+            let batch = taken.filter { $0.ticket.take() }
             if batch.isEmpty && !taken.isEmpty { continue }
             if batch.isEmpty {
                 // Woken for an empty queue (another writer took it), or finished: the queue is drained.
@@ -188,6 +188,13 @@ public final class IngestBatcher: Service, Sendable {
                     placed.append((index, true))
                 }
             }
+            // Only now is anything of the messages sent: a request that gave up before this (its conversation's
+            // owner being looked up, PostgreSQL away) was answered "not stored", and its message is left out.
+            let wanted = placed.map { batch[$0.index].ticket.startWriting() }
+            if wanted.contains(false) {
+                requests = zip(requests, wanted).filter(\.1).map(\.0)
+                placed = zip(placed, wanted).filter(\.1).map(\.0)
+            }
             let results = requests.isEmpty ? [] : try await store.appendMany(requests)
             var learned: [StreamKey: VisitorUID] = [:]
             for ((index, starts), result) in zip(placed, results) {
@@ -219,7 +226,7 @@ public final class IngestBatcher: Service, Sendable {
             for index in batch.indices where outcomes[index] == nil { outcomes[index] = .failure(error) }
             alone = []
         }
-        for index in alone {
+        for index in alone where batch[index].ticket.startWriting() {
             do {
                 outcomes[index] = .success(try await ingestor.ingest(batch[index].message))
             } catch {
@@ -243,11 +250,13 @@ extension IngestBatcher {
 }
 
 /// One message's wait for its batch: answered exactly once, by its batch, by a refusal, or by its caller
-/// giving up (then "not stored" while it is queued, "outcome unknown" once its batch is being written).
+/// giving up (then "not stored" until its batch is sent, "outcome unknown" once it is being written).
 final class IngestTicket: Sendable {
     private enum State {
         case new
         case queued(CheckedContinuation<IngestResult, any Error>)
+        /// In a writer's batch, nothing of it sent yet.
+        case taken(CheckedContinuation<IngestResult, any Error>)
         case writing(CheckedContinuation<IngestResult, any Error>)
         case cancelledEarly
         case answered
@@ -270,11 +279,27 @@ final class IngestTicket: Sendable {
     }
 
     /// A writer takes the message into its batch; `false` when its caller has already given up.
-    func startWriting() -> Bool {
+    func take() -> Bool {
         state.withLock { state in
             guard case .queued(let continuation) = state else { return false }
-            state = .writing(continuation)
+            state = .taken(continuation)
             return true
+        }
+    }
+
+    /// The message is about to be sent to PostgreSQL (again, when its batch's failure sends it alone); `false`
+    /// when its caller has already given up (it was answered "not stored": it must not be sent).
+    func startWriting() -> Bool {
+        state.withLock { state in
+            switch state {
+            case .taken(let continuation):
+                state = .writing(continuation)
+                return true
+            case .writing:
+                return true
+            case .new, .queued, .cancelledEarly, .answered:
+                return false
+            }
         }
     }
 
@@ -282,7 +307,7 @@ final class IngestTicket: Sendable {
     func answer(_ result: Result<IngestResult, any Error>) {
         let continuation = state.withLock { state -> CheckedContinuation<IngestResult, any Error>? in
             switch state {
-            case .queued(let continuation), .writing(let continuation):
+            case .queued(let continuation), .taken(let continuation), .writing(let continuation):
                 state = .answered
                 return continuation
             case .new, .cancelledEarly, .answered:
@@ -301,7 +326,7 @@ final class IngestTicket: Sendable {
             case .new:
                 state = .cancelledEarly
                 return (nil, nil)
-            case .queued(let continuation):
+            case .queued(let continuation), .taken(let continuation):
                 state = .answered
                 return (continuation, Self.notStored)
             case .writing(let continuation):
