@@ -23,6 +23,8 @@ struct IngestBenchmark: AsyncParsableCommand {
 
     static let rateTarget = 1.0
     static let p99Target = Duration.milliseconds(50)
+    /// Against pgbench, the C client (issue 18).
+    static let cTarget = 0.5
 
     func run() async throws {
         let binary = ProcessInfo.processInfo.environment["CONVO_BINARY"]
@@ -47,7 +49,7 @@ struct IngestBenchmark: AsyncParsableCommand {
             do {
                 let missed = try await Self.measure(
                     http, base, secret, client: client, url: url, concurrency: concurrency, seconds: seconds, rounds: rounds, conversations: conversations,
-                    wrk: useWrk)
+                    wrk: useWrk, serverPID: server.processIdentifier)
                 try await http.shutdown()
                 return missed
             } catch {
@@ -60,7 +62,7 @@ struct IngestBenchmark: AsyncParsableCommand {
 
     static func measure(
         _ http: HTTPClient, _ base: String, _ secret: String, client: PostgresClient, url: DatabaseURL, concurrency: Int, seconds: Int, rounds: Int,
-        conversations: Int, wrk: Bool
+        conversations: Int, wrk: Bool, serverPID: Int32
     ) async throws -> [String] {
         func load(for duration: Duration, tag: String) async throws -> Sample {
             if wrk { return try Self.wrk(base, secret, concurrency: concurrency, conversations: conversations, for: duration, tag: tag) }
@@ -75,10 +77,25 @@ struct IngestBenchmark: AsyncParsableCommand {
         _ = try await Self.raw(client, concurrency: concurrency, for: .seconds(2), tag: "warm")
         var ours = Sample()
         var raw = Sample()
-        for round in 0..<rounds {
-            raw.merge(try await Self.raw(client, concurrency: concurrency, for: .seconds(seconds), tag: "r\(round)"))
-            ours.merge(try await load(for: .seconds(seconds), tag: "r\(round)"))
+        var pgbenchRows = 0
+        var pgbenchSeconds = 0.0
+        // About `seconds` per round at the 20,000–25,000 rows/s pgbench took here before.
+        let pgbenchTransactions = max(100, seconds * 22_000 / max(1, concurrency))
+        var cpu = (ours: IngestBaselines.CPU.zero, raw: IngestBaselines.CPU.zero, pgbench: IngestBaselines.CPU.zero)
+        func measured<T>(_ part: inout IngestBaselines.CPU, _ body: () async throws -> T) async throws -> T {
+            let before = IngestBaselines.CPU.now(server: serverPID)
+            let result = try await body()
+            part = part + (IngestBaselines.CPU.now(server: serverPID) - before)
+            return result
         }
+        for round in 0..<rounds {
+            raw.merge(try await measured(&cpu.raw) { try await Self.raw(client, concurrency: concurrency, for: .seconds(seconds), tag: "r\(round)") })
+            let pgbench = try await measured(&cpu.pgbench) { try IngestBaselines.pgbench(url, concurrency: concurrency, transactions: pgbenchTransactions) }
+            pgbenchRows += pgbench.rows
+            pgbenchSeconds += Double(pgbench.rows) / pgbench.rate
+            ours.merge(try await measured(&cpu.ours) { try await load(for: .seconds(seconds), tag: "r\(round)") })
+        }
+        let pgbenchRate = Double(pgbenchRows) / max(pgbenchSeconds, 0.001)
         let ratio = ours.rate / raw.rate
         let p99 = ours.percentile(0.99)
         report(
@@ -89,6 +106,12 @@ struct IngestBenchmark: AsyncParsableCommand {
         report(
             "ratio \(ratio.formatted(2)) (target ≥ \(Self.rateTarget)) \(ratio >= Self.rateTarget ? "ok" : "MISSED");  p99 \(p99.ms) ms (target < \(Self.p99Target.ms) ms) \(p99 < Self.p99Target ? "ok" : "MISSED")"
         )
+        let cRatio = ours.rate / pgbenchRate
+        report(
+            "pgbench (C, prepared single-row INSERTs of the same row, \(concurrency) clients) \(pgbenchRate.formatted(0)) rows/s; HTTP ingest against it \(cRatio.formatted(2)) (issue 18's target ≥ \(Self.cTarget)) \(cRatio >= Self.cTarget ? "ok" : "MISSED")")
+        report("  HTTP ingest: " + cpu.ours.perItem(ours.count))
+        report("  raw INSERT (Swift, in this process): " + cpu.raw.perItem(raw.count))
+        report("  pgbench: " + cpu.pgbench.perItem(pgbenchRows))
         // Every acknowledged message is stored once. wrk stops with requests in flight, which the server may
         // still store: at most one per connection and run.
         var missed: [String] = []
