@@ -98,8 +98,11 @@ struct ConsoleRoutes: Sendable {
         return response
     }
 
-    static func cookie(_ value: String, maxAge: Int, request: Request) -> Cookie {
+    /// An HttpOnly, SameSite=Strict cookie, `Secure` when the request came over HTTPS (`X-Forwarded-Proto`).
+    static func cookie(
+        _ value: String, named name: String = ConsoleSessionStore.cookieName, path: String = "/", maxAge: Int, request: Request
+    ) -> Cookie {
         let secure = request.headers[.init("X-Forwarded-Proto")!]?.lowercased() == "https"
-        return Cookie(name: ConsoleSessionStore.cookieName, value: value, maxAge: maxAge, path: "/", secure: secure, httpOnly: true, sameSite: .strict)
+        return Cookie(name: name, value: value, maxAge: maxAge, path: path, secure: secure, httpOnly: true, sameSite: .strict)
     }
 }

@@ -204,14 +204,16 @@ struct ConversationRoutes: Sendable {
             guard let value = Int64(String(raw)), value >= 0 else { throw APIError(.badRequest, "invalid_parameter", "after is a position ≥ 0") }
             after = value
         }
-        var limit = APILimits.defaultPageSize
-        if let raw = query["limit"] {
-            guard let value = Int(String(raw)), (1...APILimits.maxPageSize).contains(value) else {
-                throw APIError(.badRequest, "invalid_parameter", "limit is between 1 and \(APILimits.maxPageSize)")
-            }
-            limit = value
+        return (after, try pageSize(request))
+    }
+
+    /// `limit`: 1…1000, 100 when absent.
+    static func pageSize(_ request: Request) throws -> Int {
+        guard let raw = request.uri.queryParameters["limit"] else { return APILimits.defaultPageSize }
+        guard let value = Int(String(raw)), (1...APILimits.maxPageSize).contains(value) else {
+            throw APIError(.badRequest, "invalid_parameter", "limit is between 1 and \(APILimits.maxPageSize)")
         }
-        return (after, limit)
+        return value
     }
 }
 

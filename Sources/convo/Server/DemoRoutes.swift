@@ -44,8 +44,7 @@ struct DemoRoutes: Sendable {
             .response(from: request, context: requestContext)
         response.headers[.cacheControl] = "no-store"
         if existing == nil {
-            let secure = request.headers[.init("X-Forwarded-Proto")!]?.lowercased() == "https"
-            response.setCookie(Cookie(name: Self.cookieName, value: token, maxAge: 86400, path: "/demo", secure: secure, httpOnly: true, sameSite: .strict))
+            response.setCookie(ConsoleRoutes.cookie(token, named: Self.cookieName, path: "/demo", maxAge: 86400, request: request))
         }
         return response
     }
@@ -67,14 +66,8 @@ struct DemoRoutes: Sendable {
     /// The visitor's conversation's events (`Last-Event-ID` resumes), as the `/v1` stream gives them.
     @Sendable func stream(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> Response {
         let (_, conversation) = try Self.identity(of: request)
-        var after: Int64 = 0
-        if let raw = request.headers[StreamRoute.lastEventID] {
-            guard let value = Int64(raw.trimmingCharacters(in: .whitespaces)), value >= 0 else {
-                throw APIError(.badRequest, "invalid_parameter", "Last-Event-ID is a position ≥ 0")
-            }
-            after = value
-        }
-        return try StreamRoute.events(of: conversation, tenant: tenant, after: after, context: context, isLive: nil)
+        return try StreamRoute.events(
+            of: conversation, tenant: tenant, after: try StreamRoute.resumePosition(request) ?? 0, context: context, isLive: nil)
     }
 
     static func identity(of request: Request) throws -> (VisitorUID, ConversationID) {

@@ -26,14 +26,7 @@ struct StreamRoute: Sendable {
     /// told where.
     func stream(_ request: Request, _ requestContext: ConvoRequestContext, conversation: ConversationID?) async throws -> Response {
         let tenant = try requestContext.tenant(for: .read)
-        // Both are checked when both are sent; Last-Event-ID (a reconnecting client's) wins.
-        var after: Int64? = conversation == nil ? nil : 0
-        for raw in [request.uri.queryParameters["after"].map(String.init), request.headers[Self.lastEventID]].compactMap({ $0 }) {
-            guard let value = Int64(raw.trimmingCharacters(in: .whitespaces)), value >= 0 else {
-                throw APIError(.badRequest, "invalid_parameter", "Last-Event-ID (or after) is a position ≥ 0")
-            }
-            after = value
-        }
+        let after = try Self.resumePosition(request) ?? (conversation == nil ? nil : 0)
         let keys = context.keys
         let sessions = context.sessions
         let sessionToken = requestContext.sessionToken
@@ -130,6 +123,21 @@ struct StreamRoute: Sendable {
                 }
                 try await writer.finish(nil)
             })
+    }
+
+    /// Where a client asks to resume: `Last-Event-ID` (a reconnecting EventSource's) or `?after=`; both are
+    /// checked when both are sent, and the header wins. `nil` when neither is.
+    ///
+    /// - Throws: 400 for anything but a position ≥ 0.
+    static func resumePosition(_ request: Request) throws -> Int64? {
+        var after: Int64?
+        for raw in [request.uri.queryParameters["after"].map(String.init), request.headers[lastEventID]].compactMap({ $0 }) {
+            guard let value = Int64(raw.trimmingCharacters(in: .whitespaces)), value >= 0 else {
+                throw APIError(.badRequest, "invalid_parameter", "Last-Event-ID (or after) is a position ≥ 0")
+            }
+            after = value
+        }
+        return after
     }
 
     static func tooMany(_ feed: ConversationFeed) -> APIError {

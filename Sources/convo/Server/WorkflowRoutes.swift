@@ -58,13 +58,7 @@ struct WorkflowRoutes: Sendable {
         if let after, after.range(of: "^[a-z0-9][a-z0-9_-]{0,63}$", options: .regularExpression) == nil {
             throw APIError(.badRequest, "invalid_parameter", "after is a workflow id (the previous page's next)")
         }
-        var limit = APILimits.defaultPageSize
-        if let raw = query["limit"] {
-            guard let value = Int(String(raw)), (1...APILimits.maxPageSize).contains(value) else {
-                throw APIError(.badRequest, "invalid_parameter", "limit is between 1 and \(APILimits.maxPageSize)")
-            }
-            limit = value
-        }
+        let limit = try ConversationRoutes.pageSize(request)
         let rows = try await context.workflows.list(tenant: tenant, after: after, limit: limit + 1)
         let page = rows.prefix(limit)
         return WorkflowList(
