@@ -73,7 +73,7 @@ extension PostgresEventStore {
                 ids.append(event.eventId)
                 types.append(event.type)
                 data.append(JSONB(event.data))
-                metadata.append(JSONB(try JSONCoding.encoder.encodeAsByteBuffer(event.metadata, allocator: ByteBufferAllocator())))
+                metadata.append(JSONB(try JSONWriter.metadata(event.metadata)))
             }
         }
         guard ids.count <= Self.maxEventsPerCall else {

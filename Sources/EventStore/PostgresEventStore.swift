@@ -96,7 +96,7 @@ public final class PostgresEventStore: EventStore, Service {
             ids.append(event.eventId)
             types.append(event.type)
             data.append(JSONB(event.data))
-            metadata.append(JSONB(try JSONCoding.encoder.encodeAsByteBuffer(event.metadata, allocator: ByteBufferAllocator())))
+            metadata.append(JSONB(try JSONWriter.metadata(event.metadata)))
         }
         let arguments = AppendArguments(
             tenant: tenant.rawValue, stream: stream.description, expected: expectedVersion.sqlValue, ids: ids, types: types, data: data,

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// The part of JSON Schema that tool arguments use: objects of strings with enums, lengths and patterns.
 /// Encodes to standard JSON Schema, so front ends and AI providers read it as is.
 public struct JSONSchema: Codable, Sendable, Equatable {
@@ -54,10 +56,28 @@ public struct JSONSchema: Codable, Sendable, Equatable {
             if let values = self.enum, !values.contains(text) { problems.append("\(path): must be one of \(values.joined(separator: ", "))") }
             if let minLength, text.count < minLength { problems.append("\(path): must have at least \(minLength) characters") }
             if let maxLength, text.count > maxLength { problems.append("\(path): must have at most \(maxLength) characters") }
-            if let pattern, text.wholeMatch(of: try! Regex(pattern)) == nil { problems.append("\(path): must match \(pattern)") }
+            if let pattern, text.wholeMatch(of: CompiledPatterns.regex(pattern)) == nil { problems.append("\(path): must match \(pattern)") }
             return problems
         default:
             return ["\(path): must be a\(type == .object ? "n object" : " string")"]
         }
+    }
+}
+
+/// The schemas' patterns, compiled once each: compiling one took longer than the rest of a tool call's checks.
+/// Patterns come from the tool catalogue (code), never from input.
+enum CompiledPatterns {
+    /// `Regex` holds no mutable state once built: shared between threads, matched from each.
+    private struct Shared: @unchecked Sendable {
+        let regex: Regex<AnyRegexOutput>
+    }
+
+    private static let compiled = Mutex<[String: Shared]>([:])
+
+    static func regex(_ pattern: String) -> Regex<AnyRegexOutput> {
+        if let known = compiled.withLock({ $0[pattern] }) { return known.regex }
+        let regex = try! Regex(pattern)
+        compiled.withLock { $0[pattern] = Shared(regex: regex) }
+        return regex
     }
 }
