@@ -41,7 +41,7 @@ public enum JSONWriter {
         return out
     }
 
-    public static func value(_ value: JSONValue, into out: inout ByteBuffer) throws {
+    static func value(_ value: JSONValue, into out: inout ByteBuffer) throws {
         switch value {
         case .null: out.writeStaticString("null")
         case .bool(let flag): out.writeStaticString(flag ? "true" : "false")
@@ -70,7 +70,7 @@ public enum JSONWriter {
 
     /// Whole numbers up to 2^53 as integers, others in Swift's shortest form that reads back the same
     /// (`1e-05`, `0.1`: both JSON).
-    public static func number(_ number: Double, into out: inout ByteBuffer) throws {
+    static func number(_ number: Double, into out: inout ByteBuffer) throws {
         guard number.isFinite else {
             throw EncodingError.invalidValue(number, .init(codingPath: [], debugDescription: "\(number) is not a JSON number"))
         }
@@ -100,14 +100,17 @@ public enum JSONWriter {
                 case 0x0D: out.writeStaticString("\\r")
                 case 0x09: out.writeStaticString("\\t")
                 default:
-                    let hex: [UInt8] = Array("0123456789abcdef".utf8)
                     out.writeStaticString("\\u00")
-                    out.writeInteger(hex[Int(byte >> 4)])
-                    out.writeInteger(hex[Int(byte & 0x0F)])
+                    out.writeInteger(hexDigit(byte >> 4))
+                    out.writeInteger(hexDigit(byte & 0x0F))
                 }
             }
             out.writeBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[plain...]))
         }
         out.writeInteger(UInt8(ascii: "\""))
+    }
+
+    private static func hexDigit(_ value: UInt8) -> UInt8 {
+        value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "a") + value - 10
     }
 }

@@ -345,8 +345,13 @@ import Webhooks
         #expect(acceptedTwice.isEmpty, "\(acceptedTwice.keys.prefix(5))")
         #expect(Self.orderKept(entries).isEmpty, "\(Self.orderKept(entries).prefix(5))")
         // Nothing owed is left, exactly one process sends for each endpoint, and each delivery's attempts came from one instance.
-        let owed = try await Self.endpoint(fleet, b, "desk")
-        #expect(owed.health?.owed == 0 && owed.health?.activeSenders == 1, "\(String(describing: owed.health))")
+        // The receiver logs a 200 before the sender records the delivery in PostgreSQL: wait for that, bounded.
+        var owed = try await Self.endpoint(fleet, b, "desk")
+        let settled = try await eventually(timeout: .seconds(30)) {
+            owed = try await Self.endpoint(fleet, b, "desk")
+            return owed.health?.owed == 0 && owed.health?.activeSenders == 1
+        }
+        #expect(settled, "\(String(describing: owed.health))")
         #expect(try await Self.endpoint(fleet, a, "crm").health?.activeSenders == 1)
         let records = try await Self.deliveries(fleet, b, "desk")
         #expect(records.allSatisfy { Set($0.attempts.map(\.instance)).count == 1 && $0.status == "delivered" })
@@ -396,8 +401,13 @@ import Webhooks
         // Every whole request verifies; the killed instance may have been cut off mid-request.
         #expect(entries.allSatisfy { $0.verified || $0.truncated == true }, "\(entries.filter { !$0.verified }.prefix(3))")
         #expect(Self.orderKept(entries).isEmpty, "\(Self.orderKept(entries).prefix(5))")
-        let endpoint = try await Self.endpoint(fleet, survivor, "desk")
-        #expect(endpoint.health?.owed == 0 && endpoint.health?.activeSenders == 1, "\(String(describing: endpoint.health))")
+        // The receiver logs a 200 before the sender records the delivery in PostgreSQL: wait for that, bounded.
+        var endpoint = try await Self.endpoint(fleet, survivor, "desk")
+        let settled = try await eventually(timeout: .seconds(30)) {
+            endpoint = try await Self.endpoint(fleet, survivor, "desk")
+            return endpoint.health?.owed == 0 && endpoint.health?.activeSenders == 1
+        }
+        #expect(settled, "\(String(describing: endpoint.health))")
         let instances = Set(try await Self.deliveries(fleet, survivor, "desk").flatMap { $0.attempts.map(\.instance) })
         #expect(instances.contains { $0.hasSuffix(":\(survivor.pid)") }, "the survivor took over: \(instances)")
         #expect(try await survivor.stop() == 0, "\(survivor.failureSummary)")

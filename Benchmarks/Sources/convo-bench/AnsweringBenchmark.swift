@@ -1,4 +1,5 @@
 import ArgumentParser
+import AsyncHTTPClient
 import EventStore
 import Foundation
 import PostgresNIO
@@ -78,7 +79,7 @@ struct AnsweringBenchmark: AsyncParsableCommand {
             let (server, port) = try IngestBenchmark.serve(binary, serveArguments, env)
             defer { server.terminate() }
             let base = "http://127.0.0.1:\(port)"
-            try await Self.waitUntilUp(port)
+            try await IngestBenchmark.waitUntilUp(HTTPClient.shared, base)
             report(
                 "on \(url) (created for this run, dropped after): convo serve \(wanted ? "(rule provider) " : "")\(serveArguments.joined(separator: " ")), bursts of \(messages) messages over \(visitors) visitors from wrk, \(concurrency) connections"
             )
@@ -92,7 +93,7 @@ struct AnsweringBenchmark: AsyncParsableCommand {
                 defer { try? FileManager.default.removeItem(at: marks) }
                 let before = IngestBaselines.CPU.now(server: server.processIdentifier)
                 let start = clock.now
-                let wrk = try IngestBenchmark.startBurst(base, secret, tag: tag, messages: messages, visitors: visitors, concurrency: concurrency, marks: marks.path)
+                let wrk = try Self.startBurst(base, secret, tag: tag, messages: messages, visitors: visitors, concurrency: concurrency, timeout: timeout, marks: marks.path)
                 defer { if wrk.isRunning { kill(wrk.processIdentifier, SIGKILL) } }
                 var acknowledgedAt: ContinuousClock.Instant?
                 var answeredAt: ContinuousClock.Instant?
@@ -141,14 +142,6 @@ struct AnsweringBenchmark: AsyncParsableCommand {
         }
     }
 
-    static func waitUntilUp(_ port: Int) async throws {
-        for _ in 0..<300 {
-            if (try? IngestBenchmark.run("/usr/bin/env", ["curl", "-sf", "http://127.0.0.1:\(port)/healthz"], [:])) != nil { return }
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        throw ValidationError("convo serve did not come up")
-    }
-
     /// The store's head position.
     static func head(_ client: PostgresClient) async throws -> Int64 {
         var head: Int64 = 0
@@ -183,9 +176,7 @@ struct AnsweringBenchmark: AsyncParsableCommand {
         for try await count in rows.decode(Int.self) { open = count }
         return open
     }
-}
 
-extension IngestBenchmark {
     /// The burst script: thread t sends its half of the messages (message k of the burst to conversation
     /// k mod visitors). A message counts once the server acknowledged it (its id in a 200 or 202 answer).
     /// After the last new one, each connection waits 500 ms between requests, and sends again one not yet
@@ -236,13 +227,15 @@ extension IngestBenchmark {
 
     /// Starts wrk sending a burst; each thread makes the file `done-N` in `marks` once every message it sent
     /// was acknowledged, and the caller stops wrk then (wrk itself runs for its whole duration).
-    static func startBurst(_ base: String, _ key: String, tag: String, messages: Int, visitors: Int, concurrency: Int, marks: String) throws -> Process {
+    static func startBurst(
+        _ base: String, _ key: String, tag: String, messages: Int, visitors: Int, concurrency: Int, timeout: Int, marks: String
+    ) throws -> Process {
         let script = FileManager.default.temporaryDirectory.appendingPathComponent("convo-burst-\(tag)-\(UUID().uuidString).lua")
         try Data(burstScript.utf8).write(to: script)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = [
-            "wrk", "-t2", "-c\(concurrency)", "-d600s", "--timeout", "30s", "-s", script.path, base, "--", key, tag, "\(messages / 2)", "\(visitors)", marks,
+            "wrk", "-t2", "-c\(concurrency)", "-d\(timeout)s", "--timeout", "30s", "-s", script.path, base, "--", key, tag, "\(messages / 2)", "\(visitors)", marks,
         ]
         process.standardOutput = FileHandle.nullDevice
         process.terminationHandler = { _ in try? FileManager.default.removeItem(at: script) }

@@ -234,50 +234,20 @@ struct MessageAccepted: Codable, ResponseGenerator {
     var globalPosition: Int64
     var duplicate: Bool
 
-    /// The JSON document, fields in declaration order.
-    var json: String {
-        var out = "{\"conversationId\":"
-        JSONText.appendString(conversationId, to: &out)
-        out += ",\"messageId\":"
-        JSONText.appendString(messageId, to: &out)
-        out += ",\"streamVersion\":\(streamVersion),\"globalPosition\":\(globalPosition),\"duplicate\":\(duplicate)}"
+    /// The JSON document, fields in declaration order (strings escaped by the store's ``JSONWriter``).
+    var body: ByteBuffer {
+        var out = ByteBuffer()
+        out.reserveCapacity(128 + conversationId.utf8.count + messageId.utf8.count)
+        out.writeStaticString("{\"conversationId\":")
+        JSONWriter.string(conversationId, into: &out)
+        out.writeStaticString(",\"messageId\":")
+        JSONWriter.string(messageId, into: &out)
+        out.writeString(",\"streamVersion\":\(streamVersion),\"globalPosition\":\(globalPosition),\"duplicate\":\(duplicate)}")
         return out
     }
 
     func response(from request: Request, context: some RequestContext) throws -> Response {
-        Response(
-            status: .ok, headers: [.contentType: "application/json; charset=utf-8"],
-            body: .init(byteBuffer: ByteBuffer(string: json)))
-    }
-}
-
-/// JSON text by hand, for the few answers too frequent for `JSONEncoder`.
-enum JSONText {
-    /// Appends `value` as a JSON string (RFC 8259 §7): quotation mark, reverse solidus and control
-    /// characters escaped, everything else as it is.
-    static func appendString(_ value: String, to out: inout String) {
-        out.append("\"")
-        var plainStart = value.unicodeScalars.startIndex
-        for index in value.unicodeScalars.indices {
-            let scalar = value.unicodeScalars[index]
-            let escape: String? =
-                switch scalar {
-                case "\"": "\\\""
-                case "\\": "\\\\"
-                case "\n": "\\n"
-                case "\r": "\\r"
-                case "\t": "\\t"
-                case _ where scalar.value < 0x20:
-                    "\\u00" + (scalar.value < 0x10 ? "0" : "") + String(scalar.value, radix: 16)
-                default: nil
-                }
-            guard let escape else { continue }
-            out.unicodeScalars.append(contentsOf: value.unicodeScalars[plainStart..<index])
-            out.append(escape)
-            plainStart = value.unicodeScalars.index(after: index)
-        }
-        out.unicodeScalars.append(contentsOf: value.unicodeScalars[plainStart...])
-        out.append("\"")
+        Response(status: .ok, headers: [.contentType: "application/json; charset=utf-8"], body: .init(byteBuffer: body))
     }
 }
 
