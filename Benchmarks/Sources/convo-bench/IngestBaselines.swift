@@ -95,7 +95,7 @@ enum IngestBaselines {
             return busy / ticks
         }
 
-        private static func processTime(_ pid: Int32) -> Double {
+        static func processTime(_ pid: Int32) -> Double {
             guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = text.lastIndex(of: ")") else { return 0 }
             // After "pid (comm) ": state is field 3; utime and stime are fields 14 and 15.
             let fields = text[text.index(after: close)...].split(separator: " ")
@@ -103,7 +103,7 @@ enum IngestBaselines {
             return (user + system) / ticks
         }
 
-        private static func usage(_ who: __rusage_who_t) -> Double {
+        static func usage(_ who: __rusage_who_t) -> Double {
             var usage = rusage()
             getrusage(who, &usage)
             func seconds(_ time: timeval) -> Double { Double(time.tv_sec) + Double(time.tv_usec) / 1e6 }

@@ -17,6 +17,7 @@ struct RedisTopologyBenchmark: AsyncParsableCommand {
     @Option(help: "Seconds per round and side.") var seconds: Int = 5
     @Option(help: "Rounds; the sides alternate.") var rounds: Int = 3
     @Option(help: "Concurrent lock users (tasks).") var concurrency: Int = 16
+    @Option(help: "Connections on every side (a cluster: a third of them per node).") var connections: Int = 6
     @Flag(help: "Exit 1 when a ratio misses its target.") var check = false
 
     static let target = 0.9
@@ -25,35 +26,52 @@ struct RedisTopologyBenchmark: AsyncParsableCommand {
         let servers = try Servers()
         defer { servers.stop() }
         try await servers.start()
-        report("redis topologies: one Redis on \(servers.single), Sentinel \(servers.sentinelURL), Cluster \(servers.clusterURL); \(concurrency) tasks, 6 connections (2 per cluster node), \(seconds) s per side and round")
-        // The same number of connections (threads) on every side: 6, two per node of the cluster.
+        report("redis topologies: one Redis on \(servers.single), Sentinel \(servers.sentinelURL), Cluster \(servers.clusterURL); \(concurrency) tasks, \(connections) connections (\(max(1, connections / 3)) per cluster node), \(seconds) s per side and round")
+        // The same number of connections (threads) on every side, a third of them per node of the cluster.
         let clients = [
-            ("single", RedisClient(configuration: try RedisConfiguration(url: "redis://127.0.0.1:\(servers.single)", connections: 6))),
-            ("sentinel", RedisClient(configuration: try RedisConfiguration(url: servers.sentinelURL, connections: 6))),
+            ("single", RedisClient(configuration: try RedisConfiguration(url: "redis://127.0.0.1:\(servers.single)", connections: connections))),
+            ("sentinel", RedisClient(configuration: try RedisConfiguration(url: servers.sentinelURL, connections: connections))),
             // The Sentinel's primary addressed directly: what its replica costs, apart from the client.
-            ("primary", RedisClient(configuration: try RedisConfiguration(url: "redis://127.0.0.1:\(servers.primary)", connections: 6))),
-            ("cluster", RedisClient(configuration: try RedisConfiguration(url: servers.clusterURL, connections: 2))),
+            ("primary", RedisClient(configuration: try RedisConfiguration(url: "redis://127.0.0.1:\(servers.primary)", connections: connections))),
+            ("cluster", RedisClient(configuration: try RedisConfiguration(url: servers.clusterURL, connections: max(1, connections / 3)))),
         ]
-        var totals: [String: (pairs: Int, time: Duration)] = [:]
+        // Whose CPU each side costs: this process (the client) and the Redis processes it talks to.
+        let serverPids: [String: [Int32]] = [
+            "single": servers.pids([servers.single]), "sentinel": servers.pids([servers.primary, servers.replica] + servers.sentinels),
+            "primary": servers.pids([servers.primary, servers.replica]), "cluster": servers.pids(servers.nodes),
+        ]
+        var totals: [String: (pairs: Int, time: Duration, client: Double, servers: Double)] = [:]
         for round in 0..<rounds {
             for (name, client) in round.isMultiple(of: 2) ? clients : clients.reversed() {
+                let pids = serverPids[name] ?? []
+                let before = (IngestBaselines.CPU.usage(RUSAGE_SELF.rawValue), pids.map(IngestBaselines.CPU.processTime).reduce(0, +))
                 let (pairs, time) = try await pairsPerSecond(client, tag: "\(name)\(round)")
-                totals[name, default: (0, .zero)].pairs += pairs
-                totals[name, default: (0, .zero)].time += time
+                let after = (IngestBaselines.CPU.usage(RUSAGE_SELF.rawValue), pids.map(IngestBaselines.CPU.processTime).reduce(0, +))
+                totals[name, default: (0, .zero, 0, 0)].pairs += pairs
+                totals[name, default: (0, .zero, 0, 0)].time += time
+                totals[name, default: (0, .zero, 0, 0)].client += after.0 - before.0
+                totals[name, default: (0, .zero, 0, 0)].servers += after.1 - before.1
             }
         }
         func rate(_ name: String) -> Double { Double(totals[name]!.pairs) / totals[name]!.time.inSeconds }
+        func cpu(_ name: String) -> String {
+            let total = totals[name]!
+            func µs(_ seconds: Double) -> String { (seconds / Double(max(1, total.pairs)) * 1e6).formatted(1) }
+            return "CPU per pair: client \(µs(total.client)) µs, Redis processes \(µs(total.servers)) µs"
+        }
         let single = rate("single")
-        report("single    \(single.formatted(0)) pairs/s")
+        report("single    \(single.formatted(0)) pairs/s  \(cpu("single"))")
         var missed = false
         for name in ["sentinel", "cluster"] {
             let ratio = rate(name) / single
             missed = missed || ratio < Self.target
-            report("\(name.padding(toLength: 9, withPad: " ", startingAt: 0)) \(rate(name).formatted(0)) pairs/s  ratio \(ratio.formatted(2)) (target ≥ \(Self.target)) \(ratio >= Self.target ? "ok" : "MISSED")")
+            report(
+                "\(name.padding(toLength: 9, withPad: " ", startingAt: 0)) \(rate(name).formatted(0)) pairs/s  ratio \(ratio.formatted(2)) (target ≥ \(Self.target)) \(ratio >= Self.target ? "ok" : "MISSED")  \(cpu(name))"
+            )
         }
         let direct = rate("primary")
         report(
-            "the Sentinel's primary addressed directly (redis://, its replica attached) \(direct.formatted(0)) pairs/s: Sentinel discovery against it \((rate("sentinel") / direct).formatted(2)), the replica against one Redis \((direct / single).formatted(2))"
+            "the Sentinel's primary addressed directly (redis://, its replica attached) \(direct.formatted(0)) pairs/s: Sentinel discovery against it \((rate("sentinel") / direct).formatted(2)), the replica against one Redis \((direct / single).formatted(2)); \(cpu("primary"))"
         )
         // What the topologies cost the strongest client on this machine: redis-benchmark (C), the lock's
         // SET NX PX at the same concurrency, against the same servers, alternating, in the same run.
@@ -183,6 +201,14 @@ struct RedisTopologyBenchmark: AsyncParsableCommand {
             try Self.run(
                 ["redis-server", "--port", "\(port)", "--bind", "127.0.0.1", "--dir", folder.path, "--daemonize", "yes", "--pidfile", pidFile,
                  "--logfile", folder.appendingPathComponent("log").path, "--save", "", "--appendonly", "no"] + extra)
+        }
+
+        /// The pids the servers on `ports` wrote.
+        func pids(_ ports: [Int]) -> [Int32] {
+            ports.compactMap { port in
+                let file = directory.appendingPathComponent("\(port)").appendingPathComponent("pid").path
+                return (try? String(contentsOfFile: file, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            }
         }
 
         /// Ends every server it started, by the pids they wrote.
