@@ -35,21 +35,32 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
                     client: plainClient, keyring: nil, vaultConfiguration: .init(allowsPlaintext: true), logger: BenchDatabase.logger)
                 report("personal-data: \(concurrency) callers, \(visitors) visitors, \(seconds) s per ingest side; rebuild of \(conversations) conversations × \(turns) turns")
                 var ingestRatios: [Double] = []
+                var cpuRatios: [Double] = []
+                try await Self.withoutAutovacuum([sealedClient, plainClient])
                 for round in 1...rounds {
                     // Each side goes first in every other round: the databases grow as the rounds go on.
-                    var withSealing = 0.0
-                    var without = 0.0
+                    var withSealing = (rate: 0.0, cpu: (process: 0.0, rest: 0.0))
+                    var without = withSealing
                     if round % 2 == 1 {
+                        try await Self.settle([sealedClient, plainClient])
                         withSealing = try await Self.ingest(sealed, seconds: seconds, concurrency: concurrency, visitors: visitors, round: round)
+                        try await Self.settle([sealedClient, plainClient])
                         without = try await Self.ingest(plain, seconds: seconds, concurrency: concurrency, visitors: visitors, round: round)
                     } else {
+                        try await Self.settle([sealedClient, plainClient])
                         without = try await Self.ingest(plain, seconds: seconds, concurrency: concurrency, visitors: visitors, round: round)
+                        try await Self.settle([sealedClient, plainClient])
                         withSealing = try await Self.ingest(sealed, seconds: seconds, concurrency: concurrency, visitors: visitors, round: round)
                     }
-                    ingestRatios.append(withSealing / without)
+                    ingestRatios.append(withSealing.rate / without.rate)
+                    func µs(_ seconds: Double) -> String { (seconds * 1e6).formatted(0) }
                     report(
-                        "  round \(round): ingest sealed \(withSealing.formatted(0)) msg/s, plaintext \(without.formatted(0)) msg/s: ×\((withSealing / without).formatted(3))")
+                        "  round \(round): ingest sealed \(withSealing.rate.formatted(0)) msg/s, plaintext \(without.rate.formatted(0)) msg/s: ×\((withSealing.rate / without.rate).formatted(3)); "
+                            + "CPU per message sealed: this process \(µs(withSealing.cpu.process)) µs, PostgreSQL and the rest \(µs(withSealing.cpu.rest)) µs; "
+                            + "plaintext \(µs(without.cpu.process)) µs, \(µs(without.cpu.rest)) µs")
+                    cpuRatios.append((without.cpu.process + without.cpu.rest) / (withSealing.cpu.process + withSealing.cpu.rest))
                 }
+                report("machine CPU per message, plaintext / sealed: ×\(cpuRatios.sorted()[cpuRatios.count / 2].formatted(3)) median of \(rounds)")
                 let ingest = ingestRatios.sorted()[ingestRatios.count / 2]
                 let ingestOK = ingest >= Self.target
                 report("ingest with sealing / without: ×\(ingest.formatted(3)) median of \(rounds) (target ≥ \(Self.target)) \(ingestOK ? "ok" : "MISSED")")
@@ -73,6 +84,7 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
                     try await Self.generate(sealed, tenant: sealedTenant, conversations: conversations, turns: turns)
                     try await Self.generate(plain, tenant: sealedTenant, conversations: conversations, turns: turns)
                     for client in [sealedClient, plainClient] { try await client.query("VACUUM (FREEZE, ANALYZE) events", logger: BenchDatabase.logger) }
+                    try await Self.withoutAutovacuum([sealedClient, plainClient])
                     if diagnose {
                         for (name, store) in [("sealed", sealed), ("plaintext", plain), ("sealed", sealed), ("plaintext", plain)] {
                             let started = ContinuousClock.now
@@ -109,10 +121,14 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
                     for round in 1...rounds {
                         var (count, sealedSeconds, plainSeconds): (Int64, Double, Double) = (0, 0, 0)
                         if round % 2 == 1 {
+                            try await Self.settle([sealedClient, plainClient])
                             (count, sealedSeconds) = try await Self.rebuild(sealed)
+                            try await Self.settle([sealedClient, plainClient])
                             (_, plainSeconds) = try await Self.rebuild(plain)
                         } else {
+                            try await Self.settle([sealedClient, plainClient])
                             (_, plainSeconds) = try await Self.rebuild(plain)
+                            try await Self.settle([sealedClient, plainClient])
                             (count, sealedSeconds) = try await Self.rebuild(sealed)
                         }
                         let ratio = plainSeconds / sealedSeconds
@@ -129,9 +145,41 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
         }
     }
 
+    /// Turns autovacuum off for every table of these databases while the benchmark runs: it started on
+    /// whichever database had grown past its threshold, in the middle of the other side's time.
+    static func withoutAutovacuum(_ clients: [PostgresClient]) async throws {
+        for client in clients {
+            try await client.query(
+                """
+                DO $$ DECLARE t regclass; BEGIN
+                    FOR t IN SELECT oid FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace LOOP
+                        EXECUTE format('ALTER TABLE %s SET (autovacuum_enabled = off)', t);
+                    END LOOP;
+                END $$
+                """, logger: BenchDatabase.logger)
+        }
+    }
+
+    /// What one side's writes leave to do in the background is done before the next side starts: every
+    /// table vacuumed and analyzed, then a checkpoint (one falling inside a side costs that side alone its
+    /// writes and the full-page images after it; needs a superuser or `pg_checkpoint`, else skipped).
+    static func settle(_ clients: [PostgresClient]) async throws {
+        for client in clients { try await client.query("VACUUM (ANALYZE)", logger: BenchDatabase.logger) }
+        do {
+            try await clients[0].query("CHECKPOINT", logger: BenchDatabase.logger)
+        } catch {
+            report("  (no CHECKPOINT: \(String(reflecting: error)))")
+        }
+    }
+
     /// Messages per second through a running IngestBatcher, `concurrency` callers sending one message after another.
-    static func ingest(_ store: PostgresEventStore, seconds: Double, concurrency: Int, visitors: Int, round: Int) async throws -> Double {
+    /// Also the CPU it cost per message: this process's (the callers, the batcher, sealing) and the rest of
+    /// the machine's busy time (PostgreSQL, mostly).
+    static func ingest(_ store: PostgresEventStore, seconds: Double, concurrency: Int, visitors: Int, round: Int) async throws -> (
+        rate: Double, cpu: (process: Double, rest: Double)
+    ) {
         let batcher = IngestBatcher(store: store, logger: BenchDatabase.logger)
+        let before = IngestBaselines.CPU.now(server: nil)
         return try await withThrowingTaskGroup(of: Int.self) { group in
             group.addTask { try await batcher.run(); return 0 }
             let deadline = ContinuousClock.now + .milliseconds(Int64(seconds * 1000))
@@ -157,7 +205,11 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
             }
             let elapsed = ContinuousClock.now - started
             group.cancelAll()
-            return Double(sent) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+            let cpu = IngestBaselines.CPU.now(server: nil) - before
+            return (
+                Double(sent) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18),
+                (cpu.benchmark / Double(max(1, sent)), max(0, cpu.machine - cpu.benchmark) / Double(max(1, sent)))
+            )
         }
     }
 

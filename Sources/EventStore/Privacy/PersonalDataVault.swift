@@ -166,7 +166,8 @@ public final class PersonalDataVault: Sendable {
                     authenticating: associatedData(
                         tenant: tenant.rawValue, subject: subject.visitor.rawValue, generation: generation, eventId: current.eventId, field: field))
                 guard let combined = box.combined else { throw EventStoreError(code: .storageFailure, message: "sealing produced no ciphertext") }
-                out.writeString("\"\(envelopePrefix)")
+                out.writeInteger(UInt8(ascii: "\""))
+                out.writeString(envelopePrefix)
                 Base64.encode(combined, into: &out)
                 out.writeInteger(UInt8(ascii: "\""))
                 copied = member.value.upperBound
