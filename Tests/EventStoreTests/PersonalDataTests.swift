@@ -215,6 +215,10 @@ enum SymmetricKeyBox {
             var buffer = ByteBuffer()
             Base64.encode(bytes, into: &buffer)
             #expect(String(buffer: buffer) == Data(bytes).base64EncodedString())
+            // Sealing hands it the `Data` of a sealed box, after what the buffer already holds.
+            var after = ByteBuffer(string: "pd1:")
+            Base64.encode(Data(bytes), into: &after)
+            #expect(String(buffer: after) == "pd1:" + Data(bytes).base64EncodedString())
             let decoded = buffer.withUnsafeReadableBytes { Base64.decode($0) }
             #expect(decoded == bytes)
         }
