@@ -43,6 +43,36 @@ enum BenchDatabase {
     }
 }
 
+extension BenchDatabase {
+    /// Turns autovacuum off for every table of these databases, for a benchmark that compares sides: an
+    /// autovacuum started by one side's writes otherwise runs in another side's time (``settle(_:)`` does
+    /// that work between sides instead).
+    static func withoutAutovacuum(_ clients: [PostgresClient]) async throws {
+        for client in clients {
+            try await client.query(
+                """
+                DO $$ DECLARE t regclass; BEGIN
+                    FOR t IN SELECT oid FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace LOOP
+                        EXECUTE format('ALTER TABLE %s SET (autovacuum_enabled = off)', t);
+                    END LOOP;
+                END $$
+                """, logger: logger)
+        }
+    }
+
+    /// What one side's writes leave to do in the background, done before the next side starts: every
+    /// table vacuumed and analyzed, then a checkpoint (one falling inside a side costs that side alone its
+    /// writes and the full-page images after it; needs a superuser or `pg_checkpoint`, else skipped).
+    static func settle(_ clients: [PostgresClient]) async throws {
+        for client in clients { try await client.query("VACUUM (ANALYZE)", logger: logger) }
+        do {
+            try await clients[0].query("CHECKPOINT", logger: logger)
+        } catch {
+            report("  (no CHECKPOINT: \(String(reflecting: error)))")
+        }
+    }
+}
+
 /// Prints a line at once, also when standard output is a pipe.
 func report(_ line: String) {
     FileHandle.standardOutput.write(Data((line + "\n").utf8))

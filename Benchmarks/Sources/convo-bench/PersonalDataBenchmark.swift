@@ -36,7 +36,7 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
                 report("personal-data: \(concurrency) callers, \(visitors) visitors, \(seconds) s per ingest side; rebuild of \(conversations) conversations × \(turns) turns")
                 var ingestRatios: [Double] = []
                 var cpuRatios: [Double] = []
-                try await Self.withoutAutovacuum([sealedClient, plainClient])
+                try await BenchDatabase.withoutAutovacuum([sealedClient, plainClient])
                 // Both stores run as in `convo serve`: announcing appends and listening, so erasures are heard
                 // and live data keys are kept for minutes (a store that does not listen asks PostgreSQL for
                 // them again every 10 seconds).
@@ -45,20 +45,10 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
                     group.addTask { try await plain.run() }
                     defer { group.cancelAll() }
                     for round in 1...rounds {
-                        // Each side goes first in every other round: the databases grow as the rounds go on.
-                        var withSealing = (rate: 0.0, cpu: (process: 0.0, rest: 0.0))
-                        var without = withSealing
-                        if round % 2 == 1 {
-                            try await Self.settle([sealedClient, plainClient])
-                            withSealing = try await Self.ingest(sealed, seconds: seconds, concurrency: concurrency, visitors: visitors, round: round)
-                            try await Self.settle([sealedClient, plainClient])
-                            without = try await Self.ingest(plain, seconds: seconds, concurrency: concurrency, visitors: visitors, round: round)
-                        } else {
-                            try await Self.settle([sealedClient, plainClient])
-                            without = try await Self.ingest(plain, seconds: seconds, concurrency: concurrency, visitors: visitors, round: round)
-                            try await Self.settle([sealedClient, plainClient])
-                            withSealing = try await Self.ingest(sealed, seconds: seconds, concurrency: concurrency, visitors: visitors, round: round)
-                        }
+                        let (withSealing, without) = try await Self.sides(
+                            round: round, settling: [sealedClient, plainClient],
+                            sealed: { try await Self.ingest(sealed, seconds: seconds, concurrency: concurrency, visitors: visitors, round: round) },
+                            plain: { try await Self.ingest(plain, seconds: seconds, concurrency: concurrency, visitors: visitors, round: round) })
                         ingestRatios.append(withSealing.rate / without.rate)
                         func µs(_ seconds: Double) -> String { (seconds * 1e6).formatted(0) }
                         report(
@@ -92,7 +82,7 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
                     try await Self.generate(sealed, tenant: sealedTenant, conversations: conversations, turns: turns)
                     try await Self.generate(plain, tenant: sealedTenant, conversations: conversations, turns: turns)
                     for client in [sealedClient, plainClient] { try await client.query("VACUUM (FREEZE, ANALYZE) events", logger: BenchDatabase.logger) }
-                    try await Self.withoutAutovacuum([sealedClient, plainClient])
+                    try await BenchDatabase.withoutAutovacuum([sealedClient, plainClient])
                     if diagnose {
                         for (name, store) in [("sealed", sealed), ("plaintext", plain), ("sealed", sealed), ("plaintext", plain)] {
                             let started = ContinuousClock.now
@@ -127,18 +117,8 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
                     }
                     var rebuildRatios: [Double] = []
                     for round in 1...rounds {
-                        var (count, sealedSeconds, plainSeconds): (Int64, Double, Double) = (0, 0, 0)
-                        if round % 2 == 1 {
-                            try await Self.settle([sealedClient, plainClient])
-                            (count, sealedSeconds) = try await Self.rebuild(sealed)
-                            try await Self.settle([sealedClient, plainClient])
-                            (_, plainSeconds) = try await Self.rebuild(plain)
-                        } else {
-                            try await Self.settle([sealedClient, plainClient])
-                            (_, plainSeconds) = try await Self.rebuild(plain)
-                            try await Self.settle([sealedClient, plainClient])
-                            (count, sealedSeconds) = try await Self.rebuild(sealed)
-                        }
+                        let ((count, sealedSeconds), (_, plainSeconds)) = try await Self.sides(
+                            round: round, settling: [sealedClient, plainClient], sealed: { try await Self.rebuild(sealed) }, plain: { try await Self.rebuild(plain) })
                         let ratio = plainSeconds / sealedSeconds
                         rebuildRatios.append(ratio)
                         report(
@@ -153,31 +133,21 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
         }
     }
 
-    /// Turns autovacuum off for every table of these databases while the benchmark runs: it started on
-    /// whichever database had grown past its threshold, in the middle of the other side's time.
-    static func withoutAutovacuum(_ clients: [PostgresClient]) async throws {
-        for client in clients {
-            try await client.query(
-                """
-                DO $$ DECLARE t regclass; BEGIN
-                    FOR t IN SELECT oid FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace LOOP
-                        EXECUTE format('ALTER TABLE %s SET (autovacuum_enabled = off)', t);
-                    END LOOP;
-                END $$
-                """, logger: BenchDatabase.logger)
+    /// The two sides of a round, each started on settled databases (``BenchDatabase/settle(_:)``): the
+    /// sealed side first in odd rounds, the plaintext side in even ones (the databases grow as rounds go on).
+    static func sides<T>(
+        round: Int, settling clients: [PostgresClient], sealed: () async throws -> T, plain: () async throws -> T
+    ) async throws -> (sealed: T, plain: T) {
+        if round % 2 == 1 {
+            try await BenchDatabase.settle(clients)
+            let first = try await sealed()
+            try await BenchDatabase.settle(clients)
+            return (first, try await plain())
         }
-    }
-
-    /// What one side's writes leave to do in the background is done before the next side starts: every
-    /// table vacuumed and analyzed, then a checkpoint (one falling inside a side costs that side alone its
-    /// writes and the full-page images after it; needs a superuser or `pg_checkpoint`, else skipped).
-    static func settle(_ clients: [PostgresClient]) async throws {
-        for client in clients { try await client.query("VACUUM (ANALYZE)", logger: BenchDatabase.logger) }
-        do {
-            try await clients[0].query("CHECKPOINT", logger: BenchDatabase.logger)
-        } catch {
-            report("  (no CHECKPOINT: \(String(reflecting: error)))")
-        }
+        try await BenchDatabase.settle(clients)
+        let first = try await plain()
+        try await BenchDatabase.settle(clients)
+        return (try await sealed(), first)
     }
 
     /// Messages per second through a running IngestBatcher, `concurrency` callers sending one message after another.

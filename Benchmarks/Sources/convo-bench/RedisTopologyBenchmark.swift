@@ -36,7 +36,7 @@ struct RedisTopologyBenchmark: AsyncParsableCommand {
             ("cluster", RedisClient(configuration: try RedisConfiguration(url: servers.clusterURL, connections: max(1, connections / 3)))),
         ]
         // Whose CPU each side costs: this process (the client) and the Redis processes it talks to.
-        let serverPids: [String: [Int32]] = [
+        let serverPids: [String: [pid_t]] = [
             "single": servers.pids([servers.single]), "sentinel": servers.pids([servers.primary, servers.replica] + servers.sentinels),
             "primary": servers.pids([servers.primary, servers.replica]), "cluster": servers.pids(servers.nodes),
         ]
@@ -134,7 +134,8 @@ struct RedisTopologyBenchmark: AsyncParsableCommand {
         let replica: Int
         let sentinels: [Int]
         let nodes: [Int]
-        var pidFiles: [String] = []
+        /// Each server's pid file, by its port.
+        var pidFiles: [Int: String] = [:]
 
         init() throws {
             var used = Set<Int>()
@@ -179,7 +180,7 @@ struct RedisTopologyBenchmark: AsyncParsableCommand {
                     sentinel monitor \(name) 127.0.0.1 \(primary) 2
 
                     """.write(to: config, atomically: true, encoding: .utf8)
-                pidFiles.append(pidFile)
+                pidFiles[sentinel] = pidFile
                 try Self.run(["redis-sentinel", config.path])
             }
             try Self.run(["redis-cli", "--cluster", "create"] + nodes.map { "127.0.0.1:\($0)" } + ["--cluster-replicas", "0", "--cluster-yes"])
@@ -197,28 +198,23 @@ struct RedisTopologyBenchmark: AsyncParsableCommand {
             let folder = directory.appendingPathComponent("\(port)")
             try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
             let pidFile = folder.appendingPathComponent("pid").path
-            pidFiles.append(pidFile)
+            pidFiles[port] = pidFile
             try Self.run(
                 ["redis-server", "--port", "\(port)", "--bind", "127.0.0.1", "--dir", folder.path, "--daemonize", "yes", "--pidfile", pidFile,
                  "--logfile", folder.appendingPathComponent("log").path, "--save", "", "--appendonly", "no"] + extra)
         }
 
         /// The pids the servers on `ports` wrote.
-        func pids(_ ports: [Int]) -> [Int32] {
-            ports.compactMap { port in
-                let file = directory.appendingPathComponent("\(port)").appendingPathComponent("pid").path
-                return (try? String(contentsOfFile: file, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
-            }
-        }
+        func pids(_ ports: [Int]) -> [pid_t] { ports.compactMap { pidFiles[$0].flatMap(Self.pid) } }
 
         /// Ends every server it started, by the pids they wrote.
         func stop() {
-            for file in pidFiles {
-                if let text = try? String(contentsOfFile: file, encoding: .utf8), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
-                    kill(pid, SIGKILL)
-                }
-            }
+            for file in pidFiles.values { if let pid = Self.pid(file) { kill(pid, SIGKILL) } }
             try? FileManager.default.removeItem(at: directory)
+        }
+
+        private static func pid(_ file: String) -> pid_t? {
+            (try? String(contentsOfFile: file, encoding: .utf8)).flatMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
         }
 
         static func isFree(_ port: Int) -> Bool {
