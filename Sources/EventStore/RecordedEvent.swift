@@ -93,7 +93,19 @@ public struct AppendResult: Sendable, Equatable {
     public var lastPosition: Int64 { events.last?.globalPosition ?? 0 }
 }
 
-extension RecordedEvent: StoredPayload {}
+extension RecordedEvent: StoredPayload {
+    public func withPayloadBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try data.withUnsafeReadableBytes(body)
+    }
+
+    /// Decodes a payload that reads itself (``PayloadReadable``) by hand, `JSONDecoder` only when the
+    /// reader cannot: what every caller that names one of those types gets.
+    ///
+    /// - Throws: `DecodingError` when the payload is not a `T`.
+    public func decode<T: PayloadReadable>(_ type: T.Type = T.self) throws -> T {
+        try read(T.self)
+    }
+}
 
 /// A stream of a tenant, as a dictionary key.
 public struct StreamKey: Hashable, Sendable {

@@ -33,9 +33,9 @@ public final class ProjectedEvent: Sendable {
         do {
             switch recorded.type {
             case ConversationStarted.eventType:
-                payload = .conversationStarted(try recorded.decode(ConversationStarted.self))
+                payload = .conversationStarted(try recorded.read(ConversationStarted.self))
             case VisitorMessageReceived.eventType:
-                payload = .visitorMessage(try recorded.decode(VisitorMessageReceived.self))
+                payload = .visitorMessage(try recorded.read(VisitorMessageReceived.self))
             default:
                 payload = try WorkflowEvent.decode(recorded).map(Payload.workflow) ?? .unread
             }

@@ -19,7 +19,7 @@ struct ProjectionBenchmark: AsyncParsableCommand {
     @Option(help: "Rounds of raw read and rebuild at each size; the median ratio counts.") var rounds: Int = 3
     @Flag(help: "Also time reading alone, and reading and decoding, before the rebuild.") var diagnose = false
 
-    static let rateTarget = 0.3
+    static let rateTarget = 0.4
     static let rateTargetEvents: Int64 = 1_000_000
     /// Peak memory at the largest size may exceed the smallest's by at most this factor.
     static let memoryTarget = 1.5

@@ -48,28 +48,30 @@ public enum WorkflowEvent: Sendable, Equatable {
 
     /// Decodes a stored workflow event; `nil` when its type is not a workflow event type.
     ///
+    /// Each payload is read by hand (``PayloadReadable``) and left to `JSONDecoder` only when that cannot.
+    ///
     /// - Throws: the payload decoder's error when the payload does not fit its type.
     public static func decode(_ stored: some StoredPayload) throws -> WorkflowEvent? {
         let eventType = stored.type
         switch eventType {
-        case WorkflowStarted.eventType: return .started(try stored.decode(WorkflowStarted.self))
-        case WorkflowTransitioned.eventType: return .transitioned(try stored.decode(WorkflowTransitioned.self))
-        case WorkflowVariableSet.eventType: return .variableSet(try stored.decode(WorkflowVariableSet.self))
-        case AssistantMessageSent.eventType: return .assistantMessageSent(try stored.decode(AssistantMessageSent.self))
-        case ToolCalled.eventType: return .toolCalled(try stored.decode(ToolCalled.self))
-        case WorkflowWaitingForInput.eventType: return .waitingForInput(try stored.decode(WorkflowWaitingForInput.self))
-        case ConversationHandedOff.eventType: return .handedOff(try stored.decode(ConversationHandedOff.self))
-        case WorkflowCompleted.eventType: return .completed(try stored.decode(WorkflowCompleted.self))
-        case WorkflowFailed.eventType: return .failed(try stored.decode(WorkflowFailed.self))
-        case AIReplyFailed.eventType: return .aiReplyFailed(try stored.decode(AIReplyFailed.self))
-        case MessagesProcessed.eventType: return .messagesProcessed(try stored.decode(MessagesProcessed.self))
-        case ConversationAssigned.eventType: return .assigned(try stored.decode(ConversationAssigned.self))
-        case AgentMessageSent.eventType: return .agentMessageSent(try stored.decode(AgentMessageSent.self))
-        case InternalNoteAdded.eventType: return .noteAdded(try stored.decode(InternalNoteAdded.self))
-        case ConversationHandedBack.eventType: return .handedBack(try stored.decode(ConversationHandedBack.self))
-        case ConversationResolved.eventType: return .resolved(try stored.decode(ConversationResolved.self))
-        case ConversationReopened.eventType: return .reopened(try stored.decode(ConversationReopened.self))
-        case VisitorDataErased.eventType: return .dataErased(try stored.decode(VisitorDataErased.self))
+        case WorkflowStarted.eventType: return .started(try stored.read(WorkflowStarted.self))
+        case WorkflowTransitioned.eventType: return .transitioned(try stored.read(WorkflowTransitioned.self))
+        case WorkflowVariableSet.eventType: return .variableSet(try stored.read(WorkflowVariableSet.self))
+        case AssistantMessageSent.eventType: return .assistantMessageSent(try stored.read(AssistantMessageSent.self))
+        case ToolCalled.eventType: return .toolCalled(try stored.read(ToolCalled.self))
+        case WorkflowWaitingForInput.eventType: return .waitingForInput(try stored.read(WorkflowWaitingForInput.self))
+        case ConversationHandedOff.eventType: return .handedOff(try stored.read(ConversationHandedOff.self))
+        case WorkflowCompleted.eventType: return .completed(try stored.read(WorkflowCompleted.self))
+        case WorkflowFailed.eventType: return .failed(try stored.read(WorkflowFailed.self))
+        case AIReplyFailed.eventType: return .aiReplyFailed(try stored.read(AIReplyFailed.self))
+        case MessagesProcessed.eventType: return .messagesProcessed(try stored.read(MessagesProcessed.self))
+        case ConversationAssigned.eventType: return .assigned(try stored.read(ConversationAssigned.self))
+        case AgentMessageSent.eventType: return .agentMessageSent(try stored.read(AgentMessageSent.self))
+        case InternalNoteAdded.eventType: return .noteAdded(try stored.read(InternalNoteAdded.self))
+        case ConversationHandedBack.eventType: return .handedBack(try stored.read(ConversationHandedBack.self))
+        case ConversationResolved.eventType: return .resolved(try stored.read(ConversationResolved.self))
+        case ConversationReopened.eventType: return .reopened(try stored.read(ConversationReopened.self))
+        case VisitorDataErased.eventType: return .dataErased(try stored.read(VisitorDataErased.self))
         default: return nil
         }
     }
@@ -84,4 +86,6 @@ extension WorkflowEvent: Encodable {
 public protocol StoredPayload {
     var type: String { get }
     func decode<T: Decodable>(_ type: T.Type) throws -> T
+    /// Calls `body` with the payload's UTF-8 JSON bytes.
+    func withPayloadBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R
 }
