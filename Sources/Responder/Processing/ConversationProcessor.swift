@@ -243,6 +243,11 @@ public struct ConversationProcessor: Sendable {
                 states.put("\(tenant.rawValue)/\(conversation.rawValue)", state)
                 outcome.eventsAppended += events.count
                 processedCounter.increment(by: pending.filter { $0.streamVersion <= state.messagesConsumed }.count)
+                // Everything read is decided and the workflow waits: done, without reading the messages stream
+                // again. A message appended since was marked pending by its own trigger (ingest, the
+                // subscription, the sweep all go through `process`, which marks before it tries the lock), so
+                // this worker's `takePending` or its release's count brings it back, or its trigger takes the lock.
+                if state.status != .running && state.messagesConsumed >= messagesVersion { return outcome }
             } catch let error as EventStoreError where error.code == .subjectErased {
                 // The visitor was forgotten while this decision was taken on what they said: it is thrown away,
                 // and the erasure's own event marks their messages consumed.
