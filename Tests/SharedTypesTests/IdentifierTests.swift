@@ -10,6 +10,16 @@ import Testing
         #expect(name.description == "messages-8f2c-41aa")
     }
 
+    /// What the store wrote splits as a parsed name does; a value without a dash is all category.
+    @Test(arguments: ["messages-8f2c-41aa", "workflow-c1", "audit-tenant_1", "a-b", "messages-x-", "nodash", "é-ü-x", "-lead", ""])
+    func storedStreamNamesSplitWithoutValidation(_ raw: String) throws {
+        let name = StreamName(unchecked: raw)
+        if let parsed = try? StreamName(parsing: raw) { #expect(name == parsed) }
+        let dash = raw.firstIndex(of: "-")
+        #expect(name.category == dash.map { String(raw[..<$0]) } ?? raw)
+        #expect(name.id == dash.map { String(raw[raw.index(after: $0)...]) } ?? "")
+    }
+
     @Test(arguments: ["messages", "-abc", "Messages-abc", "messages-", "messages-has space", "me ssages-x", String(repeating: "a", count: 65) + "-x"])
     func invalidStreamNamesAreRefused(_ raw: String) {
         #expect(throws: StreamName.InvalidName.self) { try StreamName(parsing: raw) }
