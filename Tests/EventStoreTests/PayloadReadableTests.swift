@@ -156,6 +156,15 @@ import Testing
                 == .success(WorkflowTransitioned(from: nil, to: "say", causedByMessageId: nil)))
     }
 
+    /// Keys the type does not read may repeat (jsonb never stores that, but a payload might hold it): read as
+    /// the decoder reads it, whichever way that is.
+    @Test func repeatedKeysTheTypeDoesNotReadReadAsTheDecoderReadsThem() {
+        let bytes = Array(#"{"nodeId": "a", "x": 1, "x": [2], "y": {"z": 1, "z": 2}}"#.utf8)
+        let outcome = Self.outcome(WorkflowCompleted.self, bytes)
+        if let handled = outcome.handled { #expect(outcome.decoded == .success(handled)) }
+        #expect(outcome.read == outcome.decoded)
+    }
+
     @Test func escapesReadAsTheDecoderReadsThem() throws {
         let bytes = Array(#"{"nodeId": "a\u00e9\u65e5\ud83d\ude42\/\b\f\n\r\t\"\\\u0000z"}"#.utf8)
         let outcome = Self.outcome(WorkflowCompleted.self, bytes)
