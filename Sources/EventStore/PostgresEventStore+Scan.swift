@@ -5,50 +5,44 @@ import SharedTypes
 
 extension PostgresEventStore {
     /// Streams every event after `position`, in position order, to `body` in batches of up to `batchSize`,
-    /// with one query whose rows arrive as they are consumed (PostgreSQL is asked for more only as `body`
-    /// takes them): memory stays bounded by the batch, however many events there are. Like
-    /// ``readAll(_:after:maxCount:)`` it never hands out an event past one that may still commit with a lower
-    /// position.
+    /// with one query whose rows arrive as they are consumed: memory stays bounded by the batch, however many
+    /// events there are. Like ``readAll(_:after:maxCount:)`` it never hands out an event past one that may
+    /// still commit with a lower position.
     ///
-    /// The scan holds one connection of the pool until it ends; `body` runs while it does, and the keys of
-    /// sealed members come from another connection of the pool.
     /// - Returns: how many events were handed out.
-    /// - Throws: ``EventStoreError`` when the read fails or its connection closes; whatever `body` throws.
+    /// - Throws: ``EventStoreError`` when the read fails; whatever `body` throws.
     @discardableResult
-    public func scanAll(after position: Int64, batchSize: Int = 1000, _ body: @escaping @Sendable ([RecordedEvent]) async throws -> Void) async throws -> Int {
+    public func scanAll(after position: Int64, batchSize: Int = 1000, _ body: ([RecordedEvent]) async throws -> Void) async throws -> Int {
         let query: PostgresQuery = """
             SELECT \(unescaped: Self.columns) FROM events
             WHERE global_position > \(position) AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
             ORDER BY global_position
             """
+        var batch: [RecordedEvent] = []
+        batch.reserveCapacity(batchSize)
+        var count = 0
         do {
-            // Streamed on a connection of its own, never collected: `queryOpen` would read every row first.
-            return try await client.withOpenConnection { connection in
-                var batch: [RecordedEvent] = []
-                batch.reserveCapacity(batchSize)
-                var count = 0
-                for try await event in Self.events(in: try await connection.query(query, logger: self.logger)) {
-                    batch.append(event)
-                    if batch.count == batchSize {
-                        count += batch.count
-                        // Handed over, not copied: opening changes the events in place.
-                        let full = batch
-                        batch = []
-                        batch.reserveCapacity(batchSize)
-                        try await body(try await self.vault.open(full))
-                    }
-                }
-                if !batch.isEmpty {
+            for try await event in Self.events(in: try await client.queryOpen(query, logger: logger)) {
+                batch.append(event)
+                if batch.count == batchSize {
                     count += batch.count
-                    try await body(try await self.vault.open(batch))
+                    // Handed over, not copied: opening changes the events in place.
+                    let full = batch
+                    batch = []
+                    batch.reserveCapacity(batchSize)
+                    try await body(try await vault.open(full))
                 }
-                return count
             }
         } catch let error as EventStoreError {
             throw error
         } catch let error as PSQLError {
             throw Self.mapError(error, operation: "scan the events")
         }
+        if !batch.isEmpty {
+            count += batch.count
+            try await body(try await vault.open(batch))
+        }
+        return count
     }
 
     /// Reads up to `maxCount` events after `position` on `connection`, for callers that must read inside

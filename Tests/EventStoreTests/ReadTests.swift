@@ -3,7 +3,6 @@ import EventStore
 import Foundation
 import PostgresNIO
 import SharedTypes
-import Synchronization
 import Testing
 
 @Suite struct ReadTests {
@@ -129,53 +128,6 @@ import Testing
             // a bare query on a connection the server closed while it was idle never returns).
             await #expect(throws: (any Error).self) {
                 try await frozen.whileOpen { try await $0.query("SELECT 1", logger: TestDatabase.logger) }
-            }
-        }
-    }
-
-    /// A scan of the whole store must not hold the whole store: while the body still holds the first batch,
-    /// PostgreSQL's backend is still blocked sending the rest (waiting on `ClientWrite`), because nothing
-    /// reads the rows faster than the body takes them. A scan that read every row first would have ended its
-    /// query by then.
-    @Test(.timeLimit(.minutes(2))) func scanAllStreamsTheRowsAsTheBodyTakesThem() async throws {
-        try await TestDatabase.withFreshDatabase { url in
-            try await TestDatabase.withStore(url: url) { store in
-                // 60,000 events of about 1 kB: far more than PostgresNIO buffers (16,384 rows) and the sockets hold.
-                try await store.client.query(
-                    """
-                    INSERT INTO events (global_position, event_id, tenant_id, stream_name, stream_version, event_type, data, metadata, recorded_at, hash)
-                    SELECT n, gen_random_uuid(), 'scan', 'notes-' || (n % 100), n / 100 + 1, 'NoteTaken',
-                           jsonb_build_object('text', repeat('x', 1000)), '{}', now(), sha256(convert_to(n::text, 'UTF8'))
-                    FROM generate_series(1, 60000) n
-                    """, logger: TestDatabase.logger)
-                let firstBatch = AsyncStream<Void>.makeStream()
-                let release = AsyncStream<Void>.makeStream()
-                let batches = Mutex(0)
-                async let scanned = store.scanAll(after: 0, batchSize: 100) { _ in
-                    if batches.withLock({ $0 += 1; return $0 }) == 1 {
-                        firstBatch.continuation.yield()
-                        for await _ in release.stream { break }
-                    }
-                }
-                for await _ in firstBatch.stream { break }
-                // Until PostgreSQL has filled what the client and the sockets take and blocks (it sorts and
-                // starts sending first), or 20 s pass.
-                var blocked = false
-                let deadline = ContinuousClock.now + .seconds(20)
-                while !blocked, ContinuousClock.now < deadline {
-                    let rows = try await store.client.query(
-                        """
-                        SELECT count(*) FROM pg_stat_activity
-                        WHERE datname = current_database() AND backend_type = 'client backend' AND state = 'active' AND wait_event = 'ClientWrite'
-                          AND query LIKE 'SELECT global_position, event_id%'
-                        """, logger: TestDatabase.logger)
-                    for try await count in rows.decode(Int64.self) { blocked = count == 1 }
-                    if !blocked { try await Task.sleep(for: .milliseconds(20)) }
-                }
-                release.continuation.yield()
-                #expect(blocked, "PostgreSQL never waited for the scan to take its rows")
-                #expect(try await scanned == 60000)
-                #expect(batches.withLock { $0 } == 600)
             }
         }
     }
