@@ -75,18 +75,9 @@ public struct PayloadReader {
         if !opened {
             opened = true
             try expect(UInt8(ascii: "{"))
-            skipSpace()
-            if try peek() == UInt8(ascii: "}") { return try close() }
+            guard try hasItems(before: UInt8(ascii: "}")) else { return try end() }
         } else {
-            switch try peek() {
-            case UInt8(ascii: ","):
-                index += 1
-                skipSpace()
-            case UInt8(ascii: "}"):
-                return try close()
-            default:
-                throw Unhandled()
-            }
+            guard try more(before: UInt8(ascii: "}")) else { return try end() }
         }
         try expect(UInt8(ascii: "\""))
         let start = index
@@ -105,11 +96,37 @@ public struct PayloadReader {
         return key
     }
 
-    private mutating func close() throws(Unhandled) -> Key? {
-        index += 1
+    /// After the object's closing brace: nothing but white space may follow.
+    private mutating func end() throws(Unhandled) -> Key? {
         skipSpace()
         guard index == bytes.count else { throw Unhandled() }
         return nil
+    }
+
+    /// Just after an array's or object's opening bracket: whether an item follows (the reader then at it),
+    /// or `closing` (the reader then past it).
+    private mutating func hasItems(before closing: UInt8) throws(Unhandled) -> Bool {
+        skipSpace()
+        guard try peek() == closing else { return true }
+        index += 1
+        return false
+    }
+
+    /// After an item of an array or object: `true` at a comma (the reader then at the next item), `false` at
+    /// `closing` (the reader then past it); anything else is ``Unhandled``.
+    private mutating func more(before closing: UInt8) throws(Unhandled) -> Bool {
+        skipSpace()
+        switch try peek() {
+        case UInt8(ascii: ","):
+            index += 1
+            skipSpace()
+            return true
+        case closing:
+            index += 1
+            return false
+        default:
+            throw Unhandled()
+        }
     }
 
     // MARK: Values
@@ -167,26 +184,10 @@ public struct PayloadReader {
     /// An array of strings.
     public mutating func strings() throws(Unhandled) -> [String] {
         try expect(UInt8(ascii: "["))
-        skipSpace()
         var items: [String] = []
-        if try peek() == UInt8(ascii: "]") {
-            index += 1
-            return items
-        }
-        while true {
-            items.append(try string())
-            skipSpace()
-            switch try peek() {
-            case UInt8(ascii: ","):
-                index += 1
-                skipSpace()
-            case UInt8(ascii: "]"):
-                index += 1
-                return items
-            default:
-                throw Unhandled()
-            }
-        }
+        guard try hasItems(before: UInt8(ascii: "]")) else { return items }
+        repeat { items.append(try string()) } while try more(before: UInt8(ascii: "]"))
+        return items
     }
 
     /// Any JSON value, as ``JSONValue`` decodes it.
@@ -206,52 +207,22 @@ public struct PayloadReader {
             return .string(try string())
         case UInt8(ascii: "{"):
             index += 1
-            skipSpace()
             var members: [String: JSONValue] = [:]
-            if try peek() == UInt8(ascii: "}") {
-                index += 1
-                return .object(members)
-            }
-            while true {
+            guard try hasItems(before: UInt8(ascii: "}")) else { return .object(members) }
+            repeat {
                 let name = try string()
                 skipSpace()
                 try expect(UInt8(ascii: ":"))
                 skipSpace()
                 guard members.updateValue(try value(depth: depth + 1), forKey: name) == nil else { throw Unhandled() }
-                skipSpace()
-                switch try peek() {
-                case UInt8(ascii: ","):
-                    index += 1
-                    skipSpace()
-                case UInt8(ascii: "}"):
-                    index += 1
-                    return .object(members)
-                default:
-                    throw Unhandled()
-                }
-            }
+            } while try more(before: UInt8(ascii: "}"))
+            return .object(members)
         case UInt8(ascii: "["):
             index += 1
-            skipSpace()
             var items: [JSONValue] = []
-            if try peek() == UInt8(ascii: "]") {
-                index += 1
-                return .array(items)
-            }
-            while true {
-                items.append(try value(depth: depth + 1))
-                skipSpace()
-                switch try peek() {
-                case UInt8(ascii: ","):
-                    index += 1
-                    skipSpace()
-                case UInt8(ascii: "]"):
-                    index += 1
-                    return .array(items)
-                default:
-                    throw Unhandled()
-                }
-            }
+            guard try hasItems(before: UInt8(ascii: "]")) else { return .array(items) }
+            repeat { items.append(try value(depth: depth + 1)) } while try more(before: UInt8(ascii: "]"))
+            return .array(items)
         case UInt8(ascii: "t"):
             try literal("true")
             return .bool(true)
