@@ -26,7 +26,7 @@ extension PostgresClient {
     ) async throws -> CollectedRows {
         try await withOpenConnection { connection in
             sending?.mark()
-            return CollectedRows(rows: try await connection.query(query, logger: logger, file: file, line: line).collect())
+            return try await connection.collect(query, logger: logger, file: file, line: line)
         }
     }
 
@@ -41,6 +41,19 @@ extension PostgresClient {
             for try await row in try await connection.execute(statement, logger: logger) { rows.append(row) }
             return rows
         }
+    }
+}
+
+extension PostgresConnection {
+    /// Every row of `query`, gathered on the connection's event loop as they arrive (PostgresNIO's future
+    /// `query`, which asks for the next rows as soon as it has taken the last ones).
+    ///
+    /// Not the async row sequence, however it is consumed: between handing out rows and the consumer's next
+    /// demand, that stream waits for demand, and PostgresNIO 1.33 stops the process with a precondition
+    /// failure (`RowStreamStateMachine.channelReadComplete`) when PostgreSQL closes the connection (a
+    /// restart, a failover) while a result of more than one read is in flight in that state.
+    public func collect(_ query: PostgresQuery, logger: Logger, file: String = #fileID, line: Int = #line) async throws -> CollectedRows {
+        CollectedRows(rows: try await self.query(query, logger: logger, file: file, line: line).get().rows)
     }
 }
 

@@ -4,45 +4,91 @@ import PostgresNIO
 import SharedTypes
 
 extension PostgresEventStore {
-    /// Streams every event after `position`, in position order, to `body` in batches of up to `batchSize`,
-    /// with one query whose rows arrive as they are consumed: memory stays bounded by the batch, however many
-    /// events there are. Like ``readAll(_:after:maxCount:)`` it never hands out an event past one that may
-    /// still commit with a lower position.
+    /// Hands `body` every event after `position`, in position order, in batches of up to `batchSize`: page by
+    /// page, by the rule of ``readAll(_:after:maxCount:)`` (never an event past one that may still commit with
+    /// a lower position), up to the head it finds when it starts. Memory is bounded by two pages
+    /// (``scanPageSize`` events each, or `batchSize` when larger), however many events there are.
     ///
+    /// Pages, not one query streamed for the whole scan: a streamed query holds its snapshot (and vacuum) for
+    /// the scan's length, and PostgresNIO 1.33 stops the process with a precondition failure when the server
+    /// closes a connection whose rows wait for the consumer (`RowStreamStateMachine.channelReadComplete`);
+    /// a rebuild folding while PostgreSQL restarts would crash. A page is read in full before `body` sees
+    /// it, and a page that could not be read because PostgreSQL was unavailable is read again for up to
+    /// ``Configuration/scanOutage``: a restart costs the scan a pause, not its progress.
     /// - Returns: how many events were handed out.
-    /// - Throws: ``EventStoreError`` when the read fails; whatever `body` throws.
+    /// - Throws: ``EventStoreError`` when a read fails or `batchSize` is not positive; whatever `body` throws.
     @discardableResult
     public func scanAll(after position: Int64, batchSize: Int = 1000, _ body: ([RecordedEvent]) async throws -> Void) async throws -> Int {
+        guard batchSize > 0 else { throw EventStoreError(code: .invalidArgument, message: "a batch holds at least one event") }
+        let head = try await headPosition(.allTenants)
+        // Whole batches per page: a page's last batch is full unless the page is the last one.
+        let pageSize = max(batchSize, Self.scanPageSize / batchSize * batchSize)
+        guard position < head else { return 0 }
+        var page = try await pageOfAll(after: position, maxCount: pageSize)
+        var count = 0
+        while let end = page.last?.globalPosition {
+            count += page.count
+            // The next page is read while `body` takes this one's batches: PostgreSQL and the body then work
+            // at once instead of in turn. Memory: two pages.
+            let more = page.count == pageSize && end < head
+            async let following = more ? pageOfAll(after: end, maxCount: pageSize) : []
+            var start = page.startIndex
+            while start < page.endIndex {
+                let stop = min(start + batchSize, page.endIndex)
+                try await body(Array(page[start..<stop]))
+                start = stop
+            }
+            page = try await following
+        }
+        return count
+    }
+
+    /// How many events ``scanAll(after:batchSize:_:)`` reads per query: few enough to keep a scan's memory
+    /// small (a few megabytes of rows), many enough that a query's round trip and planning are a small share.
+    public static let scanPageSize = 10_000
+
+    /// One page of the scan. A page is only read, so one that failed because PostgreSQL was unavailable (a
+    /// pooled connection a restart had closed, a server still starting) is read again, after a pause that
+    /// doubles up to 2 s, until ``Configuration/scanOutage`` has passed since the page was first asked for:
+    /// a rebuild of millions of events goes on across a restart instead of starting over. An attempt still
+    /// waiting at that moment is cancelled: while PostgreSQL is down, PostgresNIO's pool keeps a request
+    /// waiting for a connection until its circuit breaker opens (60 s).
+    private func pageOfAll(after position: Int64, maxCount: Int) async throws -> [RecordedEvent] {
         let query: PostgresQuery = """
             SELECT \(unescaped: Self.columns) FROM events
             WHERE global_position > \(position) AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-            ORDER BY global_position
+            ORDER BY global_position LIMIT \(maxCount)
             """
-        var batch: [RecordedEvent] = []
-        batch.reserveCapacity(batchSize)
-        var count = 0
-        do {
-            for try await event in Self.events(in: try await client.queryOpen(query, logger: logger)) {
-                batch.append(event)
-                if batch.count == batchSize {
-                    count += batch.count
-                    // Handed over, not copied: opening changes the events in place.
-                    let full = batch
-                    batch = []
-                    batch.reserveCapacity(batchSize)
-                    try await body(try await vault.open(full))
-                }
+        let deadline = ContinuousClock.now + configuration.scanOutage
+        var pause = Duration.milliseconds(50)
+        var lastError: EventStoreError?
+        while true {
+            do {
+                if let page = try await Self.until(deadline, { try await self.fetch(query, operation: "scan the events") }) { return page }
+                break
+            } catch let error as EventStoreError where error.code == .unavailable {
+                lastError = error
+                guard ContinuousClock.now + pause < deadline else { break }
+                logger.warning("scan: PostgreSQL unavailable, reading the page again", metadata: ["convo.after": "\(position)", "error": "\(error)"])
+                try await Task.sleep(for: pause)
+                pause = min(pause * 2, .seconds(2))
             }
-        } catch let error as EventStoreError {
-            throw error
-        } catch let error as PSQLError {
-            throw Self.mapError(error, operation: "scan the events")
         }
-        if !batch.isEmpty {
-            count += batch.count
-            try await body(try await vault.open(batch))
+        throw EventStoreError(
+            code: .unavailable, message: "scan the events: no page read from PostgreSQL within \(configuration.scanOutage)", cause: lastError)
+    }
+
+    /// `body`'s result, or nil once `deadline` passes first (`body` is then cancelled and awaited).
+    private static func until<T: Sendable>(_ deadline: ContinuousClock.Instant, _ body: @escaping @Sendable () async throws -> T) async throws -> T? {
+        try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                try await Task.sleep(until: deadline)
+                return nil
+            }
+            defer { group.cancelAll() }
+            return try await group.next() ?? nil
         }
-        return count
     }
 
     /// Reads up to `maxCount` events after `position` on `connection`, for callers that must read inside
@@ -52,7 +98,7 @@ extension PostgresEventStore {
     public func readAll(on connection: PostgresConnection, after position: Int64, maxCount: Int) async throws -> [RecordedEvent] {
         var found: [RecordedEvent] = []
         do {
-            let rows = try await connection.query(
+            let rows = try await connection.collect(
                 """
                 SELECT \(unescaped: Self.columns) FROM events
                 WHERE global_position > \(position) AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -114,43 +160,41 @@ extension PostgresEventStore {
     /// the caller's transaction and snapshot); only those of `streams` of `tenant` when given.
     ///
     /// For readers that already know every event up to `position` has committed, such as a projection's
-    /// checkpoint read in the same snapshot.
+    /// checkpoint read in the same snapshot. Page by page (``scanPageSize`` events), each gathered in full
+    /// (``PostgresConnection/collect(_:logger:file:line:)``) before `body` sees it: never a streamed query
+    /// whose rows wait while sealed members are opened, which PostgresNIO 1.33 turns into a crash when
+    /// PostgreSQL closes the connection meanwhile.
     /// - Throws: ``EventStoreError`` when the read fails; whatever `body` throws.
     public func scan(
         on connection: PostgresConnection, through position: Int64, tenant: TenantID? = nil, streams: [StreamName]? = nil,
         _ body: (RecordedEvent) throws -> Void
     ) async throws {
-        let rows: PostgresRowSequence
-        do {
-            if let tenant, let streams {
-                rows = try await connection.query(
+        var last: Int64 = 0
+        while true {
+            let query: PostgresQuery =
+                if let tenant, let streams {
                     """
                     SELECT \(unescaped: Self.columns) FROM events
-                    WHERE tenant_id = \(tenant.rawValue) AND stream_name = ANY(\(streams.map(\.description))) AND global_position <= \(position)
-                    ORDER BY global_position
-                    """, logger: logger)
-            } else {
-                rows = try await connection.query(
-                    "SELECT \(unescaped: Self.columns) FROM events WHERE global_position <= \(position) ORDER BY global_position", logger: logger)
-            }
-        } catch {
-            throw Self.mapError(error, operation: "scan the events")
-        }
-        do {
-            // In batches: opening sealed members asks for their keys once per batch.
-            var batch: [RecordedEvent] = []
-            batch.reserveCapacity(500)
-            for try await event in Self.events(in: rows) {
-                batch.append(event)
-                if batch.count == 500 {
-                    // The keys come from the pool: this connection is still streaming the scan's rows.
-                    for opened in try await vault.open(batch) { try body(opened) }
-                    batch.removeAll(keepingCapacity: true)
+                    WHERE tenant_id = \(tenant.rawValue) AND stream_name = ANY(\(streams.map(\.description)))
+                      AND global_position > \(last) AND global_position <= \(position)
+                    ORDER BY global_position LIMIT \(Self.scanPageSize)
+                    """
+                } else {
+                    """
+                    SELECT \(unescaped: Self.columns) FROM events WHERE global_position > \(last) AND global_position <= \(position)
+                    ORDER BY global_position LIMIT \(Self.scanPageSize)
+                    """
                 }
+            var page: [RecordedEvent] = []
+            do {
+                for try await event in Self.events(in: try await connection.collect(query, logger: logger)) { page.append(event) }
+            } catch {
+                throw Self.mapError(error, operation: "scan the events")
             }
-            for opened in try await vault.open(batch) { try body(opened) }
-        } catch let error as PSQLError {
-            throw Self.mapError(error, operation: "scan the events")
+            // The keys come from the pool, as any reader's: an erasure since the caller's snapshot shows.
+            for opened in try await vault.open(page) { try body(opened) }
+            guard page.count == Self.scanPageSize, let end = page.last?.globalPosition else { return }
+            last = end
         }
     }
 }

@@ -30,15 +30,20 @@ public final class PostgresEventStore: EventStore, Service {
         public var subscriptionPageSize: Int
         /// The most events one append may carry. Default: 1,000.
         public var maxEventsPerAppend: Int
+        /// How long a long scan (``PostgresEventStore/scanAll(after:batchSize:_:)``, under every rebuild)
+        /// keeps trying to read its next page while PostgreSQL is unavailable, from the first failure, before
+        /// it fails with the store's error. Default: 30 seconds.
+        public var scanOutage: Duration
 
         public init(
             pollInterval: Duration = .seconds(1), notificationChannel: String = "convo_events", subscriptionPageSize: Int = 500,
-            maxEventsPerAppend: Int = 1000
+            maxEventsPerAppend: Int = 1000, scanOutage: Duration = .seconds(30)
         ) {
             self.pollInterval = pollInterval
             self.notificationChannel = notificationChannel
             self.subscriptionPageSize = subscriptionPageSize
             self.maxEventsPerAppend = maxEventsPerAppend
+            self.scanOutage = scanOutage
         }
     }
 

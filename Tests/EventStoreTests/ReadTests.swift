@@ -3,6 +3,7 @@ import EventStore
 import Foundation
 import PostgresNIO
 import SharedTypes
+import Synchronization
 import Testing
 
 @Suite struct ReadTests {

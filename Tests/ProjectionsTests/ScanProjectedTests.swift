@@ -17,8 +17,9 @@ import Testing
                 // Readers withhold events behind any open transaction of the cluster (other tests' too):
                 // both scans below must see the same events.
                 #expect(try await settled(store))
-                var expected: [RecordedEvent] = []
-                try await store.scanAll(after: 0, batchSize: 1000) { expected += $0 }
+                let scanned = Mutex<[RecordedEvent]>([])
+                try await store.scanAll(after: 0, batchSize: 1000) { batch in scanned.withLock { $0 += batch } }
+                let expected = scanned.withLock { $0 }
                 #expect(expected.count > 300)
 
                 // Batches of 7: many more batches than the pipeline is deep.

@@ -47,13 +47,14 @@ public final class PostgresServer: @unchecked Sendable {
         try await Self.shell(Self.asUser(["\(Self.bin)/pg_ctl", "-D", data.path, "-m", "fast", "-w", "-t", "60", "stop"]))
     }
 
-    /// Whether the postmaster of this cluster runs (its pid file names a live process).
-    public var isRunning: Bool {
-        guard let text = try? String(contentsOf: data.appendingPathComponent("postmaster.pid"), encoding: .utf8),
-            let pid = text.split(separator: "\n").first.flatMap({ Int32($0) })
-        else { return false }
-        return kill(pid, 0) == 0
+    /// The pid its pid file names, while it has one.
+    public var postmasterPID: Int32? {
+        guard let text = try? String(contentsOf: data.appendingPathComponent("postmaster.pid"), encoding: .utf8) else { return nil }
+        return text.split(separator: "\n").first.flatMap { Int32($0) }
     }
+
+    /// Whether the postmaster of this cluster runs (its pid file names a live process).
+    public var isRunning: Bool { postmasterPID.map { kill($0, 0) == 0 } ?? false }
 
     deinit {
         if isRunning { _ = try? Self.run(Self.asUser(["\(Self.bin)/pg_ctl", "-D", data.path, "-m", "immediate", "-w", "-t", "30", "stop"])) }

@@ -46,7 +46,7 @@ extension ConversationsProjection {
             let owner = filter.owner?.rawValue
             let rows = try await client.withOpenConnection { connection in
                 try await ProjectionTable<ConversationRow>.decode(
-                    try await connection.query(
+                    try await connection.collect(
                         """
                         SELECT to_jsonb(t) FROM \(unescaped: table.name) t
                         WHERE tenant_id = \(tenant.rawValue)

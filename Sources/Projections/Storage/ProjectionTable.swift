@@ -47,7 +47,7 @@ struct ProjectionTable<Row: ProjectionRow>: Sendable {
     func load(_ keys: some Collection<Row.Key>, on connection: PostgresConnection, logger: Logger) async throws -> [Row] {
         guard !keys.isEmpty else { return [] }
         let keyTypes = keyColumns.map { "\($0.name) \($0.type)" }.joined(separator: ", ")
-        let rows = try await connection.query(
+        let rows = try await connection.collect(
             """
             SELECT to_jsonb(t) FROM \(unescaped: name) t
             JOIN jsonb_to_recordset(\(try Self.json(Array(keys)))) AS k(\(unescaped: keyTypes)) USING (\(unescaped: keyList))
@@ -71,14 +71,16 @@ struct ProjectionTable<Row: ProjectionRow>: Sendable {
     /// Every stored row, in key order, or only those with `keys`.
     func all(keys: [Row.Key]? = nil, on connection: PostgresConnection, logger: Logger) async throws -> [Row] {
         if let keys { return try await load(keys, on: connection, logger: logger) }
-        return try await Self.decode(try await connection.query("SELECT to_jsonb(t) FROM \(unescaped: name) t ORDER BY \(unescaped: keyList)", logger: logger))
+        return try await Self.decode(try await connection.collect("SELECT to_jsonb(t) FROM \(unescaped: name) t ORDER BY \(unescaped: keyList)", logger: logger))
     }
 
     private static func json(_ value: some Encodable) throws -> JSONB {
         JSONB(ByteBuffer(data: try RowCoding.encoder.encode(value)))
     }
 
-    static func decode(_ rows: PostgresRowSequence) async throws -> [Row] {
+    /// Rows gathered in full (``PostgresConnection/collect(_:logger:file:line:)``): a table can be large, and
+    /// a large result streamed while PostgreSQL closes the connection stops the process (PostgresNIO 1.33).
+    static func decode(_ rows: CollectedRows) async throws -> [Row] {
         var decoded: [Row] = []
         for try await json in rows.decode(JSONB.self) {
             do {
