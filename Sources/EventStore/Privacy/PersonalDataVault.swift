@@ -604,7 +604,7 @@ public final class PersonalDataVault: Sendable {
                 """
             let rows: [PostgresRow]
             if let connection {
-                rows = try await connection.query(query, logger: logger).collect()
+                rows = try await connection.collect(query, logger: logger).rows
             } else {
                 rows = try await client.queryOpen(query, logger: logger).rows
             }
