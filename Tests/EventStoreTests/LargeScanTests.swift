@@ -36,20 +36,11 @@ import Testing
         try await TestDatabase.withStore(url: try DatabaseURL(server.url)) { store in
             try await Self.writeNotes(store)
 
-            let firstBatch = AsyncStream<Void>.makeStream()
-            let release = AsyncStream<Void>.makeStream()
-            let batches = Mutex(0)
-            async let scanned = store.scanAll(after: 0, batchSize: 100) { _ in
-                if batches.withLock({ $0 += 1; return $0 }) == 1 {
-                    firstBatch.continuation.yield()
-                    for await _ in release.stream { break }
-                }
-            }
-            for await _ in firstBatch.stream { break }
+            let scan = await HeldScan.start(store, batchSize: 100)
             let waited = try await store.client.withOpenConnection { locker in
                 try await locker.query("BEGIN", logger: TestDatabase.logger)
                 try await locker.query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE", logger: TestDatabase.logger)
-                release.continuation.yield()
+                scan.release()
                 // Until a page of the scan waits for the lock, or 30 s pass.
                 let deadline = ContinuousClock.now + .seconds(30)
                 var seen = false
@@ -66,8 +57,8 @@ import Testing
                 return seen
             }
             #expect(waited, "the scan never read again after its first batch")
-            #expect(try await scanned == Self.count)
-            #expect(batches.withLock { $0 } == Self.count / 100)
+            #expect(try await scan.task.value == Self.count)
+            #expect(scan.positions == Array(1...Int64(Self.count)))
 
             let through = Int64(PostgresEventStore.scanPageSize * 2 + 345)
             let streams = [try StreamName(category: "notes", id: "7"), try StreamName(category: "notes", id: "42")]
@@ -108,26 +99,13 @@ import Testing
 
             // 1. A scan across a restart goes on.
             do {
-                let firstBatch = AsyncStream<Void>.makeStream()
-                let release = AsyncStream<Void>.makeStream()
-                let positions = Mutex<[Int64]>([])
-                async let scanned = store.scanAll(after: 0, batchSize: 100) { batch in
-                    let first = positions.withLock { seen in
-                        seen += batch.map(\.globalPosition)
-                        return seen.count == batch.count
-                    }
-                    if first {
-                        firstBatch.continuation.yield()
-                        for await _ in release.stream { break }
-                    }
-                }
-                for await _ in firstBatch.stream { break }
+                let scan = await HeldScan.start(store, batchSize: 100)
                 let before = try #require(server.postmasterPID)
                 try await server.restart()
                 #expect(server.postmasterPID != before)
-                release.continuation.yield()
-                #expect(try await scanned == Self.count)
-                #expect(positions.withLock { $0 } == Array(1...Int64(Self.count)))
+                scan.release()
+                #expect(try await scan.task.value == Self.count)
+                #expect(scan.positions == Array(1...Int64(Self.count)))
             }
 
             // 2. A scan on a connection the restart closed fails cleanly.
@@ -196,11 +174,43 @@ import Testing
 
             // 4. An outage longer than the scan waits.
             do {
-                let firstBatch = AsyncStream<Void>.makeStream()
-                let release = AsyncStream<Void>.makeStream()
-                let positions = Mutex<[Int64]>([])
-                async let scanned = store.scanAll(after: 0, batchSize: 10_000) { batch in
-                    let first = positions.withLock { seen in
+                let scan = await HeldScan.start(store, batchSize: 10_000)
+                // The next page is asked for as the first batch is handed out: its outage counts from about here.
+                let started = ContinuousClock.now
+                try await server.stop()
+                scan.release()
+                var failure: (any Error)?
+                do { _ = try await scan.task.value } catch { failure = error }
+                let waited = ContinuousClock.now - started
+                #expect((failure as? EventStoreError)?.code == .unavailable, "\(String(describing: failure))")
+                #expect(waited >= outage - .seconds(1) && waited < outage * 4, "\(waited)")
+                #expect(scan.positions == Array(1...10_000))
+            }
+        }
+        if server.isRunning { try await server.stop() }
+    }
+
+    /// A scan of the whole store whose body holds its first batch until ``release()``: the moment a test
+    /// locks, restarts or stops PostgreSQL while a rebuild folds.
+    final class HeldScan: Sendable {
+        let task: Task<Int, any Error>
+        private let handed: Positions
+        private let releasing: AsyncStream<Void>.Continuation
+
+        private init(task: Task<Int, any Error>, handed: Positions, releasing: AsyncStream<Void>.Continuation) {
+            self.task = task
+            self.handed = handed
+            self.releasing = releasing
+        }
+
+        /// Starts the scan and returns once its body holds the first batch.
+        static func start(_ store: PostgresEventStore, batchSize: Int) async -> HeldScan {
+            let firstBatch = AsyncStream<Void>.makeStream()
+            let release = AsyncStream<Void>.makeStream()
+            let positions = Positions()
+            let task = Task {
+                try await store.scanAll(after: 0, batchSize: batchSize) { batch in
+                    let first = positions.state.withLock { seen in
                         seen += batch.map(\.globalPosition)
                         return seen.count == batch.count
                     }
@@ -209,20 +219,22 @@ import Testing
                         for await _ in release.stream { break }
                     }
                 }
-                for await _ in firstBatch.stream { break }
-                // The next page is asked for as the first batch is handed out: its outage counts from about here.
-                let started = ContinuousClock.now
-                try await server.stop()
-                release.continuation.yield()
-                var failure: (any Error)?
-                do { _ = try await scanned } catch { failure = error }
-                let waited = ContinuousClock.now - started
-                #expect((failure as? EventStoreError)?.code == .unavailable, "\(String(describing: failure))")
-                #expect(waited >= outage - .seconds(1) && waited < outage * 4, "\(waited)")
-                #expect(positions.withLock { $0 } == Array(1...10_000))
             }
+            for await _ in firstBatch.stream { break }
+            return HeldScan(task: task, handed: positions, releasing: release.continuation)
         }
-        if server.isRunning { try await server.stop() }
+
+        /// Lets the body go on.
+        func release() { releasing.yield() }
+
+        // A test that stopped early (a failed `#require`) must not leave the body waiting for ever.
+        deinit { releasing.finish() }
+        /// The positions handed out so far, in the order they were handed out.
+        var positions: [Int64] { handed.state.withLock { $0 } }
+    }
+
+    final class Positions: Sendable {
+        let state = Mutex<[Int64]>([])
     }
 
     final class Outcomes: Sendable {
