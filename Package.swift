@@ -51,6 +51,7 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                "COpenSSLCrypto",
             ],
             // Migrations/ is linked into the target so every .sql file is compiled into the binary.
             resources: [.embedInCode("Migrations")],
@@ -101,6 +102,14 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
+        ),
+        // Debian's libcrypto (OpenSSL 3), for AES-GCM with a key schedule kept across messages: the personal
+        // members of a batch (a rebuild's page, an ingest batch) are opened and sealed with it. swift-crypto's
+        // AES.GCM has no such API: it sets up a new cipher context on every call.
+        .systemLibrary(
+            name: "COpenSSLCrypto",
+            pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]
         ),
         // Debian's libhiredis, for the visitor lock.
         .systemLibrary(

@@ -18,20 +18,23 @@ extension PostgresEventStore {
     /// - Returns: how many events were handed out.
     /// - Throws: ``EventStoreError`` when a read fails or `batchSize` is not positive; whatever `body` throws.
     @discardableResult
-    public func scanAll(after position: Int64, batchSize: Int = 1000, _ body: ([RecordedEvent]) async throws -> Void) async throws -> Int {
+    /// - Parameter opening: which sealed personal members are opened (a rebuild: only those its folds read).
+    public func scanAll(
+        after position: Int64, batchSize: Int = 1000, opening: PersonalDataOpening = .all, _ body: ([RecordedEvent]) async throws -> Void
+    ) async throws -> Int {
         guard batchSize > 0 else { throw EventStoreError(code: .invalidArgument, message: "a batch holds at least one event") }
         let head = try await headPosition(.allTenants)
         // Whole batches per page: a page's last batch is full unless the page is the last one.
         let pageSize = max(batchSize, Self.scanPageSize / batchSize * batchSize)
         guard position < head else { return 0 }
-        var page = try await pageOfAll(after: position, maxCount: pageSize)
+        var page = try await pageOfAll(after: position, maxCount: pageSize, opening: opening)
         var count = 0
         while let end = page.last?.globalPosition {
             count += page.count
             // The next page is read while `body` takes this one's batches: PostgreSQL and the body then work
             // at once instead of in turn. Memory: two pages.
             let more = page.count == pageSize && end < head
-            async let following = more ? pageOfAll(after: end, maxCount: pageSize) : []
+            async let following = more ? pageOfAll(after: end, maxCount: pageSize, opening: opening) : []
             var start = page.startIndex
             while start < page.endIndex {
                 let stop = min(start + batchSize, page.endIndex)
@@ -53,7 +56,7 @@ extension PostgresEventStore {
     /// a rebuild of millions of events goes on across a restart instead of starting over. An attempt still
     /// waiting at that moment is cancelled: while PostgreSQL is down, PostgresNIO's pool keeps a request
     /// waiting for a connection until its circuit breaker opens (60 s).
-    private func pageOfAll(after position: Int64, maxCount: Int) async throws -> [RecordedEvent] {
+    private func pageOfAll(after position: Int64, maxCount: Int, opening: PersonalDataOpening) async throws -> [RecordedEvent] {
         let query: PostgresQuery = """
             SELECT \(unescaped: Self.columns) FROM events
             WHERE global_position > \(position) AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -64,7 +67,7 @@ extension PostgresEventStore {
         var lastError: EventStoreError?
         while true {
             do {
-                if let page = try await Self.until(deadline, { try await self.fetch(query, operation: "scan the events") }) { return page }
+                if let page = try await Self.until(deadline, { try await self.fetch(query, operation: "scan the events", opening: opening) }) { return page }
                 break
             } catch let error as EventStoreError where error.code == .unavailable {
                 lastError = error

@@ -449,14 +449,14 @@ public final class PostgresEventStore: EventStore, Service {
         }
     }
 
-    func fetch(_ query: PostgresQuery, operation: @autoclosure () -> String) async throws -> [RecordedEvent] {
+    func fetch(_ query: PostgresQuery, operation: @autoclosure () -> String, opening: PersonalDataOpening = .all) async throws -> [RecordedEvent] {
         var events: [RecordedEvent] = []
         do {
             for try await event in Self.events(in: try await client.queryOpen(query, logger: logger)) { events.append(event) }
         } catch {
             throw Self.mapError(error, operation: operation())
         }
-        return try await vault.open(events)
+        return try await vault.open(events, opening: opening)
     }
 
     /// The events of rows selected with ``columns``, decoded as they stream in.

@@ -34,10 +34,28 @@ public protocol Projection: Sendable {
     /// (the default) for rows that gather several conversations, such as a visitor's: verify then reads
     /// the tenant's events.
     var rowsAreConversationLocal: Bool { get }
+
+    /// The sealed personal members the fold reads, by event type (``PersonalData/fieldsByType``): a rebuild
+    /// opens only those, and the others reach the fold as ``PersonalData/sealedPlaceholder``, never
+    /// decrypted. `.all` (the default) for a fold that may read any.
+    var personalDataRead: PersonalDataOpening { get }
 }
 
 extension Projection {
     public var rowsAreConversationLocal: Bool { false }
+    public var personalDataRead: PersonalDataOpening { .all }
+}
+
+extension PersonalDataOpening {
+    /// What the folds of `projections` read together.
+    public static func read(by projections: [any Projection]) -> PersonalDataOpening {
+        var types = Set<String>()
+        for projection in projections {
+            guard let read = projection.personalDataRead.types else { return .all }
+            types.formUnion(read)
+        }
+        return .only(types)
+    }
 }
 
 /// A row of a projection's table. Its coding keys are the column names.

@@ -48,6 +48,62 @@ import Testing
         }
     }
 
+    @Test func aScanOpensOnlyTheEventTypesAskedForAndLeavesTheOthersSealedWithoutTheirKeys() async throws {
+        try await TestDatabase.withFreshDatabase { url in
+            try await TestDatabase.withStore(url: url) { store in
+                let tenant = TestDatabase.uniqueTenant()
+                let (kept, forgotten) = (Self.visitor(), Self.visitor())
+                var last: Int64 = 0
+                for visitor in [kept, forgotten] {
+                    let subject = PersonalDataSubject(visitor: visitor, mayCreateKey: true)
+                    let stream = try StreamName(category: "messages", id: "pd-\(visitor.rawValue)")
+                    last = try await store.append(
+                        [
+                            try Self.message("said by \(visitor.rawValue)", visitor: visitor),
+                            try NewEvent(
+                                type: WorkflowVariableSet.eventType,
+                                encoding: WorkflowVariableSet(name: "email", value: .string("\(visitor.rawValue)@example.com"), nodeId: "ask"), subject: subject),
+                        ], to: stream, tenant: tenant, expectedVersion: .noStream
+                    ).lastPosition
+                }
+                _ = try await store.vault.destroyKeys(tenant: tenant, subject: forgotten)
+                // A scan reads only what no open transaction of the cluster can still precede.
+                #expect(try await eventually { try await store.headPosition() >= last })
+                func scanned(_ store: PostgresEventStore, _ opening: PersonalDataOpening) async throws -> [String: (text: String, value: String, erased: [Bool])] {
+                    var found: [String: (text: String, value: String, erased: [Bool])] = [:]
+                    try await store.scanAll(after: 0, batchSize: 1, opening: opening) { batch in
+                        for event in batch where event.tenant == tenant {
+                            let visitor = try event.metadata()["personalData"]?["subject"]?.stringValue ?? "?"
+                            var entry = found[visitor] ?? ("", "", [])
+                            if event.type == VisitorMessageReceived.eventType {
+                                entry.text = try event.decode(VisitorMessageReceived.self).text
+                            } else {
+                                entry.value = try event.decode(WorkflowVariableSet.self).value.stringValue ?? "?"
+                            }
+                            entry.erased.append(event.isErased)
+                            found[visitor] = entry
+                        }
+                    }
+                    return found
+                }
+                let sealed = PersonalData.sealedPlaceholder, erased = PersonalData.erasedPlaceholder
+                let all = try await scanned(store, .all)
+                #expect(all[kept.rawValue]?.text == "said by \(kept.rawValue)" && all[kept.rawValue]?.value == "\(kept.rawValue)@example.com")
+                #expect(all[forgotten.rawValue]?.text == erased && all[forgotten.rawValue]?.value == erased && all[forgotten.rawValue]?.erased == [true, true])
+                // Only the variables: the texts are not decrypted, and read as sealed whether or not their key lives.
+                let variables = try await scanned(store, .only([WorkflowVariableSet.eventType]))
+                #expect(variables[kept.rawValue]?.text == sealed && variables[kept.rawValue]?.value == "\(kept.rawValue)@example.com")
+                #expect(variables[forgotten.rawValue]?.text == sealed && variables[forgotten.rawValue]?.value == erased)
+                #expect(variables[forgotten.rawValue]?.erased == [false, true])
+                // Nothing opened needs no key: a store without the master key scans it all, and fails to open any.
+                let keyless = PostgresEventStore(client: store.client, keyring: nil, logger: TestDatabase.logger)
+                let none = try await scanned(keyless, .only([]))
+                #expect(none.values.allSatisfy { $0.text == sealed && $0.value == sealed } && none.count == 2)
+                await #expect(throws: EventStoreError.self) { _ = try await scanned(keyless, .only([VisitorMessageReceived.eventType])) }
+            }
+        }
+    }
+
     @Test func personalDataWithoutASubjectIsRefusedAndNothingIsWritten() async throws {
         try await TestDatabase.withStore { store in
             let tenant = TestDatabase.uniqueTenant()
@@ -224,6 +280,124 @@ enum SymmetricKeyBox {
         }
         for bad in ["abc", "ab=c", "a===", "ab!d"] {
             #expect(Array(bad.utf8).withUnsafeBytes { Base64.decode($0) } == nil, "\(bad)")
+        }
+    }
+}
+
+/// The kept-context AES-GCM that seals and opens personal members, against swift-crypto's.
+@Suite struct GCMCipherTests {
+    static func bytes(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8.random(in: 0...255) } }
+
+    @Test func itOpensWhatSwiftCryptoSealsAndSwiftCryptoOpensWhatItSeals() throws {
+        let key = SymmetricKey(size: .bits256)
+        let sealer = try #require(GCMCipher.make(key: key, sealing: true))
+        let opener = try #require(GCMCipher.make(key: key, sealing: false))
+        var box: [UInt8] = []
+        // One cipher of each kind for every message, lengths from empty to several blocks, as a batch uses them.
+        for length in [0, 1, 15, 16, 17, 100, 1000] {
+            let plaintext = Self.bytes(length)
+            let associated = Self.bytes(40)
+            let theirs = try #require(try AES.GCM.seal(plaintext, using: key, authenticating: associated).combined)
+            var out = ByteBuffer(string: "before:")
+            #expect(theirs.withUnsafeBytes { t in associated.withUnsafeBytes { opener.open(t, authenticating: $0, into: &out) } })
+            #expect(out.readableBytesView.elementsEqual(Array("before:".utf8) + plaintext))
+
+            #expect(plaintext.withUnsafeBytes { p in associated.withUnsafeBytes { sealer.seal(p, authenticating: $0, into: &box) } })
+            #expect(box.count == GCMCipher.nonceSize + length + GCMCipher.tagSize)
+            #expect(try AES.GCM.open(AES.GCM.SealedBox(combined: box), using: key, authenticating: associated) == Data(plaintext))
+        }
+    }
+
+    @Test func anAlteredBoxAnotherBindingOrAnotherKeyDoesNotOpenAndWritesNothing() throws {
+        let key = SymmetricKey(size: .bits256)
+        let sealer = try #require(GCMCipher.make(key: key, sealing: true))
+        let opener = try #require(GCMCipher.make(key: key, sealing: false))
+        let stranger = try #require(GCMCipher.make(key: SymmetricKey(size: .bits256), sealing: false))
+        let plaintext = Array("a visitor's words".utf8)
+        let associated = Array("tenant\0visitor\0text".utf8)
+        var box: [UInt8] = []
+        #expect(plaintext.withUnsafeBytes { p in associated.withUnsafeBytes { sealer.seal(p, authenticating: $0, into: &box) } })
+        func opens(_ box: [UInt8], _ associated: [UInt8], with cipher: GCMCipher = opener) -> (Bool, Int) {
+            var out = ByteBuffer()
+            let opened = box.withUnsafeBytes { b in associated.withUnsafeBytes { cipher.open(b, authenticating: $0, into: &out) } }
+            return (opened, out.readableBytes)
+        }
+        #expect(opens(box, associated) == (true, plaintext.count))
+        // Every byte of the box matters: nonce, ciphertext and tag.
+        for index in box.indices {
+            var altered = box
+            altered[index] ^= 0x01
+            #expect(opens(altered, associated) == (false, 0), "byte \(index)")
+        }
+        #expect(opens(box, associated + [0]) == (false, 0))
+        #expect(opens(box, Array(associated.dropLast())) == (false, 0))
+        #expect(opens(box, associated, with: stranger) == (false, 0))
+        #expect(opens(Array(box.prefix(GCMCipher.nonceSize + GCMCipher.tagSize - 1)), associated) == (false, 0))
+        // A sealing cipher does not open and an opening one does not seal; the opener still works after failures.
+        #expect(opens(box, associated, with: sealer) == (false, 0))
+        var unused: [UInt8] = [1, 2]
+        #expect(!plaintext.withUnsafeBytes { p in associated.withUnsafeBytes { opener.seal(p, authenticating: $0, into: &unused) } })
+        #expect(opens(box, associated) == (true, plaintext.count))
+    }
+
+    @Test func aCipherMovedToAnotherKeySealsAndOpensWithThatKeyOnly() throws {
+        let first = SymmetricKey(size: .bits256), second = SymmetricKey(size: .bits256)
+        let sealer = try #require(GCMCipher.make(key: first, sealing: true))
+        let opener = try #require(GCMCipher.make(key: first, sealing: false))
+        let plaintext = Array("moved".utf8), associated = Array("bound".utf8)
+        var box: [UInt8] = []
+        for key in [second, first, second] {
+            #expect(sealer.use(key))
+            #expect(plaintext.withUnsafeBytes { p in associated.withUnsafeBytes { sealer.seal(p, authenticating: $0, into: &box) } })
+            #expect(try AES.GCM.open(AES.GCM.SealedBox(combined: box), using: key, authenticating: associated) == Data(plaintext))
+            let other = key == second ? first : second
+            #expect(throws: (any Error).self) { try AES.GCM.open(AES.GCM.SealedBox(combined: box), using: other, authenticating: associated) }
+            for (with, opens) in [(key, true), (other, false)] {
+                #expect(opener.use(with))
+                var out = ByteBuffer()
+                #expect(box.withUnsafeBytes { b in associated.withUnsafeBytes { opener.open(b, authenticating: $0, into: &out) } } == opens)
+                #expect(out.readableBytes == (opens ? plaintext.count : 0))
+            }
+        }
+        #expect(!sealer.use(SymmetricKey(size: .bits128)))
+    }
+
+    @Test func sealingTwiceGivesTwoNonces() throws {
+        let sealer = try #require(GCMCipher.make(key: SymmetricKey(size: .bits256), sealing: true))
+        var nonces = Set<[UInt8]>()
+        var box: [UInt8] = []
+        for _ in 0..<1000 {
+            #expect(Array("same".utf8).withUnsafeBytes { sealer.seal($0, authenticating: UnsafeRawBufferPointer(start: nil, count: 0), into: &box) })
+            nonces.insert(Array(box.prefix(GCMCipher.nonceSize)))
+        }
+        #expect(nonces.count == 1000)
+        #expect(GCMCipher.make(key: SymmetricKey(size: .bits128), sealing: true) == nil)
+    }
+}
+
+/// The members of a JSON object found in its bytes, against Foundation's parser.
+@Suite struct JSONMembersTests {
+    @Test func membersAgreeWithFoundationAndMalformedObjectsAreRefused() throws {
+        let objects = [
+            #"{}"#, #"{ }"#, #"{"a":1}"#, #"{ "text" : "x\"y\\" , "n": -1.5e3, "o": {"k": ["]", "}", "\\\""]}, "t": true, "z": null }"#,
+            #"{"text":"pd1:QUJD","e":"","u":"é \u00e9 \/","arr":[1,[2,{"x":"}"}]]}"#, "{\n\t\"a\" :\r [ ] }",
+        ]
+        for object in objects {
+            let expected = try #require(try JSONSerialization.jsonObject(with: Data(object.utf8)) as? NSDictionary)
+            let found = try Array(object.utf8).withUnsafeBytes { bytes in
+                try JSONMembers.members(of: bytes).map { member in
+                    (String(decoding: bytes[member.key], as: UTF8.self), Data(bytes[member.value]), JSONMembers.matches(bytes, member.key, "text"))
+                }
+            }
+            #expect(found.count == expected.count, "\(object)")
+            for (key, value, isText) in found {
+                let parsed = try JSONSerialization.jsonObject(with: value, options: .fragmentsAllowed) as? NSObject
+                #expect(parsed == expected[key] as? NSObject, "\(object): \(key)")
+                #expect(isText == (key == "text"))
+            }
+        }
+        for bad in [#"{"#, #"{"a":"b}"#, #"{"a":"b\"}"#, #"{"a" 1}"#, #"{"a":1,}"#, #"[1]"#, #"{"a":[1}"#, #""#] {
+            #expect(throws: JSONMembers.Malformed.self, "\(bad)") { _ = try Array(bad.utf8).withUnsafeBytes { try JSONMembers.members(of: $0) } }
         }
     }
 }

@@ -47,6 +47,68 @@ import Testing
         }
     }
 
+    @Test func aRebuildDecryptsOnlyThePersonalMembersItsFoldsReadAndEqualsAFreshFold() async throws {
+        // The standard folds read variables and tool arguments, never a text: a rebuild leaves texts sealed.
+        #expect(PersonalDataOpening.read(by: ProjectionRegistry.standard) == .only([WorkflowVariableSet.eventType, ToolCalled.eventType]))
+        #expect(PersonalDataOpening.read(by: ProjectionRegistry.standard + [NoDeclaration()]) == .all)
+        try await TestDatabase.withFreshDatabase { url in
+            try await TestDatabase.withStore(url: url) { store in
+                let traffic = Traffic(store: store)
+                try await traffic.run(turns: 12, conversations: 3)
+                // A visitor whose profile a tool set (personal arguments) and whose variable holds their words.
+                let tenant = traffic.tenant
+                let visitor = VisitorUID(rawValue: "v-profile")!, id = ConversationID(rawValue: "profile")!
+                let subject = PersonalDataSubject(visitor: visitor, mayCreateKey: true)
+                try await store.append(
+                    [
+                        try NewEvent(type: ConversationStarted.eventType, encoding: ConversationStarted(visitorUid: visitor, startedAt: Date())),
+                        try NewEvent(
+                            type: VisitorMessageReceived.eventType,
+                            encoding: VisitorMessageReceived(messageId: "m1", visitorUid: visitor, text: "I am Ada, ada@example.com", sentAt: Date()), subject: subject),
+                    ], to: id.messagesStream, tenant: tenant, expectedVersion: .noStream)
+                let metadata = EventMetadata(actorId: SystemActor.actorID, extra: ["visitorUid": .string(visitor.rawValue)])
+                let decided: [WorkflowEvent] = [
+                    .started(WorkflowStarted(workflowId: "support", workflowVersion: 1, startNodeId: "ask")),
+                    .variableSet(WorkflowVariableSet(name: "answer", value: .string("I am Ada, ada@example.com"), nodeId: "ask")),
+                    .toolCalled(
+                        ToolCalled(
+                            tool: ToolName.updateVisitorProfile.rawValue, arguments: ["name": "Ada", "email": "ada@example.com"], outcome: .succeeded,
+                            actorId: SystemActor.actorID, nodeId: "ask")),
+                    .assistantMessageSent(AssistantMessageSent(text: "Thank you, Ada", nodeId: "ask", inReplyTo: ["m1"], provider: "workflow")),
+                ]
+                try await store.append(
+                    try decided.map { try NewEvent(type: $0.eventType, encoding: $0, metadata: metadata, subject: subject) }, to: id.workflowStream,
+                    tenant: tenant, expectedVersion: .noStream)
+                #expect(try await settled(store))
+                let summaries = try await ProjectionRebuilder(store: store, logger: TestDatabase.logger).rebuild(ProjectionRegistry.standard, reason: "test")
+                #expect(summaries.count == 3)
+                // The verifier folds every event fully opened: the rebuilt tables equal that fold.
+                try await RunnerTests.verifyClean(store)
+                let profile = try await store.client.query(
+                    "SELECT name, email FROM visitors WHERE tenant_id = \(tenant.rawValue) AND visitor_uid = \(visitor.rawValue)")
+                var rows = 0
+                for try await (name, email) in profile.decode((String?, String?).self) {
+                    rows += 1
+                    #expect(name == "Ada" && email == "ada@example.com")
+                }
+                #expect(rows == 1)
+                let variables = try await store.client.query(
+                    "SELECT variables::text FROM workflow_state WHERE tenant_id = \(tenant.rawValue) AND conversation_id = \(id.rawValue)")
+                var stored: [String] = []
+                for try await text in variables.decode(String.self) { stored.append(text) }
+                #expect(stored.count == 1 && stored[0].contains("I am Ada, ada@example.com") && !stored[0].contains(PersonalData.sealedPlaceholder))
+            }
+        }
+    }
+
+    /// A projection that says nothing of what personal data it reads.
+    struct NoDeclaration: Projection {
+        var name: String { "no_declaration" }
+        var version: Int { 1 }
+        func keys(of event: ProjectedEvent) throws -> [ConversationKey] { [] }
+        func apply(_ event: ProjectedEvent, to row: ConversationRow?, key: ConversationKey) throws -> ConversationRow { throw FoldError(position: event.globalPosition, eventType: event.type, reason: "unused") }
+    }
+
     @Test func verifyFindsARowChangedBehindConvosBackAndADeletedRow() async throws {
         try await TestDatabase.withFreshDatabase { url in
             try await TestDatabase.withStore(url: url) { store in

@@ -35,6 +35,7 @@ install_dependencies() {
     command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
     command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
     [ -f /usr/include/hiredis/hiredis.h ] || missing+=(libhiredis-dev)
+    [ -f /usr/include/openssl/evp.h ] || missing+=(libssl-dev)
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
     apt_install "${missing[@]}"

@@ -23,11 +23,17 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
     @Option(help: "Rounds; the median ratio counts.") var rounds: Int = 5
     @Flag(help: "Exit 1 when a target is missed.") var check = false
     @Flag(help: "Also time scanning and opening alone.") var diagnose = false
+    @Flag(help: "Only the rebuild side.") var rebuildOnly = false
 
     static let target = 0.9
 
     func run() async throws {
         let (seconds, concurrency, visitors, conversations, turns, rounds, diagnose) = (seconds, concurrency, visitors, conversations, turns, rounds, diagnose)
+        if rebuildOnly {
+            let ok = try await Self.rebuildSide(conversations: conversations, turns: turns, rounds: rounds, diagnose: diagnose)
+            if check && !ok { throw ExitCode(1) }
+            return
+        }
         let missed = try await BenchDatabase.withDatabase(maximumConnections: 12) { sealedClient, _ in
             try await BenchDatabase.withDatabase(maximumConnections: 12) { plainClient, _ in
                 let sealed = PostgresEventStore(client: sealedClient, keyring: BenchDatabase.keyring, logger: BenchDatabase.logger)
@@ -84,9 +90,13 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
                     for client in [sealedClient, plainClient] { try await client.query("VACUUM (FREEZE, ANALYZE) events", logger: BenchDatabase.logger) }
                     try await BenchDatabase.withoutAutovacuum([sealedClient, plainClient])
                     if diagnose {
-                        for (name, store) in [("sealed", sealed), ("plaintext", plain), ("sealed", sealed), ("plaintext", plain)] {
+                        let narrowed = PersonalDataOpening.read(by: ProjectionRegistry.standard)
+                        for (name, store, opening) in [
+                            ("sealed", sealed, PersonalDataOpening.all), ("sealed, what the folds read", sealed, narrowed), ("plaintext", plain, .all),
+                            ("sealed", sealed, .all), ("sealed, what the folds read", sealed, narrowed), ("plaintext", plain, .all),
+                        ] {
                             let started = ContinuousClock.now
-                            let count = try await store.scanAll(after: 0, batchSize: 2000) { _ in }
+                            let count = try await store.scanAll(after: 0, batchSize: 2000, opening: opening) { _ in }
                             let elapsed = ContinuousClock.now - started
                             report("  scan \(name): \(count) events in \(elapsed) (\((Double(count) / (Double(elapsed.components.attoseconds) / 1e18 + Double(elapsed.components.seconds))).formatted(0)) ev/s)")
                         }
@@ -117,12 +127,14 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
                     }
                     var rebuildRatios: [Double] = []
                     for round in 1...rounds {
-                        let ((count, sealedSeconds), (_, plainSeconds)) = try await Self.sides(
+                        let ((count, sealedSeconds, sealedCPU), (_, plainSeconds, plainCPU)) = try await Self.sides(
                             round: round, settling: [sealedClient, plainClient], sealed: { try await Self.rebuild(sealed) }, plain: { try await Self.rebuild(plain) })
                         let ratio = plainSeconds / sealedSeconds
                         rebuildRatios.append(ratio)
+                        func cpu(_ cpu: IngestBaselines.CPU) -> String { "this process \(cpu.benchmark.formatted(2)) s, the rest \(cpu.rest.formatted(2)) s" }
                         report(
-                            "  round \(round): rebuild of \(count) events sealed \((Double(count) / sealedSeconds).formatted(0)) ev/s, plaintext \((Double(count) / plainSeconds).formatted(0)) ev/s: ×\(ratio.formatted(3))")
+                            "  round \(round): rebuild of \(count) events sealed \((Double(count) / sealedSeconds).formatted(0)) ev/s, plaintext \((Double(count) / plainSeconds).formatted(0)) ev/s: ×\(ratio.formatted(3)); "
+                                + "CPU sealed: \(cpu(sealedCPU)); plaintext: \(cpu(plainCPU))")
                     }
                     let rebuild = rebuildRatios.sorted()[rebuildRatios.count / 2]
                     let rebuildOK = rebuild >= Self.target
@@ -234,11 +246,12 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
     }
 
     /// Rebuilds every projection; how many events and how long.
-    static func rebuild(_ store: PostgresEventStore) async throws -> (Int64, Double) {
+    static func rebuild(_ store: PostgresEventStore) async throws -> (Int64, Double, IngestBaselines.CPU) {
+        let before = IngestBaselines.CPU.now(server: nil)
         let started = ContinuousClock.now
         let summaries = try await ProjectionRebuilder(store: store, logger: BenchDatabase.logger).rebuild(ProjectionRegistry.standard, reason: "bench")
         let elapsed = ContinuousClock.now - started
         let events = summaries.map(\.events).max() ?? 0
-        return (events, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+        return (events, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18, IngestBaselines.CPU.now(server: nil) - before)
     }
 }

@@ -46,25 +46,45 @@ enum Base64 {
 
     /// The bytes `text` encodes; `nil` when it is not padded standard base64.
     static func decode(_ text: UnsafeRawBufferPointer) -> [UInt8]? {
-        guard text.count % 4 == 0 else { return nil }
         var out: [UInt8] = []
-        out.reserveCapacity(text.count / 4 * 3)
-        var index = 0
-        while index < text.count {
-            let a = values[Int(text[index])], b = values[Int(text[index + 1])]
-            guard a != 0xFF, b != 0xFF else { return nil }
-            let last = index + 4 == text.count
-            let padC = last && text[index + 2] == UInt8(ascii: "=")
-            let padD = last && text[index + 3] == UInt8(ascii: "=")
-            let c = padC ? 0 : values[Int(text[index + 2])]
-            let d = padD ? 0 : values[Int(text[index + 3])]
-            guard c != 0xFF, d != 0xFF, !(padC && !padD) else { return nil }
-            let chunk = UInt32(a) << 18 | UInt32(b) << 12 | UInt32(c) << 6 | UInt32(d)
-            out.append(UInt8(chunk >> 16 & 0xFF))
-            if !padC { out.append(UInt8(chunk >> 8 & 0xFF)) }
-            if !padD { out.append(UInt8(chunk & 0xFF)) }
-            index += 4
+        return decode(text, into: &out) ? out : nil
+    }
+
+    /// Decodes `text` into `out` (emptied first, its capacity kept: a batch decodes every envelope into one
+    /// array); false when `text` is not padded standard base64.
+    static func decode(_ text: UnsafeRawBufferPointer, into out: inout [UInt8]) -> Bool {
+        out.removeAll(keepingCapacity: true)
+        guard text.count % 4 == 0 else { return false }
+        guard text.count > 0 else { return true }
+        let padding = text[text.count - 1] != UInt8(ascii: "=") ? 0 : text[text.count - 2] == UInt8(ascii: "=") ? 2 : 1
+        out.append(contentsOf: repeatElement(0, count: text.count / 4 * 3 - padding))
+        return values.withUnsafeBufferPointer { table in
+            out.withUnsafeMutableBufferPointer { output in
+                // Whole quads, then the last one with its padding.
+                let whole = padding == 0 ? text.count : text.count - 4
+                var index = 0
+                var at = 0
+                while index < whole {
+                    let a = table[Int(text[index])], b = table[Int(text[index + 1])]
+                    let c = table[Int(text[index + 2])], d = table[Int(text[index + 3])]
+                    // An invalid character (`=` too, here) has the high bit set.
+                    guard (a | b | c | d) & 0x80 == 0 else { return false }
+                    let chunk = UInt32(a) << 18 | UInt32(b) << 12 | UInt32(c) << 6 | UInt32(d)
+                    output[at] = UInt8(truncatingIfNeeded: chunk >> 16)
+                    output[at + 1] = UInt8(truncatingIfNeeded: chunk >> 8)
+                    output[at + 2] = UInt8(truncatingIfNeeded: chunk)
+                    index += 4
+                    at += 3
+                }
+                guard padding > 0 else { return true }
+                let a = table[Int(text[index])], b = table[Int(text[index + 1])]
+                let c = padding == 2 ? 0 : table[Int(text[index + 2])]
+                guard (a | b | c) & 0x80 == 0 else { return false }
+                let chunk = UInt32(a) << 18 | UInt32(b) << 12 | UInt32(c) << 6
+                output[at] = UInt8(truncatingIfNeeded: chunk >> 16)
+                if padding == 1 { output[at + 1] = UInt8(truncatingIfNeeded: chunk >> 8) }
+                return true
+            }
         }
-        return out
     }
 }

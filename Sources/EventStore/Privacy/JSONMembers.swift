@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 /// The top-level members of a JSON object, found in its bytes without decoding it: what sealing and
 /// opening a payload's personal members need, at the cost of one pass and no allocation.
 enum JSONMembers {
@@ -46,6 +49,10 @@ enum JSONMembers {
 
     /// Whether the bytes in `range` are `name`'s.
     static func matches(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ name: String) -> Bool {
+        let compared = name.utf8.withContiguousStorageIfAvailable { name in
+            name.count == range.count && (range.isEmpty || memcmp(bytes.baseAddress! + range.lowerBound, name.baseAddress!, range.count) == 0)
+        }
+        if let compared { return compared }
         var utf8 = name.utf8.makeIterator()
         for index in range {
             guard let byte = utf8.next(), byte == bytes[index] else { return false }
@@ -64,6 +71,18 @@ enum JSONMembers {
 
     /// The index after the closing quote of the string opening at `start`.
     private static func stringEnd(_ bytes: UnsafeRawBufferPointer, _ start: Int) throws(Malformed) -> Int {
+        // The closing quote is the first one with no backslash before it since the last escape: `memchr`
+        // (vectorized) finds both, where a long string (an envelope) would otherwise be read a byte at a time.
+        if let base = bytes.baseAddress {
+            var index = start + 1
+            while index < bytes.count {
+                guard let quote = memchr(base + index, Int32(UInt8(ascii: "\"")), bytes.count - index) else { throw Malformed() }
+                let at = base.distance(to: UnsafeRawPointer(quote))
+                guard let escape = memchr(base + index, Int32(UInt8(ascii: "\\")), at - index) else { return at + 1 }
+                index = base.distance(to: UnsafeRawPointer(escape)) + 2
+            }
+            throw Malformed()
+        }
         var index = start + 1
         while index < bytes.count {
             switch bytes[index] {

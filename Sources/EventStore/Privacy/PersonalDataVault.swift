@@ -124,6 +124,7 @@ public final class PersonalDataVault: Sendable {
         }
         guard !wanted.isEmpty else { return results }
         let keys = try await currentKeys(wanted)
+        var sealing = Sealing()
         for (index, (events, tenant)) in appends.enumerated() {
             guard case .success = results[index] else { continue }
             do {
@@ -132,7 +133,7 @@ public final class PersonalDataVault: Sendable {
                     guard let subject = sealed[position].personalDataSubject else { continue }
                     switch keys[SubjectKey(tenant: tenant.rawValue, subject: subject.visitor.rawValue)] {
                     case .some(.some(let current)):
-                        try Self.seal(&sealed[position], tenant: tenant, generation: current.generation, key: current.key)
+                        try Self.seal(&sealed[position], tenant: tenant, generation: current.generation, key: current.key, with: &sealing)
                     default:
                         throw EventStoreError(code: .subjectErased, message: "the visitor was forgotten: what was derived from their data is not stored")
                     }
@@ -145,9 +146,40 @@ public final class PersonalDataVault: Sendable {
         return results
     }
 
+    /// The cipher and scratch buffers of a batch being sealed: one cipher moved from key to key (a batch's
+    /// events are mostly each another visitor's), the box and the associated data of one member at a time.
+    struct Sealing {
+        private var cipher: (id: GenerationKey, cipher: GCMCipher)?
+        var box: [UInt8] = []
+        var associatedData: [UInt8] = []
+
+        mutating func cipher(_ id: GenerationKey, key: SymmetricKey) throws -> GCMCipher {
+            if let cipher, cipher.id == id { return cipher.cipher }
+            let ready: GCMCipher?
+            if let cipher {
+                ready = cipher.cipher.use(key) ? cipher.cipher : nil
+            } else {
+                ready = GCMCipher.make(key: key, sealing: true)
+            }
+            guard let ready else {
+                cipher = nil
+                throw EventStoreError(code: .storageFailure, message: "the cipher of a data key could not be set up")
+            }
+            cipher = (id, ready)
+            return ready
+        }
+    }
+
     /// Seals one event's personal members with `key`.
     static func seal(_ event: inout NewEvent, tenant: TenantID, generation: Int, key: SymmetricKey) throws {
+        var sealing = Sealing()
+        try seal(&event, tenant: tenant, generation: generation, key: key, with: &sealing)
+    }
+
+    /// Seals one event's personal members with `key`, its cipher and buffers kept in `sealing` for the next.
+    static func seal(_ event: inout NewEvent, tenant: TenantID, generation: Int, key: SymmetricKey, with sealing: inout Sealing) throws {
         guard let subject = event.personalDataSubject else { return }
+        let cipher = try sealing.cipher(GenerationKey(tenant: tenant.rawValue, subject: subject.visitor.rawValue, generation: generation), key: key)
         let current = event
         var fields: [String] = []
         let data = try current.data.withUnsafeReadableBytes { bytes throws -> ByteBuffer in
@@ -161,14 +193,16 @@ public final class PersonalDataVault: Sendable {
             for member in members {
                 guard let field = current.personalFields.first(where: { JSONMembers.matches(bytes, member.key, $0) }) else { continue }
                 out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[copied..<member.value.lowerBound]))
-                let box = try AES.GCM.seal(
-                    UnsafeRawBufferPointer(rebasing: bytes[member.value]), using: key,
-                    authenticating: associatedData(
-                        tenant: tenant.rawValue, subject: subject.visitor.rawValue, generation: generation, eventId: current.eventId, field: field))
-                guard let combined = box.combined else { throw EventStoreError(code: .storageFailure, message: "sealing produced no ciphertext") }
+                associatedData(
+                    tenant: tenant.rawValue, subject: subject.visitor.rawValue, generation: generation, eventId: current.eventId, field: field,
+                    into: &sealing.associatedData)
+                let sealed = sealing.associatedData.withUnsafeBytes { associated in
+                    cipher.seal(UnsafeRawBufferPointer(rebasing: bytes[member.value]), authenticating: associated, into: &sealing.box)
+                }
+                guard sealed else { throw EventStoreError(code: .storageFailure, message: "sealing produced no ciphertext") }
                 out.writeInteger(UInt8(ascii: "\""))
                 out.writeString(envelopePrefix)
-                Base64.encode(combined, into: &out)
+                Base64.encode(sealing.box, into: &out)
                 out.writeInteger(UInt8(ascii: "\""))
                 copied = member.value.upperBound
                 fields.append(field)
@@ -186,6 +220,13 @@ public final class PersonalDataVault: Sendable {
     /// What a sealed member is bound to besides its key.
     static func associatedData(tenant: String, subject: String, generation: Int, eventId: UUID, field: String) -> [UInt8] {
         var bytes: [UInt8] = []
+        associatedData(tenant: tenant, subject: subject, generation: generation, eventId: eventId, field: field, into: &bytes)
+        return bytes
+    }
+
+    /// ``associatedData(tenant:subject:generation:eventId:field:)`` into `bytes` (emptied first, its capacity kept).
+    static func associatedData(tenant: String, subject: String, generation: Int, eventId: UUID, field: String, into bytes: inout [UInt8]) {
+        bytes.removeAll(keepingCapacity: true)
         bytes.reserveCapacity(64 + tenant.utf8.count + subject.utf8.count + field.utf8.count)
         bytes += "convo.pd.v1".utf8
         bytes.append(0)
@@ -196,7 +237,6 @@ public final class PersonalDataVault: Sendable {
         withUnsafeBytes(of: UInt32(truncatingIfNeeded: generation).bigEndian) { bytes += $0 }
         withUnsafeBytes(of: eventId.uuid) { bytes += $0 }
         bytes += field.utf8
-        return bytes
     }
 
     /// The subjects' live keys for sealing, made where there is none and the value says one may be made;
@@ -428,7 +468,9 @@ public final class PersonalDataVault: Sendable {
     ///   `storageFailure` when a sealed member does not open with its key (altered data) or its key is missing.
     /// - Parameter connection: the connection the events were read on, when the caller holds one (a reader
     ///   inside its own transaction): the keys are read there too, never on a second connection it would wait for.
-    func open(_ events: consuming [RecordedEvent], on connection: PostgresConnection? = nil) async throws -> [RecordedEvent] {
+    /// - Parameter opening: which events' sealed members are opened; the others' read as
+    ///   ``PersonalData/sealedPlaceholder`` and their keys are not read.
+    func open(_ events: consuming [RecordedEvent], on connection: PostgresConnection? = nil, opening: PersonalDataOpening = .all) async throws -> [RecordedEvent] {
         // Large batches (a rebuild's, a scan's) are read and opened on several child tasks: the reading task
         // would otherwise be the rebuild's bottleneck.
         let parts = events.count >= 256 ? max(1, min(4, ProcessInfo.processInfo.activeProcessorCount)) : 1
@@ -446,14 +488,14 @@ public final class PersonalDataVault: Sendable {
         var opened = events
         var wanted = Set<GenerationKey>()
         var previous: GenerationKey?
-        for (index, info) in infos {
+        for (index, info) in infos where opening.opens(opened[index].type) {
             let id = GenerationKey(tenant: opened[index].tenant.rawValue, subject: info.subject, generation: info.key)
             if id != previous { wanted.insert(id) }
             previous = id
         }
         let keys = try await dataKeys(wanted, on: connection)
         if parts == 1 || infos.count < 256 {
-            let (outputs, erasures) = try Self.openAll(opened, infos[...], keys: keys)
+            let (outputs, erasures) = try Self.openAll(opened, infos[...], keys: keys, opening: opening)
             for (position, (index, _)) in infos.enumerated() {
                 opened[index].data = outputs[position]
                 opened[index].isErased = erasures[position]
@@ -465,7 +507,7 @@ public final class PersonalDataVault: Sendable {
         let results = try await withThrowingTaskGroup(of: (Range<Int>, [ByteBuffer], [Bool]).self) { group in
             for slice in Self.slices(work.count, parts) {
                 group.addTask {
-                    let (outputs, erasures) = try Self.openAll(sealed, work[slice], keys: keys)
+                    let (outputs, erasures) = try Self.openAll(sealed, work[slice], keys: keys, opening: opening)
                     return (slice, outputs, erasures)
                 }
             }
@@ -483,7 +525,7 @@ public final class PersonalDataVault: Sendable {
 
     /// The opened payloads of `items`, in order: slices of one buffer.
     private static func openAll(
-        _ events: [RecordedEvent], _ items: ArraySlice<(Int, SealInfo.Personal)>, keys: [GenerationKey: DataKey]
+        _ events: [RecordedEvent], _ items: ArraySlice<(Int, SealInfo.Personal)>, keys: [GenerationKey: DataKey], opening: PersonalDataOpening
     ) throws -> ([ByteBuffer], [Bool]) {
         var out = ByteBuffer()
         out.reserveCapacity(items.reduce(0) { $0 + events[$1.0].data.readableBytes })
@@ -491,22 +533,26 @@ public final class PersonalDataVault: Sendable {
         var erasures: [Bool] = []
         ranges.reserveCapacity(items.count)
         erasures.reserveCapacity(items.count)
+        var state = Opening()
         // Neighbouring events are often one conversation's: the last key found is tried first.
-        var last: (id: GenerationKey, key: DataKey)?
+        var last: (id: GenerationKey, opener: Opener)?
         for (index, info) in items {
-            let event = events[index]
-            let id = GenerationKey(tenant: event.tenant.rawValue, subject: info.subject, generation: info.key)
-            let key: DataKey
-            if let last, last.id == id {
-                key = last.key
-            } else if let found = keys[id] {
-                key = found
-                last = (id, found)
+            let opener: Opener
+            if !opening.opens(events[index].type) {
+                opener = .leftSealed
             } else {
-                throw EventStoreError(code: .storageFailure, message: "the data key of the event at position \(event.globalPosition) is missing")
+                let id = GenerationKey(tenant: events[index].tenant.rawValue, subject: info.subject, generation: info.key)
+                if let last, last.id == id {
+                    opener = last.opener
+                } else if let found = keys[id] {
+                    opener = try state.opener(id, found)
+                    last = (id, opener)
+                } else {
+                    throw EventStoreError(code: .storageFailure, message: "the data key of the event at position \(events[index].globalPosition) is missing")
+                }
             }
             let start = out.writerIndex
-            erasures.append(try openedData(event, info: info, key: key, into: &out))
+            erasures.append(try openedData(events[index], info: info, opener: opener, with: &state, into: &out))
             ranges.append((start, out.writerIndex - start))
         }
         return (ranges.map { out.getSlice(at: $0.0, length: $0.1)! }, erasures)
@@ -526,21 +572,45 @@ public final class PersonalDataVault: Sendable {
     }
 
 
-    static func open(_ event: RecordedEvent, info: SealInfo.Personal, key dataKey: DataKey) throws -> RecordedEvent {
-        let (data, erased) = try openedData(event, info: info, key: dataKey)
-        return event.replacing(data: data, erased: erased)
+    /// What opens the members sealed with one data key: its cipher, or nothing when the key is destroyed.
+    enum Opener {
+        case live(GCMCipher)
+        case erased
+        /// Not to be opened (``PersonalDataOpening``).
+        case leftSealed
     }
 
-    /// The payload with its sealed members opened (or erased), and whether they were erased.
-    static func openedData(_ event: borrowing RecordedEvent, info: SealInfo.Personal, key dataKey: DataKey) throws -> (ByteBuffer, Bool) {
+    /// The ciphers and scratch buffers of a batch being opened: a cipher per data key, the box and the
+    /// associated data of one member at a time.
+    struct Opening {
+        var ciphers: [GenerationKey: GCMCipher] = [:]
+        var box: [UInt8] = []
+        var associatedData: [UInt8] = []
+
+        mutating func opener(_ id: GenerationKey, _ key: DataKey) throws -> Opener {
+            guard case .live(let key) = key else { return .erased }
+            if let found = ciphers[id] { return .live(found) }
+            guard let made = GCMCipher.make(key: key, sealing: false) else {
+                throw EventStoreError(code: .storageFailure, message: "the cipher of a data key could not be set up")
+            }
+            ciphers[id] = made
+            return .live(made)
+        }
+    }
+
+    static func open(_ event: RecordedEvent, info: SealInfo.Personal, key dataKey: DataKey) throws -> RecordedEvent {
+        var opening = Opening()
+        let opener = try opening.opener(GenerationKey(tenant: event.tenant.rawValue, subject: info.subject, generation: info.key), dataKey)
         var out = ByteBuffer()
-        let erased = try openedData(event, info: info, key: dataKey, into: &out)
-        return (out, erased)
+        let erased = try openedData(event, info: info, opener: opener, with: &opening, into: &out)
+        return event.replacing(data: out, erased: erased)
     }
 
     /// Writes the payload with its sealed members opened (or erased) at the end of `out`, which many events
     /// share (a batch's opened payloads are slices of one buffer); whether they were erased.
-    static func openedData(_ event: borrowing RecordedEvent, info: SealInfo.Personal, key dataKey: DataKey, into out: inout ByteBuffer) throws -> Bool {
+    static func openedData(
+        _ event: borrowing RecordedEvent, info: SealInfo.Personal, opener: Opener, with opening: inout Opening, into out: inout ByteBuffer
+    ) throws -> Bool {
         try event.data.withUnsafeReadableBytes { bytes throws in
             var copied = 0
             var failure: EventStoreError?
@@ -549,27 +619,29 @@ public final class PersonalDataVault: Sendable {
                     guard failure == nil, let field = info.fields.first(where: { JSONMembers.matches(bytes, member.key, $0) }) else { return }
                     out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[copied..<member.value.lowerBound]))
                     copied = member.value.upperBound
-                    switch dataKey {
+                    switch opener {
                     case .erased:
                         out.writeString("\"\(PersonalData.erasedPlaceholder)\"")
-                    case .live(let key):
+                    case .leftSealed:
+                        out.writeString("\"\(PersonalData.sealedPlaceholder)\"")
+                    case .live(let cipher):
                         let value = UnsafeRawBufferPointer(rebasing: bytes[member.value])
                         let prefix = 1 + envelopePrefix.utf8.count
-                        guard value.count > prefix + 1, let combined = Base64.decode(UnsafeRawBufferPointer(rebasing: value[prefix..<(value.count - 1)])) else {
+                        guard value.count > prefix + 1, Base64.decode(UnsafeRawBufferPointer(rebasing: value[prefix..<(value.count - 1)]), into: &opening.box) else {
                             failure = EventStoreError(
                                 code: .storageFailure, message: "the sealed member '\(field)' of the event at position \(event.globalPosition) is not an envelope")
                             return
                         }
-                        do {
-                            let plaintext = try AES.GCM.open(
-                                try AES.GCM.SealedBox(combined: combined), using: key,
-                                authenticating: associatedData(
-                                    tenant: event.tenant.rawValue, subject: info.subject, generation: info.key, eventId: event.eventId, field: field))
-                            out.writeBytes(plaintext)
-                        } catch {
+                        associatedData(
+                            tenant: event.tenant.rawValue, subject: info.subject, generation: info.key, eventId: event.eventId, field: field,
+                            into: &opening.associatedData)
+                        let opened = opening.box.withUnsafeBytes { box in
+                            opening.associatedData.withUnsafeBytes { cipher.open(box, authenticating: $0, into: &out) }
+                        }
+                        if !opened {
                             failure = EventStoreError(
                                 code: .storageFailure,
-                                message: "the sealed member '\(field)' of the event at position \(event.globalPosition) does not open: it was altered", cause: error)
+                                message: "the sealed member '\(field)' of the event at position \(event.globalPosition) does not open: it was altered")
                         }
                     }
                 }
@@ -578,7 +650,7 @@ public final class PersonalDataVault: Sendable {
             }
             if let failure { throw failure }
             out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[copied...]))
-            if case .erased = dataKey { return true }
+            if case .erased = opener { return true }
             return false
         }
     }
@@ -780,4 +852,20 @@ public final class PersonalDataVault: Sendable {
             throw PostgresEventStore.mapError(error, operation: "count data keys")
         }
     }
+}
+
+/// Which sealed personal members a read opens: every one (``all``, what every read but a rebuild's asks),
+/// or only those of some event types. A member left sealed reads as ``PersonalData/sealedPlaceholder``: it
+/// is never decrypted, and its key is not read.
+public struct PersonalDataOpening: Sendable, Hashable {
+    /// The event types whose members are opened; `nil`: every type.
+    public let types: Set<String>?
+
+    public static let all = PersonalDataOpening(types: nil)
+
+    /// Only the members of events of `types`.
+    public static func only(_ types: Set<String>) -> PersonalDataOpening { PersonalDataOpening(types: types) }
+
+    @inline(__always)
+    func opens(_ type: String) -> Bool { types?.contains(type) ?? true }
 }

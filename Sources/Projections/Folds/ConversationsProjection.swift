@@ -9,6 +9,8 @@ import SharedTypes
 public struct ConversationsProjection: Projection {
     public var name: String
     public var version: Int
+    /// Of personal data only tool calls' arguments (a status, a tag); never a text.
+    public var personalDataRead: PersonalDataOpening { .only([ToolCalled.eventType]) }
 
     public init(name: String = "conversations", version: Int = 3) {
         self.name = name

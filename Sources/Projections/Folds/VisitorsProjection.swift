@@ -11,6 +11,8 @@ import SharedTypes
 public struct VisitorsProjection: Projection {
     public var name: String
     public var version: Int
+    /// Of personal data only the profile a tool call sets; never a text.
+    public var personalDataRead: PersonalDataOpening { .only([ToolCalled.eventType]) }
 
     public init(name: String = "visitors", version: Int = 1) {
         self.name = name

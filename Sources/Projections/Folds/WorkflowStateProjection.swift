@@ -7,6 +7,8 @@ import SharedTypes
 public struct WorkflowStateProjection: Projection {
     public var name: String
     public var version: Int
+    /// Of personal data only the workflow's variables; never a text.
+    public var personalDataRead: PersonalDataOpening { .only([WorkflowVariableSet.eventType]) }
 
     public init(name: String = "workflow_state", version: Int = 1) {
         self.name = name

@@ -9,12 +9,15 @@ extension PostgresEventStore {
     ///
     /// Batches reach `body` in position order, one at a time, as `scanAll` hands them out.
     /// - Throws: what the scan or `body` throws; the scan stops when `body` throws.
-    func scanProjected(after position: Int64, batchSize: Int, _ body: ([ProjectedEvent]) async throws -> Void) async throws {
+    /// - Parameter opening: the sealed personal members to open (what the folds read).
+    func scanProjected(
+        after position: Int64, batchSize: Int, opening: PersonalDataOpening = .all, _ body: ([ProjectedEvent]) async throws -> Void
+    ) async throws {
         let batches = AsyncThrowingChannel<[RecordedEvent], any Error>()
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 do {
-                    try await self.scanAll(after: position, batchSize: batchSize) { batch in
+                    try await self.scanAll(after: position, batchSize: batchSize, opening: opening) { batch in
                         await batches.send(batch)
                         // A consumer that stopped cancels this task; `send` then returns without waiting.
                         try Task.checkCancellation()

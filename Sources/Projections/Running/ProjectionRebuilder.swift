@@ -151,6 +151,8 @@ public struct ProjectionRebuilder: Sendable {
             var lastRecorded = clock.now
             // Catch up in passes until a pass finds only a few events; the swap applies the rest.
             let partial = configuration.installUpToFailure && builds.count == 1
+            // Only the personal members the folds read are decrypted.
+            let opening = PersonalDataOpening.read(by: projections)
             while pass.failure == nil {
                 let before = pass.done
                 func fold(_ events: [ProjectedEvent]) async throws {
@@ -164,7 +166,7 @@ public struct ProjectionRebuilder: Sendable {
                     if pass.failure != nil { throw StopScan() }
                 }
                 do {
-                    try await store.scanProjected(after: pass.checkpoint, batchSize: configuration.batchSize, fold)
+                    try await store.scanProjected(after: pass.checkpoint, batchSize: configuration.batchSize, opening: opening, fold)
                 } catch is StopScan {}
                 if pass.done - before < configuration.swapThreshold { break }
                 pass.total = pass.done + (try await store.countEvents(after: pass.checkpoint))
