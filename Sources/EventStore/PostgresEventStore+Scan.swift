@@ -98,7 +98,10 @@ extension PostgresEventStore {
     /// their own transaction; the same rule as ``readAll(_:after:maxCount:)``.
     ///
     /// - Throws: ``EventStoreError`` when the read fails.
-    public func readAll(on connection: PostgresConnection, after position: Int64, maxCount: Int) async throws -> [RecordedEvent] {
+    /// - Parameter opening: which sealed personal members are opened.
+    public func readAll(
+        on connection: PostgresConnection, after position: Int64, maxCount: Int, opening: PersonalDataOpening = .all
+    ) async throws -> [RecordedEvent] {
         var found: [RecordedEvent] = []
         do {
             let rows = try await connection.collect(
@@ -112,7 +115,7 @@ extension PostgresEventStore {
             throw Self.mapError(error, operation: "read all")
         }
         // Every row is read: the keys come over the same connection, inside the caller's transaction.
-        return try await vault.open(found, on: connection)
+        return try await vault.open(found, on: connection, opening: opening)
     }
 
     /// Counts the events after `position` that readers can see now: a total for progress reports.

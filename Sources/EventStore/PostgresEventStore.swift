@@ -323,6 +323,11 @@ public final class PostgresEventStore: EventStore, Service {
     }
 
     public func readAll(_ scope: TenantScope, after position: Int64, maxCount: Int = 1000) async throws -> [RecordedEvent] {
+        try await readAll(scope, after: position, maxCount: maxCount, opening: .all)
+    }
+
+    /// ``readAll(_:after:maxCount:)`` opening only the sealed personal members `opening` names.
+    public func readAll(_ scope: TenantScope, after position: Int64, maxCount: Int = 1000, opening: PersonalDataOpening) async throws -> [RecordedEvent] {
         try Self.checkPageSize(maxCount)
         switch scope {
         case .allTenants:
@@ -331,7 +336,7 @@ public final class PostgresEventStore: EventStore, Service {
                 SELECT \(unescaped: Self.columns) FROM events
                 WHERE global_position > \(position) AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
                 ORDER BY global_position LIMIT \(maxCount)
-                """, operation: "read all")
+                """, operation: "read all", opening: opening)
         case .tenant(let tenant):
             return try await fetch(
                 """
@@ -339,7 +344,7 @@ public final class PostgresEventStore: EventStore, Service {
                 WHERE tenant_id = \(tenant.rawValue) AND global_position > \(position)
                   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
                 ORDER BY global_position LIMIT \(maxCount)
-                """, operation: "read all of \(tenant)")
+                """, operation: "read all of \(tenant)", opening: opening)
         }
     }
 
@@ -433,9 +438,15 @@ public final class PostgresEventStore: EventStore, Service {
     }
 
     public func subscribe(_ scope: TenantScope, after position: Int64) -> EventSubscription {
+        subscribe(scope, after: position, opening: .all)
+    }
+
+    /// ``subscribe(_:after:)`` opening only the sealed personal members `opening` names (a projection
+    /// runner: what its fold reads).
+    public func subscribe(_ scope: TenantScope, after position: Int64, opening: PersonalDataOpening) -> EventSubscription {
         let pageSize = configuration.subscriptionPageSize
         return EventSubscription(after: position, signal: signal, pollInterval: configuration.pollInterval) { [self] after in
-            try await readAll(scope, after: after, maxCount: pageSize)
+            try await readAll(scope, after: after, maxCount: pageSize, opening: opening)
         }
     }
 

@@ -80,23 +80,31 @@ import Testing
                     try decided.map { try NewEvent(type: $0.eventType, encoding: $0, metadata: metadata, subject: subject) }, to: id.workflowStream,
                     tenant: tenant, expectedVersion: .noStream)
                 #expect(try await settled(store))
+                func checkTables() async throws {
+                    // The verifier folds every event fully opened: the tables equal that fold.
+                    try await RunnerTests.verifyClean(store)
+                    let profile = try await store.client.query(
+                        "SELECT name, email FROM visitors WHERE tenant_id = \(tenant.rawValue) AND visitor_uid = \(visitor.rawValue)")
+                    var rows = 0
+                    for try await (name, email) in profile.decode((String?, String?).self) {
+                        rows += 1
+                        #expect(name == "Ada" && email == "ada@example.com")
+                    }
+                    #expect(rows == 1)
+                    let variables = try await store.client.query(
+                        "SELECT variables::text FROM workflow_state WHERE tenant_id = \(tenant.rawValue) AND conversation_id = \(id.rawValue)")
+                    var stored: [String] = []
+                    for try await text in variables.decode(String.self) { stored.append(text) }
+                    #expect(stored.count == 1 && stored[0].contains("I am Ada, ada@example.com") && !stored[0].contains(PersonalData.sealedPlaceholder))
+                }
+                // The runners (each opening what its own fold reads), then a rebuild of all three.
+                let runners = RunnerTests.runners(store)
+                let caughtUp = try await RunnerTests.running(runners) { try await RunnerTests.caughtUp(runners, store) }
+                #expect(caughtUp)
+                try await checkTables()
                 let summaries = try await ProjectionRebuilder(store: store, logger: TestDatabase.logger).rebuild(ProjectionRegistry.standard, reason: "test")
                 #expect(summaries.count == 3)
-                // The verifier folds every event fully opened: the rebuilt tables equal that fold.
-                try await RunnerTests.verifyClean(store)
-                let profile = try await store.client.query(
-                    "SELECT name, email FROM visitors WHERE tenant_id = \(tenant.rawValue) AND visitor_uid = \(visitor.rawValue)")
-                var rows = 0
-                for try await (name, email) in profile.decode((String?, String?).self) {
-                    rows += 1
-                    #expect(name == "Ada" && email == "ada@example.com")
-                }
-                #expect(rows == 1)
-                let variables = try await store.client.query(
-                    "SELECT variables::text FROM workflow_state WHERE tenant_id = \(tenant.rawValue) AND conversation_id = \(id.rawValue)")
-                var stored: [String] = []
-                for try await text in variables.decode(String.self) { stored.append(text) }
-                #expect(stored.count == 1 && stored[0].contains("I am Ada, ada@example.com") && !stored[0].contains(PersonalData.sealedPlaceholder))
+                try await checkTables()
             }
         }
     }

@@ -268,7 +268,8 @@ public struct ProjectionRebuilder: Sendable {
                 _ = try await ProjectionCatalogue.entry(build.projection.name, forUpdate: true, on: transaction, logger: logger)
             }
             while pass.failure == nil {
-                let batch = try await store.readAll(on: transaction, after: pass.checkpoint, maxCount: configuration.batchSize)
+                let batch = try await store.readAll(
+                    on: transaction, after: pass.checkpoint, maxCount: configuration.batchSize, opening: PersonalDataOpening.read(by: builds.map(\.projection)))
                 guard !batch.isEmpty else { break }
                 try await consume(
                     ProjectedEvent.decode(batch), into: builds, pass: &pass, partial: builds.count == 1 && configuration.installUpToFailure, inSwap: true,

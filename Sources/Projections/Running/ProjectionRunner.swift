@@ -167,7 +167,8 @@ public final class ProjectionRunner: Service, Sendable {
         var checkpoint = entry.checkpoint
         checkpointValue.store(checkpoint, ordering: .relaxed)
         set(.running)
-        var events = store.subscribe(.allTenants, after: checkpoint).makeAsyncIterator()
+        // Only the personal members the fold reads are decrypted.
+        var events = store.subscribe(.allTenants, after: checkpoint, opening: projection.personalDataRead).makeAsyncIterator()
         while let batch = try await events.nextBatch() {
             let (count, failure) = try await writer.apply(ProjectedEvent.decode(batch), loadingOn: connection, logger: logger)
             if count > 0 {
