@@ -502,25 +502,31 @@ public final class PersonalDataVault: Sendable {
             }
             return opened
         }
-        let work = infos
-        let sealed = opened
-        let results = try await withThrowingTaskGroup(of: (Range<Int>, [ByteBuffer], [Bool]).self) { group in
-            for slice in Self.slices(work.count, parts) {
-                group.addTask {
-                    let (outputs, erasures) = try Self.openAll(sealed, work[slice], keys: keys, opening: opening)
-                    return (slice, outputs, erasures)
-                }
-            }
-            return try await group.reduce(into: []) { $0.append($1) }
-        }
+        // The child tasks' hold on the events ends with the call: changing them after it copies no array.
+        let results = try await Self.openInParts(opened, infos, keys: keys, opening: opening, parts: parts)
         for (slice, outputs, erasures) in results {
             for (offset, item) in slice.enumerated() {
-                let index = work[item].0
+                let index = infos[item].0
                 opened[index].data = outputs[offset]
                 opened[index].isErased = erasures[offset]
             }
         }
         return opened
+    }
+
+    /// ``openAll(_:_:keys:opening:)`` of `parts` slices of `infos` on child tasks.
+    private static func openInParts(
+        _ events: [RecordedEvent], _ infos: [(Int, SealInfo.Personal)], keys: [GenerationKey: DataKey], opening: PersonalDataOpening, parts: Int
+    ) async throws -> [(Range<Int>, [ByteBuffer], [Bool])] {
+        try await withThrowingTaskGroup(of: (Range<Int>, [ByteBuffer], [Bool]).self) { group in
+            for slice in slices(infos.count, parts) {
+                group.addTask {
+                    let (outputs, erasures) = try openAll(events, infos[slice], keys: keys, opening: opening)
+                    return (slice, outputs, erasures)
+                }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
     }
 
     /// The opened payloads of `items`, in order: slices of one buffer.
