@@ -10,8 +10,8 @@ import SharedTypes
 import Synchronization
 
 /// Seals the personal members of events with their visitor's own data key as they are appended, and
-/// opens them as they are read: AES-256-GCM (swift-crypto), bound to the tenant, the visitor, the key's
-/// generation, the event's id and the member's name, so a ciphertext cannot be moved to another place.
+/// opens them as they are read: AES-256-GCM (``GCMCipher``, libcrypto), bound to the tenant, the visitor,
+/// the key's generation, the event's id and the member's name, so a ciphertext cannot be moved elsewhere.
 ///
 /// A sealed member is stored as the JSON string `pd1:` + base64(nonce ‖ ciphertext ‖ tag), and the event's
 /// metadata says whose it is: `"personalData": {"subject": uid, "key": generation, "fields": [...]}`. The
