@@ -184,7 +184,10 @@ import Testing
                 let waited = ContinuousClock.now - started
                 #expect((failure as? EventStoreError)?.code == .unavailable, "\(String(describing: failure))")
                 #expect(waited >= outage - .seconds(1) && waited < outage * 4, "\(waited)")
-                #expect(scan.positions == Array(1...10_000))
+                // What was read before the stop is handed out, in order, and nothing more: the first page, and
+                // the second too when its read (asked for as the first batch was handed out) beat the stop.
+                let handed = scan.positions
+                #expect((handed == Array(1...10_000) || handed == Array(1...20_000)), "\(handed.count) positions, up to \(handed.last ?? 0)")
             }
         }
         if server.isRunning { try await server.stop() }
