@@ -275,11 +275,13 @@ enum SymmetricKeyBox {
             var after = ByteBuffer(string: "pd1:")
             Base64.encode(Data(bytes), into: &after)
             #expect(String(buffer: after) == "pd1:" + Data(bytes).base64EncodedString())
-            let decoded = buffer.withUnsafeReadableBytes { Base64.decode($0) }
+            var decoded: [UInt8] = [9, 9]
+            #expect(buffer.withUnsafeReadableBytes { Base64.decode($0, into: &decoded) })
             #expect(decoded == bytes)
         }
-        for bad in ["abc", "ab=c", "a===", "ab!d"] {
-            #expect(Array(bad.utf8).withUnsafeBytes { Base64.decode($0) } == nil, "\(bad)")
+        for bad in ["abc", "ab=c", "a===", "ab!d", "====", "YQ=a", "Y===", "YWJj====", "YW=j"] {
+            var decoded: [UInt8] = []
+            #expect(!Array(bad.utf8).withUnsafeBytes { Base64.decode($0, into: &decoded) }, "\(bad)")
         }
     }
 }

@@ -44,12 +44,6 @@ enum Base64 {
         }
     }
 
-    /// The bytes `text` encodes; `nil` when it is not padded standard base64.
-    static func decode(_ text: UnsafeRawBufferPointer) -> [UInt8]? {
-        var out: [UInt8] = []
-        return decode(text, into: &out) ? out : nil
-    }
-
     /// Decodes `text` into `out` (emptied first, its capacity kept: a batch decodes every envelope into one
     /// array); false when `text` is not padded standard base64.
     static func decode(_ text: UnsafeRawBufferPointer, into out: inout [UInt8]) -> Bool {

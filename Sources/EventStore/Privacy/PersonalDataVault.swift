@@ -218,13 +218,7 @@ public final class PersonalDataVault: Sendable {
     }
 
     /// What a sealed member is bound to besides its key.
-    static func associatedData(tenant: String, subject: String, generation: Int, eventId: UUID, field: String) -> [UInt8] {
-        var bytes: [UInt8] = []
-        associatedData(tenant: tenant, subject: subject, generation: generation, eventId: eventId, field: field, into: &bytes)
-        return bytes
-    }
-
-    /// ``associatedData(tenant:subject:generation:eventId:field:)`` into `bytes` (emptied first, its capacity kept).
+    /// Written into `bytes` (emptied first, its capacity kept: a batch reuses one array).
     static func associatedData(tenant: String, subject: String, generation: Int, eventId: UUID, field: String, into bytes: inout [UInt8]) {
         bytes.removeAll(keepingCapacity: true)
         bytes.reserveCapacity(64 + tenant.utf8.count + subject.utf8.count + field.utf8.count)
