@@ -342,28 +342,6 @@ enum SymmetricKeyBox {
         #expect(opens(box, associated) == (true, plaintext.count))
     }
 
-    @Test func aCipherMovedToAnotherKeySealsAndOpensWithThatKeyOnly() throws {
-        let first = SymmetricKey(size: .bits256), second = SymmetricKey(size: .bits256)
-        let sealer = try #require(GCMCipher.make(key: first, sealing: true))
-        let opener = try #require(GCMCipher.make(key: first, sealing: false))
-        let plaintext = Array("moved".utf8), associated = Array("bound".utf8)
-        var box: [UInt8] = []
-        for key in [second, first, second] {
-            #expect(sealer.use(key))
-            #expect(plaintext.withUnsafeBytes { p in associated.withUnsafeBytes { sealer.seal(p, authenticating: $0, into: &box) } })
-            #expect(try AES.GCM.open(AES.GCM.SealedBox(combined: box), using: key, authenticating: associated) == Data(plaintext))
-            let other = key == second ? first : second
-            #expect(throws: (any Error).self) { try AES.GCM.open(AES.GCM.SealedBox(combined: box), using: other, authenticating: associated) }
-            for (with, opens) in [(key, true), (other, false)] {
-                #expect(opener.use(with))
-                var out = ByteBuffer()
-                #expect(box.withUnsafeBytes { b in associated.withUnsafeBytes { opener.open(b, authenticating: $0, into: &out) } } == opens)
-                #expect(out.readableBytes == (opens ? plaintext.count : 0))
-            }
-        }
-        #expect(!sealer.use(SymmetricKey(size: .bits128)))
-    }
-
     @Test func sealingTwiceGivesTwoNonces() throws {
         let sealer = try #require(GCMCipher.make(key: SymmetricKey(size: .bits256), sealing: true))
         var nonces = Set<[UInt8]>()

@@ -44,9 +44,8 @@ final class GCMCipher {
         return cipher.use(key) ? cipher : nil
     }
 
-    /// Seals or opens with `key` (256 bits) from now on, the context kept: a batch whose messages are
-    /// each another visitor's moves one context from key to key instead of making one per key.
-    func use(_ key: SymmetricKey) -> Bool {
+    /// Sets the context's key (256 bits).
+    private func use(_ key: SymmetricKey) -> Bool {
         guard key.bitCount == 256 else { return false }
         return key.withUnsafeBytes { key in
             EVP_CipherInit_ex(context, nil, nil, key.baseAddress?.assumingMemoryBound(to: UInt8.self), nil, -1) == 1

@@ -124,7 +124,7 @@ public final class PersonalDataVault: Sendable {
         }
         guard !wanted.isEmpty else { return results }
         let keys = try await currentKeys(wanted)
-        var sealing = Sealing()
+        var sealing = Ciphers(sealing: true)
         for (index, (events, tenant)) in appends.enumerated() {
             guard case .success = results[index] else { continue }
             do {
@@ -146,38 +146,40 @@ public final class PersonalDataVault: Sendable {
         return results
     }
 
-    /// The cipher and scratch buffers of a batch being sealed: one cipher moved from key to key (a batch's
-    /// events are mostly each another visitor's), the box and the associated data of one member at a time.
-    struct Sealing {
-        private var cipher: (id: GenerationKey, cipher: GCMCipher)?
+    /// The ciphers and scratch buffers of a batch being sealed or opened: a cipher per data key, made at its
+    /// first member and kept for the batch, and the box and associated data of one member at a time.
+    struct Ciphers {
+        let sealing: Bool
+        private var made: [GenerationKey: GCMCipher] = [:]
         var box: [UInt8] = []
         var associatedData: [UInt8] = []
 
+        init(sealing: Bool) { self.sealing = sealing }
+
         mutating func cipher(_ id: GenerationKey, key: SymmetricKey) throws -> GCMCipher {
-            if let cipher, cipher.id == id { return cipher.cipher }
-            let ready: GCMCipher?
-            if let cipher {
-                ready = cipher.cipher.use(key) ? cipher.cipher : nil
-            } else {
-                ready = GCMCipher.make(key: key, sealing: true)
-            }
-            guard let ready else {
-                cipher = nil
+            if let found = made[id] { return found }
+            guard let cipher = GCMCipher.make(key: key, sealing: sealing) else {
                 throw EventStoreError(code: .storageFailure, message: "the cipher of a data key could not be set up")
             }
-            cipher = (id, ready)
-            return ready
+            made[id] = cipher
+            return cipher
+        }
+
+        /// What opens the members sealed with `key`: its cipher, or nothing when it is destroyed.
+        mutating func opener(_ id: GenerationKey, _ key: DataKey) throws -> Opener {
+            guard case .live(let key) = key else { return .erased }
+            return .live(try cipher(id, key: key))
         }
     }
 
     /// Seals one event's personal members with `key`.
     static func seal(_ event: inout NewEvent, tenant: TenantID, generation: Int, key: SymmetricKey) throws {
-        var sealing = Sealing()
+        var sealing = Ciphers(sealing: true)
         try seal(&event, tenant: tenant, generation: generation, key: key, with: &sealing)
     }
 
     /// Seals one event's personal members with `key`, its cipher and buffers kept in `sealing` for the next.
-    static func seal(_ event: inout NewEvent, tenant: TenantID, generation: Int, key: SymmetricKey, with sealing: inout Sealing) throws {
+    static func seal(_ event: inout NewEvent, tenant: TenantID, generation: Int, key: SymmetricKey, with sealing: inout Ciphers) throws {
         guard let subject = event.personalDataSubject else { return }
         let cipher = try sealing.cipher(GenerationKey(tenant: tenant.rawValue, subject: subject.visitor.rawValue, generation: generation), key: key)
         let current = event
@@ -533,7 +535,7 @@ public final class PersonalDataVault: Sendable {
         var erasures: [Bool] = []
         ranges.reserveCapacity(items.count)
         erasures.reserveCapacity(items.count)
-        var state = Opening()
+        var state = Ciphers(sealing: false)
         // Neighbouring events are often one conversation's: the last key found is tried first.
         var last: (id: GenerationKey, opener: Opener)?
         for (index, info) in items {
@@ -580,26 +582,8 @@ public final class PersonalDataVault: Sendable {
         case leftSealed
     }
 
-    /// The ciphers and scratch buffers of a batch being opened: a cipher per data key, the box and the
-    /// associated data of one member at a time.
-    struct Opening {
-        var ciphers: [GenerationKey: GCMCipher] = [:]
-        var box: [UInt8] = []
-        var associatedData: [UInt8] = []
-
-        mutating func opener(_ id: GenerationKey, _ key: DataKey) throws -> Opener {
-            guard case .live(let key) = key else { return .erased }
-            if let found = ciphers[id] { return .live(found) }
-            guard let made = GCMCipher.make(key: key, sealing: false) else {
-                throw EventStoreError(code: .storageFailure, message: "the cipher of a data key could not be set up")
-            }
-            ciphers[id] = made
-            return .live(made)
-        }
-    }
-
     static func open(_ event: RecordedEvent, info: SealInfo.Personal, key dataKey: DataKey) throws -> RecordedEvent {
-        var opening = Opening()
+        var opening = Ciphers(sealing: false)
         let opener = try opening.opener(GenerationKey(tenant: event.tenant.rawValue, subject: info.subject, generation: info.key), dataKey)
         var out = ByteBuffer()
         let erased = try openedData(event, info: info, opener: opener, with: &opening, into: &out)
@@ -609,7 +593,7 @@ public final class PersonalDataVault: Sendable {
     /// Writes the payload with its sealed members opened (or erased) at the end of `out`, which many events
     /// share (a batch's opened payloads are slices of one buffer); whether they were erased.
     static func openedData(
-        _ event: borrowing RecordedEvent, info: SealInfo.Personal, opener: Opener, with opening: inout Opening, into out: inout ByteBuffer
+        _ event: borrowing RecordedEvent, info: SealInfo.Personal, opener: Opener, with opening: inout Ciphers, into out: inout ByteBuffer
     ) throws -> Bool {
         try event.data.withUnsafeReadableBytes { bytes throws in
             var copied = 0
