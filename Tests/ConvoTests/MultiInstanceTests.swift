@@ -30,28 +30,16 @@ import Testing
             // Every message once, in random order, each to a random server, 64 at a time.
             var sends = (0..<visitors).flatMap { visitor in (0..<perVisitor).map { (visitor, $0) } }
             sends.shuffle()
-            let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
-                var iterator = sends.makeIterator()
-                func next() -> (Int, Int)? { iterator.next() }
-                var statuses: [Int] = []
-                func add(_ send: (Int, Int)) {
-                    let server = servers.randomElement()!
-                    group.addTask {
-                        var request = HTTPClientRequest(url: "\(server.baseURL)/v1/conversations/mi-\(send.0)/messages")
-                        request.method = .POST
-                        request.headers.add(name: "Authorization", value: "Bearer \(key)")
-                        request.headers.add(name: "Content-Type", value: "application/json")
-                        request.body = .bytes(ByteBuffer(string: #"{"visitorUid": "v-\#(send.0)", "messageId": "m\#(send.1)", "text": "message \#(send.1) about my order"}"#))
-                        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
-                        return Int(response.status.code)
-                    }
+            let statuses: [Int]
+            do {
+                statuses = try await Self.send(sends, to: servers, key: key)
+            } catch {
+                // The servers' logs go with them: say here whether one was still running and what it wrote
+                // (a suite run once failed here with "I/O on closed channel" and nothing else to go on).
+                for (index, server) in servers.enumerated() {
+                    Issue.record("server \(index): \(server.isRunning ? "running" : "exited"); \(server.failureSummary)")
                 }
-                for _ in 0..<64 { if let send = next() { add(send) } }
-                while let status = try await group.next() {
-                    statuses.append(status)
-                    if let send = next() { add(send) }
-                }
-                return statuses
+                throw error
             }
             #expect(statuses.count == visitors * perVisitor && statuses.allSatisfy { $0 == 202 }, "\(Dictionary(grouping: statuses) { $0 }.mapValues(\.count))")
 
@@ -119,6 +107,33 @@ import Testing
                 let status = try await server.stop(timeout: .seconds(10))
                 #expect(status == 0, "\(server.output.suffix(2000))")
             }
+        }
+    }
+
+    /// Each message once, each to a random server, 64 at a time: the response statuses.
+    static func send(_ sends: [(Int, Int)], to servers: [ServeProcess], key: String) async throws -> [Int] {
+        try await withThrowingTaskGroup(of: Int.self) { group in
+            var iterator = sends.makeIterator()
+            func next() -> (Int, Int)? { iterator.next() }
+            var statuses: [Int] = []
+            func add(_ send: (Int, Int)) {
+                let server = servers.randomElement()!
+                group.addTask {
+                    var request = HTTPClientRequest(url: "\(server.baseURL)/v1/conversations/mi-\(send.0)/messages")
+                    request.method = .POST
+                    request.headers.add(name: "Authorization", value: "Bearer \(key)")
+                    request.headers.add(name: "Content-Type", value: "application/json")
+                    request.body = .bytes(ByteBuffer(string: #"{"visitorUid": "v-\#(send.0)", "messageId": "m\#(send.1)", "text": "message \#(send.1) about my order"}"#))
+                    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+                    return Int(response.status.code)
+                }
+            }
+            for _ in 0..<64 { if let send = next() { add(send) } }
+            while let status = try await group.next() {
+                statuses.append(status)
+                if let send = next() { add(send) }
+            }
+            return statuses
         }
     }
 }
