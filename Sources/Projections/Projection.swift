@@ -36,7 +36,7 @@ public protocol Projection: Sendable {
     var rowsAreConversationLocal: Bool { get }
 
     /// The sealed personal members the fold reads, by event type (``PersonalData/fieldsByType``): a rebuild
-    /// opens only those, and the others reach the fold as ``PersonalData/sealedPlaceholder``, never
+    /// opens only those, and the others reach the fold as stored (sealed envelopes, `pd1:…`), never
     /// decrypted. `.all` (the default) for a fold that may read any.
     var personalDataRead: PersonalDataOpening { get }
 }

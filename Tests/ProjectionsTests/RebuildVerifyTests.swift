@@ -95,7 +95,7 @@ import Testing
                         "SELECT variables::text FROM workflow_state WHERE tenant_id = \(tenant.rawValue) AND conversation_id = \(id.rawValue)")
                     var stored: [String] = []
                     for try await text in variables.decode(String.self) { stored.append(text) }
-                    #expect(stored.count == 1 && stored[0].contains("I am Ada, ada@example.com") && !stored[0].contains(PersonalData.sealedPlaceholder))
+                    #expect(stored.count == 1 && stored[0].contains("I am Ada, ada@example.com") && !stored[0].contains("pd1:"))
                 }
                 // The runners (each opening what its own fold reads), then a rebuild of all three.
                 let runners = RunnerTests.runners(store)

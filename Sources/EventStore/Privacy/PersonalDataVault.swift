@@ -464,34 +464,32 @@ public final class PersonalDataVault: Sendable {
     ///   `storageFailure` when a sealed member does not open with its key (altered data) or its key is missing.
     /// - Parameter connection: the connection the events were read on, when the caller holds one (a reader
     ///   inside its own transaction): the keys are read there too, never on a second connection it would wait for.
-    /// - Parameter opening: which events' sealed members are opened; the others' read as
-    ///   ``PersonalData/sealedPlaceholder`` and their keys are not read.
+    /// - Parameter opening: which events' sealed members are opened; the others are passed on as stored
+    ///   (their members sealed envelopes), their metadata and keys not read.
     func open(_ events: consuming [RecordedEvent], on connection: PostgresConnection? = nil, opening: PersonalDataOpening = .all) async throws -> [RecordedEvent] {
         // Large batches (a rebuild's, a scan's) are read and opened on several child tasks: the reading task
         // would otherwise be the rebuild's bottleneck.
+        // Events of types not opened are passed over here: not even their metadata is read.
+        if opening.types?.isEmpty == true { return events }
         let parts = events.count >= 256 ? max(1, min(4, ProcessInfo.processInfo.activeProcessorCount)) : 1
-        let metadata = events.map(\.metadataJSON)
         var infos: [(Int, SealInfo.Personal)] = []
         if parts == 1 {
-            infos = try Self.sealInfos(metadata, metadata.indices)
+            infos = try Self.sealInfos(events, events.indices, opening: opening)
         } else {
-            infos = try await withThrowingTaskGroup(of: [(Int, SealInfo.Personal)].self) { group in
-                for slice in Self.slices(metadata.count, parts) { group.addTask { try Self.sealInfos(metadata, slice) } }
-                return try await group.reduce(into: []) { $0 += $1 }
-            }
+            infos = try await Self.sealInfosInParts(events, opening: opening, parts: parts)
         }
         guard !infos.isEmpty else { return events }
         var opened = events
         var wanted = Set<GenerationKey>()
         var previous: GenerationKey?
-        for (index, info) in infos where opening.opens(opened[index].type) {
+        for (index, info) in infos {
             let id = GenerationKey(tenant: opened[index].tenant.rawValue, subject: info.subject, generation: info.key)
             if id != previous { wanted.insert(id) }
             previous = id
         }
         let keys = try await dataKeys(wanted, on: connection)
         if parts == 1 || infos.count < 256 {
-            let (outputs, erasures) = try Self.openAll(opened, infos[...], keys: keys, opening: opening)
+            let (outputs, erasures) = try Self.openAll(opened, infos[...], keys: keys)
             for (position, (index, _)) in infos.enumerated() {
                 opened[index].data = outputs[position]
                 opened[index].isErased = erasures[position]
@@ -499,7 +497,7 @@ public final class PersonalDataVault: Sendable {
             return opened
         }
         // The child tasks' hold on the events ends with the call: changing them after it copies no array.
-        let results = try await Self.openInParts(opened, infos, keys: keys, opening: opening, parts: parts)
+        let results = try await Self.openInParts(opened, infos, keys: keys, parts: parts)
         for (slice, outputs, erasures) in results {
             for (offset, item) in slice.enumerated() {
                 let index = infos[item].0
@@ -510,14 +508,14 @@ public final class PersonalDataVault: Sendable {
         return opened
     }
 
-    /// ``openAll(_:_:keys:opening:)`` of `parts` slices of `infos` on child tasks.
+    /// ``openAll(_:_:keys:)`` of `parts` slices of `infos` on child tasks.
     private static func openInParts(
-        _ events: [RecordedEvent], _ infos: [(Int, SealInfo.Personal)], keys: [GenerationKey: DataKey], opening: PersonalDataOpening, parts: Int
+        _ events: [RecordedEvent], _ infos: [(Int, SealInfo.Personal)], keys: [GenerationKey: DataKey], parts: Int
     ) async throws -> [(Range<Int>, [ByteBuffer], [Bool])] {
         try await withThrowingTaskGroup(of: (Range<Int>, [ByteBuffer], [Bool]).self) { group in
             for slice in slices(infos.count, parts) {
                 group.addTask {
-                    let (outputs, erasures) = try openAll(events, infos[slice], keys: keys, opening: opening)
+                    let (outputs, erasures) = try openAll(events, infos[slice], keys: keys)
                     return (slice, outputs, erasures)
                 }
             }
@@ -527,7 +525,7 @@ public final class PersonalDataVault: Sendable {
 
     /// The opened payloads of `items`, in order: slices of one buffer.
     private static func openAll(
-        _ events: [RecordedEvent], _ items: ArraySlice<(Int, SealInfo.Personal)>, keys: [GenerationKey: DataKey], opening: PersonalDataOpening
+        _ events: [RecordedEvent], _ items: ArraySlice<(Int, SealInfo.Personal)>, keys: [GenerationKey: DataKey]
     ) throws -> ([ByteBuffer], [Bool]) {
         var out = ByteBuffer()
         out.reserveCapacity(items.reduce(0) { $0 + events[$1.0].data.readableBytes })
@@ -540,18 +538,14 @@ public final class PersonalDataVault: Sendable {
         var last: (id: GenerationKey, opener: Opener)?
         for (index, info) in items {
             let opener: Opener
-            if !opening.opens(events[index].type) {
-                opener = .leftSealed
+            let id = GenerationKey(tenant: events[index].tenant.rawValue, subject: info.subject, generation: info.key)
+            if let last, last.id == id {
+                opener = last.opener
+            } else if let found = keys[id] {
+                opener = try state.opener(id, found)
+                last = (id, opener)
             } else {
-                let id = GenerationKey(tenant: events[index].tenant.rawValue, subject: info.subject, generation: info.key)
-                if let last, last.id == id {
-                    opener = last.opener
-                } else if let found = keys[id] {
-                    opener = try state.opener(id, found)
-                    last = (id, opener)
-                } else {
-                    throw EventStoreError(code: .storageFailure, message: "the data key of the event at position \(events[index].globalPosition) is missing")
-                }
+                throw EventStoreError(code: .storageFailure, message: "the data key of the event at position \(events[index].globalPosition) is missing")
             }
             let start = out.writerIndex
             erasures.append(try openedData(events[index], info: info, opener: opener, with: &state, into: &out))
@@ -565,10 +559,20 @@ public final class PersonalDataVault: Sendable {
         return stride(from: 0, to: count, by: max(1, size)).map { $0..<min(count, $0 + size) }
     }
 
-    private static func sealInfos(_ metadata: [ByteBuffer], _ range: Range<Int>) throws -> [(Int, SealInfo.Personal)] {
+    /// ``sealInfos(_:_:opening:)`` of `parts` slices of `events` on child tasks, in order; the tasks' hold on
+    /// the events ends with the call.
+    private static func sealInfosInParts(_ events: [RecordedEvent], opening: PersonalDataOpening, parts: Int) async throws -> [(Int, SealInfo.Personal)] {
+        try await withThrowingTaskGroup(of: (Int, [(Int, SealInfo.Personal)]).self) { group in
+            for slice in slices(events.count, parts) { group.addTask { (slice.lowerBound, try sealInfos(events, slice, opening: opening)) } }
+            return try await group.reduce(into: []) { $0.append($1) }.sorted { $0.0 < $1.0 }.flatMap(\.1)
+        }
+    }
+
+    /// What sealed each event of `range` whose type `opening` opens, when it is sealed.
+    private static func sealInfos(_ events: [RecordedEvent], _ range: Range<Int>, opening: PersonalDataOpening) throws -> [(Int, SealInfo.Personal)] {
         var found: [(Int, SealInfo.Personal)] = []
-        for index in range {
-            if let info = try sealInfo(of: metadata[index]) { found.append((index, info)) }
+        for index in range where opening.opens(events[index].type) {
+            if let info = try sealInfo(of: events[index].metadataJSON) { found.append((index, info)) }
         }
         return found
     }
@@ -578,8 +582,6 @@ public final class PersonalDataVault: Sendable {
     enum Opener {
         case live(GCMCipher)
         case erased
-        /// Not to be opened (``PersonalDataOpening``).
-        case leftSealed
     }
 
     static func open(_ event: RecordedEvent, info: SealInfo.Personal, key dataKey: DataKey) throws -> RecordedEvent {
@@ -606,8 +608,6 @@ public final class PersonalDataVault: Sendable {
                     switch opener {
                     case .erased:
                         out.writeString("\"\(PersonalData.erasedPlaceholder)\"")
-                    case .leftSealed:
-                        out.writeString("\"\(PersonalData.sealedPlaceholder)\"")
                     case .live(let cipher):
                         let value = UnsafeRawBufferPointer(rebasing: bytes[member.value])
                         let prefix = 1 + envelopePrefix.utf8.count
@@ -839,8 +839,8 @@ public final class PersonalDataVault: Sendable {
 }
 
 /// Which sealed personal members a read opens: every one (``all``, what every read but a rebuild's asks),
-/// or only those of some event types. A member left sealed reads as ``PersonalData/sealedPlaceholder``: it
-/// is never decrypted, and its key is not read.
+/// or only those of some event types. An event of a type not opened is passed on as stored, its personal
+/// members their sealed envelopes (`pd1:…`): never decrypted, its metadata and key not even read.
 public struct PersonalDataOpening: Sendable, Hashable {
     /// The event types whose members are opened; `nil`: every type.
     public let types: Set<String>?

@@ -8,10 +8,6 @@ public enum PersonalData {
     /// What a sealed member reads as once its key is destroyed.
     public static let erasedPlaceholder = "[erased]"
 
-    /// What a sealed member reads as where the reader asked not to open it: a rebuild opens only the members
-    /// its folds read (see `PersonalDataOpening` in EventStore); the others are never decrypted.
-    public static let sealedPlaceholder = "[sealed]"
-
     /// The members of each event type that can hold personal data. For ``ToolCalled`` the arguments are
     /// sealed when the tool's catalogue entry marks them personal (see ``fields(of:)``); an event appended
     /// as raw JSON is sealed by this table, which is the stricter answer.
