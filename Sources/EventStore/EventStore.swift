@@ -17,6 +17,10 @@ public protocol EventStore: Sendable {
     /// Reads up to `maxCount` events of a stream, from `fromVersion` (inclusive) forward.
     func readStream(_ stream: StreamName, tenant: TenantID, fromVersion: Int64, maxCount: Int) async throws -> [RecordedEvent]
 
+    /// Every event of each of several streams of one tenant from its own version to its end, in stream
+    /// order, one array per stream in the order asked; the streams are distinct.
+    func readStreamsToEnd(_ reads: [(stream: StreamName, fromVersion: Int64)], tenant: TenantID) async throws -> [[RecordedEvent]]
+
     /// Reads up to `maxCount` events of every stream of a category, after a global position.
     func readCategory(_ category: String, tenant: TenantID, after position: Int64, maxCount: Int) async throws -> [RecordedEvent]
 
@@ -35,6 +39,7 @@ public protocol EventStore: Sendable {
 }
 
 extension EventStore {
+
     /// Every event of a stream from `fromVersion` to its end, read in pages of `pageSize`.
     public func readStreamToEnd(_ stream: StreamName, tenant: TenantID, fromVersion: Int64 = 1, pageSize: Int = 1000) async throws -> [RecordedEvent] {
         var events: [RecordedEvent] = []

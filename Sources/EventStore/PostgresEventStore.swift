@@ -310,6 +310,36 @@ public final class PostgresEventStore: EventStore, Service {
             """, operation: "read \(stream)")
     }
 
+    /// In one query (pages of 1,000 events per stream; a longer stream's rest is read after).
+    public func readStreamsToEnd(_ reads: [(stream: StreamName, fromVersion: Int64)], tenant: TenantID) async throws -> [[RecordedEvent]] {
+        let names = reads.map(\.stream.description)
+        guard Set(names).count == names.count else {
+            throw EventStoreError(code: .invalidArgument, message: "each stream is read once")
+        }
+        let page = 1000
+        let found = try await fetch(
+            """
+            SELECT \(unescaped: Self.prefixedColumns) FROM unnest(\(names), \(reads.map(\.fromVersion))) WITH ORDINALITY AS k (stream, from_version, n)
+            CROSS JOIN LATERAL (
+                SELECT \(unescaped: Self.columns) FROM events
+                WHERE tenant_id = \(tenant.rawValue) AND stream_name = k.stream AND stream_version >= k.from_version
+                ORDER BY stream_version LIMIT \(page)
+            ) e
+            ORDER BY k.n, e.stream_version
+            """, operation: "read \(names.joined(separator: ", "))")
+        var result = Array(repeating: [RecordedEvent](), count: reads.count)
+        var index = 0
+        for event in found {
+            while index < names.count, event.stream.description != names[index] { index += 1 }
+            guard index < names.count else { break }
+            result[index].append(event)
+        }
+        for (position, read) in reads.enumerated() where result[position].count == page {
+            result[position] += try await readStreamToEnd(read.stream, tenant: tenant, fromVersion: result[position][page - 1].streamVersion + 1)
+        }
+        return result
+    }
+
     public func readCategory(_ category: String, tenant: TenantID, after position: Int64, maxCount: Int = 1000) async throws -> [RecordedEvent] {
         try Self.checkPageSize(maxCount)
         guard StreamName.isValidCategory(category) else { throw EventStoreError(code: .invalidArgument, message: "invalid category") }
@@ -453,6 +483,8 @@ public final class PostgresEventStore: EventStore, Service {
     // MARK: Rows
 
     static let columns = "global_position, event_id, tenant_id, stream_name, stream_version, event_type, data, metadata, recorded_at"
+    /// ``columns`` of a subquery named `e`.
+    static let prefixedColumns = columns.split(separator: ", ").map { "e.\($0)" }.joined(separator: ", ")
 
     private static func checkPageSize(_ maxCount: Int) throws {
         guard (1...10_000).contains(maxCount) else {

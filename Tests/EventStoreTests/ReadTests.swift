@@ -35,6 +35,34 @@ import Testing
         }
     }
 
+    /// Several streams in one query: each from its own version to its end, past the page of 1,000 events,
+    /// another tenant's stream of the same name never among them.
+    @Test func severalStreamsAreReadToTheirEndsInOneCall() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant(), other = TestDatabase.uniqueTenant()
+            let long = TestDatabase.uniqueStream("messages")
+            let short = try StreamName(category: "workflow", id: long.id)
+            let empty = TestDatabase.uniqueStream("messages")
+            for start in stride(from: 0, to: 1_205, by: 241) {
+                try await store.append((start..<(start + 241)).map { note("l\($0)") }, to: long, tenant: tenant, expectedVersion: .any)
+            }
+            try await store.append((0..<5).map { note("s\($0)") }, to: short, tenant: tenant, expectedVersion: .noStream)
+            try await store.append([note("foreign")], to: short, tenant: other, expectedVersion: .noStream)
+
+            let read = try await store.readStreamsToEnd([(short, 3), (long, 2), (empty, 1)], tenant: tenant)
+            #expect(read.count == 3)
+            #expect(try read[0].map { try $0.decode(Note.self).text } == ["s2", "s3", "s4"])
+            #expect(read[1].count == 1_204 && read[1].map(\.streamVersion) == Array(2...1_205))
+            #expect(try read[1].last?.decode(Note.self).text == "l1204")
+            #expect(read[2].isEmpty)
+            // Past the end: nothing, and the same as one stream at a time.
+            #expect(try await store.readStreamsToEnd([(long, 1_206), (short, 6)], tenant: tenant).allSatisfy(\.isEmpty))
+            #expect(try await store.readStreamsToEnd([(short, 1)], tenant: tenant)[0].map(\.eventId)
+                == (try await store.readStreamToEnd(short, tenant: tenant)).map(\.eventId))
+            await #expect(throws: EventStoreError.self) { _ = try await store.readStreamsToEnd([(short, 1), (short, 2)], tenant: tenant) }
+        }
+    }
+
     /// On a cluster of its own: the open append withholds the events of every reader of the cluster (readers
     /// cannot tell databases apart), so on the shared one it would stall every other test while it runs.
     @Test(.timeLimit(.minutes(2))) func readAllWithholdsEventsThatCommitBeforeAnOlderOpenAppend() async throws {

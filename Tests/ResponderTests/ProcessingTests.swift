@@ -325,6 +325,47 @@ struct SlowProvider: AIProvider {
         }
     }
 
+    /// A message ingested here is announced twice, by the route and by the subscription: one run of the
+    /// processor handles it, the second announcement finds it consumed. A hand-back (no message) always runs.
+    @Test func aMessageAnnouncedByTheRouteAndTheSubscriptionIsProcessedInOneRun() async throws {
+        try await Harness.run { harness in
+            let service = ResponderService(
+                processor: harness.processor(), store: harness.store, configuration: .init(sweepInterval: .seconds(600), scope: .tenant(harness.tenant)),
+                logger: TestDatabase.logger)
+            let processor = harness.processor()
+            func consumed(_ conversation: ConversationID) async throws -> Int64 {
+                try await processor.readState(tenant: harness.tenant, conversation: conversation).messagesConsumed
+            }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await service.run() }
+                defer { group.cancelAll() }
+                #expect(try await eventually { service.isRunning })
+                let visitor = newVisitor()
+                var conversations: [ConversationID] = []
+                for index in 0..<8 {
+                    let conversation = newConversation()
+                    conversations.append(conversation)
+                    for turn in 1...2 {
+                        let stored = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m\(turn)", text: "turn \(index).\(turn)"))
+                        service.messageIngested(tenant: harness.tenant, visitor: visitor, conversation: conversation, messageVersion: stored.streamVersion)
+                        #expect(try await eventually { try await consumed(conversation) >= stored.streamVersion })
+                    }
+                }
+                // A last message announced by the subscription alone: once it is consumed, the subscription has
+                // passed every earlier message too.
+                let last = newConversation()
+                let stored = try await harness.ingestor.ingest(harness.message(last, visitor, id: "m1", text: "last"))
+                #expect(try await eventually { try await consumed(last) >= stored.streamVersion })
+                #expect(try await eventually { service.scheduledCount == 0 })
+                #expect(service.runs == 17, "one run per message")
+                // An announcement without a message version (a hand-back) runs even when nothing is new.
+                service.messageIngested(tenant: harness.tenant, visitor: visitor, conversation: conversations[0])
+                #expect(try await eventually { service.runs == 18 && service.scheduledCount == 0 })
+                for conversation in conversations { #expect(try await consumed(conversation) == 3) }
+            }
+        }
+    }
+
     @Test func theResponderServiceProcessesIngestedMessagesAndSweepsUpStrandedOnes() async throws {
         // A database of its own: the sweep reads the conversations projection, whose runner follows every tenant.
         try await TestDatabase.withFreshDatabase { url in

@@ -181,7 +181,8 @@ public struct ConversationProcessor: Sendable {
     /// Handles the conversation's pending messages until none is left.
     func drain(tenant: TenantID, visitor: VisitorUID, conversation: ConversationID, lease: VisitorLock.Lease, lost: LostFlag) async throws -> Outcome {
         var outcome = Outcome(busy: false, eventsAppended: 0, conflicts: 0)
-        var state = try await readState(tenant: tenant, conversation: conversation)
+        // The state and the first pending messages in one query; later rounds read only new messages.
+        var (state, first) = try await readStateAndPending(tenant: tenant, conversation: conversation)
         var definition: WorkflowDefinition?
         while true {
             // The decision in flight is finished; a stopping instance starts no new one. What is left stays
@@ -190,7 +191,8 @@ public struct ConversationProcessor: Sendable {
                 try? await lock.markPending(VisitorLock.Visitor(tenant: tenant, visitor: visitor), conversation: conversation)
                 return outcome
             }
-            let (pending, messagesVersion, owner) = try await readPending(tenant: tenant, conversation: conversation, after: state.messagesConsumed)
+            let (pending, messagesVersion, owner) =
+                if let read = first.take() { read } else { try await readPending(tenant: tenant, conversation: conversation, after: state.messagesConsumed) }
             guard owner == nil || owner == visitor else {
                 logger.error("conversation belongs to another visitor; not processed", metadata: ["convo.conversation": "\(conversation)"])
                 return outcome
@@ -285,6 +287,13 @@ public struct ConversationProcessor: Sendable {
         try! StreamName(category: "audit", id: tenant.rawValue)
     }
 
+    /// How many of the conversation's messages this process knows its workflow consumed (from the states it
+    /// folded; `0` when it knows none): a message at or below it needs no processing. Never more than the
+    /// truth, since states only move forward; possibly less (another instance went on since).
+    public func consumedMessages(tenant: TenantID, conversation: ConversationID) -> Int64 {
+        states.get("\(tenant.rawValue)/\(conversation.rawValue)")?.messagesConsumed ?? 0
+    }
+
     /// The workflow state, folded from the whole `workflow-` stream.
     ///
     /// Events never change, so a state folded earlier is a valid start: only the events after it are read.
@@ -298,12 +307,31 @@ public struct ConversationProcessor: Sendable {
         return state
     }
 
+    /// ``readState(tenant:conversation:)`` and ``readPending(tenant:conversation:after:)`` in one round trip:
+    /// the messages are read from what the state known before consumed (reading the state may move that on,
+    /// and what it consumed is left out).
+    func readStateAndPending(tenant: TenantID, conversation: ConversationID) async throws -> (WorkflowState, ([PendingMessage], Int64, VisitorUID?)?) {
+        let key = "\(tenant.rawValue)/\(conversation.rawValue)"
+        var state = states.get(key) ?? WorkflowState()
+        let read = try await store.readStreamsToEnd(
+            [(conversation.workflowStream, state.version + 1), (conversation.messagesStream, state.messagesConsumed + 1)], tenant: tenant)
+        for event in read[0] { try state.apply(event) }
+        states.put(key, state)
+        return (state, try Self.pending(in: read[1], after: state.messagesConsumed))
+    }
+
     /// The visitor messages after `version`, the stream's version, and the conversation's visitor.
     func readPending(tenant: TenantID, conversation: ConversationID, after version: Int64) async throws -> ([PendingMessage], Int64, VisitorUID?) {
+        try Self.pending(in: try await store.readStreamToEnd(conversation.messagesStream, tenant: tenant, fromVersion: version + 1), after: version)
+    }
+
+    /// The visitor messages of `events` (a messages stream's, in order) after `version`, the stream's version
+    /// as read, and the conversation's visitor.
+    static func pending(in events: [RecordedEvent], after version: Int64) throws -> ([PendingMessage], Int64, VisitorUID?) {
         var pending: [PendingMessage] = []
         var owner: VisitorUID?
         var last = version
-        for event in try await store.readStreamToEnd(conversation.messagesStream, tenant: tenant, fromVersion: version + 1) {
+        for event in events where event.streamVersion > version {
             last = event.streamVersion
             switch event.type {
             case VisitorMessageReceived.eventType:

@@ -55,8 +55,10 @@ public final class ResponderService: Service, Sendable {
     let logger: Logger
     private let queue: AsyncStream<Work>
     private let enqueue: AsyncStream<Work>.Continuation
-    /// Work queued or running, so a burst for one conversation is processed once, plus whether more came in.
-    private let inFlight = Mutex<[Work: Bool]>([:])
+    /// Work queued or running, so a burst for one conversation is processed once, with what came in since it
+    /// started: the highest message version asked for (`0` nothing, `Int64.max` something unknown, such as a
+    /// hand-back), so a run that consumed it already is not followed by one that finds nothing to do.
+    private let inFlight = Mutex<[Work: Int64]>([:])
     /// Whether ``run()`` is processing: until it starts and after it ends, nothing takes work off the queue.
     private let running = Atomic<Bool>(false)
     /// Failures in a row per conversation, and what failed last.
@@ -67,6 +69,8 @@ public final class ResponderService: Service, Sendable {
     private let parked = Mutex<Set<ParkedKey>>([])
     public let parkingLot: ParkingLot
     private let parkedCounter = Counter(label: "convo.responder.parked_total")
+    private let runsCounter = Counter(label: "convo.responder.runs")
+    private let runCount = Atomic<Int>(0)
 
     struct ParkedKey: Hashable, Sendable {
         var tenant: TenantID
@@ -117,30 +121,39 @@ public final class ResponderService: Service, Sendable {
         }
     }
 
-    /// Processes the conversation soon: for callers that just ingested a message in this process.
+    /// Processes the conversation soon: for callers that just ingested a message in this process (its version
+    /// in the messages stream, when there is one: a message already consumed by then needs no second run).
     ///
     /// A service that is not running (an ingest-only `convo serve`, or one stopping) keeps nothing: its queue
     /// would only grow, one entry per conversation. The message is not lost: the instances that process
     /// find it through their subscription, and the sweep at their start.
-    public func messageIngested(tenant: TenantID, visitor: VisitorUID, conversation: ConversationID) {
+    public func messageIngested(tenant: TenantID, visitor: VisitorUID, conversation: ConversationID, messageVersion: Int64? = nil) {
         guard running.load(ordering: .relaxed) else { return }
-        schedule(Work(tenant: tenant, visitor: visitor, conversation: conversation))
+        schedule(Work(tenant: tenant, visitor: visitor, conversation: conversation), upTo: messageVersion)
     }
 
     /// Whether ``run()`` is taking work (from start until shutdown).
     public var isRunning: Bool { running.load(ordering: .relaxed) }
 
+    /// Runs of the processor for a conversation by this instance (each takes the visitor's lock and reads the
+    /// conversation): what its schedules cost.
+    public var runs: Int { runCount.load(ordering: .relaxed) }
+
     /// Conversations queued or being processed by this instance.
     public var scheduledCount: Int { inFlight.withLock { $0.count } }
 
     /// Schedules a visitor's conversation; a schedule for work already queued or running is folded into it.
-    func schedule(_ work: Work) {
+    /// `version`: the message that asks for it, when known (`nil`: anything, such as a hand-back).
+    func schedule(_ work: Work, upTo version: Int64? = nil) {
+        // Consumed already (announced twice, and the first run is done).
+        if let version, version <= processor.consumedMessages(tenant: work.tenant, conversation: work.conversation) { return }
+        let wanted = version ?? .max
         let isNew = inFlight.withLock { inFlight in
-            if inFlight[work] != nil {
-                inFlight[work] = true
+            if let existing = inFlight[work] {
+                inFlight[work] = max(existing, wanted)
                 return false
             }
-            inFlight[work] = false
+            inFlight[work] = 0
             return true
         }
         if isNew { enqueue.yield(work) }
@@ -181,6 +194,8 @@ public final class ResponderService: Service, Sendable {
                 return
             }
             do {
+                runCount.add(1, ordering: .relaxed)
+                runsCounter.increment()
                 try await processor.process(tenant: work.tenant, visitor: work.visitor, conversation: work.conversation)
                 failures.withLock { $0[work] = nil }
             } catch {
@@ -191,10 +206,13 @@ public final class ResponderService: Service, Sendable {
                 inFlight.withLock { $0[work] = nil }
                 return
             }
-            // Stopping (shutdown or cancellation) ends the retries: the sweep of the next start finds the rest.
+            // Again when something came in meanwhile that the run did not consume (it often did: a message
+            // ingested here is announced by the route and by the subscription). Stopping (shutdown or
+            // cancellation) ends the retries: the sweep of the next start finds the rest.
+            let consumed = processor.consumedMessages(tenant: work.tenant, conversation: work.conversation)
             again = inFlight.withLock { inFlight in
-                if inFlight[work] == true && !Task.isShuttingDownGracefully && !Task.isCancelled {
-                    inFlight[work] = false
+                if let wanted = inFlight[work], wanted > consumed, !Task.isShuttingDownGracefully, !Task.isCancelled {
+                    inFlight[work] = 0
                     return true
                 }
                 inFlight[work] = nil
@@ -288,14 +306,17 @@ public final class ResponderService: Service, Sendable {
         var position = start
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             do {
-                for try await event in store.subscribe(configuration.scope, after: position).cancelOnGracefulShutdown() {
+                // What is followed here (a message's visitor, parking records) is never sealed: nothing is decrypted.
+                for try await event in store.subscribe(configuration.scope, after: position, opening: .only([])).cancelOnGracefulShutdown() {
                     position = event.globalPosition
                     if event.stream.category == "audit" { try observeParking(event); continue }
                     guard event.type == VisitorMessageReceived.eventType, event.stream.category == "messages",
                         let conversation = ConversationID(rawValue: event.stream.id)
                     else { continue }
+                    // Consumed already (the route of this instance scheduled it, and its run is done): nothing to do.
+                    guard event.streamVersion > processor.consumedMessages(tenant: event.tenant, conversation: conversation) else { continue }
                     let message = try event.decode(VisitorMessageReceived.self)
-                    schedule(Work(tenant: event.tenant, visitor: message.visitorUid, conversation: conversation))
+                    schedule(Work(tenant: event.tenant, visitor: message.visitorUid, conversation: conversation), upTo: event.streamVersion)
                 }
             } catch {
                 if Task.isShuttingDownGracefully || Task.isCancelled { return }

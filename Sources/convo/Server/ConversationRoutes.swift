@@ -70,7 +70,9 @@ struct ConversationRoutes: Sendable {
             let result = try await context.batcher.ingest(message)
             (result.isDuplicate ? duplicates : accepted).increment()
             // The responder is woken by the store's subscription too; scheduling here only saves the hop.
-            if !result.isDuplicate { context.responder.messageIngested(tenant: tenant, visitor: visitor, conversation: conversation) }
+            if !result.isDuplicate {
+                context.responder.messageIngested(tenant: tenant, visitor: visitor, conversation: conversation, messageVersion: result.streamVersion)
+            }
             return EditedResponse(
                 status: result.isDuplicate ? .ok : .accepted,
                 response: MessageAccepted(
