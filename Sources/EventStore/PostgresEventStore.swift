@@ -330,8 +330,8 @@ public final class PostgresEventStore: EventStore, Service {
         var result = Array(repeating: [RecordedEvent](), count: reads.count)
         var index = 0
         for event in found {
-            while index < names.count, event.stream.description != names[index] { index += 1 }
-            guard index < names.count else { break }
+            while index < reads.count, event.stream != reads[index].stream { index += 1 }
+            guard index < reads.count else { break }
             result[index].append(event)
         }
         for (position, read) in reads.enumerated() where result[position].count == page {
