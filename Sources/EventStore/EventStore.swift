@@ -39,7 +39,6 @@ public protocol EventStore: Sendable {
 }
 
 extension EventStore {
-
     /// Every event of a stream from `fromVersion` to its end, read in pages of `pageSize`.
     public func readStreamToEnd(_ stream: StreamName, tenant: TenantID, fromVersion: Int64 = 1, pageSize: Int = 1000) async throws -> [RecordedEvent] {
         var events: [RecordedEvent] = []

@@ -312,10 +312,10 @@ public final class PostgresEventStore: EventStore, Service {
 
     /// In one query (pages of 1,000 events per stream; a longer stream's rest is read after).
     public func readStreamsToEnd(_ reads: [(stream: StreamName, fromVersion: Int64)], tenant: TenantID) async throws -> [[RecordedEvent]] {
-        let names = reads.map(\.stream.description)
-        guard Set(names).count == names.count else {
+        guard Set(reads.map(\.stream)).count == reads.count else {
             throw EventStoreError(code: .invalidArgument, message: "each stream is read once")
         }
+        let names = reads.map(\.stream.description)
         let page = 1000
         let found = try await fetch(
             """

@@ -54,6 +54,14 @@ import Glibc
             #expect(stored[answer.conversation]?.filter { $0 == answer.messageId }.count == 1, "\(answer)")
         }
         for (conversation, ids) in stored { #expect(Set(ids).count == ids.count, "\(conversation) stored a message twice") }
+        // And every message is answered, none twice: the runs a restart failed are retried (after a backoff of 2 s
+        // doubling), and an announcement of a message another run consumed already is dropped.
+        var processed = (done: false, answeredTwice: [String]())
+        let answered = try await eventually(timeout: .seconds(45)) {
+            processed = try await fleet.allProcessed(load.conversations)
+            return processed.done
+        }
+        #expect(answered && processed.answeredTwice.isEmpty, "answered twice: \(processed.answeredTwice)")
 
         for server in servers {
             let status = try await server.stop(timeout: .seconds(40))

@@ -467,10 +467,10 @@ public final class PersonalDataVault: Sendable {
     /// - Parameter opening: which events' sealed members are opened; the others are passed on as stored
     ///   (their members sealed envelopes), their metadata and keys not read.
     func open(_ events: consuming [RecordedEvent], on connection: PostgresConnection? = nil, opening: PersonalDataOpening = .all) async throws -> [RecordedEvent] {
+        // Events of types not opened are passed over: not even their metadata is read.
+        if opening.types?.isEmpty == true { return events }
         // Large batches (a rebuild's, a scan's) are read and opened on several child tasks: the reading task
         // would otherwise be the rebuild's bottleneck.
-        // Events of types not opened are passed over here: not even their metadata is read.
-        if opening.types?.isEmpty == true { return events }
         let parts = events.count >= 256 ? max(1, min(4, ProcessInfo.processInfo.activeProcessorCount)) : 1
         var infos: [(Int, SealInfo.Personal)] = []
         if parts == 1 {

@@ -267,9 +267,9 @@ public struct ProjectionRebuilder: Sendable {
             for build in builds {
                 _ = try await ProjectionCatalogue.entry(build.projection.name, forUpdate: true, on: transaction, logger: logger)
             }
+            let opening = PersonalDataOpening.read(by: builds.map(\.projection))
             while pass.failure == nil {
-                let batch = try await store.readAll(
-                    on: transaction, after: pass.checkpoint, maxCount: configuration.batchSize, opening: PersonalDataOpening.read(by: builds.map(\.projection)))
+                let batch = try await store.readAll(on: transaction, after: pass.checkpoint, maxCount: configuration.batchSize, opening: opening)
                 guard !batch.isEmpty else { break }
                 try await consume(
                     ProjectedEvent.decode(batch), into: builds, pass: &pass, partial: builds.count == 1 && configuration.installUpToFailure, inSwap: true,

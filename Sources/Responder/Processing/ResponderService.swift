@@ -313,8 +313,6 @@ public final class ResponderService: Service, Sendable {
                     guard event.type == VisitorMessageReceived.eventType, event.stream.category == "messages",
                         let conversation = ConversationID(rawValue: event.stream.id)
                     else { continue }
-                    // Consumed already (the route of this instance scheduled it, and its run is done): nothing to do.
-                    guard event.streamVersion > processor.consumedMessages(tenant: event.tenant, conversation: conversation) else { continue }
                     let message = try event.decode(VisitorMessageReceived.self)
                     schedule(Work(tenant: event.tenant, visitor: message.visitorUid, conversation: conversation), upTo: event.streamVersion)
                 }
