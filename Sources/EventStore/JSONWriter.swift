@@ -68,13 +68,13 @@ public enum JSONWriter {
         }
     }
 
-    /// Whole numbers up to 2^53 as integers, others in Swift's shortest form that reads back the same
-    /// (`1e-05`, `0.1`: both JSON).
-    static func number(_ number: Double, into out: inout ByteBuffer) throws {
+    /// Whole numbers up to the type's exact integers (2^53 for a `Double`, 2^24 for a `Float`) as integers,
+    /// others in the type's shortest form that reads back the same (`1e-05`, `0.1`: both JSON).
+    static func number<F: BinaryFloatingPoint & LosslessStringConvertible>(_ number: F, into out: inout ByteBuffer) throws {
         guard number.isFinite else {
             throw EncodingError.invalidValue(number, .init(codingPath: [], debugDescription: "\(number) is not a JSON number"))
         }
-        if number == number.rounded(), abs(number) <= 9_007_199_254_740_992 {
+        if number == number.rounded(), abs(number) <= F(sign: .plus, exponent: F.Exponent(F.significandBitCount + 1), significand: 1) {
             out.writeString(String(Int64(number)))
         } else {
             out.writeString(number.description)

@@ -37,7 +37,7 @@ public struct NewEvent: Sendable {
         subject: PersonalDataSubject? = nil
     ) throws {
         self.init(
-            eventId: eventId, type: type, data: try JSONCoding.encoder.encodeAsByteBuffer(payload, allocator: ByteBufferAllocator()), metadata: metadata,
+            eventId: eventId, type: type, data: try JSONCoding.streaming.encode(payload), metadata: metadata,
             subject: subject)
         if let declaring = payload as? any PersonalFieldsDeclaring { personalFields = declaring.personalFields }
     }
@@ -56,6 +56,11 @@ public enum JSONCoding {
         }
         return encoder
     }()
+
+    /// The payloads of events: the same JSON as ``encoder`` gives (members in encoding order instead of
+    /// sorted: the `jsonb` column orders them), written as the value encodes.
+    public static let streaming = StreamingJSONEncoder(
+        dateString: { Timestamp.string(from: $0) }, fallback: { try encoder.encodeAsByteBuffer($0, allocator: ByteBufferAllocator()) })
 
     public static let decoder: JSONDecoder = {
         let decoder = JSONDecoder()

@@ -57,6 +57,16 @@ struct AnsweringBenchmark: AsyncParsableCommand {
                 "burst answered within \(timeRatio.formatted(2))× the time its ingest took (target ≤ \(Self.timeTarget)) \(timeRatio <= Self.timeTarget ? "ok" : "MISSED"); "
                     + "answering at \((Double(messages * rounds) / answering).formatted(0)) msg/s, \(rateRatio.formatted(2))× the rate of ingest alone, \((Double(messages * rounds) / ingestAlone).formatted(0)) msg/s (target ≥ \(Self.rateTarget)) \(rateRatio >= Self.rateTarget ? "ok" : "MISSED")"
             )
+            // What the events alone cost: PostgreSQL's share of the machine per stored event in ingest alone
+            // (one-event appends in group commits), times the events an answered message stores, leaves
+            // this much of the machine's time per message before convo does anything.
+            let stored = Double(full.map(\.events).reduce(0, +)) / Double(messages * rounds)
+            let perEvent = alone.map(\.cpu.rest).reduce(0, +) / Double(max(1, alone.map(\.events).reduce(0, +)))
+            let cores = Double(ProcessInfo.processInfo.activeProcessorCount)
+            let ceiling = cores / (stored * perEvent)
+            report(
+                "events stored per answered message: \(stored.formatted(1)); PostgreSQL and the rest per stored event in ingest alone: \((perEvent * 1e6).formatted(0)) µs; "
+                    + "at that cost the events alone allow at most \(ceiling.formatted(0)) msg/s on \(Int(cores)) cores, \((ceiling / (Double(messages * rounds) / ingestAlone)).formatted(2))× the rate of ingest alone")
             if timeRatio > Self.timeTarget { missed.append("burst time") }
             if rateRatio < Self.rateTarget { missed.append("answering rate") }
         }
@@ -68,6 +78,10 @@ struct AnsweringBenchmark: AsyncParsableCommand {
         var ingest: Double
         /// Seconds until every conversation was answered (`nil`: not within the timeout, or not asked).
         var answered: Double?
+        /// Events stored by the end of the round (messages, conversation starts, the responder's).
+        var events: Int
+        /// What the round cost, from its start until it was answered (or ingested).
+        var cpu: IngestBaselines.CPU
     }
 
     /// `rounds` bursts to a `convo serve` with `serveArguments`, on a database made for them.
@@ -136,7 +150,8 @@ struct AnsweringBenchmark: AsyncParsableCommand {
                     }
                 }
                 report(line + "; " + cpu.perItem(messages))
-                results.append(Round(ingest: ingest, answered: answeredAt.map { ($0 - start).seconds }))
+                let events = try await Self.events(client, after: after)
+                results.append(Round(ingest: ingest, answered: answeredAt.map { ($0 - start).seconds }, events: events, cpu: cpu))
             }
             return results
         }
@@ -147,6 +162,13 @@ struct AnsweringBenchmark: AsyncParsableCommand {
         var head: Int64 = 0
         for try await value in try await client.query("SELECT coalesce(max(global_position), 0) FROM events").decode(Int64.self) { head = value }
         return head
+    }
+
+    /// Events stored after `after`.
+    static func events(_ client: PostgresClient, after: Int64) async throws -> Int {
+        var count = 0
+        for try await value in try await client.query("SELECT count(*) FROM events WHERE global_position > \(after)").decode(Int.self) { count = value }
+        return count
     }
 
     /// Visitor messages stored after `after` (the burst's, and nothing else writes them meanwhile).

@@ -75,7 +75,7 @@ struct ProjectionTable<Row: ProjectionRow>: Sendable {
     }
 
     private static func json(_ value: some Encodable) throws -> JSONB {
-        JSONB(ByteBuffer(data: try RowCoding.encoder.encode(value)))
+        JSONB(try RowCoding.streaming.encode(value, capacity: 1024))
     }
 
     /// Rows gathered in full (``PostgresConnection/collect(_:logger:file:line:)``): a table can be large, and

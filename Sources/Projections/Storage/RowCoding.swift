@@ -1,4 +1,7 @@
+import EventStore
 import Foundation
+import NIOCore
+import NIOFoundationCompat
 import SharedTypes
 
 /// The JSON coders for projection rows: rows go to PostgreSQL through `jsonb_to_recordset` and come back
@@ -13,6 +16,9 @@ enum RowCoding {
         }
         return encoder
     }()
+
+    /// Rows as ``encoder`` writes them, streamed (``StreamingJSONEncoder``).
+    static let streaming = StreamingJSONEncoder(dateString: { format($0) }, fallback: { ByteBuffer(data: try encoder.encode($0)) })
 
     static let decoder: JSONDecoder = {
         let decoder = JSONDecoder()
