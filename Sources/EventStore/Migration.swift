@@ -36,5 +36,6 @@ public struct Migration: Sendable, Hashable {
         Migration(fileName: "0014_tenant_settings.sql", bytes: PackageResources._014_tenant_settings_sql),
         Migration(fileName: "0015_personal_data_keys.sql", bytes: PackageResources._015_personal_data_keys_sql),
         Migration(fileName: "0016_console_sessions.sql", bytes: PackageResources._016_console_sessions_sql),
+        Migration(fileName: "0017_read_streams.sql", bytes: PackageResources._017_read_streams_sql),
     ]
 }

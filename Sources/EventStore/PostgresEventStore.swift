@@ -317,16 +317,11 @@ public final class PostgresEventStore: EventStore, Service {
         }
         let names = reads.map(\.stream.description)
         let page = 1000
+        // A function (Migrations/0017_read_streams.sql) whose plan PostgreSQL keeps: the same SELECT sent as a
+        // query was planned again on every call, which cost more than running it.
         let found = try await fetch(
-            """
-            SELECT \(unescaped: Self.prefixedColumns) FROM unnest(\(names), \(reads.map(\.fromVersion))) WITH ORDINALITY AS k (stream, from_version, n)
-            CROSS JOIN LATERAL (
-                SELECT \(unescaped: Self.columns) FROM events
-                WHERE tenant_id = \(tenant.rawValue) AND stream_name = k.stream AND stream_version >= k.from_version
-                ORDER BY stream_version LIMIT \(page)
-            ) e
-            ORDER BY k.n, e.stream_version
-            """, operation: "read \(names.joined(separator: ", "))")
+            "SELECT \(unescaped: Self.columns) FROM convo_read_streams(\(tenant.rawValue), \(names), \(reads.map(\.fromVersion)), \(Int32(page)))",
+            operation: "read \(names.joined(separator: ", "))")
         var result = Array(repeating: [RecordedEvent](), count: reads.count)
         var index = 0
         for event in found {
@@ -483,8 +478,6 @@ public final class PostgresEventStore: EventStore, Service {
     // MARK: Rows
 
     static let columns = "global_position, event_id, tenant_id, stream_name, stream_version, event_type, data, metadata, recorded_at"
-    /// ``columns`` of a subquery named `e`.
-    static let prefixedColumns = columns.split(separator: ", ").map { "e.\($0)" }.joined(separator: ", ")
 
     private static func checkPageSize(_ maxCount: Int) throws {
         guard (1...10_000).contains(maxCount) else {
