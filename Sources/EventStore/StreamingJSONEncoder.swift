@@ -13,7 +13,8 @@ import NIOCore
 /// members left out by `encodeIfPresent`, `null` for `encodeNil`). What a stream cannot write (a container
 /// written to after a later one was, a `superEncoder`, `Data`, `Decimal`) makes it start again with
 /// `fallback`, so every value encodes as `JSONEncoder` would encode it. `StreamingJSONEncoderTests` compares
-/// the two on every event and row type.
+/// the two on every event and row type. Its encoders have an empty `codingPath` and `userInfo`: a type whose
+/// `encode(to:)` reads them is not one to stream.
 public struct StreamingJSONEncoder: Sendable {
     /// How a `Date` is written: as the string this gives.
     public let dateString: @Sendable (Date) -> String
@@ -34,10 +35,12 @@ public struct StreamingJSONEncoder: Sendable {
         do {
             try writer.encodeValue(value)
             try writer.finish()
-        } catch is StreamWriter.CannotStream {
-            return try fallback(value)
+        } catch {
+            // A refusal sends the value to the fallback whatever its code made of it: passed on, wrapped in an
+            // error of its own, or caught and gone on from (`try?`, below).
+            if writer.failed { return try fallback(value) }
+            throw error
         }
-        // A refusal an encode(to:) caught and went on from (`try?`) still sends the value to the fallback.
         if writer.failed { return try fallback(value) }
         return writer.out
     }

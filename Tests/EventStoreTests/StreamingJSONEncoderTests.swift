@@ -108,17 +108,20 @@ import Testing
     /// Writes to its parent after opening a nested container, then to the nested one again: a stream
     /// would have closed it already.
     struct OutOfOrder: Encodable {
-        var swallow = false
+        enum Handling { case passOn, swallow, wrap }
+        struct Wrapped: Error { var cause: any Error }
+        var handling = Handling.passOn
         enum Keys: String, CodingKey { case inner, after }
         enum Inner: String, CodingKey { case late }
         func encode(to encoder: any Encoder) throws {
             var container = encoder.container(keyedBy: Keys.self)
             var inner = container.nestedContainer(keyedBy: Inner.self, forKey: .inner)
             try container.encode(1, forKey: .after)
-            if swallow {
-                try? inner.encode(2, forKey: .late)
-            } else {
-                try inner.encode(2, forKey: .late)
+            switch handling {
+            case .passOn: try inner.encode(2, forKey: .late)
+            case .swallow: try? inner.encode(2, forKey: .late)
+            case .wrap:
+                do { try inner.encode(2, forKey: .late) } catch { throw Wrapped(cause: error) }
             }
         }
     }
@@ -140,14 +143,26 @@ import Testing
 
     @Test func whatCannotStreamFallsBackToJSONEncoder() throws {
         let encoder = JSONCoding.streaming
-        for value in [OutOfOrder(), OutOfOrder(swallow: true)] as [any Encodable] + [WithSuper(), WithBytes()] {
+        for value in [OutOfOrder(), OutOfOrder(handling: .swallow), OutOfOrder(handling: .wrap)] as [any Encodable] + [WithSuper(), WithBytes()] {
             let streamed = try encoder.encode(value)
             #expect(try Self.value(streamed) == Self.value(Self.foundation(value)), "\(type(of: value)): \(String(buffer: streamed))")
             // And it was the fallback that wrote it.
             #expect(throws: FellBack.self) { try Self.streamingOnly.encode(value) }
         }
-        let swallowed = try Self.value(try encoder.encode(OutOfOrder(swallow: true)))
-        #expect(swallowed == .object(["inner": .object(["late": 2]), "after": 1]))
+        for handling in [OutOfOrder.Handling.swallow, .wrap] {
+            let value = try Self.value(try encoder.encode(OutOfOrder(handling: handling)))
+            #expect(value == .object(["inner": .object(["late": 2]), "after": 1]))
+        }
+        // An error of the value's own is passed on, not sent to the fallback.
+        #expect(throws: OutOfOrder.Wrapped.self) { try Self.streamingOnly.encode(Failing()) }
+    }
+
+    struct Failing: Encodable {
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: OutOfOrder.Keys.self)
+            try container.encode(1, forKey: .after)
+            throw OutOfOrder.Wrapped(cause: CancellationError())
+        }
     }
 
     @Test func numbersJSONCannotCarryAreRefusedAsJSONEncoderRefusesThem() throws {
