@@ -351,8 +351,11 @@ public final class PostgresEventStore: EventStore, Service {
         try await readAll(scope, after: position, maxCount: maxCount, opening: .all)
     }
 
-    /// ``readAll(_:after:maxCount:)`` opening only the sealed personal members `opening` names.
-    public func readAll(_ scope: TenantScope, after position: Int64, maxCount: Int = 1000, opening: PersonalDataOpening) async throws -> [RecordedEvent] {
+    /// ``readAll(_:after:maxCount:)`` opening only the sealed personal members `opening` names, and only
+    /// events of `types` when given (`maxCount` of those; the others are neither sent nor decoded).
+    public func readAll(
+        _ scope: TenantScope, after position: Int64, maxCount: Int = 1000, types: [String]? = nil, opening: PersonalDataOpening
+    ) async throws -> [RecordedEvent] {
         try Self.checkPageSize(maxCount)
         switch scope {
         case .allTenants:
@@ -360,6 +363,7 @@ public final class PostgresEventStore: EventStore, Service {
                 """
                 SELECT \(unescaped: Self.columns) FROM events
                 WHERE global_position > \(position) AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+                  AND (\(types)::text[] IS NULL OR event_type = ANY(\(types)::text[]))
                 ORDER BY global_position LIMIT \(maxCount)
                 """, operation: "read all", opening: opening)
         case .tenant(let tenant):
@@ -368,6 +372,7 @@ public final class PostgresEventStore: EventStore, Service {
                 SELECT \(unescaped: Self.columns) FROM events
                 WHERE tenant_id = \(tenant.rawValue) AND global_position > \(position)
                   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+                  AND (\(types)::text[] IS NULL OR event_type = ANY(\(types)::text[]))
                 ORDER BY global_position LIMIT \(maxCount)
                 """, operation: "read all of \(tenant)", opening: opening)
         }
@@ -469,9 +474,15 @@ public final class PostgresEventStore: EventStore, Service {
     /// ``subscribe(_:after:)`` opening only the sealed personal members `opening` names (a projection
     /// runner: what its fold reads).
     public func subscribe(_ scope: TenantScope, after position: Int64, opening: PersonalDataOpening) -> EventSubscription {
+        subscribe(scope, after: position, types: nil, opening: opening)
+    }
+
+    /// ``subscribe(_:after:opening:)`` to the events of `types` only (all when `nil`): a follower that acts
+    /// on a few types (the responder: visitor messages and parking records) is not sent the others.
+    public func subscribe(_ scope: TenantScope, after position: Int64, types: [String]?, opening: PersonalDataOpening) -> EventSubscription {
         let pageSize = configuration.subscriptionPageSize
         return EventSubscription(after: position, signal: signal, pollInterval: configuration.pollInterval) { [self] after in
-            try await readAll(scope, after: after, maxCount: pageSize, opening: opening)
+            try await readAll(scope, after: after, maxCount: pageSize, types: types, opening: opening)
         }
     }
 

@@ -233,6 +233,39 @@ import Testing
             #expect(texts == ["2", "3", "4", "5"])
         }
     }
+
+    @Test func aSubscriptionToSomeTypesIsSentOnlyThoseInOrder() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let stream = TestDatabase.uniqueStream()
+            func other(_ text: String) -> NewEvent {
+                try! NewEvent(type: "OtherThing", encoding: Note(text: text), metadata: EventMetadata(actorId: "test"))
+            }
+            // Pages of 2 wanted events among many others: the LIMIT counts the wanted ones.
+            let start = try await store.append([other("a")], to: stream, tenant: tenant, expectedVersion: .noStream)
+            let texts = try await withThrowingTaskGroup(of: [String].self) { group in
+                group.addTask {
+                    var texts: [String] = []
+                    for try await event in store.subscribe(.tenant(tenant), after: start.lastPosition, types: ["NoteTaken"], opening: .all) {
+                        #expect(event.type == "NoteTaken")
+                        texts.append(try event.decode(Note.self).text)
+                        if texts.count == 5 { break }
+                    }
+                    return texts
+                }
+                for text in ["1", "2", "3", "4", "5"] {
+                    try await store.append([other("x\(text)"), note(text), other("y\(text)")], to: stream, tenant: tenant, expectedVersion: .any)
+                }
+                return try await group.next() ?? []
+            }
+            #expect(texts == ["1", "2", "3", "4", "5"])
+            // readAll with types: a full page of wanted ones, past the others.
+            let page = try await store.readAll(.tenant(tenant), after: start.lastPosition, maxCount: 2, types: ["NoteTaken"], opening: .all)
+            #expect(page.map(\.type) == ["NoteTaken", "NoteTaken"])
+            let all = try await readAllSettled(store, .tenant(tenant), count: 16)
+            #expect(all.filter { $0.type == "NoteTaken" }.count == 5 && all.count == 16)
+        }
+    }
 }
 
 @Suite struct ImmutabilityTests {
