@@ -196,6 +196,14 @@ final class StreamEncoder: Encoder {
         self.writer = writer
     }
 
+    /// What a `superEncoder` gets: a stream cannot write a super value in its place, so the value goes to the
+    /// fallback whatever is written to this (nothing too); each of its containers refuses its first write.
+    init(refusing writer: StreamWriter) {
+        self.writer = writer
+        _ = writer.refuse()
+        wrote = true
+    }
+
     func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
         if let keyed { return KeyedEncodingContainer(StreamKeyedContainer<Key>(writer: writer, frame: keyed)) }
         guard !wrote else {
@@ -342,8 +350,8 @@ struct StreamKeyedContainer<Key: CodingKey>: KeyedEncodingContainerProtocol {
         }
     }
 
-    mutating func superEncoder() -> any Encoder { UnstreamableEncoder(writer: writer) }
-    mutating func superEncoder(forKey key: Key) -> any Encoder { UnstreamableEncoder(writer: writer) }
+    mutating func superEncoder() -> any Encoder { StreamEncoder(refusing: writer) }
+    mutating func superEncoder(forKey key: Key) -> any Encoder { StreamEncoder(refusing: writer) }
 }
 
 struct StreamUnkeyedContainer: UnkeyedEncodingContainer {
@@ -420,39 +428,5 @@ struct StreamUnkeyedContainer: UnkeyedEncodingContainer {
         }
     }
 
-    mutating func superEncoder() -> any Encoder { UnstreamableEncoder(writer: writer) }
-}
-
-/// What a `superEncoder` gets: every container it gives refuses its first write, and the encoding falls back.
-struct UnstreamableEncoder: Encoder {
-    let writer: StreamWriter
-    var codingPath: [any CodingKey] { [] }
-    var userInfo: [CodingUserInfoKey: Any] { [:] }
-    func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
-        KeyedEncodingContainer(StreamKeyedContainer<Key>(writer: writer, frame: -1))
-    }
-    func unkeyedContainer() -> any UnkeyedEncodingContainer { StreamUnkeyedContainer(writer: writer, frame: -1) }
-    func singleValueContainer() -> any SingleValueEncodingContainer { UnstreamableSingleValue(writer: writer) }
-}
-
-struct UnstreamableSingleValue: SingleValueEncodingContainer {
-    let writer: StreamWriter
-    var codingPath: [any CodingKey] { [] }
-    func fail() throws -> Never { throw writer.refuse() }
-    mutating func encodeNil() throws { try fail() }
-    mutating func encode(_ value: Bool) throws { try fail() }
-    mutating func encode(_ value: String) throws { try fail() }
-    mutating func encode(_ value: Double) throws { try fail() }
-    mutating func encode(_ value: Float) throws { try fail() }
-    mutating func encode(_ value: Int) throws { try fail() }
-    mutating func encode(_ value: Int8) throws { try fail() }
-    mutating func encode(_ value: Int16) throws { try fail() }
-    mutating func encode(_ value: Int32) throws { try fail() }
-    mutating func encode(_ value: Int64) throws { try fail() }
-    mutating func encode(_ value: UInt) throws { try fail() }
-    mutating func encode(_ value: UInt8) throws { try fail() }
-    mutating func encode(_ value: UInt16) throws { try fail() }
-    mutating func encode(_ value: UInt32) throws { try fail() }
-    mutating func encode(_ value: UInt64) throws { try fail() }
-    mutating func encode<T: Encodable>(_ value: T) throws { try fail() }
+    mutating func superEncoder() -> any Encoder { StreamEncoder(refusing: writer) }
 }

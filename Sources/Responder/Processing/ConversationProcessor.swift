@@ -242,7 +242,7 @@ public struct ConversationProcessor: Sendable {
                 for (event, recorded) in zip(events, result.events) {
                     state.apply(event, version: recorded.streamVersion, at: recorded.recordedAt)
                 }
-                states.put("\(tenant.rawValue)/\(conversation.rawValue)", state)
+                states.put(Self.stateKey(tenant, conversation), state)
                 outcome.eventsAppended += events.count
                 processedCounter.increment(by: pending.filter { $0.streamVersion <= state.messagesConsumed }.count)
                 // Everything read is decided and the workflow waits: done, without reading the messages stream
@@ -291,32 +291,41 @@ public struct ConversationProcessor: Sendable {
     /// folded; `0` when it knows none): a message at or below it needs no processing. Never more than the
     /// truth, since states only move forward; possibly less (another instance went on since).
     public func consumedMessages(tenant: TenantID, conversation: ConversationID) -> Int64 {
-        states.get("\(tenant.rawValue)/\(conversation.rawValue)")?.messagesConsumed ?? 0
+        states.get(Self.stateKey(tenant, conversation))?.messagesConsumed ?? 0
+    }
+
+    /// Where a conversation's folded state is kept in ``states``.
+    static func stateKey(_ tenant: TenantID, _ conversation: ConversationID) -> String {
+        "\(tenant.rawValue)/\(conversation.rawValue)"
+    }
+
+    /// The state kept for `key` (a new one when none is) with `read` folded in: the events of its `workflow-`
+    /// stream after the kept state's version. The result is kept.
+    private func fold(_ key: String, from kept: WorkflowState, _ read: [RecordedEvent]) throws -> WorkflowState {
+        var state = kept
+        for event in read { try state.apply(event) }
+        states.put(key, state)
+        return state
     }
 
     /// The workflow state, folded from the whole `workflow-` stream.
     ///
     /// Events never change, so a state folded earlier is a valid start: only the events after it are read.
     public func readState(tenant: TenantID, conversation: ConversationID) async throws -> WorkflowState {
-        let key = "\(tenant.rawValue)/\(conversation.rawValue)"
-        var state = states.get(key) ?? WorkflowState()
-        for event in try await store.readStreamToEnd(conversation.workflowStream, tenant: tenant, fromVersion: state.version + 1) {
-            try state.apply(event)
-        }
-        states.put(key, state)
-        return state
+        let key = Self.stateKey(tenant, conversation)
+        let kept = states.get(key) ?? WorkflowState()
+        return try fold(key, from: kept, try await store.readStreamToEnd(conversation.workflowStream, tenant: tenant, fromVersion: kept.version + 1))
     }
 
     /// ``readState(tenant:conversation:)`` and ``readPending(tenant:conversation:after:)`` in one round trip:
     /// the messages are read from what the state known before consumed (reading the state may move that on,
     /// and what it consumed is left out).
     func readStateAndPending(tenant: TenantID, conversation: ConversationID) async throws -> (WorkflowState, ([PendingMessage], Int64, VisitorUID?)?) {
-        let key = "\(tenant.rawValue)/\(conversation.rawValue)"
-        var state = states.get(key) ?? WorkflowState()
+        let key = Self.stateKey(tenant, conversation)
+        let kept = states.get(key) ?? WorkflowState()
         let read = try await store.readStreamsToEnd(
-            [(conversation.workflowStream, state.version + 1), (conversation.messagesStream, state.messagesConsumed + 1)], tenant: tenant)
-        for event in read[0] { try state.apply(event) }
-        states.put(key, state)
+            [(conversation.workflowStream, kept.version + 1), (conversation.messagesStream, kept.messagesConsumed + 1)], tenant: tenant)
+        let state = try fold(key, from: kept, read[0])
         return (state, try Self.pending(in: read[1], after: state.messagesConsumed))
     }
 
