@@ -340,11 +340,16 @@ struct SlowProvider: AIProvider {
                 group.addTask { try await service.run() }
                 defer { group.cancelAll() }
                 #expect(try await eventually { service.isRunning })
-                let visitor = newVisitor()
+                // A visitor per conversation: runs for conversations of one visitor would meet on the visitor's
+                // lock, and a run that finds it held (the previous conversation's run still releasing it) ends
+                // at once, leaving the conversation to the holder: a run more, from the lock, not the announcements.
+                var visitors: [VisitorUID] = []
                 var conversations: [ConversationID] = []
                 for index in 0..<8 {
                     let conversation = newConversation()
+                    let visitor = newVisitor()
                     conversations.append(conversation)
+                    visitors.append(visitor)
                     for turn in 1...2 {
                         let stored = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m\(turn)", text: "turn \(index).\(turn)"))
                         service.messageIngested(tenant: harness.tenant, visitor: visitor, conversation: conversation, messageVersion: stored.streamVersion)
@@ -354,12 +359,12 @@ struct SlowProvider: AIProvider {
                 // A last message announced by the subscription alone: once it is consumed, the subscription has
                 // passed every earlier message too.
                 let last = newConversation()
-                let stored = try await harness.ingestor.ingest(harness.message(last, visitor, id: "m1", text: "last"))
+                let stored = try await harness.ingestor.ingest(harness.message(last, newVisitor(), id: "m1", text: "last"))
                 #expect(try await eventually { try await consumed(last) >= stored.streamVersion })
                 #expect(try await eventually { service.scheduledCount == 0 })
                 #expect(service.runs == 17, "one run per message")
                 // An announcement without a message version (a hand-back) runs even when nothing is new.
-                service.messageIngested(tenant: harness.tenant, visitor: visitor, conversation: conversations[0])
+                service.messageIngested(tenant: harness.tenant, visitor: visitors[0], conversation: conversations[0])
                 #expect(try await eventually { service.runs == 18 && service.scheduledCount == 0 })
                 for conversation in conversations { #expect(try await consumed(conversation) == 3) }
             }
