@@ -70,7 +70,9 @@ import Testing
                 let parked = try await lot.all(tenant: harness.tenant)
                 #expect(parked.allSatisfy { $0.attempts == 3 && $0.error.contains("unpublished") }, "\(parked.prefix(2))")
                 #expect(Set(parked.map(\.conversationId)) == Set(poisoned.map(\.rawValue)))
-                #expect(service.parkedCount == 100)
+                // The instance learns of a park once the park is stored (its own, after the write returns; another's,
+                // through the subscription): it may lag the store for a moment.
+                #expect(try await eventually(timeout: .seconds(10)) { service.parkedCount == 100 })
                 // Parked means no more attempts: nothing is retried, nothing waits out a backoff.
                 #expect(try await eventually(timeout: .seconds(5)) { service.backingOffCount == 0 && service.scheduledCount == 0 })
 
