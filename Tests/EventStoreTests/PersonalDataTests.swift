@@ -41,10 +41,43 @@ import Testing
             #expect(stored.hasPrefix("pd1:") && !stored.contains(text) && !stored.contains("4111"))
             let read = try #require(try await store.readStream(stream, tenant: tenant).first)
             #expect(try read.decode(VisitorMessageReceived.self).text == text && !read.isErased)
-            let subject = try read.metadata()["personalData"]?["subject"]?.stringValue
+            // The metadata names whose it is, in the short form (the type's own field sealed).
+            #expect(try read.metadata()["pd"]?.stringValue == "1 \(visitor.rawValue)" && read.metadata()["personalData"] == nil)
+            let subject = try PersonalDataVault.sealInfo(of: read.metadataJSON, type: read.type)?.subject
             #expect(subject == visitor.rawValue)
             // The other members stay as they were: structure is not personal.
             #expect(try read.decode(VisitorMessageReceived.self).visitorUid == visitor)
+        }
+    }
+
+    /// Members other than the type's own are sealed with the long record, which names them; both forms open
+    /// and both are erased by the visitor's forgetting.
+    @Test func sealedMembersOtherThanTheTypesOwnAreNamedInTheLongRecord() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let visitor = Self.visitor()
+            let stream = try StreamName(category: "messages", id: "pd-\(UUID().uuidString.prefix(8).lowercased())")
+            var custom = NewEvent(
+                type: "ProfileCaptured", data: ByteBuffer(string: #"{"text": "Ada Lovelace", "phone": "+44 20 7946 0000", "source": "form"}"#),
+                subject: PersonalDataSubject(visitor: visitor, mayCreateKey: true))
+            custom.personalFields = ["phone", "text"]
+            try await store.append([try Self.message("hello there", visitor: visitor), custom], to: stream, tenant: tenant, expectedVersion: .noStream)
+            let stored = try await store.client.query(
+                "SELECT metadata::text, data::text FROM events WHERE event_id = \(custom.eventId)", logger: TestDatabase.logger
+            ).collect().map { try $0.decode((String, String).self) }
+            let (metadata, data) = try #require(stored.first)
+            #expect(metadata.contains(#""personalData": {"key": 1, "fields": ["text", "phone"], "subject": "\#(visitor.rawValue)"}"#), "\(metadata)")
+            #expect(!metadata.contains(#""pd""#) && !data.contains("Ada") && !data.contains("7946") && data.contains(#""source": "form""#), "\(data)")
+            let read = try await store.readStream(stream, tenant: tenant)
+            #expect(read.map { String(buffer: $0.data).contains("pd1:") } == [false, false])
+            #expect(String(buffer: read[1].data).contains("Ada Lovelace") && String(buffer: read[1].data).contains("+44 20 7946 0000"))
+            #expect(try read[0].decode(VisitorMessageReceived.self).text == "hello there")
+            _ = try await store.vault.destroyKeys(tenant: tenant, subject: visitor)
+            let erased = try await store.readStream(stream, tenant: tenant)
+            #expect(erased.map(\.isErased) == [true, true])
+            #expect(try erased[0].decode(VisitorMessageReceived.self).text == PersonalData.erasedPlaceholder)
+            let after = String(buffer: erased[1].data)
+            #expect(!after.contains("Ada") && !after.contains("7946") && after.contains(#""source": "form""#), "\(after)")
         }
     }
 
@@ -73,7 +106,7 @@ import Testing
                     var found: [String: (text: String, value: String, erased: [Bool])] = [:]
                     try await store.scanAll(after: 0, batchSize: 1, opening: opening) { batch in
                         for event in batch where event.tenant == tenant {
-                            let visitor = try event.metadata()["personalData"]?["subject"]?.stringValue ?? "?"
+                            let visitor = try PersonalDataVault.sealInfo(of: event.metadataJSON, type: event.type)?.subject ?? "?"
                             var entry = found[visitor] ?? ("", "", [])
                             if event.type == VisitorMessageReceived.eventType {
                                 entry.text = try event.decode(VisitorMessageReceived.self).text
@@ -390,8 +423,8 @@ enum SymmetricKeyBox {
 }
 
 @Suite struct SealInfoTests {
-    func info(_ json: String) throws -> PersonalDataVault.SealInfo.Personal? {
-        try PersonalDataVault.sealInfo(of: ByteBuffer(string: json))
+    func info(_ json: String, type: String = VisitorMessageReceived.eventType) throws -> PersonalDataVault.SealInfo.Personal? {
+        try PersonalDataVault.sealInfo(of: ByteBuffer(string: json), type: type)
     }
 
     @Test func theMetadataSaysWhoseAnEventIsHoweverItIsWritten() throws {
@@ -403,5 +436,23 @@ enum SymmetricKeyBox {
         let tricky = try #require(try info(#"{"actorId": "x \"personalData\": {", "personalData": {"key": 3, "fields": ["text"], "subject": "v\u002d3"}}"#))
         #expect(tricky.subject == "v-3" && tricky.key == 3)
         #expect(try info(#"{"actorId": "visitor:v-1"}"#) == nil)
+    }
+
+    @Test func theShortFormTakesItsFieldsFromTheType() throws {
+        let message = try #require(try info(#"{"actorId": "visitor:v-1", "pd": "2 v-1:x.y_z"}"#))
+        #expect(message == .init(subject: "v-1:x.y_z", key: 2, fields: ["text"]))
+        let variable = try #require(try info(#"{"pd":"12 v-9","actorId":"a"}"#, type: WorkflowVariableSet.eventType))
+        #expect(variable == .init(subject: "v-9", key: 12, fields: ["value"]))
+        // Not a key where it was first found: the decoder reads the real one.
+        let tricky = try #require(try info(#"{"actorId": "x \"pd\": \"9 v-0\"", "pd": "3 v\u002d3"}"#))
+        #expect(tricky == .init(subject: "v-3", key: 3, fields: ["text"]))
+        let asValue = try #require(try info(#"{"via": "pd", "pd": "4 v-4"}"#))
+        #expect(asValue == .init(subject: "v-4", key: 4, fields: ["text"]))
+        // A short record that says nothing usable is an error, never an event read as unsealed.
+        for bad in [#""1""#, #""x v-1""#, #""1 ""#, #""1 v 2""#, #"" 1 v""#, "7"] {
+            #expect(throws: EventStoreError.self, "\(bad)") { _ = try info(#"{"pd": "# + bad + "}") }
+        }
+        // A type with no personal fields cannot have been sealed in the short form.
+        #expect(throws: EventStoreError.self) { _ = try info(#"{"pd": "1 v-1"}"#, type: "WorkflowTransitioned") }
     }
 }

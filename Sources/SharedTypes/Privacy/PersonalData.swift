@@ -11,6 +11,10 @@ public enum PersonalData {
     /// The members of each event type that can hold personal data. For ``ToolCalled`` the arguments are
     /// sealed when the tool's catalogue entry marks them personal (see ``fields(of:)``); an event appended
     /// as raw JSON is sealed by this table, which is the stricter answer.
+    ///
+    /// The table is part of the stored format: an event sealed with exactly its type's members says so with
+    /// the short seal record, which names no members, and is opened by this table. A type's list may not
+    /// change once events of it are stored (a new type may be added).
     public static let fieldsByType: [String: [String]] = [
         VisitorMessageReceived.eventType: ["text"],
         AssistantMessageSent.eventType: ["text"],
