@@ -50,6 +50,32 @@ import Testing
         }
     }
 
+    /// Appends racing to make keys for the same new visitors, each in its own order: every append is
+    /// stored, and each visitor gets one key (the inserts once deadlocked: `SQLSTATE 40P01`).
+    @Test func appendsRacingToMakeTheSameVisitorsKeysAllSucceedWithOneKeyEach() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            for round in 0..<15 {
+                let visitors = (0..<40).map { _ in Self.visitor() }
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for writer in 0..<8 {
+                        group.addTask {
+                            let events = try visitors.shuffled().map { try Self.message("from \($0.rawValue)", visitor: $0) }
+                            let stream = try StreamName(category: "messages", id: "race-\(round)-\(writer)-\(UUID().uuidString.prefix(6).lowercased())")
+                            try await store.append(events, to: stream, tenant: tenant, expectedVersion: .noStream)
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+                let keys = try await store.client.query(
+                    "SELECT count(*)::int, count(DISTINCT subject)::int FROM personal_data_keys WHERE tenant_id = \(tenant.rawValue) AND subject = ANY(\(visitors.map(\.rawValue)))",
+                    logger: TestDatabase.logger
+                ).collect().map { try $0.decode((Int, Int).self) }
+                #expect(keys.first.map { [$0.0, $0.1] } == [40, 40], "round \(round): \(keys)")
+            }
+        }
+    }
+
     /// Members other than the type's own are sealed with the long record, which names them; both forms open
     /// and both are erased by the visitor's forgetting.
     @Test func sealedMembersOtherThanTheTypesOwnAreNamedInTheLongRecord() async throws {

@@ -290,6 +290,9 @@ public final class PersonalDataVault: Sendable {
                 }
             }
             guard !creating.isEmpty else { continue }
+            // In one order everywhere: two writers inserting overlapping keys in different orders would each
+            // wait for the other's row (a deadlock PostgreSQL breaks by failing one of them).
+            creating.sort { ($0.0.tenant, $0.0.subject) < ($1.0.tenant, $1.0.subject) }
             var created = Set<SubjectKey>()
             do {
                 let rows = try await client.queryOpen(
@@ -299,6 +302,10 @@ public final class PersonalDataVault: Sendable {
                     ON CONFLICT DO NOTHING RETURNING tenant_id, subject
                     """, logger: logger)
                 for try await (tenant, subject) in rows.decode((String, String).self) { created.insert(SubjectKey(tenant: tenant, subject: subject)) }
+            } catch let error as PSQLError where error.serverInfo?[.sqlState] == "40P01" {
+                // Still, should one happen (a writer of another version): nothing was inserted; read again.
+                logger.debug("storing data keys met a deadlock; reading them again", metadata: ["convo.error": "\(String(reflecting: error))"])
+                continue
             } catch {
                 throw PostgresEventStore.mapError(error, operation: "store data keys")
             }
