@@ -8,15 +8,34 @@ public struct TenantSettings: Sendable, Equatable, Codable {
     /// retention service; fractions allowed. `0` keeps visitors until they are forgotten by request.
     /// Default: `0`.
     public var visitorRetentionDays: Double
+    /// How long the responder waits for a visitor to stop writing before it answers: each message starts the
+    /// wait again, so a burst typed in parts gets one decision (an AI reply answers all of it at once; a
+    /// wait-for-input still takes the messages one by one). A visitor who keeps writing is answered at the
+    /// latest ``answerAfterQuietCap`` times this after the first message waiting. `0` answers each message at
+    /// once. Between 0 and ``maxAnswerAfterQuietSeconds``; fractions allowed. Default: `0`.
+    public var answerAfterQuietSeconds: Double
 
-    public init(reopenOnVisitorMessage: Bool = true, visitorRetentionDays: Double = 0) {
+    /// The longest quiet period a tenant may set, in seconds.
+    public static let maxAnswerAfterQuietSeconds: Double = 30
+    /// The longest a message waits for the visitor to stop writing, in quiet periods.
+    public static let answerAfterQuietCap = 4
+
+    public init(reopenOnVisitorMessage: Bool = true, visitorRetentionDays: Double = 0, answerAfterQuietSeconds: Double = 0) {
         self.reopenOnVisitorMessage = reopenOnVisitorMessage
         self.visitorRetentionDays = visitorRetentionDays
+        self.answerAfterQuietSeconds = answerAfterQuietSeconds
+    }
+
+    /// ``answerAfterQuietSeconds`` as a duration (zero for anything outside its range).
+    public var answerAfterQuiet: Duration {
+        guard answerAfterQuietSeconds.isFinite, answerAfterQuietSeconds > 0, answerAfterQuietSeconds <= Self.maxAnswerAfterQuietSeconds else { return .zero }
+        return .milliseconds(Int64((answerAfterQuietSeconds * 1000).rounded()))
     }
 
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         reopenOnVisitorMessage = try container.decodeIfPresent(Bool.self, forKey: .reopenOnVisitorMessage) ?? true
         visitorRetentionDays = try container.decodeIfPresent(Double.self, forKey: .visitorRetentionDays) ?? 0
+        answerAfterQuietSeconds = try container.decodeIfPresent(Double.self, forKey: .answerAfterQuietSeconds) ?? 0
     }
 }

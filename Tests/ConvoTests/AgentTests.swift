@@ -15,6 +15,7 @@ import Testing
 struct SettingsBody: Decodable, Equatable {
     var reopenOnVisitorMessage: Bool
     var visitorRetentionDays: Double
+    var answerAfterQuietSeconds: Double
 }
 
 /// An AI that answers only once the test lets it: the test, not the machine's speed, orders the racers.
@@ -181,13 +182,13 @@ final class GatedProvider: AIProvider, Sendable {
             #expect(try await act(api, conversation, "assignment", key: a.key).status == .created)
             #expect(try await act(api, conversation, "resolve", key: a.key).status == .created)
 
-            #expect(try await api.request(.get, "/v1/settings", key: api.read).decode(SettingsBody.self) == SettingsBody(reopenOnVisitorMessage: true, visitorRetentionDays: 0))
+            #expect(try await api.request(.get, "/v1/settings", key: api.read).decode(SettingsBody.self) == SettingsBody(reopenOnVisitorMessage: true, visitorRetentionDays: 0, answerAfterQuietSeconds: 0))
             #expect(try await api.request(.put, "/v1/settings", key: api.ingest, body: #"{"reopenOnVisitorMessage": false}"#).status == .forbidden)
             #expect(try await api.request(.put, "/v1/settings", key: api.admin, body: #"{"reopenOnVisitorMessage": "no"}"#).status == .badRequest)
             let off = try await api.request(.put, "/v1/settings", key: api.admin, body: #"{"reopenOnVisitorMessage": false}"#)
-            #expect(try off.status == .ok && off.decode(SettingsBody.self) == SettingsBody(reopenOnVisitorMessage: false, visitorRetentionDays: 0), "\(off.text)")
+            #expect(try off.status == .ok && off.decode(SettingsBody.self) == SettingsBody(reopenOnVisitorMessage: false, visitorRetentionDays: 0, answerAfterQuietSeconds: 0), "\(off.text)")
             #expect(try await api.request(.put, "/v1/settings", key: api.admin, body: #"{"visitorRetentionDays": -1}"#).status == .badRequest)
-            #expect(try await api.request(.get, "/v1/settings", key: api.stranger).decode(SettingsBody.self) == SettingsBody(reopenOnVisitorMessage: true, visitorRetentionDays: 0))
+            #expect(try await api.request(.get, "/v1/settings", key: api.stranger).decode(SettingsBody.self) == SettingsBody(reopenOnVisitorMessage: true, visitorRetentionDays: 0, answerAfterQuietSeconds: 0))
 
             #expect(try await api.post(conversation, #"{"visitorUid": "v-1", "messageId": "m2", "text": "one more thing"}"#).status == .accepted)
             try await api.process(conversation, visitor: "v-1")
@@ -208,8 +209,21 @@ final class GatedProvider: AIProvider, Sendable {
             let env = ["CONVO_DATABASE_URL": try TestDatabase.url.description, "CI": "true"]
             let set = try await ConvoProcess.run(["settings", "--tenant", api.tenant.rawValue, "--reopen-on-visitor-message", "false", "--json"], environment: env)
             #expect(set.status == 0 && set.stdout.contains(#""reopenOnVisitorMessage" : false"#), "\(set.stdout) \(set.stderr)")
-            #expect(try await api.request(.get, "/v1/settings", key: api.admin).decode(SettingsBody.self) == SettingsBody(reopenOnVisitorMessage: false, visitorRetentionDays: 0))
+            #expect(try await api.request(.get, "/v1/settings", key: api.admin).decode(SettingsBody.self) == SettingsBody(reopenOnVisitorMessage: false, visitorRetentionDays: 0, answerAfterQuietSeconds: 0))
             #expect(try await ConvoProcess.run(["settings", "--tenant", api.tenant.rawValue, "--reopen-on-visitor-message", "maybe"], environment: env).status != 0)
+
+            // The quiet period: set over HTTP and by the CLI, refused outside 0…30 s.
+            let quiet = try await api.request(.put, "/v1/settings", key: api.admin, body: #"{"answerAfterQuietSeconds": 1.5}"#)
+            #expect(try quiet.status == .ok && quiet.decode(SettingsBody.self).answerAfterQuietSeconds == 1.5, "\(quiet.text)")
+            for bad in ["-1", "30.5", "\"2\""] {
+                let refused = try await api.request(.put, "/v1/settings", key: api.admin, body: #"{"answerAfterQuietSeconds": \#(bad)}"#)
+                #expect(refused.status == .badRequest && refused.text.contains("answerAfterQuietSeconds"), "\(bad): \(refused.text)")
+            }
+            let cli = try await ConvoProcess.run(["settings", "--tenant", api.tenant.rawValue, "--answer-after-quiet", "0.25"], environment: env)
+            #expect(cli.status == 0 && cli.stdout.contains("answer-after-quiet\t0.25"), "\(cli.stdout) \(cli.stderr)")
+            #expect(try await api.request(.get, "/v1/settings", key: api.read).decode(SettingsBody.self).answerAfterQuietSeconds == 0.25)
+            let tooLong = try await ConvoProcess.run(["settings", "--tenant", api.tenant.rawValue, "--answer-after-quiet", "31"], environment: env)
+            #expect(tooLong.status != 0 && tooLong.stderr.contains("--answer-after-quiet is between 0 and 30"), "\(tooLong.stderr)")
         }
     }
 

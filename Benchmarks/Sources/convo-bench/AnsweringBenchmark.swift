@@ -22,6 +22,7 @@ struct AnsweringBenchmark: AsyncParsableCommand {
     @Option(help: "Bursts; each goes to new conversations.") var rounds: Int = 2
     @Option(help: "The most seconds a burst may take to be answered.") var timeout: Int = 600
     @Option(help: "More arguments of the answering server's convo serve (to tell its parts apart: --no-projections).") var serveArguments: [String] = []
+    @Option(help: "The answering tenant's quiet period (answerAfterQuietSeconds): 0 answers each message at once.") var quietSeconds: Double = 0
     @Flag(help: "Exit 1 when a target is missed.") var check = false
 
     static let timeTarget = 2.0
@@ -31,6 +32,7 @@ struct AnsweringBenchmark: AsyncParsableCommand {
         guard visitors >= 1, messages >= visitors, messages % (2 * visitors) == 0 else {
             throw ValidationError("--messages is a multiple of 2 × --visitors (every visitor sends as many)")
         }
+        guard quietSeconds >= 0, quietSeconds <= 30 else { throw ValidationError("--quiet-seconds is between 0 and 30") }
         guard concurrency >= 2, rounds >= 1, timeout >= 1 else { throw ValidationError("--concurrency ≥ 2, --rounds ≥ 1, --timeout ≥ 1") }
     }
 
@@ -43,7 +45,7 @@ struct AnsweringBenchmark: AsyncParsableCommand {
         // Ingest alone first (a server without responder or projections, a database of its own), then the same
         // bursts to a full server: the answering rate is compared with what ingest alone takes.
         let alone = try await bursts(binary, serveArguments: ["--no-responder", "--no-projections"], answered: false)
-        let full = try await bursts(binary, serveArguments: serveArguments, answered: true)
+        let full = try await bursts(binary, serveArguments: serveArguments, answered: true, quietSeconds: quietSeconds)
         var missed: [String] = []
         let ingestAlone = alone.map(\.ingest).reduce(0, +)
         let ingestFull = full.map(\.ingest).reduce(0, +)
@@ -85,17 +87,20 @@ struct AnsweringBenchmark: AsyncParsableCommand {
     }
 
     /// `rounds` bursts to a `convo serve` with `serveArguments`, on a database made for them.
-    private func bursts(_ binary: String, serveArguments: [String], answered wanted: Bool) async throws -> [Round] {
+    private func bursts(_ binary: String, serveArguments: [String], answered wanted: Bool, quietSeconds: Double = 0) async throws -> [Round] {
         let (messages, visitors, concurrency, rounds, timeout) = (messages, visitors, concurrency, rounds, timeout)
         return try await BenchDatabase.withDatabase(maximumConnections: 2) { client, url in
             let env = IngestBenchmark.environment(url)
             let secret = try IngestBenchmark.makeKey(binary, scopes: "ingest", env)
+            if quietSeconds > 0 {
+                _ = try IngestBenchmark.run(binary, ["settings", "--tenant", "bench", "--answer-after-quiet", "\(quietSeconds)"], env)
+            }
             let (server, port) = try IngestBenchmark.serve(binary, serveArguments, env)
             defer { server.terminate() }
             let base = "http://127.0.0.1:\(port)"
             try await IngestBenchmark.waitUntilUp(HTTPClient.shared, base)
             report(
-                "on \(url) (created for this run, dropped after): convo serve \(wanted ? "(rule provider) " : "")\(serveArguments.joined(separator: " ")), bursts of \(messages) messages over \(visitors) visitors from wrk, \(concurrency) connections"
+                "on \(url) (created for this run, dropped after): convo serve \(wanted ? "(rule provider) " : "")\(serveArguments.joined(separator: " "))\(quietSeconds > 0 ? ", the tenant's quiet period \(quietSeconds) s" : ""), bursts of \(messages) messages over \(visitors) visitors from wrk, \(concurrency) connections"
             )
             var results: [Round] = []
             for round in 0..<rounds {

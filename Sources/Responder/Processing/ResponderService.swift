@@ -65,6 +65,11 @@ public final class ResponderService: Service, Sendable {
     private let failures = Mutex<[Work: (count: Int, permanent: Int)]>([:])
     /// Conversations waiting out a backoff, by when they are due: they hold no worker meanwhile.
     private let delayed = Mutex<[Work: ContinuousClock.Instant]>([:])
+    /// Conversations whose visitor's messages wait for the visitor to stop writing (their tenant's
+    /// ``TenantSettings/answerAfterQuietSeconds``): they hold no worker meanwhile.
+    private let holding = Mutex<[Work: Hold]>([:])
+    /// Each tenant's quiet period as last read, and the messages announced while it is first read.
+    private let quietPeriods = Mutex<[TenantID: QuietPeriod]>([:])
     /// Parked conversations (tenant and id), as this instance has seen them in the audit streams.
     private let parked = Mutex<Set<ParkedKey>>([])
     public let parkingLot: ParkingLot
@@ -75,6 +80,22 @@ public final class ResponderService: Service, Sendable {
     struct ParkedKey: Hashable, Sendable {
         var tenant: TenantID
         var conversation: ConversationID
+    }
+
+    /// A conversation waiting for its visitor to stop writing: processed at `due`, which each newer message
+    /// moves to a quiet period after it, but never past `cap`; `version` is the newest message announced.
+    struct Hold: Sendable {
+        var due: ContinuousClock.Instant
+        var cap: ContinuousClock.Instant
+        var version: Int64
+    }
+
+    /// A tenant's quiet period: `known` once read (with when, to read it again after the settings' cache
+    /// lifetime, the old value used meanwhile); the announcements that came before the first read ended.
+    struct QuietPeriod: Sendable {
+        var known: (quiet: Duration, at: ContinuousClock.Instant)?
+        var reading = false
+        var waiting: [(Work, Int64?)] = []
     }
 
     public init(processor: ConversationProcessor, store: PostgresEventStore, configuration: Configuration = Configuration(), logger: Logger) {
@@ -91,6 +112,9 @@ public final class ResponderService: Service, Sendable {
 
     /// Conversations waiting out a retry's backoff in this instance.
     public var backingOffCount: Int { delayed.withLock { $0.count } }
+
+    /// Conversations whose messages wait in this instance for their visitor to stop writing.
+    public var holdingCount: Int { holding.withLock { $0.count } }
 
     public func run() async throws {
         running.store(true, ordering: .sequentiallyConsistent)
@@ -129,7 +153,76 @@ public final class ResponderService: Service, Sendable {
     /// find it through their subscription, and the sweep at their start.
     public func messageIngested(tenant: TenantID, visitor: VisitorUID, conversation: ConversationID, messageVersion: Int64? = nil) {
         guard running.load(ordering: .relaxed) else { return }
-        schedule(Work(tenant: tenant, visitor: visitor, conversation: conversation), upTo: messageVersion)
+        announce(Work(tenant: tenant, visitor: visitor, conversation: conversation), upTo: messageVersion)
+    }
+
+    /// A visitor's message, announced by its route or by the subscription: scheduled at once, or held until
+    /// the visitor has been quiet for their tenant's ``TenantSettings/answerAfterQuietSeconds``.
+    func announce(_ work: Work, upTo version: Int64?) {
+        if let version, version <= processor.consumedMessages(tenant: work.tenant, conversation: work.conversation) { return }
+        let now = ContinuousClock.now
+        let ttl = processor.settings.ttl
+        let (quiet, read) = quietPeriods.withLock { periods -> (Duration?, Bool) in
+            var period = periods[work.tenant] ?? QuietPeriod()
+            defer { periods[work.tenant] = period }
+            if let known = period.known {
+                // Read again after the settings' lifetime; the value known is used meanwhile.
+                let stale = now - known.at >= ttl && !period.reading
+                if stale { period.reading = true }
+                return (known.quiet, stale)
+            }
+            // Not read yet: the message waits for the first read (one per tenant, however many arrive).
+            period.waiting.append((work, version))
+            let first = !period.reading
+            period.reading = true
+            return (nil, first)
+        }
+        if read { Task { await self.readQuietPeriod(work.tenant) } }
+        if let quiet { hold(work, upTo: version, quiet: quiet, now: now) }
+    }
+
+    /// Reads a tenant's quiet period and releases the messages that waited for it. A failed read counts as
+    /// no quiet period (each message answered at once) and is tried again with the next message.
+    private func readQuietPeriod(_ tenant: TenantID) async {
+        var quiet: Duration?
+        do {
+            quiet = try await processor.settings.settings(for: tenant).answerAfterQuiet
+        } catch {
+            logger.warning("could not read the tenant's settings; answering without waiting for a pause", metadata: ["convo.error": "\(error)"])
+        }
+        let now = ContinuousClock.now
+        let waiting = quietPeriods.withLock { periods -> [(Work, Int64?)] in
+            var period = periods[tenant] ?? QuietPeriod()
+            if let quiet { period.known = (quiet, now) }
+            period.reading = false
+            let waiting = period.waiting
+            period.waiting = []
+            periods[tenant] = period
+            return waiting
+        }
+        for (work, version) in waiting { hold(work, upTo: version, quiet: quiet ?? .zero, now: now) }
+    }
+
+    /// Schedules the work now (no quiet period) or holds it until its visitor is quiet for `quiet`: a newer
+    /// message moves the end of the hold, up to ``TenantSettings/answerAfterQuietCap`` periods after it began.
+    private func hold(_ work: Work, upTo version: Int64?, quiet: Duration, now: ContinuousClock.Instant) {
+        guard quiet > .zero else {
+            schedule(work, upTo: version)
+            return
+        }
+        let wanted = version ?? .max
+        holding.withLock { holding in
+            guard var hold = holding[work] else {
+                holding[work] = Hold(due: now + quiet, cap: now + quiet * TenantSettings.answerAfterQuietCap, version: wanted)
+                return
+            }
+            // A message announced twice (by its route and by the subscription) does not move the hold.
+            if wanted > hold.version || wanted == .max {
+                hold.due = min(now + quiet, hold.cap)
+                hold.version = max(hold.version, wanted)
+            }
+            holding[work] = hold
+        }
     }
 
     /// Whether ``run()`` is taking work (from start until shutdown).
@@ -273,7 +366,8 @@ public final class ResponderService: Service, Sendable {
         return true
     }
 
-    /// Schedules the conversations whose backoff has passed, until shutdown.
+    /// Schedules the conversations whose backoff has passed, and those whose visitor has been quiet long
+    /// enough, until shutdown. Up to one tick late.
     private func retryWhenDue() async {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let now = ContinuousClock.now
@@ -283,9 +377,18 @@ public final class ResponderService: Service, Sendable {
                 return due
             }
             for work in due { schedule(work) }
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(100)) }
+            let quiet = holding.withLock { holding -> [(Work, Int64)] in
+                let due = holding.filter { $0.value.due <= now }.map { ($0.key, $0.value.version) }
+                for (work, _) in due { holding[work] = nil }
+                return due
+            }
+            for (work, version) in quiet { schedule(work, upTo: version == .max ? nil : version) }
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: Self.tick) }
         }
     }
+
+    /// How often backoffs and quiet periods are checked.
+    static let tick = Duration.milliseconds(50)
 
     /// The parked conversations of every tenant in scope, at start; the subscription keeps them current.
     private func loadParked() async {
@@ -316,7 +419,7 @@ public final class ResponderService: Service, Sendable {
                         let conversation = ConversationID(rawValue: event.stream.id)
                     else { continue }
                     let message = try event.decode(VisitorMessageReceived.self)
-                    schedule(Work(tenant: event.tenant, visitor: message.visitorUid, conversation: conversation), upTo: event.streamVersion)
+                    announce(Work(tenant: event.tenant, visitor: message.visitorUid, conversation: conversation), upTo: event.streamVersion)
                 }
             } catch {
                 if Task.isShuttingDownGracefully || Task.isCancelled { return }
@@ -349,7 +452,8 @@ public final class ResponderService: Service, Sendable {
             do {
                 let found = try await sweep()
                 if !found.isEmpty { logger.info("sweep found conversations with pending messages", metadata: ["convo.count": "\(found.count)"]) }
-                for work in found { schedule(work) }
+                // A conversation waiting for its visitor to stop writing is left to its hold.
+                for work in found where holding.withLock({ $0[work] == nil }) { schedule(work) }
             } catch {
                 logger.warning("sweep failed", metadata: ["convo.error": "\(error)"])
             }

@@ -108,6 +108,7 @@ func buildRouter(_ context: ServerContext, background: Bool = true) -> (Router<C
         Gauge(label: "convo.responder.scheduled").record(context.responder.scheduledCount)
         Gauge(label: "convo.responder.parked").record(context.responder.parkedCount)
         Gauge(label: "convo.responder.backing_off").record(context.responder.backingOffCount)
+        Gauge(label: "convo.responder.holding").record(context.responder.holdingCount)
         return Response(
             status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
             body: .init(byteBuffer: ByteBuffer(bytes: context.metrics.emitToBuffer())))

@@ -16,6 +16,7 @@ struct SettingsRoutes: Sendable {
     struct Body: Decodable {
         var reopenOnVisitorMessage: Bool?
         var visitorRetentionDays: Double?
+        var answerAfterQuietSeconds: Double?
     }
 
     @Sendable func get(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> TenantSettingsResponse {
@@ -34,6 +35,14 @@ struct SettingsRoutes: Sendable {
             }
             settings.visitorRetentionDays = days
         }
+        if let quiet = body.answerAfterQuietSeconds {
+            guard quiet >= 0, quiet <= TenantSettings.maxAnswerAfterQuietSeconds, quiet.isFinite else {
+                throw APIError(
+                    .badRequest, "invalid_field",
+                    "answerAfterQuietSeconds is between 0 (answer each message at once) and \(Int(TenantSettings.maxAnswerAfterQuietSeconds))")
+            }
+            settings.answerAfterQuietSeconds = quiet
+        }
         return TenantSettingsResponse(try await context.processor.settings.write(settings, for: tenant))
     }
 }
@@ -41,9 +50,11 @@ struct SettingsRoutes: Sendable {
 struct TenantSettingsResponse: ResponseCodable {
     var reopenOnVisitorMessage: Bool
     var visitorRetentionDays: Double
+    var answerAfterQuietSeconds: Double
 
     init(_ settings: TenantSettings) {
         reopenOnVisitorMessage = settings.reopenOnVisitorMessage
         visitorRetentionDays = settings.visitorRetentionDays
+        answerAfterQuietSeconds = settings.answerAfterQuietSeconds
     }
 }

@@ -1,0 +1,116 @@
+import ConvoTestSupport
+import EventStore
+import Foundation
+import Responder
+import SharedTypes
+import Testing
+
+/// A tenant's quiet period (``TenantSettings/answerAfterQuietSeconds``): the responder waits for a visitor to
+/// stop writing, so a burst gets one decision, and a visitor who never stops is answered by the cap.
+@Suite(.timeLimit(.minutes(2))) struct QuietPeriodTests {
+    static func service(_ harness: Harness) -> ResponderService {
+        ResponderService(
+            processor: harness.processor(workflow: "ai"), store: harness.store,
+            configuration: .init(sweepInterval: .seconds(60), scope: .tenant(harness.tenant)), logger: TestDatabase.logger)
+    }
+
+    static func replies(_ harness: Harness, _ conversation: ConversationID) async throws -> [(event: RecordedEvent, reply: AssistantMessageSent)] {
+        try await harness.all(conversation.workflowStream).filter { $0.type == AssistantMessageSent.eventType }.map {
+            ($0, try $0.decode(AssistantMessageSent.self))
+        }
+    }
+
+    @Test func aBurstWithinTheQuietPeriodIsAnsweredOnceAfterTheVisitorStops() async throws {
+        try await Harness.run { harness in
+            let service = Self.service(harness)
+            _ = try await service.processor.settings.write(TenantSettings(answerAfterQuietSeconds: 2), for: harness.tenant)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await service.run() }
+                defer { group.cancelAll() }
+                #expect(try await eventually(timeout: .seconds(10)) { service.isRunning })
+                let (conversation, visitor) = (newConversation(), newVisitor())
+                var last: RecordedEvent?
+                for index in 1...5 {
+                    let result = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m\(index)", text: "part \(index) of my question"))
+                    service.messageIngested(tenant: harness.tenant, visitor: visitor, conversation: conversation, messageVersion: result.streamVersion)
+                    last = try await harness.all(conversation.messagesStream).last
+                }
+                #expect(try await eventually(timeout: .seconds(30)) { try await !Self.replies(harness, conversation).isEmpty })
+                // Answered once, all five together, and not before the visitor had been quiet for the period.
+                let lastMessage = try #require(last)
+                let replies = try await Self.replies(harness, conversation)
+                #expect(replies.count == 1, "\(replies.map(\.reply.inReplyTo))")
+                #expect(replies.first?.reply.inReplyTo == ["m1", "m2", "m3", "m4", "m5"])
+                let waited = try #require(replies.first).event.recordedAt.timeIntervalSince(lastMessage.recordedAt)
+                #expect(waited >= 1.95, "answered \(waited) s after the last message")
+                let processed = try await harness.all(conversation.workflowStream).last { $0.type == MessagesProcessed.eventType }
+                #expect(try processed?.decode(MessagesProcessed.self).upToVersion == lastMessage.streamVersion)
+                #expect(service.holdingCount == 0)
+            }
+        }
+    }
+
+    @Test func aVisitorWhoKeepsWritingIsAnsweredAtTheCapWhileStillWriting() async throws {
+        try await Harness.run { harness in
+            let service = Self.service(harness)
+            let quiet = 0.5
+            _ = try await service.processor.settings.write(TenantSettings(answerAfterQuietSeconds: quiet), for: harness.tenant)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await service.run() }
+                defer { group.cancelAll() }
+                #expect(try await eventually(timeout: .seconds(10)) { service.isRunning })
+                let (conversation, visitor) = (newConversation(), newVisitor())
+                // A message every 100 ms, each well inside the quiet period, until the first answer: without the
+                // cap the hold would move on with every message and the visitor would never be answered.
+                var sent = 0
+                let giveUp = ContinuousClock.now + .seconds(20)
+                while try await Self.replies(harness, conversation).isEmpty, ContinuousClock.now < giveUp {
+                    sent += 1
+                    let result = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m\(sent)", text: "and another thing \(sent)"))
+                    service.messageIngested(tenant: harness.tenant, visitor: visitor, conversation: conversation, messageVersion: result.streamVersion)
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+                let first = try #require(try await Self.replies(harness, conversation).first)
+                let messages = try await harness.all(conversation.messagesStream).filter { $0.type == VisitorMessageReceived.eventType }
+                let firstMessage = try #require(messages.first)
+                // Not answered before the first message had waited a quiet period, nor left waiting much past the cap.
+                let waited = first.event.recordedAt.timeIntervalSince(firstMessage.recordedAt)
+                #expect(waited >= quiet - 0.05, "answered \(waited) s after the first message")
+                #expect(first.reply.inReplyTo.count < sent && first.reply.inReplyTo.first == "m1", "\(first.reply.inReplyTo) of \(sent)")
+                // The visitor stops: the rest is answered after the next quiet period, every message once.
+                #expect(try await eventually(timeout: .seconds(30)) {
+                    try await Self.replies(harness, conversation).flatMap(\.reply.inReplyTo).count == sent
+                })
+                let answered = try await Self.replies(harness, conversation).flatMap(\.reply.inReplyTo)
+                #expect(answered == (1...sent).map { "m\($0)" })
+            }
+        }
+    }
+
+    @Test func theQuietPeriodIsReadOncePerTenantAndAChangeReachesTheService() async throws {
+        try await Harness.run { harness in
+            let service = Self.service(harness)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await service.run() }
+                defer { group.cancelAll() }
+                #expect(try await eventually(timeout: .seconds(10)) { service.isRunning })
+                // No quiet period: answered at once, nothing held.
+                let (conversation, visitor) = (newConversation(), newVisitor())
+                let result = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m1", text: "hello"))
+                service.messageIngested(tenant: harness.tenant, visitor: visitor, conversation: conversation, messageVersion: result.streamVersion)
+                #expect(try await eventually(timeout: .seconds(30)) { try await Self.replies(harness, conversation).count == 1 })
+                #expect(service.holdingCount == 0)
+                // A quiet period set now is in force after the settings' cache lifetime (5 s): a message then is held.
+                _ = try await service.processor.settings.write(TenantSettings(answerAfterQuietSeconds: 20), for: harness.tenant)
+                let held = newConversation()
+                let sent = Counter()
+                #expect(try await eventually(timeout: .seconds(20)) {
+                    sent.add(1)
+                    let result = try await harness.ingestor.ingest(harness.message(held, visitor, id: "h\(sent.value)", text: "are you there?"))
+                    service.messageIngested(tenant: harness.tenant, visitor: visitor, conversation: held, messageVersion: result.streamVersion)
+                    return service.holdingCount == 1
+                })
+            }
+        }
+    }
+}
