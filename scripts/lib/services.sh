@@ -157,8 +157,19 @@ stop_services() {
     [ -d "$dir" ] || return 0
     # Absolute: as_pg_user runs its command from /.
     dir=$(cd "$dir" && pwd)
-    if [ -f "$dir/pg/data/postmaster.pid" ]; then
-        as_pg_user "$PG_BIN/pg_ctl" -D "$dir/pg/data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+    # The cluster's own path, not through the link: the PostgreSQL user cannot pass through DIR when it is
+    # inside a folder only root enters (a clone under /root or inside `mktemp -d`), and pg_ctl would fail.
+    local pgdata
+    pgdata=$(readlink -f "$dir/pg")/data
+    if [ -f "$pgdata/postmaster.pid" ]; then
+        as_pg_user "$PG_BIN/pg_ctl" -D "$pgdata" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+        # Still running (pg_ctl could not reach it): a fast shutdown by its pid, if that pid is this cluster's postmaster.
+        local pid
+        pid=$(head -1 "$pgdata/postmaster.pid" 2>/dev/null || true)
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-D $pgdata "; then
+            kill -INT "$pid" 2>/dev/null
+            for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        fi
     fi
     if [ -f "$dir/redis/redis.pid" ]; then
         local pid
@@ -183,10 +194,19 @@ check_private_clone() {
     (
         cd "$outer/convo"
         source scripts/lib/services.sh
-        start_services .convo/test "$(free_port)" "$(free_port)" >/dev/null 2>&1 || exit 1
-        read -r port _ <.convo/test/ports
-        as_pg_user "$PG_BIN/psql" -h 127.0.0.1 -p "$port" -U convo -d convo -Atqc "SELECT 1" | grep -qx 1
+        # Whatever fails, the services are stopped and what was made removed.
+        set +e
+        # In a subshell of its own (a failure exits it, as it would the caller), its output printed when it
+        # fails: the folder, and the logs in it, are removed below.
+        (set -e; start_services .convo/test "$(free_port)" "$(free_port)") >"$outer/start.log" 2>&1
         ok=$?
+        if [ "$ok" -eq 0 ]; then
+            read -r port _ <.convo/test/ports
+            as_pg_user "$PG_BIN/psql" -h 127.0.0.1 -p "$port" -U convo -d convo -Atqc "SELECT 1" | grep -qx 1
+            ok=$?
+        else
+            cat "$outer/start.log" >&2
+        fi
         stop_services "$(pwd)/.convo/test"
         target=$(readlink -f .convo/test/pg)
         case "$target" in "$outer"/*) ;; *) rm -rf "$target" ;; esac
