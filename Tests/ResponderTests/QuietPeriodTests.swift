@@ -1,6 +1,7 @@
 import ConvoTestSupport
 import EventStore
 import Foundation
+import Projections
 import Responder
 import SharedTypes
 import Testing
@@ -71,18 +72,79 @@ import Testing
                     try await Task.sleep(for: .milliseconds(100))
                 }
                 let first = try #require(try await Self.replies(harness, conversation).first)
+                // The visitor writes on a little, then stops.
+                for _ in 0..<3 {
+                    sent += 1
+                    let result = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m\(sent)", text: "and another thing \(sent)"))
+                    service.messageIngested(tenant: harness.tenant, visitor: visitor, conversation: conversation, messageVersion: result.streamVersion)
+                    try await Task.sleep(for: .milliseconds(100))
+                }
                 let messages = try await harness.all(conversation.messagesStream).filter { $0.type == VisitorMessageReceived.eventType }
                 let firstMessage = try #require(messages.first)
                 // Not answered before the first message had waited a quiet period, nor left waiting much past the cap.
                 let waited = first.event.recordedAt.timeIntervalSince(firstMessage.recordedAt)
                 #expect(waited >= quiet - 0.05, "answered \(waited) s after the first message")
                 #expect(first.reply.inReplyTo.count < sent && first.reply.inReplyTo.first == "m1", "\(first.reply.inReplyTo) of \(sent)")
-                // The visitor stops: the rest is answered after the next quiet period, every message once.
+                // The rest is answered after the next quiet period, every message once.
                 #expect(try await eventually(timeout: .seconds(30)) {
                     try await Self.replies(harness, conversation).flatMap(\.reply.inReplyTo).count == sent
                 })
                 let answered = try await Self.replies(harness, conversation).flatMap(\.reply.inReplyTo)
                 #expect(answered == (1...sent).map { "m\($0)" })
+            }
+        }
+    }
+
+    /// The periodic sweep leaves a held conversation to its hold; an instance stopped while holding one
+    /// leaves its messages stored and pending, and the next start's sweep answers them at once.
+    @Test func theSweepLeavesHeldConversationsAloneAndAStoppedInstancesHoldsAreSweptUpAtTheNextStart() async throws {
+        // A database of its own: the sweep reads the conversations projection, whose runner follows every tenant.
+        try await TestDatabase.withFreshDatabase { url in
+            try await Harness.run(url: url) { harness in
+                let projection = ConversationsProjection()
+                let runner = ProjectionRunner(projection: projection, store: harness.store, logger: TestDatabase.logger)
+                func service() -> ResponderService {
+                    ResponderService(
+                        processor: harness.processor(workflow: "ai"), store: harness.store,
+                        configuration: .init(sweepInterval: .milliseconds(500), scope: .tenant(harness.tenant)), logger: TestDatabase.logger)
+                }
+                func pending() async throws -> [ConversationID] {
+                    try await projection.pending(.tenant(harness.tenant), client: harness.store.client, logger: TestDatabase.logger).map(\.conversation)
+                }
+                let quiet = 4.0
+                _ = try await harness.processor().settings.write(TenantSettings(answerAfterQuietSeconds: quiet), for: harness.tenant)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask { try await runner.run() }
+                    defer { group.cancelAll() }
+                    let first = service()
+                    let running = Task { try await first.run() }
+                    #expect(try await eventually(timeout: .seconds(10)) { first.isRunning })
+                    let (held, visitor) = (newConversation(), newVisitor())
+                    let result = try await harness.ingestor.ingest(harness.message(held, visitor, id: "m1", text: "hello?"))
+                    first.messageIngested(tenant: harness.tenant, visitor: visitor, conversation: held, messageVersion: result.streamVersion)
+                    let message = try #require(try await harness.all(held.messagesStream).last)
+                    // The sweep (every 500 ms) sees the conversation pending while it is held, and leaves it.
+                    #expect(try await eventually(timeout: .seconds(10)) { try await pending() == [held] })
+                    #expect(try await eventually(timeout: .seconds(30)) { try await !Self.replies(harness, held).isEmpty })
+                    let reply = try #require(try await Self.replies(harness, held).first)
+                    let waited = reply.event.recordedAt.timeIntervalSince(message.recordedAt)
+                    #expect(waited >= quiet - 0.05, "answered \(waited) s after the message, with sweeps every 500 ms")
+
+                    // Held when its instance stops: stored and pending, and answered by the next start's sweep long
+                    // before its quiet period would have ended.
+                    let stranded = newConversation()
+                    let second = try await harness.ingestor.ingest(harness.message(stranded, visitor, id: "m1", text: "still there?"))
+                    first.messageIngested(tenant: harness.tenant, visitor: visitor, conversation: stranded, messageVersion: second.streamVersion)
+                    #expect(try await eventually(timeout: .seconds(10)) { first.holdingCount == 1 })
+                    running.cancel()
+                    _ = await running.result
+                    #expect(try await Self.replies(harness, stranded).isEmpty)
+                    #expect(try await eventually(timeout: .seconds(10)) { try await pending() == [stranded] })
+                    _ = try await harness.processor().settings.write(TenantSettings(answerAfterQuietSeconds: 30), for: harness.tenant)
+                    let restarted = service()
+                    group.addTask { try await restarted.run() }
+                    #expect(try await eventually(timeout: .seconds(20)) { try await Self.replies(harness, stranded).count == 1 })
+                }
             }
         }
     }
