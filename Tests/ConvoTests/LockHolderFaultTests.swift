@@ -1,6 +1,7 @@
 import ConvoTestSupport
 import EventStore
 import Foundation
+import Projections
 import SharedTypes
 import Testing
 
@@ -91,6 +92,16 @@ import Glibc
             #expect(try await eventually(timeout: .seconds(60)) { await fleet.get(frozen, "/readyz").status == 200 })
             #expect(await fleet.post(frozen, conversation: "s1", visitor: "vs", messageId: "m1").status == 202)
             #expect(try await eventually(timeout: .seconds(30)) { !stub.requests.isEmpty })
+            // The other instance, started after the message, finds it through its sweep, which reads the
+            // conversations projection; the frozen instance is that projection's runner until its session
+            // ends, so the message must be counted there before the freeze (a full run once froze it first).
+            let tenant = TenantID(rawValue: fleet.tenant)!
+            #expect(try await eventually(timeout: .seconds(30)) {
+                try await fleet.withStore { store in
+                    try await ConversationsProjection().pending(.tenant(tenant), client: store.client, logger: TestDatabase.logger)
+                        .contains { $0.conversation.rawValue == "s1" }
+                }
+            })
             frozen.send(SIGSTOP)
             let other = try await fleet.serve(options)
             var state = (replies: [String: Int](), consumed: false, conflicts: 0)

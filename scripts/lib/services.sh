@@ -74,9 +74,13 @@ port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # Prints a port on loopback that nothing listens on.
 free_port() {
-    local port
+    # Below the kernel's ephemeral ports (32768 and up by default): a port found free there can be taken by
+    # an outgoing connection before the server binds it.
+    local port low=32768
+    read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || low=32768
+    [ "$low" -gt 21000 ] 2>/dev/null || low=32768
     for _ in $(seq 1 200); do
-        port=$((20000 + RANDOM % 30000))
+        port=$((20000 + RANDOM % (low - 20000)))
         port_in_use "$port" || { echo "$port"; return 0; }
     done
     die "no free port found on 127.0.0.1"

@@ -181,8 +181,10 @@ public final class ResponderService: Service, Sendable {
         if let quiet { hold(work, upTo: version, quiet: quiet, now: now) }
     }
 
-    /// Reads a tenant's quiet period and releases the messages that waited for it. A failed read counts as
-    /// no quiet period (each message answered at once) and is tried again with the next message.
+    /// Reads a tenant's quiet period and releases the messages that waited for it. When the read fails, the
+    /// period known before stays in force and is read again after the cache's lifetime; a first read that
+    /// fails counts as no quiet period (the messages that waited are answered at once) and is tried again
+    /// with the next message.
     private func readQuietPeriod(_ tenant: TenantID) async {
         var quiet: Duration?
         do {
@@ -193,7 +195,11 @@ public final class ResponderService: Service, Sendable {
         let now = ContinuousClock.now
         let waiting = quietPeriods.withLock { periods -> [(Work, Int64?)] in
             var period = periods[tenant] ?? QuietPeriod()
-            if let quiet { period.known = (quiet, now) }
+            if let quiet {
+                period.known = (quiet, now)
+            } else if let known = period.known {
+                period.known = (known.quiet, now)
+            }
             period.reading = false
             let waiting = period.waiting
             period.waiting = []

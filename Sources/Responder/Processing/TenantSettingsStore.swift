@@ -34,14 +34,6 @@ public final class TenantSettingsStore: Sendable {
         return settings
     }
 
-    /// The tenant's settings when read less than the cache's lifetime ago; `nil` otherwise (ask
-    /// ``settings(for:)``). For callers that cannot wait.
-    public func cached(_ tenant: TenantID) -> TenantSettings? {
-        let now = ContinuousClock.now
-        guard let cached = cache.withLock({ $0[tenant.rawValue] }), now - cached.at < ttl else { return nil }
-        return cached.settings
-    }
-
     /// Reads the settings now, without the cache.
     public func read(_ tenant: TenantID) async throws -> TenantSettings {
         do {
