@@ -323,6 +323,7 @@ import Testing
             #expect(text.contains("convo_sse_streams "))
             // The route tests run no responder: an ingested message queues nothing.
             #expect(text.contains("convo_responder_scheduled 0"), "\(text.suffix(2000))")
+            #expect(text.contains("convo_responder_holding 0"), "\(text.suffix(2000))")
         }
     }
 }
