@@ -2,7 +2,7 @@ import ConvoTestSupport
 import EventStore
 import Foundation
 import Projections
-import Responder
+@testable import Responder
 import SharedTypes
 import Testing
 
@@ -149,7 +149,7 @@ import Testing
         }
     }
 
-    @Test func theQuietPeriodIsReadOncePerTenantAndAChangeReachesTheService() async throws {
+    @Test func aChangedQuietPeriodReachesTheServiceWithinTheSettingsLifetime() async throws {
         try await Harness.run { harness in
             let service = Self.service(harness)
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -173,6 +173,32 @@ import Testing
                     return service.holdingCount == 1
                 })
             }
+        }
+    }
+}
+
+/// The settings cache the responder reads without waiting: one read per tenant however many callers miss it
+/// together, the old value kept (and read again once) after its lifetime.
+@Suite struct TenantSettingsCacheTests {
+    @Test func callersThatMissTogetherShareOneReadAndAStaleValueIsReadAgainOnce() async throws {
+        try await Harness.run { harness in
+            let store = TenantSettingsStore(client: harness.store.client, ttl: .milliseconds(300), logger: TestDatabase.logger)
+            let writer = TenantSettingsStore(client: harness.store.client, logger: TestDatabase.logger)
+            _ = try await writer.write(TenantSettings(answerAfterQuietSeconds: 1), for: harness.tenant)
+            #expect(store.settingsAtHand(harness.tenant) == nil)
+            let read = try await withThrowingTaskGroup(of: TenantSettings.self) { group in
+                for _ in 0..<40 { group.addTask { try await store.settings(for: harness.tenant) } }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(read.count == 40 && read.allSatisfy { $0.answerAfterQuietSeconds == 1 })
+            #expect(store.readsSent.load(ordering: .relaxed) == 1)
+            #expect(store.settingsAtHand(harness.tenant)?.answerAfterQuietSeconds == 1)
+            // Changed elsewhere: the value at hand stays until its lifetime is over, then the old one is
+            // given once more while one read fetches the new.
+            _ = try await writer.write(TenantSettings(answerAfterQuietSeconds: 2), for: harness.tenant)
+            #expect(store.settingsAtHand(harness.tenant)?.answerAfterQuietSeconds == 1)
+            #expect(try await eventually(timeout: .seconds(10)) { store.settingsAtHand(harness.tenant)?.answerAfterQuietSeconds == 2 })
+            #expect(store.readsSent.load(ordering: .relaxed) == 2)
         }
     }
 }

@@ -68,8 +68,6 @@ public final class ResponderService: Service, Sendable {
     /// Conversations whose visitor's messages wait for the visitor to stop writing (their tenant's
     /// ``TenantSettings/answerAfterQuietSeconds``): they hold no worker meanwhile.
     private let holding = Mutex<[Work: Hold]>([:])
-    /// Each tenant's quiet period as last read, and the messages announced while it is first read.
-    private let quietPeriods = Mutex<[TenantID: QuietPeriod]>([:])
     /// Parked conversations (tenant and id), as this instance has seen them in the audit streams.
     private let parked = Mutex<Set<ParkedKey>>([])
     public let parkingLot: ParkingLot
@@ -88,14 +86,6 @@ public final class ResponderService: Service, Sendable {
         var due: ContinuousClock.Instant
         var cap: ContinuousClock.Instant
         var version: Int64
-    }
-
-    /// A tenant's quiet period: `known` once read (with when, to read it again after the settings' cache
-    /// lifetime, the old value used meanwhile); the announcements that came before the first read ended.
-    struct QuietPeriod: Sendable {
-        var known: (quiet: Duration, at: ContinuousClock.Instant)?
-        var reading = false
-        var waiting: [(Work, Int64?)] = []
     }
 
     public init(processor: ConversationProcessor, store: PostgresEventStore, configuration: Configuration = Configuration(), logger: Logger) {
@@ -160,53 +150,22 @@ public final class ResponderService: Service, Sendable {
     /// the visitor has been quiet for their tenant's ``TenantSettings/answerAfterQuietSeconds``.
     func announce(_ work: Work, upTo version: Int64?) {
         if let version, version <= processor.consumedMessages(tenant: work.tenant, conversation: work.conversation) { return }
-        let now = ContinuousClock.now
-        let ttl = processor.settings.ttl
-        let (quiet, read) = quietPeriods.withLock { periods -> (Duration?, Bool) in
-            var period = periods[work.tenant] ?? QuietPeriod()
-            defer { periods[work.tenant] = period }
-            if let known = period.known {
-                // Read again after the settings' lifetime; the value known is used meanwhile.
-                let stale = now - known.at >= ttl && !period.reading
-                if stale { period.reading = true }
-                return (known.quiet, stale)
+        // The settings at hand (re-read in the background once older than their cache's lifetime). Before the
+        // tenant's first read ends the message waits for it (the read is one however many arrive); a first
+        // read that fails answers at once.
+        if let settings = processor.settings.settingsAtHand(work.tenant) {
+            hold(work, upTo: version, quiet: settings.answerAfterQuiet, now: .now)
+            return
+        }
+        Task {
+            var quiet = Duration.zero
+            do {
+                quiet = try await processor.settings.settings(for: work.tenant).answerAfterQuiet
+            } catch {
+                logger.warning("could not read the tenant's settings; answering without waiting for a pause", metadata: ["convo.error": "\(error)"])
             }
-            // Not read yet: the message waits for the first read (one per tenant, however many arrive).
-            period.waiting.append((work, version))
-            let first = !period.reading
-            period.reading = true
-            return (nil, first)
+            hold(work, upTo: version, quiet: quiet, now: .now)
         }
-        if read { Task { await self.readQuietPeriod(work.tenant) } }
-        if let quiet { hold(work, upTo: version, quiet: quiet, now: now) }
-    }
-
-    /// Reads a tenant's quiet period and releases the messages that waited for it. When the read fails, the
-    /// period known before stays in force and is read again after the cache's lifetime; a first read that
-    /// fails counts as no quiet period (the messages that waited are answered at once) and is tried again
-    /// with the next message.
-    private func readQuietPeriod(_ tenant: TenantID) async {
-        var quiet: Duration?
-        do {
-            quiet = try await processor.settings.settings(for: tenant).answerAfterQuiet
-        } catch {
-            logger.warning("could not read the tenant's settings; answering without waiting for a pause", metadata: ["convo.error": "\(error)"])
-        }
-        let now = ContinuousClock.now
-        let waiting = quietPeriods.withLock { periods -> [(Work, Int64?)] in
-            var period = periods[tenant] ?? QuietPeriod()
-            if let quiet {
-                period.known = (quiet, now)
-            } else if let known = period.known {
-                period.known = (known.quiet, now)
-            }
-            period.reading = false
-            let waiting = period.waiting
-            period.waiting = []
-            periods[tenant] = period
-            return waiting
-        }
-        for (work, version) in waiting { hold(work, upTo: version, quiet: quiet ?? .zero, now: now) }
     }
 
     /// Schedules the work now (no quiet period) or holds it until its visitor is quiet for `quiet`: a newer
