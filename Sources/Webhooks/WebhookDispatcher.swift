@@ -40,6 +40,11 @@ public final class WebhookDispatcher: Service, Sendable {
         public var retryDelay: Duration
         /// Names this process in each attempt (host and pid).
         public var instance: String
+        /// How long the dispatcher's session (and its endpoints' locks) outlives a process that stopped
+        /// without closing it (frozen, a paused VM) before PostgreSQL ends it and another process's
+        /// dispatcher takes the endpoints (``PostgresConnection/asLease(timeout:logger:_:)``). `nil`: until
+        /// the socket closes. Default: 20 seconds.
+        public var sessionLease: Duration? = .seconds(20)
 
         public static let defaultRetrySchedule: [Duration] = [
             .seconds(1), .seconds(5), .seconds(300), .seconds(1800), .seconds(7200), .seconds(18_000), .seconds(36_000), .seconds(36_000),
@@ -88,7 +93,11 @@ public final class WebhookDispatcher: Service, Sendable {
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 do {
-                    try await self.client.withOpenConnection { connection in try await self.session(on: connection, http: httpClient) }
+                    try await self.client.withOpenConnection { connection in
+                        try await connection.asLease(timeout: self.configuration.sessionLease, logger: self.logger) {
+                            try await self.session(on: connection, http: httpClient)
+                        }
+                    }
                 } catch {
                     if Task.isCancelled { break }
                     self.logger.warning("webhook dispatcher lost its session; starting again", metadata: ["convo.error": "\(String(reflecting: error))"])

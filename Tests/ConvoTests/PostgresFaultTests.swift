@@ -75,7 +75,8 @@ import Glibc
 
     @Test func aFrozenRunnerIsReportedByReadyzStatusAndVerify() async throws {
         let fleet = try await FaultFleet()
-        let runner = try await fleet.serve(["--projection-stale-seconds", "2"])
+        // A lease longer than the test: the frozen runner keeps its locks (FrozenInstanceTests: a short one).
+        let runner = try await fleet.serve(["--projection-stale-seconds", "2", "--lease-timeout", "600"])
         #expect(try await eventually(timeout: .seconds(60)) { await fleet.projectionsCaughtUp() })
         let ingest = try await fleet.serve(["--no-projections", "--no-responder", "--projection-stale-seconds", "2"])
         #expect(try await eventually(timeout: .seconds(30)) { await fleet.get(ingest, "/readyz").status == 200 })

@@ -18,6 +18,12 @@ import Testing
             let badIdle = try await ConvoProcess.run(["serve", "--port", "\(try ServeProcess.freePort())", "--idle-transaction-timeout", value], environment: env)
             #expect(badIdle.status != 0 && badIdle.stderr.contains("idle"), "\(value): \(badIdle.stderr)")
         }
+        for value in ["1", "3601", "x"] {
+            let badLease = try await ConvoProcess.run(["serve", "--port", "\(try ServeProcess.freePort())", "--lease-timeout", value], environment: env)
+            #expect(badLease.status != 0 && badLease.stderr.contains("lease"), "\(value): \(badLease.stderr)")
+        }
+        let badLeaseVariable = try await ConvoProcess.run(["serve", "--port", "\(try ServeProcess.freePort())"], environment: env.merging(["CONVO_LEASE_TIMEOUT": "0"]) { $1 })
+        #expect(badLeaseVariable.status != 0 && badLeaseVariable.stderr.contains("lease"), "\(badLeaseVariable.stderr)")
         for variable in [false, true] {
             let arguments = ["serve", "--port", "\(try ServeProcess.freePort())"] + (variable ? [] : ["--demo-tenant", "Not A Tenant"])
             let badDemo = try await ConvoProcess.run(arguments, environment: variable ? env.merging(["CONVO_DEMO_TENANT": "Not A Tenant"]) { $1 } : env)

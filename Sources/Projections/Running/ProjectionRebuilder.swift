@@ -49,12 +49,20 @@ public struct ProjectionRebuilder: Sendable {
         /// version and so cannot be followed anyway): the rows up to that event are swapped in and the
         /// projection is recorded as failed there, for `status` and `/readyz`. Default: `false`.
         public var installUpToFailure: Bool
+        /// Holds the rebuild's session (and its lock) as a lease, ended by PostgreSQL once the process has
+        /// stopped without closing it for this long (``PostgresConnection/asLease(timeout:logger:_:)``): a
+        /// server's start-up rebuild. `nil` (the CLI): until the socket closes.
+        public var sessionLease: Duration?
 
-        public init(batchSize: Int = 2000, swapThreshold: Int = 1000, waitForOtherRebuild: Bool = false, installUpToFailure: Bool = false) {
+        public init(
+            batchSize: Int = 2000, swapThreshold: Int = 1000, waitForOtherRebuild: Bool = false, installUpToFailure: Bool = false,
+            sessionLease: Duration? = nil
+        ) {
             self.batchSize = batchSize
             self.swapThreshold = swapThreshold
             self.waitForOtherRebuild = waitForOtherRebuild
             self.installUpToFailure = installUpToFailure
+            self.sessionLease = sessionLease
         }
     }
 
@@ -83,8 +91,10 @@ public struct ProjectionRebuilder: Sendable {
         let client = store.client
         do {
             return try await client.withOpenConnection { connection in
-                try await withRebuildLocks(projections, on: connection) {
-                    try await rebuildLocked(projections, reason: reason, on: connection, progress: progress)
+                try await connection.asLease(timeout: configuration.sessionLease, logger: logger) {
+                    try await withRebuildLocks(projections, on: connection) {
+                        try await rebuildLocked(projections, reason: reason, on: connection, progress: progress)
+                    }
                 }
             }
         } catch let error as ProjectionError {

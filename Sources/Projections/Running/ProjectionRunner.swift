@@ -27,11 +27,20 @@ public final class ProjectionRunner: Service, Sendable {
         public var retryDelay: Duration
         /// How often a failed projection looks whether a rebuild has repaired it. Default: 5 seconds.
         public var failureRecheck: Duration
+        /// How long the runner's session (and its lock) outlives a process that stopped without closing it
+        /// (frozen, a paused VM) before PostgreSQL ends it and a standby takes over; see
+        /// ``PostgresConnection/asLease(timeout:logger:_:)``. The start-up rebuild's session is held the
+        /// same way. `nil`: until the socket closes. Default: 20 seconds.
+        public var sessionLease: Duration?
 
-        public init(standbyPoll: Duration = .seconds(2), retryDelay: Duration = .seconds(1), failureRecheck: Duration = .seconds(5)) {
+        public init(
+            standbyPoll: Duration = .seconds(2), retryDelay: Duration = .seconds(1), failureRecheck: Duration = .seconds(5),
+            sessionLease: Duration? = .seconds(20)
+        ) {
             self.standbyPoll = standbyPoll
             self.retryDelay = retryDelay
             self.failureRecheck = failureRecheck
+            self.sessionLease = sessionLease
         }
     }
 
@@ -113,18 +122,20 @@ public final class ProjectionRunner: Service, Sendable {
     }
 
     /// Stands by until this session holds the runner lock, then keeps the projection; the lock goes with the
-    /// session back to the pool released.
+    /// session back to the pool released. The session is a lease: a frozen process loses it, and the lock.
     private func runOnce(on connection: PostgresConnection) async throws {
         let name = projection.name
-        try await acquireRunnerLock(on: connection)
-        try await ProjectionCatalogue.releasing([(.runner, name)], on: connection, logger: logger) {
-            if let entry = try await ProjectionCatalogue.entry(name, on: connection, logger: logger), entry.version > projection.version {
-                // A newer convo built these rows: leave them to its runner, never rebuild them back to an older fold.
-                set(.superseded(storedVersion: entry.version))
-                return
+        try await connection.asLease(timeout: configuration.sessionLease, logger: logger) {
+            try await acquireRunnerLock(on: connection)
+            try await ProjectionCatalogue.releasing([(.runner, name)], on: connection, logger: logger) {
+                if let entry = try await ProjectionCatalogue.entry(name, on: connection, logger: logger), entry.version > projection.version {
+                    // A newer convo built these rows: leave them to its runner, never rebuild them back to an older fold.
+                    set(.superseded(storedVersion: entry.version))
+                    return
+                }
+                try await ensureCurrent(on: connection)
+                try await follow(on: connection)
             }
-            try await ensureCurrent(on: connection)
-            try await follow(on: connection)
         }
         if case .superseded = state { try await Task.sleep(for: configuration.standbyPoll) }
     }
@@ -149,7 +160,7 @@ public final class ProjectionRunner: Service, Sendable {
         if let entry, entry.version == projection.version, exists { return }
         set(.rebuilding)
         let reason = entry.map { "version \($0.version) → \(projection.version)" } ?? "first start"
-        let rebuilder = ProjectionRebuilder(store: store, configuration: .init(waitForOtherRebuild: true, installUpToFailure: true), logger: logger)
+        let rebuilder = ProjectionRebuilder(store: store, configuration: .init(waitForOtherRebuild: true, installUpToFailure: true, sessionLease: configuration.sessionLease), logger: logger)
         _ = try await rebuilder.rebuild([projection], reason: reason)
     }
 

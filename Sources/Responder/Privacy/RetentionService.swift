@@ -16,10 +16,15 @@ public struct RetentionService: Service {
         public var interval: Duration
         /// The most visitors one pass forgets per tenant (the next pass goes on). Default: 10,000.
         public var maxPerPass: Int
+        /// How long a pass's session (and its lock) outlives a process that stopped without closing it
+        /// (frozen, a paused VM) before PostgreSQL ends it and another process may run the pass
+        /// (``PostgresConnection/asLease(timeout:logger:_:)``). `nil`: until the socket closes. Default: 20 s.
+        public var sessionLease: Duration?
 
-        public init(interval: Duration = .seconds(3600), maxPerPass: Int = 10_000) {
+        public init(interval: Duration = .seconds(3600), maxPerPass: Int = 10_000, sessionLease: Duration? = .seconds(20)) {
             self.interval = interval
             self.maxPerPass = maxPerPass
+            self.sessionLease = sessionLease
         }
     }
 
@@ -77,18 +82,21 @@ public struct RetentionService: Service {
         let logger = self.logger
         let lockKey = Self.lockKey
         // The lock is a session's: one connection holds it for the pass, and PostgreSQL lets it go if the
-        // process dies.
+        // process dies, or once the lease ends when it stopped without dying.
+        let lease = configuration.sessionLease
         return try await store.client.withOpenConnection { connection in
-            var locked = false
-            for try await held in try await connection.query("SELECT pg_try_advisory_lock(\(lockKey))", logger: logger).decode(Bool.self) { locked = held }
-            guard locked else { return PassReport(ran: false, dryRun: dryRun, candidates: [], forgotten: 0) }
-            do {
-                let report = try await self.locked(only: only, dryRun: dryRun, progress: progress)
-                _ = try await connection.query("SELECT pg_advisory_unlock(\(lockKey))", logger: logger)
-                return report
-            } catch {
-                _ = try? await connection.query("SELECT pg_advisory_unlock(\(lockKey))", logger: logger)
-                throw error
+            try await connection.asLease(timeout: lease, logger: logger) {
+                var locked = false
+                for try await held in try await connection.query("SELECT pg_try_advisory_lock(\(lockKey))", logger: logger).decode(Bool.self) { locked = held }
+                guard locked else { return PassReport(ran: false, dryRun: dryRun, candidates: [], forgotten: 0) }
+                do {
+                    let report = try await self.locked(only: only, dryRun: dryRun, progress: progress)
+                    _ = try await connection.query("SELECT pg_advisory_unlock(\(lockKey))", logger: logger)
+                    return report
+                } catch {
+                    _ = try? await connection.query("SELECT pg_advisory_unlock(\(lockKey))", logger: logger)
+                    throw error
+                }
             }
         }
     }

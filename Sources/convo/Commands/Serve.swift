@@ -74,9 +74,19 @@ extension Convo {
         @Option(
             name: .customLong("idle-transaction-timeout"),
             help: """
-                Seconds a session may sit idle inside a transaction before PostgreSQL ends it (env CONVO_IDLE_TRANSACTION_TIMEOUT;                 default 15): a frozen or hung instance's open transaction holds back every reader of the cluster until then.
+                Seconds a session may sit idle inside a transaction before PostgreSQL ends it (env CONVO_IDLE_TRANSACTION_TIMEOUT; \
+                default 15): a frozen or hung instance's open transaction holds back every reader of the cluster until then.
                 """)
         var idleTransactionTimeout: Int?
+
+        @Option(
+            name: .customLong("lease-timeout"),
+            help: """
+                Seconds an instance that stopped without closing its connections (frozen, a paused VM) keeps the work one \
+                instance does at a time (projection runners, webhook senders, the retention pass) before PostgreSQL ends its \
+                session and another instance takes over (env CONVO_LEASE_TIMEOUT; default 20).
+                """)
+        var leaseTimeout: Int?
 
         @Option(
             name: .customLong("ingest-queue-limit"),
@@ -135,6 +145,9 @@ extension Convo {
             }
             guard (1...3600).contains(try resolved(idleTransactionTimeout, "CONVO_IDLE_TRANSACTION_TIMEOUT", 15)) else {
                 throw ValidationError("the idle transaction timeout is between 1 and 3600 seconds")
+            }
+            guard (2...3600).contains(try resolved(leaseTimeout, "CONVO_LEASE_TIMEOUT", 20)) else {
+                throw ValidationError("the lease timeout is between 2 and 3600 seconds")
             }
             guard (1...10_000_000).contains(try resolved(ingestQueueLimit, "CONVO_INGEST_QUEUE_LIMIT", 10_000)) else {
                 throw ValidationError("the ingest queue limit is between 1 and 10000000 messages")
@@ -198,8 +211,14 @@ extension Convo {
                 provider = RuleProvider()
             }
             let lockTTL = try resolved(lockTTL, "CONVO_LOCK_TTL_MS", 30_000)
+            let lease = Duration.seconds(try resolved(leaseTimeout, "CONVO_LEASE_TIMEOUT", 20))
+            var webhookConfiguration = WebhookDispatcher.Configuration(
+                retrySchedule: try retrySchedule(), attemptTimeout: .seconds(try resolved(webhookTimeout, "CONVO_WEBHOOK_TIMEOUT", 10)),
+                instance: ConversationProcessor.defaultInstance)
+            webhookConfiguration.sessionLease = lease
             var context = ServerContext.make(
                 client: client, redis: redis, keyring: keyring, provider: provider, processing: .init(lockTTL: .milliseconds(lockTTL), legacyLockKeys: redisLegacyLockKeys),
+                runners: .init(sessionLease: lease),
                 ingest: .init(
                     writers: try resolved(ingestWriters, "CONVO_INGEST_WRITERS", 2),
                     maxQueued: try resolved(ingestQueueLimit, "CONVO_INGEST_QUEUE_LIMIT", 10_000)),
@@ -208,10 +227,8 @@ extension Convo {
                 requestDeadline: .seconds(try resolved(requestTimeout, "CONVO_REQUEST_TIMEOUT", 10)),
                 streams: .init(
                     total: try resolved(maxStreams, "CONVO_MAX_STREAMS", 2000), perTenant: try resolved(maxStreamsPerTenant, "CONVO_MAX_STREAMS_PER_TENANT", 200)),
-                webhooks: .init(
-                    retrySchedule: try retrySchedule(), attemptTimeout: .seconds(try resolved(webhookTimeout, "CONVO_WEBHOOK_TIMEOUT", 10)),
-                    instance: ConversationProcessor.defaultInstance),
-                retention: .init(interval: .seconds(try resolved(retentionInterval, "CONVO_RETENTION_INTERVAL_SECONDS", 3600))),
+                webhooks: webhookConfiguration,
+                retention: .init(interval: .seconds(try resolved(retentionInterval, "CONVO_RETENTION_INTERVAL_SECONDS", 3600)), sessionLease: lease),
                 logger: logger)
             context.demoTenant = try resolvedDemoTenant()
             context.projectionStaleAfter = .seconds(try resolved(projectionStaleSeconds, "CONVO_PROJECTION_STALE_SECONDS", 10))

@@ -1,0 +1,83 @@
+import ConvoTestSupport
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An instance that stops without closing its connections (SIGSTOP: a frozen process, a paused VM) while
+/// it is the one running the projections and sending an endpoint's webhooks. Its PostgreSQL sessions are
+/// leases (`--lease-timeout`): PostgreSQL ends them once no heartbeat came for that long, their advisory
+/// locks go free, and the other instance takes the work over while the frozen one still sleeps. When it
+/// wakes it finds its sessions gone and stands by; nothing is applied or delivered out of order.
+@Suite(.serialized, .timeLimit(.minutes(5))) struct FrozenInstanceTests {
+    @Test func aFrozenInstancesRunnersAndWebhookSenderAreTakenOverOnceItsLeaseEnds() async throws {
+        let fleet = try await FaultFleet(environment: ["CONVO_WEBHOOK_RETRY_SCHEDULE": "0.2,0.5,1,1,1,1,1,1,1,1"])
+        let receiver = try await WebhookReceiver(secrets: [WebhookDeliveryTests.secret])
+        let options = ["--lease-timeout", "3", "--projection-stale-seconds", "2"]
+        // The first instance alone: it takes every runner lock and the endpoint's sender lock.
+        let frozen = try await fleet.serve(options)
+        #expect(try await eventually(timeout: .seconds(60)) { await fleet.projectionsCaughtUp() })
+        let desk = try await WebhookDeliveryTests.put(fleet, frozen, "desk", url: receiver.url)
+        let start = try #require(desk.health?.checkpoint)
+        #expect(try await eventually(timeout: .seconds(20)) { try await WebhookDeliveryTests.endpoint(fleet, frozen, "desk").health?.activeSenders == 1 })
+        let other = try await fleet.serve(options)
+        #expect(try await eventually(timeout: .seconds(60)) { await fleet.get(other, "/readyz").status == 200 })
+        #expect(try await eventually(timeout: .seconds(20)) { (try? await fleet.projectionStatus())?.allSatisfy { $0.standby == 1 } == true })
+        let conversations = (0..<6).map { "frozen-\($0)" }
+        try await WebhookDeliveryTests.ingest(fleet, [frozen, other], conversations: conversations, messages: 1)
+        #expect(try await eventually(timeout: .seconds(30)) { await fleet.projectionsCaughtUp() })
+
+        frozen.send(SIGSTOP)
+        defer { frozen.send(SIGCONT) }
+        try await WebhookDeliveryTests.ingest(fleet, [other], conversations: conversations, messages: 2, from: 1)
+        // Without the lease the projections would wait for as long as the freeze lasts (see
+        // PostgresFaultTests.aFrozenRunnerIsReportedByReadyzStatusAndVerify); with it, the other instance runs them.
+        var statuses: [FaultFleet.ProjectionState] = []
+        let takenOver = try await eventually(timeout: .seconds(30)) {
+            statuses = (try? await fleet.projectionStatus()) ?? []
+            return await fleet.projectionsCaughtUp()
+        }
+        #expect(takenOver, "\(statuses)")
+        #expect(try await eventually(timeout: .seconds(20)) { await fleet.get(other, "/readyz").status == 200 })
+        // And it sends the endpoint's webhooks: everything owed so far is accepted while the first still sleeps.
+        var owed = 0
+        var accepted = 0
+        let delivered = try await eventually(timeout: .seconds(60)) {
+            guard (try? await fleet.allProcessed(conversations).done) == true else { return false }
+            let expected = try await WebhookDeliveryTests.expected(fleet, after: start)
+            let ids = Set(try receiver.entries().filter { $0.status == 200 }.map(\.id))
+            (owed, accepted) = (expected.count, ids.count)
+            return !expected.isEmpty && Set(expected.keys).isSubset(of: ids)
+        }
+        #expect(delivered, "\(owed) owed, \(accepted) accepted")
+        let sentByOther = Set(try await WebhookDeliveryTests.deliveries(fleet, other, "desk").flatMap { $0.attempts.map(\.instance) })
+        #expect(sentByOther.contains { $0.hasSuffix(":\(other.pid)") }, "the other instance took the endpoint over: \(sentByOther)")
+
+        // The frozen instance wakes: its sessions are gone, it stands by for every runner and serves on.
+        frozen.send(SIGCONT)
+        #expect(try await eventually(timeout: .seconds(30)) {
+            statuses = (try? await fleet.projectionStatus()) ?? []
+            return statuses.count == 3 && statuses.allSatisfy { $0.activeRunners == 1 && $0.standby == 1 }
+        }, "\(statuses)")
+        #expect(try await eventually(timeout: .seconds(30)) { await fleet.get(frozen, "/readyz").status == 200 })
+        try await WebhookDeliveryTests.ingest(fleet, [frozen, other], conversations: conversations, messages: 1, from: 3)
+        #expect(try await eventually(timeout: .seconds(30)) { await fleet.projectionsCaughtUp() })
+        let all = try await eventually(timeout: .seconds(60)) {
+            guard (try? await fleet.allProcessed(conversations).done) == true else { return false }
+            let expected = try await WebhookDeliveryTests.expected(fleet, after: start)
+            let ids = Set(try receiver.entries().filter { $0.status == 200 }.map(\.id))
+            return Set(expected.keys).isSubset(of: ids)
+        }
+        #expect(all)
+        let entries = try receiver.entries()
+        #expect(entries.allSatisfy { $0.verified }, "\(entries.filter { !$0.verified }.prefix(3))")
+        #expect(WebhookDeliveryTests.orderKept(entries).isEmpty, "\(WebhookDeliveryTests.orderKept(entries).prefix(5))")
+        #expect(try await eventually(timeout: .seconds(30)) { try await WebhookDeliveryTests.endpoint(fleet, other, "desk").health?.activeSenders == 1 })
+
+        let verify = try await ConvoProcess.run(["projections", "verify", "--all"], environment: fleet.env)
+        #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
+        for server in [frozen, other] { #expect(try await server.stop(timeout: .seconds(40)) == 0, "\(server.failureSummary)") }
+    }
+}

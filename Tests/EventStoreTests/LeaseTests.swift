@@ -1,0 +1,63 @@
+import ConvoTestSupport
+import EventStore
+import Foundation
+import PostgresNIO
+import Testing
+
+/// `asLease`: PostgreSQL ends a leased session idle for its timeout, so a live process's heartbeat must keep
+/// it (and the advisory lock it holds) however long its work leaves it idle, and the setting must not stay
+/// on the session when it goes back to the pool. (That a frozen process loses its session and lock is shown
+/// with real processes by `FrozenInstanceTests`.)
+@Suite struct LeaseTests {
+    @Test(.timeLimit(.minutes(1))) func aLeasedSessionIdleThreeTimesItsTimeoutKeepsItsSessionAndLock() async throws {
+        try await TestDatabase.withStore { store in
+            let key = Int64.random(in: 1...Int64(Int32.max))
+            try await store.client.withOpenConnection { connection in
+                let pid = try await Self.backendPid(connection)
+                try await connection.asLease(timeout: .seconds(1), logger: TestDatabase.logger) {
+                    let taken = try await connection.collect("SELECT pg_try_advisory_lock(\(key))", logger: TestDatabase.logger)
+                    #expect(try await taken.decodeFirst(Bool.self) == true)
+                    #expect(try await Self.setting(connection) == "1s")
+                    // Idle, as a runner waiting for events is: three lease lengths without a query of its own.
+                    try await Task.sleep(for: .seconds(3))
+                    #expect(try await Self.backendPid(connection) == pid, "the session was ended")
+                    // The lock is still this session's: another one cannot take it.
+                    let elsewhere = try await store.client.queryOpen("SELECT pg_try_advisory_lock(\(key))", logger: TestDatabase.logger)
+                    #expect(try await elsewhere.decodeFirst(Bool.self) == false)
+                    _ = try await connection.collect("SELECT pg_advisory_unlock(\(key))", logger: TestDatabase.logger)
+                }
+                #expect(try await Self.setting(connection) == "0", "the lease's timeout stayed on a pooled session")
+            }
+        }
+    }
+
+    @Test func whatTheBodyThrowsIsThrownAndTheSettingIsResetAllTheSame() async throws {
+        struct Refused: Error {}
+        try await TestDatabase.withStore { store in
+            try await store.client.withOpenConnection { connection in
+                await #expect(throws: Refused.self) {
+                    try await connection.asLease(timeout: .seconds(5), logger: TestDatabase.logger) { () async throws -> Int in throw Refused() }
+                }
+                #expect(try await Self.setting(connection) == "0")
+                // Without a timeout the body runs on the session as it is.
+                let value = try await connection.asLease(timeout: nil, logger: TestDatabase.logger) { try await Self.setting(connection) }
+                #expect(value == "0")
+            }
+        }
+    }
+
+    static func backendPid(_ connection: PostgresConnection) async throws -> Int32? {
+        try await connection.whileOpen { try await $0.collect("SELECT pg_backend_pid()", logger: TestDatabase.logger).decodeFirst(Int32.self) }
+    }
+
+    static func setting(_ connection: PostgresConnection) async throws -> String? {
+        try await connection.collect("SHOW idle_session_timeout", logger: TestDatabase.logger).decodeFirst(String.self)
+    }
+}
+
+extension CollectedRows {
+    func decodeFirst<T: PostgresDecodable>(_ type: T.Type) async throws -> T? {
+        for try await value in decode(T.self) { return value }
+        return nil
+    }
+}
