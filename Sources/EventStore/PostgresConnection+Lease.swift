@@ -20,11 +20,20 @@ extension PostgresConnection {
     /// frozen between them. The setting is reset when `body` returns, before the connection goes back to the
     /// pool. With `timeout` nil, `body` runs on the session as it is.
     ///
-    /// - Throws: what `body` throws; setting the timeout's errors (PostgreSQL before 14 has no such setting).
+    /// - Throws: what `body` throws; setting the timeout's errors. PostgreSQL before 14, which has no such
+    ///   setting, runs `body` without the lease, saying so in a warning.
     public func asLease<T: Sendable>(timeout: Duration?, logger: Logger, _ body: () async throws -> T) async throws -> T {
         guard let timeout else { return try await body() }
         let milliseconds = max(1000, timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
-        _ = try await collect("SELECT set_config('idle_session_timeout', \("\(milliseconds)"), false)", logger: logger)
+        do {
+            _ = try await collect("SELECT set_config('idle_session_timeout', \("\(milliseconds)"), false)", logger: logger)
+        } catch let error as PSQLError where error.serverInfo?[.sqlState] == "42704" {
+            // PostgreSQL before 14 has no idle_session_timeout: the session is held until its socket closes.
+            logger.warning(
+                "this PostgreSQL has no idle_session_timeout (version 14 or later has): a frozen instance keeps its locks until its connection closes",
+                metadata: ["convo.error": "\(String(reflecting: error))"])
+            return try await body()
+        }
         let beat = Duration.milliseconds(milliseconds / 4)
         let outcome: Result<T, any Error>
         do {

@@ -1,0 +1,55 @@
+import ConvoTestSupport
+import EventStore
+import Foundation
+import PostgresNIO
+@testable import Responder
+import SharedTypes
+import Testing
+
+/// The tenant-settings cache while PostgreSQL is stopped (a cluster of the test's own): the responder's
+/// callers keep the tenant's last known settings, the cache sends no read per caller meanwhile, and once
+/// PostgreSQL is back a changed setting is read again.
+@Suite(.serialized, .timeLimit(.minutes(3))) struct TenantSettingsOutageTests {
+    @Test func withPostgresStoppedTheKnownSettingsAreKeptWithoutAReadPerCallerAndAChangeIsSeenAfterItsReturn() async throws {
+        let postgres = try await PostgresServer()
+        let url = try DatabaseURL(postgres.url)
+        let tenant = TenantID(rawValue: "outage")!
+        try await TestDatabase.withStore(url: url) { store in
+            let writer = TenantSettingsStore(client: store.client, logger: TestDatabase.logger)
+            _ = try await writer.write(TenantSettings(answerAfterQuietSeconds: 1), for: tenant)
+        }
+        // Connections as `convo serve` makes them: an attempt gives up after its connect timeout.
+        var configuration = url.clientConfiguration(maximumConnections: 4)
+        configuration.options.connectTimeout = .seconds(1)
+        let client = PostgresClient(configuration: configuration, backgroundLogger: TestDatabase.logger)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await client.run() }
+            defer { group.cancelAll() }
+            let settings = TenantSettingsStore(client: client, ttl: .milliseconds(300), logger: TestDatabase.logger)
+            #expect(try await settings.settings(for: tenant).answerAfterQuietSeconds == 1)
+            try await postgres.stop()
+            // Many callers over several lifetimes of the cache: each gets the known value at once.
+            let readsBefore = settings.readsSent.load(ordering: .relaxed)
+            let started = ContinuousClock.now
+            var answers = 0
+            while ContinuousClock.now - started < .seconds(2) {
+                for _ in 0..<50 {
+                    #expect(settings.settingsAtHand(tenant)?.answerAfterQuietSeconds == 1)
+                    answers += 1
+                }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            let reads = settings.readsSent.load(ordering: .relaxed) - readsBefore
+            // At most one read in flight at a time (here the first waits for PostgreSQL's return, as PostgresNIO's
+            // pool does), each started after the known value's lifetime: a few at most, not one per caller.
+            #expect(reads >= 1 && reads <= 8, "\(reads) reads for \(answers) callers")
+
+            try await postgres.start()
+            try await TestDatabase.withStore(url: url) { store in
+                _ = try await TenantSettingsStore(client: store.client, logger: TestDatabase.logger).write(TenantSettings(answerAfterQuietSeconds: 3), for: tenant)
+            }
+            #expect(try await eventually(timeout: .seconds(30)) { settings.settingsAtHand(tenant)?.answerAfterQuietSeconds == 3 })
+            #expect(try await settings.settings(for: tenant).answerAfterQuietSeconds == 3)
+        }
+    }
+}
