@@ -24,7 +24,7 @@ import Glibc
         #expect(try await eventually(timeout: .seconds(20)) { try await WebhookDeliveryTests.endpoint(fleet, frozen, "desk").health?.activeSenders == 1 })
         let other = try await fleet.serve(options)
         #expect(try await eventually(timeout: .seconds(60)) { await fleet.get(other, "/readyz").status == 200 })
-        #expect(try await eventually(timeout: .seconds(20)) { (try? await fleet.projectionStatus())?.allSatisfy { $0.standby == 1 } == true })
+        #expect(try await eventually(timeout: .seconds(20)) { (try? await fleet.projectionStatus()).map { $0.count == 3 && $0.allSatisfy { $0.standby == 1 } } == true })
         let conversations = (0..<6).map { "frozen-\($0)" }
         try await WebhookDeliveryTests.ingest(fleet, [frozen, other], conversations: conversations, messages: 1)
         #expect(try await eventually(timeout: .seconds(30)) { await fleet.projectionsCaughtUp() })

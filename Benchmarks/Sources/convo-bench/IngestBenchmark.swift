@@ -319,7 +319,8 @@ struct IngestBenchmark: AsyncParsableCommand {
 
     /// Starts `convo serve` on a random port; the caller terminates it.
     static func serve(_ binary: String, _ arguments: [String], _ environment: [String: String]) throws -> (Process, port: Int) {
-        let port = Int.random(in: 30000..<40000)
+        // Below the kernel's ephemeral ports (32768 and up here), which outgoing connections may take meanwhile.
+        let port = Int.random(in: 20000..<32000)
         let server = Process()
         server.executableURL = URL(fileURLWithPath: binary)
         server.arguments = ["serve", "--port", "\(port)"] + arguments
