@@ -26,9 +26,14 @@ public struct TenantSettings: Sendable, Equatable, Codable {
         self.answerAfterQuietSeconds = answerAfterQuietSeconds
     }
 
+    /// Whether `seconds` is a quiet period a tenant may set: 0 to ``maxAnswerAfterQuietSeconds``.
+    public static func isValidAnswerAfterQuiet(_ seconds: Double) -> Bool {
+        seconds.isFinite && seconds >= 0 && seconds <= maxAnswerAfterQuietSeconds
+    }
+
     /// ``answerAfterQuietSeconds`` as a duration (zero for anything outside its range).
     public var answerAfterQuiet: Duration {
-        guard answerAfterQuietSeconds.isFinite, answerAfterQuietSeconds > 0, answerAfterQuietSeconds <= Self.maxAnswerAfterQuietSeconds else { return .zero }
+        guard Self.isValidAnswerAfterQuiet(answerAfterQuietSeconds) else { return .zero }
         return .milliseconds(Int64((answerAfterQuietSeconds * 1000).rounded()))
     }
 

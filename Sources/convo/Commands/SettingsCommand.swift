@@ -24,7 +24,7 @@ extension Convo {
         @Flag(help: "Print the settings as JSON.") var json = false
 
         func validate() throws {
-            if let quiet = answerAfterQuietSeconds, !(quiet >= 0 && quiet <= TenantSettings.maxAnswerAfterQuietSeconds && quiet.isFinite) {
+            if let quiet = answerAfterQuietSeconds, !TenantSettings.isValidAnswerAfterQuiet(quiet) {
                 throw ValidationError("--answer-after-quiet is between 0 and \(Int(TenantSettings.maxAnswerAfterQuietSeconds)) seconds")
             }
         }

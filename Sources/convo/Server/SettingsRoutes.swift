@@ -36,7 +36,7 @@ struct SettingsRoutes: Sendable {
             settings.visitorRetentionDays = days
         }
         if let quiet = body.answerAfterQuietSeconds {
-            guard quiet >= 0, quiet <= TenantSettings.maxAnswerAfterQuietSeconds, quiet.isFinite else {
+            guard TenantSettings.isValidAnswerAfterQuiet(quiet) else {
                 throw APIError(
                     .badRequest, "invalid_field",
                     "answerAfterQuietSeconds is between 0 (answer each message at once) and \(Int(TenantSettings.maxAnswerAfterQuietSeconds))")
