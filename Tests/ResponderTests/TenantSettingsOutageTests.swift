@@ -28,18 +28,7 @@ import Testing
             let settings = TenantSettingsStore(client: client, ttl: .milliseconds(300), logger: TestDatabase.logger)
             #expect(try await settings.settings(for: tenant).answerAfterQuietSeconds == 1)
             try await postgres.stop()
-            // Many callers over several lifetimes of the cache: each gets the known value at once.
-            let readsBefore = settings.readsSent.load(ordering: .relaxed)
-            let started = ContinuousClock.now
-            var answers = 0
-            while ContinuousClock.now - started < .seconds(2) {
-                for _ in 0..<50 {
-                    #expect(settings.settingsAtHand(tenant)?.answerAfterQuietSeconds == 1)
-                    answers += 1
-                }
-                try await Task.sleep(for: .milliseconds(20))
-            }
-            let reads = settings.readsSent.load(ordering: .relaxed) - readsBefore
+            let (reads, answers) = try await Self.callers(of: settings, tenant, expecting: 1)
             // At most one read in flight at a time (here the first waits for PostgreSQL's return, as PostgresNIO's
             // pool does), each started after the known value's lifetime: a few at most, not one per caller.
             #expect(reads >= 1 && reads <= 8, "\(reads) reads for \(answers) callers")
@@ -64,17 +53,7 @@ import Testing
                 #expect(try await settings.settings(for: tenant).answerAfterQuietSeconds == 2)
                 try await store.client.query("ALTER TABLE tenants RENAME TO tenants_away")
                 await #expect(throws: (any Error).self) { try await settings.read(tenant) }
-                let readsBefore = settings.readsSent.load(ordering: .relaxed)
-                let started = ContinuousClock.now
-                var answers = 0
-                while ContinuousClock.now - started < .seconds(2) {
-                    for _ in 0..<50 {
-                        #expect(settings.settingsAtHand(tenant)?.answerAfterQuietSeconds == 2)
-                        answers += 1
-                    }
-                    try await Task.sleep(for: .milliseconds(20))
-                }
-                let reads = settings.readsSent.load(ordering: .relaxed) - readsBefore
+                let (reads, answers) = try await Self.callers(of: settings, tenant, expecting: 2)
                 // About one per 300 ms lifetime over 2 s. Without the kept value every loop that finds it old after a
                 // failure starts another read (84 in a run with that line removed).
                 #expect(reads >= 2 && reads <= 10, "\(reads) reads for \(answers) callers")
@@ -83,5 +62,21 @@ import Testing
                 #expect(try await eventually(timeout: .seconds(10)) { settings.settingsAtHand(tenant)?.answerAfterQuietSeconds == 4 })
             }
         }
+    }
+
+    /// Callers over 2 s, several lifetimes of the cache (50 every 20 ms): each must get `expected` at once.
+    /// - Returns: the reads the cache sent meanwhile, and the callers.
+    static func callers(of settings: TenantSettingsStore, _ tenant: TenantID, expecting expected: Double) async throws -> (reads: Int, answers: Int) {
+        let readsBefore = settings.readsSent.load(ordering: .relaxed)
+        let started = ContinuousClock.now
+        var answers = 0
+        while ContinuousClock.now - started < .seconds(2) {
+            for _ in 0..<50 {
+                #expect(settings.settingsAtHand(tenant)?.answerAfterQuietSeconds == expected)
+                answers += 1
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return (settings.readsSent.load(ordering: .relaxed) - readsBefore, answers)
     }
 }
