@@ -1,4 +1,5 @@
 import Logging
+import NIOCore
 import PostgresNIO
 
 extension PostgresConnection {
@@ -34,29 +35,30 @@ extension PostgresConnection {
                 metadata: ["convo.error": "\(String(reflecting: error))"])
             return try await body()
         }
-        let beat = Duration.milliseconds(milliseconds / 4)
+        // The heartbeat runs on the connection's event loop, not in a task: a process whose concurrency pool is
+        // busy (CPU-bound folds, blocking calls) for longer than the lease is still alive, and a beat waiting
+        // for a pool thread would let PostgreSQL end its session. A beat's query is queued behind the body's
+        // on the one connection; the next is scheduled a quarter of the timeout after it completes.
+        let beat = TimeAmount.milliseconds(milliseconds / 4)
+        let heartbeat = eventLoop.scheduleRepeatedAsyncTask(initialDelay: beat, delay: beat) { task in
+            guard !self.isClosed else {
+                task.cancel()
+                return self.eventLoop.makeSucceededVoidFuture()
+            }
+            return self.query("SELECT 1", logger: logger).map { _ in }.recover { error in
+                // A closed session ends the heartbeat (a query written to it may never complete, which only
+                // stops the beats); anything else (a failed transaction the beat landed in) is the body's to
+                // meet, and the next beat tries again.
+                logger.debug("session heartbeat failed", metadata: ["convo.error": "\(error)"])
+            }
+        }
         let outcome: Result<T, any Error>
         do {
-            outcome = .success(try await withThrowingTaskGroup(of: Void.self, returning: T.self) { group in
-                group.addTask {
-                    while !Task.isCancelled {
-                        try await Task.sleep(for: beat)
-                        do {
-                            _ = try await self.whileOpen { try await $0.collect("SELECT 1", logger: logger) }
-                        } catch {
-                            // A closed session ends the heartbeat; anything else (a failed transaction the beat
-                            // landed in) is the body's to meet, and the next beat tries again.
-                            if self.isClosed || Task.isCancelled { return }
-                            logger.debug("session heartbeat failed", metadata: ["convo.error": "\(error)"])
-                        }
-                    }
-                }
-                defer { group.cancelAll() }
-                return try await body()
-            })
+            outcome = .success(try await body())
         } catch {
             outcome = .failure(error)
         }
+        heartbeat.cancel()
         if !isClosed { _ = try? await whileOpen { try await $0.collect("RESET idle_session_timeout", logger: logger) } }
         return try outcome.get()
     }

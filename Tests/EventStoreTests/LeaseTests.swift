@@ -8,18 +8,18 @@ import Testing
 /// it (and the advisory lock it holds) however long its work leaves it idle, and the setting must not stay
 /// on the session when it goes back to the pool. (That a frozen process loses its session and lock is shown
 /// with real processes by `FrozenInstanceTests`.)
-@Suite struct LeaseTests {
+@Suite(.serialized) struct LeaseTests {
     @Test(.timeLimit(.minutes(1))) func aLeasedSessionIdleThreeTimesItsTimeoutKeepsItsSessionAndLock() async throws {
         try await TestDatabase.withStore { store in
             let key = Int64.random(in: 1...Int64(Int32.max))
             try await store.client.withOpenConnection { connection in
                 let pid = try await Self.backendPid(connection)
-                try await connection.asLease(timeout: .seconds(1), logger: TestDatabase.logger) {
+                try await connection.asLease(timeout: .seconds(2), logger: TestDatabase.logger) {
                     let taken = try await connection.collect("SELECT pg_try_advisory_lock(\(key))", logger: TestDatabase.logger)
                     #expect(try await taken.decodeFirst(Bool.self) == true)
-                    #expect(try await Self.setting(connection) == "1s")
+                    #expect(try await Self.setting(connection) == "2s")
                     // Idle, as a runner waiting for events is: three lease lengths without a query of its own.
-                    try await Task.sleep(for: .seconds(3))
+                    try await Task.sleep(for: .seconds(6))
                     #expect(try await Self.backendPid(connection) == pid, "the session was ended")
                     // The lock is still this session's: another one cannot take it.
                     let elsewhere = try await store.client.queryOpen("SELECT pg_try_advisory_lock(\(key))", logger: TestDatabase.logger)
@@ -27,6 +27,29 @@ import Testing
                     _ = try await connection.collect("SELECT pg_advisory_unlock(\(key))", logger: TestDatabase.logger)
                 }
                 #expect(try await Self.setting(connection) == "0", "the lease's timeout stayed on a pooled session")
+            }
+        }
+    }
+
+    /// A process whose concurrency pool is taken (CPU-bound work, blocking calls) for longer than the lease is
+    /// alive all the same: its heartbeat must not wait for a pool thread. Every thread of the pool is held
+    /// busy for 1.5 leases; a heartbeat scheduled as a task would send nothing for that long.
+    @Test(.timeLimit(.minutes(1))) func aLeaseOutlivesAConcurrencyPoolBusyForLongerThanItsTimeout() async throws {
+        try await TestDatabase.withStore { store in
+            try await store.client.withOpenConnection { connection in
+                let pid = try await Self.backendPid(connection)
+                try await connection.asLease(timeout: .seconds(1), logger: TestDatabase.logger) {
+                    // A beat has certainly run (a quarter of the lease) before the pool is taken.
+                    try await Task.sleep(for: .milliseconds(400))
+                    let until = ContinuousClock.now + .milliseconds(1500)
+                    // More tasks than the pool has threads, each spinning to one deadline: every thread is
+                    // held until then, whatever the pool's width.
+                    await withTaskGroup(of: Void.self) { group in
+                        for _ in 0..<64 { group.addTask { while ContinuousClock.now < until {} } }
+                    }
+                    #expect(try await Self.backendPid(connection) == pid, "the session was ended")
+                }
+                #expect(try await Self.setting(connection) == "0")
             }
         }
     }
