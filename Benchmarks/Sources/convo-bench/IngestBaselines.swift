@@ -78,9 +78,9 @@ enum IngestBaselines {
         var rest: Double { max(0, machine - server - loadGenerators - benchmark) }
 
         /// Microseconds per item of each part.
-        func perItem(_ count: Int) -> String {
+        func perItem(_ count: Int, server name: String = "convo serve") -> String {
             func µs(_ seconds: Double) -> String { (seconds / Double(max(1, count)) * 1e6).formatted(0) }
-            return "CPU per item: convo serve \(µs(server)) µs, wrk/pgbench \(µs(loadGenerators)) µs, this process \(µs(benchmark)) µs, "
+            return "CPU per item: \(name) \(µs(server)) µs, wrk/pgbench \(µs(loadGenerators)) µs, this process \(µs(benchmark)) µs, "
                 + "PostgreSQL and the rest \(µs(rest)) µs (machine \(µs(machine)) µs)"
         }
 

@@ -112,6 +112,49 @@ struct IngestBenchmark: AsyncParsableCommand {
         report("  HTTP ingest: " + cpu.ours.perItem(ours.count))
         report("  raw INSERT (Swift, in this process): " + cpu.raw.perItem(raw.count))
         report("  pgbench: " + cpu.pgbench.perItem(pgbenchRows))
+        if wrk {
+            // Where convo's CPU per message goes: the same load and connections on requests that do less. A bare
+            // Hummingbird server (this benchmark's `framework-server`) is the framework's floor: a fixed text, and
+            // a JSON body decoded and a JSON object answered. convo's `GET /healthz` adds the middleware every
+            // request passes (metrics, request log, errors, deadline); a message refused as invalid
+            // (400) adds the key check, the tenant's limits, the body's decoding and an error body, and stores
+            // nothing. What ingest costs above that is the store's part.
+            struct Floor {
+                var name: String
+                var base: String
+                var pid: Int32
+                var method = "GET"
+                var path: String
+                var headers: [String: String] = [:]
+                var body = ""
+            }
+            let framework = try Self.frameworkServer(avoiding: base)
+            defer { framework.process.terminate() }
+            try await Self.waitUntilUp(http, framework.base, path: "/hello")
+            let body = #"{"visitorUid": "v-0", "messageId": "m-1", "text": "Hello, I have a question about my order."}"#
+            let floors = [
+                Floor(name: "Hummingbird alone, GET of a fixed text", base: framework.base, pid: framework.process.processIdentifier, path: "/hello"),
+                Floor(
+                    name: "Hummingbird alone, POST of the message's JSON, decoded, a JSON answer", base: framework.base,
+                    pid: framework.process.processIdentifier, method: "POST", path: "/messages", headers: ["Content-Type": "application/json"], body: body),
+                Floor(name: "convo GET /healthz (and its middleware)", base: base, pid: serverPID, path: "/healthz"),
+                Floor(
+                    name: "convo POST of an invalid message (400 after the key, limits and decoding; nothing stored)", base: base, pid: serverPID,
+                    method: "POST", path: "/v1/conversations/bench-0/messages",
+                    headers: ["Authorization": "Bearer \(secret)", "Content-Type": "application/json"], body: #"{"visitorUid": "v-0", "text": ""}"#),
+            ]
+            report("where a message's CPU goes (wrk, \(concurrency) connections, \(seconds) s each; µs of the serving process per request):")
+            for floor in floors {
+                let before = IngestBaselines.CPU.now(server: floor.pid)
+                let answered = try Self.wrkFixed(
+                    floor.base, method: floor.method, path: floor.path, headers: floor.headers, body: floor.body, concurrency: concurrency, for: .seconds(seconds))
+                let part = IngestBaselines.CPU.now(server: floor.pid) - before
+                report(
+                    "  \(floor.name): \((Double(answered) / Double(seconds)).formatted(0)) requests/s, "
+                        + part.perItem(answered, server: floor.pid == serverPID ? "convo serve" : "the bare server"))
+            }
+            report("  convo HTTP ingest (above): " + cpu.ours.perItem(ours.count))
+        }
         // Every acknowledged message is stored once. wrk stops with requests in flight, which the server may
         // still store: at most one per connection and run.
         var missed: [String] = []
@@ -236,6 +279,36 @@ struct IngestBenchmark: AsyncParsableCommand {
         return sample
     }
 
+    /// Runs wrk with one fixed request for `duration`: the requests answered, whatever their status.
+    static func wrkFixed(
+        _ base: String, method: String, path: String, headers: [String: String], body: String, concurrency: Int, for duration: Duration
+    ) throws -> Int {
+        func lua(_ text: String) -> String {
+            "\"" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+        }
+        let headerTable = headers.map { "[\(lua($0.key))] = \(lua($0.value))" }.joined(separator: ", ")
+        let script = FileManager.default.temporaryDirectory.appendingPathComponent("convo-floor-\(UUID().uuidString).lua")
+        try Data(
+            """
+            local request_text = wrk.format(\(lua(method)), \(lua(path)), {\(headerTable)}, \(body.isEmpty ? "nil" : lua(body)))
+            function request() return request_text end
+            function done(summary, latency, requests)
+              local e = summary.errors
+              io.write(string.format("wrk-fixed %d %d\\n", summary.requests, e.connect + e.read + e.write + e.timeout))
+            end
+            """.utf8
+        ).write(to: script)
+        defer { try? FileManager.default.removeItem(at: script) }
+        let output = try run(
+            "/usr/bin/env", ["wrk", "-t2", "-c\(concurrency)", "-d\(duration.components.seconds)s", "--timeout", "30s", "-s", script.path, base], [:])
+        guard let line = output.split(separator: "\n").first(where: { $0.hasPrefix("wrk-fixed ") }) else {
+            throw ValidationError("wrk printed no summary: \(output)")
+        }
+        let fields = line.split(separator: " ").dropFirst().compactMap { Int($0) }
+        guard fields.count == 2 else { throw ValidationError("wrk's summary is not understood: \(line)") }
+        return fields[0] - fields[1]
+    }
+
     static func ours(_ http: HTTPClient, _ base: String, _ key: String, concurrency: Int, conversations: Int, for duration: Duration, tag: String) async throws -> Sample {
         let clock = ContinuousClock()
         let start = clock.now
@@ -329,12 +402,24 @@ struct IngestBenchmark: AsyncParsableCommand {
         return (server, port)
     }
 
-    static func waitUntilUp(_ http: HTTPClient, _ base: String) async throws {
+    static func waitUntilUp(_ http: HTTPClient, _ base: String, path: String = "/healthz") async throws {
         for _ in 0..<300 {
-            if let response = try? await http.execute(HTTPClientRequest(url: "\(base)/healthz"), timeout: .seconds(1)), response.status == .ok { return }
+            if let response = try? await http.execute(HTTPClientRequest(url: "\(base)\(path)"), timeout: .seconds(1)), response.status == .ok { return }
             try await Task.sleep(for: .milliseconds(100))
         }
-        throw ValidationError("convo serve did not come up")
+        throw ValidationError("\(base) did not come up")
+    }
+
+    /// This benchmark's own executable as `framework-server`, on a port of its own.
+    static func frameworkServer(avoiding taken: String) throws -> (process: Process, base: String) {
+        var port = Int.random(in: 20000..<32000)
+        while taken.hasSuffix(":\(port)") { port = Int.random(in: 20000..<32000) }
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        server.arguments = ["framework-server", "--port", "\(port)"]
+        server.standardOutput = FileHandle.nullDevice
+        try server.run()
+        return (server, "http://127.0.0.1:\(port)")
     }
 
     static func run(_ binary: String, _ arguments: [String], _ environment: [String: String]) throws -> String {
