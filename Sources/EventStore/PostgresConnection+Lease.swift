@@ -21,13 +21,22 @@ extension PostgresConnection {
     /// frozen between them. The setting is reset when `body` returns, before the connection goes back to the
     /// pool. With `timeout` nil, `body` runs on the session as it is.
     ///
+    /// With a `role`, the session's `application_name` is `convo ROLE PID@HOST`
+    /// (``ProcessInstance/sessionName(_:)``) while the lease lasts: `pg_stat_activity` shows which process
+    /// holds which lease.
+    ///
     /// - Throws: what `body` throws; setting the timeout's errors. PostgreSQL before 14, which has no such
     ///   setting, runs `body` without the lease, saying so in a warning.
-    public func asLease<T: Sendable>(timeout: Duration?, logger: Logger, _ body: () async throws -> T) async throws -> T {
+    public func asLease<T: Sendable>(timeout: Duration?, role: String? = nil, logger: Logger, _ body: () async throws -> T) async throws -> T {
         guard let timeout else { return try await body() }
         let milliseconds = max(1000, timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        let name = role.map(ProcessInstance.sessionName)
         do {
-            _ = try await collect("SELECT set_config('idle_session_timeout', \("\(milliseconds)"), false)", logger: logger)
+            _ = try await collect(
+                """
+                SELECT set_config('idle_session_timeout', \("\(milliseconds)"), false),
+                       set_config('application_name', coalesce(\(name), current_setting('application_name')), false)
+                """, logger: logger)
         } catch let error as PSQLError where error.serverInfo?[.sqlState] == "42704" {
             // PostgreSQL before 14 has no idle_session_timeout: the session is held until its socket closes.
             logger.warning(
@@ -59,7 +68,14 @@ extension PostgresConnection {
             outcome = .failure(error)
         }
         heartbeat.cancel()
-        if !isClosed { _ = try? await whileOpen { try await $0.collect("RESET idle_session_timeout", logger: logger) } }
+        if !isClosed {
+            // What RESET would give each (the connection's own), in one round trip.
+            _ = try? await whileOpen {
+                try await $0.collect(
+                    "SELECT set_config(name, reset_val, false) FROM pg_settings WHERE name IN ('idle_session_timeout', 'application_name')",
+                    logger: logger)
+            }
+        }
         return try outcome.get()
     }
 }

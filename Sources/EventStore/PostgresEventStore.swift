@@ -34,11 +34,18 @@ public final class PostgresEventStore: EventStore, Service {
         /// keeps trying to read its next page while PostgreSQL is unavailable, from the first failure, before
         /// it fails with the store's error. Default: 30 seconds.
         public var scanOutage: Duration
+        /// The `LISTEN` session's lease (``PostgresConnection/asLease(timeout:role:logger:_:)``): a process
+        /// frozen for this long loses its `LISTEN`, so PostgreSQL's notification queue, which cannot be
+        /// trimmed past the slowest listener, is not held for as long as the freeze lasts (when the queue
+        /// fills, every `NOTIFY` fails). When it wakes it listens again, and anything committed meanwhile is
+        /// read then. `nil`: until the socket closes. Default: 20 seconds.
+        public var sessionLease: Duration?
 
         public init(
             pollInterval: Duration = .seconds(1), notificationChannel: String = "convo_events", subscriptionPageSize: Int = 500,
-            maxEventsPerAppend: Int = 1000, scanOutage: Duration = .seconds(30)
+            maxEventsPerAppend: Int = 1000, scanOutage: Duration = .seconds(30), sessionLease: Duration? = .seconds(20)
         ) {
+            self.sessionLease = sessionLease
             self.pollInterval = pollInterval
             self.notificationChannel = notificationChannel
             self.subscriptionPageSize = subscriptionPageSize
@@ -569,17 +576,20 @@ public final class PostgresEventStore: EventStore, Service {
                             self.listening.store(false, ordering: .releasing)
                             self.vault.listeningChanged(false)
                         }
-                        try await connection.listen(on: channel) { notifications in
-                            self.listening.store(true, ordering: .releasing)
-                            // Anything committed while no LISTEN was active is picked up now, and a key
-                            // destroyed meanwhile is no longer held.
-                            self.vault.listeningChanged(true)
-                            self.signal.signal()
-                            for try await notification in notifications {
-                                if notification.payload.isEmpty {
-                                    self.signal.signal()
-                                } else {
-                                    self.vault.handle(notification: notification.payload)
+                        // Leased: a frozen process does not hold PostgreSQL's notification queue back.
+                        try await connection.asLease(timeout: self.configuration.sessionLease, role: "listen", logger: self.logger) {
+                            try await connection.listen(on: channel) { notifications in
+                                self.listening.store(true, ordering: .releasing)
+                                // Anything committed while no LISTEN was active is picked up now, and a key
+                                // destroyed meanwhile is no longer held.
+                                self.vault.listeningChanged(true)
+                                self.signal.signal()
+                                for try await notification in notifications {
+                                    if notification.payload.isEmpty {
+                                        self.signal.signal()
+                                    } else {
+                                        self.vault.handle(notification: notification.payload)
+                                    }
                                 }
                             }
                         }

@@ -94,7 +94,7 @@ public final class WebhookDispatcher: Service, Sendable {
             while !Task.isCancelled {
                 do {
                     try await self.client.withOpenConnection { connection in
-                        try await connection.asLease(timeout: self.configuration.sessionLease, logger: self.logger) {
+                        try await connection.asLease(timeout: self.configuration.sessionLease, role: "webhooks", logger: self.logger) {
                             try await self.session(on: connection, http: httpClient)
                         }
                     }

@@ -29,6 +29,13 @@ import Glibc
         try await WebhookDeliveryTests.ingest(fleet, [frozen, other], conversations: conversations, messages: 1)
         #expect(try await eventually(timeout: .seconds(30)) { await fleet.projectionsCaughtUp() })
 
+        // Its leases, named in pg_stat_activity: the LISTEN, a runner per projection, the endpoints' sender.
+        var sessions: [String] = []
+        #expect(try await eventually(timeout: .seconds(20)) {
+            sessions = try await Self.leasedSessions(fleet, of: frozen.pid)
+            return Self.count("listen", sessions) == 1 && Self.count("projection", sessions) == 3 && Self.count("webhooks", sessions) == 1
+        }, "\(sessions)")
+
         frozen.send(SIGSTOP)
         defer { frozen.send(SIGCONT) }
         try await WebhookDeliveryTests.ingest(fleet, [other], conversations: conversations, messages: 2, from: 1)
@@ -40,6 +47,13 @@ import Glibc
             return await fleet.projectionsCaughtUp()
         }
         #expect(takenOver, "\(statuses)")
+        // Every session it held as a lease is ended, its LISTEN too: PostgreSQL's notification queue is not held
+        // back by a listener that reads nothing.
+        #expect(try await eventually(timeout: .seconds(20)) {
+            sessions = try await Self.leasedSessions(fleet, of: frozen.pid)
+            return sessions.isEmpty
+        }, "\(sessions)")
+        #expect(Self.count("listen", try await Self.leasedSessions(fleet, of: other.pid)) == 1)
         #expect(try await eventually(timeout: .seconds(20)) { await fleet.get(other, "/readyz").status == 200 })
         // And it sends the endpoint's webhooks: everything owed so far is accepted while the first still sleeps.
         var owed = 0
@@ -62,6 +76,11 @@ import Glibc
             return statuses.count == 3 && statuses.allSatisfy { $0.activeRunners == 1 && $0.standby == 1 }
         }, "\(statuses)")
         #expect(try await eventually(timeout: .seconds(30)) { await fleet.get(frozen, "/readyz").status == 200 })
+        // It listens again, and stands by on a lease per projection.
+        #expect(try await eventually(timeout: .seconds(20)) {
+            sessions = try await Self.leasedSessions(fleet, of: frozen.pid)
+            return Self.count("listen", sessions) == 1 && Self.count("projection", sessions) == 3
+        }, "\(sessions)")
         try await WebhookDeliveryTests.ingest(fleet, [frozen, other], conversations: conversations, messages: 1, from: 3)
         #expect(try await eventually(timeout: .seconds(30)) { await fleet.projectionsCaughtUp() })
         let all = try await eventually(timeout: .seconds(60)) {
@@ -79,5 +98,21 @@ import Glibc
         let verify = try await ConvoProcess.run(["projections", "verify", "--all"], environment: fleet.env)
         #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
         for server in [frozen, other] { #expect(try await server.stop(timeout: .seconds(40)) == 0, "\(server.failureSummary)") }
+    }
+
+    /// The `application_name`s of the sessions process `pid` holds as leases (`convo ROLE PID@HOST`).
+    static func leasedSessions(_ fleet: FaultFleet, of pid: Int32) async throws -> [String] {
+        try await fleet.withStore { store in
+            let rows = try await store.client.query(
+                "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE \("convo % \(pid)@%")", logger: TestDatabase.logger)
+            var names: [String] = []
+            for try await name in rows.decode(String.self) { names.append(name) }
+            return names
+        }
+    }
+
+    /// How many of `sessions` hold a lease for `role` (its first word).
+    static func count(_ role: String, _ sessions: [String]) -> Int {
+        sessions.filter { $0.split(separator: " ").dropFirst().first.map(String.init) == role }.count
     }
 }

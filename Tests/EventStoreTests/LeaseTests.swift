@@ -14,10 +14,11 @@ import Testing
             let key = Int64.random(in: 1...Int64(Int32.max))
             try await store.client.withOpenConnection { connection in
                 let pid = try await Self.backendPid(connection)
-                try await connection.asLease(timeout: .seconds(2), logger: TestDatabase.logger) {
+                try await connection.asLease(timeout: .seconds(2), role: "test", logger: TestDatabase.logger) {
                     let taken = try await connection.collect("SELECT pg_try_advisory_lock(\(key))", logger: TestDatabase.logger)
                     #expect(try await taken.decodeFirst(Bool.self) == true)
                     #expect(try await Self.setting(connection) == "2s")
+                    #expect(try await Self.applicationName(connection) == ProcessInstance.sessionName("test"))
                     // Idle, as a runner waiting for events is: three lease lengths without a query of its own.
                     try await Task.sleep(for: .seconds(6))
                     #expect(try await Self.backendPid(connection) == pid, "the session was ended")
@@ -27,6 +28,7 @@ import Testing
                     _ = try await connection.collect("SELECT pg_advisory_unlock(\(key))", logger: TestDatabase.logger)
                 }
                 #expect(try await Self.setting(connection) == "0", "the lease's timeout stayed on a pooled session")
+                #expect(try await Self.applicationName(connection) == "", "the lease's name stayed on a pooled session")
             }
         }
     }
@@ -59,9 +61,10 @@ import Testing
         try await TestDatabase.withStore { store in
             try await store.client.withOpenConnection { connection in
                 await #expect(throws: Refused.self) {
-                    try await connection.asLease(timeout: .seconds(5), logger: TestDatabase.logger) { () async throws -> Int in throw Refused() }
+                    try await connection.asLease(timeout: .seconds(5), role: "test", logger: TestDatabase.logger) { () async throws -> Int in throw Refused() }
                 }
                 #expect(try await Self.setting(connection) == "0")
+                #expect(try await Self.applicationName(connection) == "")
                 // Without a timeout the body runs on the session as it is.
                 let value = try await connection.asLease(timeout: nil, logger: TestDatabase.logger) { try await Self.setting(connection) }
                 #expect(value == "0")
@@ -71,6 +74,10 @@ import Testing
 
     static func backendPid(_ connection: PostgresConnection) async throws -> Int32? {
         try await connection.whileOpen { try await $0.collect("SELECT pg_backend_pid()", logger: TestDatabase.logger).decodeFirst(Int32.self) }
+    }
+
+    static func applicationName(_ connection: PostgresConnection) async throws -> String? {
+        try await connection.collect("SHOW application_name", logger: TestDatabase.logger).decodeFirst(String.self)
     }
 
     static func setting(_ connection: PostgresConnection) async throws -> String? {

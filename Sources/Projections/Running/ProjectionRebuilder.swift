@@ -91,7 +91,9 @@ public struct ProjectionRebuilder: Sendable {
         let client = store.client
         do {
             return try await client.withOpenConnection { connection in
-                try await connection.asLease(timeout: configuration.sessionLease, logger: logger) {
+                try await connection.asLease(
+                    timeout: configuration.sessionLease, role: "rebuild \(projections.map(\.name).joined(separator: ","))", logger: logger
+                ) {
                     try await withRebuildLocks(projections, on: connection) {
                         try await rebuildLocked(projections, reason: reason, on: connection, progress: progress)
                     }

@@ -125,7 +125,7 @@ public final class ProjectionRunner: Service, Sendable {
     /// session back to the pool released. The session is a lease: a frozen process loses it, and the lock.
     private func runOnce(on connection: PostgresConnection) async throws {
         let name = projection.name
-        try await connection.asLease(timeout: configuration.sessionLease, logger: logger) {
+        try await connection.asLease(timeout: configuration.sessionLease, role: "projection \(name)", logger: logger) {
             try await acquireRunnerLock(on: connection)
             try await ProjectionCatalogue.releasing([(.runner, name)], on: connection, logger: logger) {
                 if let entry = try await ProjectionCatalogue.entry(name, on: connection, logger: logger), entry.version > projection.version {

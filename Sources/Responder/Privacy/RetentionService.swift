@@ -85,7 +85,7 @@ public struct RetentionService: Service {
         // process dies, or once the lease ends when it stopped without dying.
         let lease = configuration.sessionLease
         return try await store.client.withOpenConnection { connection in
-            try await connection.asLease(timeout: lease, logger: logger) {
+            try await connection.asLease(timeout: lease, role: "retention", logger: logger) {
                 var locked = false
                 for try await held in try await connection.query("SELECT pg_try_advisory_lock(\(lockKey))", logger: logger).decode(Bool.self) { locked = held }
                 guard locked else { return PassReport(ran: false, dryRun: dryRun, candidates: [], forgotten: 0) }

@@ -47,15 +47,8 @@ public struct ConversationProcessor: Sendable {
         }
     }
 
-    /// `host:pid`. Read with `gethostname`, not `ProcessInfo.hostName`, which resolves the name through DNS
-    /// and can block a thread of the cooperative pool for seconds.
-    public static let defaultInstance: String = {
-        var buffer = [CChar](repeating: 0, count: 256)
-        let host =
-            gethostname(&buffer, buffer.count) == 0
-            ? String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : "unknown-host"
-        return "\(host):\(getpid())"
-    }()
+    /// `host:pid` (``ProcessInstance/name``).
+    public static let defaultInstance: String = ProcessInstance.name
 
     /// What one call did.
     public struct Outcome: Sendable, Equatable {

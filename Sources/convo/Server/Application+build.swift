@@ -56,7 +56,8 @@ struct ServerContext: Sendable {
         retention: RetentionService.Configuration = .init(), logger: Logger
     ) -> ServerContext {
         let metrics = ConvoMetrics.bootstrap()
-        let store = PostgresEventStore(client: client, keyring: keyring, logger: logger)
+        // The LISTEN session is leased like the runners' sessions.
+        let store = PostgresEventStore(client: client, configuration: .init(sessionLease: runners.sessionLease), keyring: keyring, logger: logger)
         let workflows = WorkflowRepository(client: client, logger: logger)
         let processor = ConversationProcessor(
             store: store, redis: redis, workflows: workflows, provider: provider, configuration: processing, logger: logger)
