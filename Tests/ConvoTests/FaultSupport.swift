@@ -95,6 +95,7 @@ final class FaultFleet: Sendable {
         var name: String
         var lag: Int64
         var activeRunners: Int
+        var runningIn: [String]
         var standby: Int
         var state: String
         var waitingSeconds: Double

@@ -25,6 +25,7 @@ import Glibc
         let other = try await fleet.serve(options)
         #expect(try await eventually(timeout: .seconds(60)) { await fleet.get(other, "/readyz").status == 200 })
         #expect(try await eventually(timeout: .seconds(20)) { (try? await fleet.projectionStatus()).map { $0.count == 3 && $0.allSatisfy { $0.standby == 1 } } == true })
+        #expect(try await fleet.projectionStatus().allSatisfy { $0.runningIn.count == 1 && $0.runningIn[0].hasPrefix("\(frozen.pid)@") })
         let conversations = (0..<6).map { "frozen-\($0)" }
         try await WebhookDeliveryTests.ingest(fleet, [frozen, other], conversations: conversations, messages: 1)
         #expect(try await eventually(timeout: .seconds(30)) { await fleet.projectionsCaughtUp() })
@@ -47,6 +48,9 @@ import Glibc
             return await fleet.projectionsCaughtUp()
         }
         #expect(takenOver, "\(statuses)")
+        // `status` says where: every runner is in the other instance's session now.
+        statuses = try await fleet.projectionStatus()
+        #expect(statuses.allSatisfy { $0.runningIn.count == 1 && $0.runningIn[0].hasPrefix("\(other.pid)@") }, "\(statuses)")
         // Every session it held as a lease is ended, its LISTEN too: PostgreSQL's notification queue is not held
         // back by a listener that reads nothing.
         #expect(try await eventually(timeout: .seconds(20)) {

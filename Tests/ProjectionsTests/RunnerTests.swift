@@ -148,6 +148,24 @@ import Testing
                     let status = try #require(try await ProjectionStatus.read([VisitorsProjection()], store: store, logger: TestDatabase.logger).first)
                     #expect(status.activeRunners == 1 && status.standby == 5, "\(status)")
                     #expect(runners.filter { $0.state == .running }.count == 1)
+                    // And where: the runner's leased session is named for this process.
+                    #expect(status.runningIn == ["\(ProcessInfo.processInfo.processIdentifier)@\(ProcessInstance.host)"], "\(status)")
+                }
+            }
+        }
+    }
+
+    /// A runner given no lease has a session without a name: counted, and shown as such.
+    @Test func aRunnerWithoutALeaseIsRunningInAnUnnamedSession() async throws {
+        try await TestDatabase.withFreshDatabase { url in
+            try await TestDatabase.withStore(url: url) { store in
+                var configuration = Self.fast
+                configuration.sessionLease = nil
+                let runner = ProjectionRunner(projection: VisitorsProjection(), store: store, configuration: configuration, logger: TestDatabase.logger)
+                try await Self.running([runner]) {
+                    #expect(try await eventually { runner.state == .running })
+                    let status = try #require(try await ProjectionStatus.read([VisitorsProjection()], store: store, logger: TestDatabase.logger).first)
+                    #expect(status.activeRunners == 1 && status.runningIn == ["unnamed"], "\(status)")
                 }
             }
         }

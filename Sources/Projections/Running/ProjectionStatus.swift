@@ -32,6 +32,10 @@ public struct ProjectionStatus: Sendable, Codable {
     /// Sessions holding the projection's runner lock right now (`pg_locks`), in any process: 1 when one
     /// runner is active, 0 when none is.
     public var activeRunners: Int
+    /// Where the active runner is: the `PID@HOST` of each session holding the runner lock, read from its
+    /// `application_name` (`convo projection NAME PID@HOST`, set while the runner's lease lasts), or
+    /// `unnamed` for a session without one (a runner given no lease).
+    public var runningIn: [String]
     /// `running`, `stopped` (no runner in any process), `rebuilding`, `stale` (built by another version),
     /// `failed`, or `not_built`.
     public var state: String
@@ -58,6 +62,12 @@ public struct ProjectionStatus: Sendable, Codable {
             return "stale: \(lag) events behind, the oldest waiting \(Int(waitingSeconds)) s"
         }
         return nil
+    }
+
+    /// The `PID@HOST` at the end of a leased session's `application_name`, or `unnamed`.
+    static func instance(ofSession name: String) -> String {
+        guard name.hasPrefix("convo "), let last = name.split(separator: " ").last, last.contains("@") else { return "unnamed" }
+        return String(last)
     }
 
     /// The status of `projections`.
@@ -87,7 +97,8 @@ public struct ProjectionStatus: Sendable, Codable {
     private static func read(_ projection: any Projection, head: Int64, on connection: PostgresConnection, logger: Logger) async throws -> ProjectionStatus {
         let name = projection.name
         let entry = try await ProjectionCatalogue.entry(name, on: connection, logger: logger)
-        let runners = try await ProjectionCatalogue.holders(.runner, name, on: connection, logger: logger)
+        let runnerSessions = try await ProjectionCatalogue.holderNames(.runner, name, on: connection, logger: logger)
+        let runners = runnerSessions.count
         let running = runners > 0
         let rebuilding = try await ProjectionCatalogue.holders(.rebuild, name, on: connection, logger: logger) > 0
         let standby = try await ProjectionCatalogue.holders(.standby, name, on: connection, logger: logger)
@@ -116,7 +127,7 @@ public struct ProjectionStatus: Sendable, Codable {
         }
         return ProjectionStatus(
             name: name, version: projection.version, storedVersion: entry?.version, checkpoint: entry?.checkpoint ?? 0, head: head, lag: 0, waitingSeconds: 0,
-            activeRunners: runners, state: state,
+            activeRunners: runners, runningIn: runnerSessions.map(Self.instance(ofSession:)), state: state,
             standby: standby, failedPosition: entry?.failedPosition,
             error: entry?.failedPosition != nil ? "\(entry?.failedEvent ?? "?"): \(entry?.error ?? "")" : nil, lastRebuild: lastRebuild)
     }

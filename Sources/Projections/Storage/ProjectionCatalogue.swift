@@ -76,15 +76,23 @@ enum ProjectionCatalogue {
 
     /// How many sessions hold the lock, in any process (advisory locks belong to one database).
     static func holders(_ role: Role, _ projection: String, on connection: PostgresConnection, logger: Logger) async throws -> Int {
+        try await holderNames(role, projection, on: connection, logger: logger).count
+    }
+
+    /// The `application_name` of each session holding the lock, in any process (`""` for a session with
+    /// none): a leased session's says whose it is (``ProcessInstance/sessionName(_:)``).
+    static func holderNames(_ role: Role, _ projection: String, on connection: PostgresConnection, logger: Logger) async throws -> [String] {
         let rows = try await connection.query(
             """
-            SELECT count(*)::int FROM pg_locks
-            WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-              AND classid = \(Int64(lockClass))::bigint::oid
-              AND objid = (hashtext(\(lockName(role, projection)))::bigint & 4294967295)::oid AND objsubid = 2
+            SELECT coalesce(a.application_name, '') FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND l.classid = \(Int64(lockClass))::bigint::oid
+              AND l.objid = (hashtext(\(lockName(role, projection)))::bigint & 4294967295)::oid AND l.objsubid = 2
+            ORDER BY 1
             """, logger: logger)
-        for try await count in rows.decode(Int.self) { return count }
-        return 0
+        var names: [String] = []
+        for try await name in rows.decode(String.self) { names.append(name) }
+        return names
     }
 
     static func entry(_ name: String, forUpdate: Bool = false, on connection: PostgresConnection, logger: Logger) async throws -> Entry? {
