@@ -51,6 +51,10 @@ import Glibc
         // `status` says where: every runner is in the other instance's session now.
         statuses = try await fleet.projectionStatus()
         #expect(statuses.allSatisfy { $0.runningIn.count == 1 && $0.runningIn[0].hasPrefix("\(other.pid)@") }, "\(statuses)")
+        // The API, which tenants' keys read, reports the runners but not the service's hosts.
+        let listed = await fleet.get(other, "/v1/projections", authorized: true)
+        #expect(listed.status == 200 && listed.body.contains("\"activeRunners\":1"), "\(listed)")
+        #expect(!listed.body.contains("runningIn") && !listed.body.contains("\(other.pid)@"), "\(listed.body)")
         // Every session it held as a lease is ended, its LISTEN too: PostgreSQL's notification queue is not held
         // back by a listener that reads nothing.
         #expect(try await eventually(timeout: .seconds(20)) {

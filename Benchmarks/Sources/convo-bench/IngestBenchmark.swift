@@ -127,6 +127,9 @@ struct IngestBenchmark: AsyncParsableCommand {
                 var path: String
                 var headers: [String: String] = [:]
                 var body = ""
+                /// The status every answer has: checked once before the load, so a floor never measures an
+                /// answer it did not mean (a refused key's 401 instead of the invalid message's 400).
+                var status = 200
             }
             let framework = try Self.frameworkServer(avoiding: base)
             defer { framework.process.terminate() }
@@ -141,10 +144,19 @@ struct IngestBenchmark: AsyncParsableCommand {
                 Floor(
                     name: "convo POST of an invalid message (400 after the key, limits and decoding; nothing stored)", base: base, pid: serverPID,
                     method: "POST", path: "/v1/conversations/bench-0/messages",
-                    headers: ["Authorization": "Bearer \(secret)", "Content-Type": "application/json"], body: #"{"visitorUid": "v-0", "text": ""}"#),
+                    headers: ["Authorization": "Bearer \(secret)", "Content-Type": "application/json"], body: #"{"visitorUid": "v-0", "text": ""}"#,
+                    status: 400),
             ]
             report("where a message's CPU goes (wrk, \(concurrency) connections, \(seconds) s each; µs of the serving process per request):")
             for floor in floors {
+                var probe = HTTPClientRequest(url: floor.base + floor.path)
+                probe.method = .init(rawValue: floor.method)
+                for (name, value) in floor.headers { probe.headers.add(name: name, value: value) }
+                if !floor.body.isEmpty { probe.body = .bytes(ByteBuffer(string: floor.body)) }
+                let answer = try await http.execute(probe, timeout: .seconds(10))
+                guard answer.status.code == floor.status else {
+                    throw ValidationError("\(floor.method) \(floor.path) answered \(answer.status.code), not \(floor.status): not the request to measure")
+                }
                 let before = IngestBaselines.CPU.now(server: floor.pid)
                 let answered = try Self.wrkFixed(
                     floor.base, method: floor.method, path: floor.path, headers: floor.headers, body: floor.body, concurrency: concurrency, for: .seconds(seconds))

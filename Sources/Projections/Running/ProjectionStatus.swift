@@ -34,8 +34,10 @@ public struct ProjectionStatus: Sendable, Codable {
     public var activeRunners: Int
     /// Where the active runner is: the `PID@HOST` of each session holding the runner lock, read from its
     /// `application_name` (`convo projection NAME PID@HOST`, set while the runner's lease lasts), or
-    /// `unnamed` for a session without one (a runner given no lease).
-    public var runningIn: [String]
+    /// `unnamed` for a session without one (a runner given no lease). For the service's operators (`convo
+    /// projections status`); `nil` where it is not theirs to see (`GET /v1/projections`, read by tenants'
+    /// keys, leaves the service's hosts out).
+    public var runningIn: [String]?
     /// `running`, `stopped` (no runner in any process), `rebuilding`, `stale` (built by another version),
     /// `failed`, or `not_built`.
     public var state: String

@@ -159,7 +159,7 @@ extension Convo {
                     var line = "\(status.name) \(stored): \(status.state)"
                     if status.standby > 0 { line += " (\(status.standby) standby)" }
                     line += ", \(status.activeRunners) active runner\(status.activeRunners == 1 ? "" : "s")"
-                    if !status.runningIn.isEmpty { line += " (in \(status.runningIn.joined(separator: ", ")))" }
+                    if let hosts = status.runningIn, !hosts.isEmpty { line += " (in \(hosts.joined(separator: ", ")))" }
                     line += ", checkpoint \(status.checkpoint), head \(status.head), lag \(status.lag) events"
                     if status.lag > 0 { line += " (the oldest waiting \(Int(status.waitingSeconds)) s)" }
                     print(line)

@@ -486,7 +486,7 @@ async function loadProjections() {
         cell(p.name), element("td", { "data-state": p.state }, p.problem ? `${p.state}: ${p.problem}` : p.state),
         cell(p.storedVersion === undefined || p.storedVersion === p.version ? `v${p.version}` : `v${p.storedVersion} (binary v${p.version})`),
         cell(p.checkpoint), cell(p.head), cell(p.lag), cell(`${p.waitingSeconds.toFixed(1)} s`),
-        cell(`${p.activeRunners} active${p.runningIn.length ? ` (in ${p.runningIn.join(', ')})` : ''}, ${p.standby} standing by`), cell(rebuild));
+        cell(`${p.activeRunners} active, ${p.standby} standing by`), cell(rebuild));
     }));
     $("projections-error").textContent = "";
   } catch (error) {

@@ -18,7 +18,12 @@ struct ProjectionRoutes: Sendable {
         _ = try requestContext.tenant(forAnyOf: [.read, .admin])
         let statuses = try await ProjectionStatus.read(projections, store: context.store, logger: requestContext.logger)
         return ProjectionList(
-            projections: statuses.map { ProjectionList.Entry(status: $0, problem: $0.problem(staleAfter: context.projectionStaleAfter)) })
+            projections: statuses.map { status in
+                // Where the runners run names the service's hosts: not for tenants' keys.
+                var shown = status
+                shown.runningIn = nil
+                return ProjectionList.Entry(status: shown, problem: status.problem(staleAfter: context.projectionStaleAfter))
+            })
     }
 }
 
