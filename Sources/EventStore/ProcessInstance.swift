@@ -20,4 +20,11 @@ public enum ProcessInstance {
     /// The `application_name` of a session this process holds for `role`: `convo ROLE PID@HOST`, the process
     /// id before the host so that PostgreSQL's limit (63 bytes) cuts a long host name, not the id.
     public static func sessionName(_ role: String) -> String { "convo \(role) \(getpid())@\(host)" }
+
+    /// The `PID@HOST` of a name ``sessionName(_:)`` made (its host cut where PostgreSQL cut it), or `nil`
+    /// for another session's.
+    public static func instance(inSessionName name: String) -> String? {
+        guard name.hasPrefix("convo "), let last = name.split(separator: " ").last, last.contains("@") else { return nil }
+        return String(last)
+    }
 }

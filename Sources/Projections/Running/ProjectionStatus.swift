@@ -66,12 +66,6 @@ public struct ProjectionStatus: Sendable, Codable {
         return nil
     }
 
-    /// The `PID@HOST` at the end of a leased session's `application_name`, or `unnamed`.
-    static func instance(ofSession name: String) -> String {
-        guard name.hasPrefix("convo "), let last = name.split(separator: " ").last, last.contains("@") else { return "unnamed" }
-        return String(last)
-    }
-
     /// The status of `projections`.
     ///
     /// - Throws: ``ProjectionError`` when PostgreSQL cannot be read.
@@ -99,11 +93,12 @@ public struct ProjectionStatus: Sendable, Codable {
     private static func read(_ projection: any Projection, head: Int64, on connection: PostgresConnection, logger: Logger) async throws -> ProjectionStatus {
         let name = projection.name
         let entry = try await ProjectionCatalogue.entry(name, on: connection, logger: logger)
-        let runnerSessions = try await ProjectionCatalogue.holderNames(.runner, name, on: connection, logger: logger)
+        let holders = try await ProjectionCatalogue.holders(name, on: connection, logger: logger)
+        let runnerSessions = holders[.runner] ?? []
         let runners = runnerSessions.count
         let running = runners > 0
-        let rebuilding = try await ProjectionCatalogue.holders(.rebuild, name, on: connection, logger: logger) > 0
-        let standby = try await ProjectionCatalogue.holders(.standby, name, on: connection, logger: logger)
+        let rebuilding = !(holders[.rebuild] ?? []).isEmpty
+        let standby = holders[.standby]?.count ?? 0
         var lastRebuild: Rebuild?
         let rows = try await connection.query(
             """
@@ -129,7 +124,7 @@ public struct ProjectionStatus: Sendable, Codable {
         }
         return ProjectionStatus(
             name: name, version: projection.version, storedVersion: entry?.version, checkpoint: entry?.checkpoint ?? 0, head: head, lag: 0, waitingSeconds: 0,
-            activeRunners: runners, runningIn: runnerSessions.map(Self.instance(ofSession:)), state: state,
+            activeRunners: runners, runningIn: runnerSessions.map { ProcessInstance.instance(inSessionName: $0) ?? "unnamed" }, state: state,
             standby: standby, failedPosition: entry?.failedPosition,
             error: entry?.failedPosition != nil ? "\(entry?.failedEvent ?? "?"): \(entry?.error ?? "")" : nil, lastRebuild: lastRebuild)
     }

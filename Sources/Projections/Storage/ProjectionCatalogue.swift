@@ -74,25 +74,28 @@ enum ProjectionCatalogue {
         }
     }
 
-    /// How many sessions hold the lock, in any process (advisory locks belong to one database).
-    static func holders(_ role: Role, _ projection: String, on connection: PostgresConnection, logger: Logger) async throws -> Int {
-        try await holderNames(role, projection, on: connection, logger: logger).count
-    }
-
-    /// The `application_name` of each session holding the lock, in any process (`""` for a session with
-    /// none): a leased session's says whose it is (``ProcessInstance/sessionName(_:)``).
-    static func holderNames(_ role: Role, _ projection: String, on connection: PostgresConnection, logger: Logger) async throws -> [String] {
+    /// The sessions holding each of the projection's locks, in any process (advisory locks belong to one
+    /// database), in one query: each session's `application_name` (`""` for one with none), by role. A
+    /// leased session's name says whose it is (``ProcessInstance/sessionName(_:)``).
+    static func holders(_ projection: String, on connection: PostgresConnection, logger: Logger) async throws -> [Role: [String]] {
+        let roles: [Role] = [.runner, .standby, .rebuild]
         let rows = try await connection.query(
             """
-            SELECT coalesce(a.application_name, '') FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-            WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            SELECT lock.name, coalesce(a.application_name, '')
+            FROM unnest(\(roles.map { lockName($0, projection) })::text[]) AS lock(name)
+            JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted
+              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
               AND l.classid = \(Int64(lockClass))::bigint::oid
-              AND l.objid = (hashtext(\(lockName(role, projection)))::bigint & 4294967295)::oid AND l.objsubid = 2
-            ORDER BY 1
+              AND l.objid = (hashtext(lock.name)::bigint & 4294967295)::oid AND l.objsubid = 2
+            LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+            ORDER BY 2
             """, logger: logger)
-        var names: [String] = []
-        for try await name in rows.decode(String.self) { names.append(name) }
-        return names
+        var holders: [Role: [String]] = [:]
+        for try await (name, session) in rows.decode((String, String).self) {
+            guard let role = roles.first(where: { lockName($0, projection) == name }) else { continue }
+            holders[role, default: []].append(session)
+        }
+        return holders
     }
 
     static func entry(_ name: String, forUpdate: Bool = false, on connection: PostgresConnection, logger: Logger) async throws -> Entry? {
