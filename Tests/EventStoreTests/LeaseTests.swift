@@ -35,7 +35,9 @@ import Testing
 
     /// A process whose concurrency pool is taken (CPU-bound work, blocking calls) for longer than the lease is
     /// alive all the same: its heartbeat must not wait for a pool thread. Every thread of the pool is held
-    /// busy for 1.5 leases; a heartbeat scheduled as a task would send nothing for that long.
+    /// for 1.6 leases by a blocking call; a heartbeat scheduled as a task would send nothing for that long.
+    /// (Held asleep, not spinning: spinning threads also took the CPU from the event loop and from PostgreSQL,
+    /// which on a loaded machine made a live beat late, a failure of the test rather than of the lease.)
     @Test(.timeLimit(.minutes(1))) func aLeaseOutlivesAConcurrencyPoolBusyForLongerThanItsTimeout() async throws {
         try await TestDatabase.withStore { store in
             try await store.client.withOpenConnection { connection in
@@ -43,11 +45,17 @@ import Testing
                 try await connection.asLease(timeout: .seconds(1), logger: TestDatabase.logger) {
                     // A beat has certainly run (a quarter of the lease) before the pool is taken.
                     try await Task.sleep(for: .milliseconds(400))
-                    let until = ContinuousClock.now + .milliseconds(1500)
-                    // More tasks than the pool has threads, each spinning to one deadline: every thread is
-                    // held until then, whatever the pool's width.
+                    let until = ContinuousClock.now + .milliseconds(1600)
+                    // More tasks than the pool has threads, each blocked in usleep until one deadline: every
+                    // thread is held until then, whatever the pool's width.
                     await withTaskGroup(of: Void.self) { group in
-                        for _ in 0..<64 { group.addTask { while ContinuousClock.now < until {} } }
+                        for _ in 0..<64 {
+                            group.addTask {
+                                while case let left = until - ContinuousClock.now, left > .zero {
+                                    usleep(UInt32(max(1, left.components.attoseconds / 1_000_000_000_000 + left.components.seconds * 1_000_000)))
+                                }
+                            }
+                        }
                     }
                     #expect(try await Self.backendPid(connection) == pid, "the session was ended")
                 }
