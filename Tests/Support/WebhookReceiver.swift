@@ -73,7 +73,21 @@ public final class WebhookReceiver: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: pidFile)
     }
 
-    /// Every request so far, in the order they were answered.
+    /// Waits up to `timeout` for the receiver to end by itself (`--die-after-accepting`); whether it did.
+    public func waitForExit(timeout: Duration = .seconds(30)) async throws -> Bool {
+        guard let pid else { return true }
+        let deadline = ContinuousClock.now + timeout
+        while isRunning(pid) {
+            guard ContinuousClock.now < deadline else { return false }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        // Ended: its pid is no longer ours to signal.
+        try? FileManager.default.removeItem(atPath: pidFile)
+        return true
+    }
+
+    /// Every request so far, in the order they were taken: each is logged before its answer is written, so a
+    /// receiver killed in between has logged an acceptance its sender never saw.
     public func entries() throws -> [Entry] {
         let text = try String(contentsOfFile: logPath, encoding: .utf8)
         return text.split(separator: "\n").compactMap { try? JSONDecoder().decode(Entry.self, from: Data($0.utf8)) }

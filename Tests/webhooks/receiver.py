@@ -5,12 +5,16 @@ It can misbehave on purpose:
   --refuse-every N   answer 503 to the first attempt of every Nth message (by webhook-id)
   --slow-every N     sleep --slow-seconds before answering every Nth request
   --status CODE      answer every request CODE (an endpoint that never accepts)
+  --die-after-accepting N
+                     take the Nth message it would answer 2xx (logging it as accepted), then exit before
+                     answering: once per log, so a receiver started again on the same log stays up
 A request whose signature does not verify is answered 400 and logged with "verified": false; one cut off
 before its whole body came (the sender killed mid-request) is logged with "truncated": true.
 """
 
 import argparse
 import json
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,12 +29,15 @@ parser.add_argument("--refuse-every", type=int, default=0)
 parser.add_argument("--slow-every", type=int, default=0)
 parser.add_argument("--slow-seconds", type=float, default=0.5)
 parser.add_argument("--status", type=int, default=0)
+parser.add_argument("--die-after-accepting", type=int, default=0)
 args = parser.parse_args()
 
 verifiers = [Webhook(secret) for secret in args.secret]
 lock = threading.Lock()
 seen_ids = {}
 requests = [0]
+accepted = [0]
+died_marker = args.log + ".died"
 log = open(args.log, "a", buffering=1)
 
 
@@ -90,6 +97,11 @@ class Handler(BaseHTTPRequestHandler):
         }
         with lock:
             log.write(json.dumps(entry) + "\n")
+            if status == 200:
+                accepted[0] += 1
+                if args.die_after_accepting and accepted[0] == args.die_after_accepting and not os.path.exists(died_marker):
+                    open(died_marker, "w").close()
+                    os._exit(1)
         self.send_response(status)
         self.send_header("content-length", "0")
         self.end_headers()
