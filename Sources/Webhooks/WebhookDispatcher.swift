@@ -15,7 +15,8 @@ import Synchronization
 /// at most one sender. A disabled or deleted endpoint's sender is stopped and its lock released; a changed
 /// one's sender takes the new configuration. When the session ends (PostgreSQL restarted, the connection
 /// cut) every sender of this process stops with it and the locks go free: the next round, here or in
-/// another process, takes them again and goes on from what was stored.
+/// another process, takes them again and goes on from what was stored. A graceful shutdown stops every
+/// sender, lets each finish and record its attempts in flight, and then ends the session.
 public final class WebhookDispatcher: Service, Sendable {
     public struct Configuration: Sendable {
         /// How often endpoints are listed (new, changed, disabled, free to take) and redeliveries picked
@@ -74,6 +75,8 @@ public final class WebhookDispatcher: Service, Sendable {
     /// closed) may keep a sender suspended on a query that never completes, and must not make the next
     /// session believe that sender still runs.
     private let current = Mutex<SessionState?>(nil)
+    /// Set by a graceful shutdown: start no sender, stop those running, end once they have.
+    private let draining = Atomic<Bool>(false)
 
     public init(client: PostgresClient, store: PostgresEventStore, configuration: Configuration, logger: Logger) {
         self.client = client
@@ -90,8 +93,11 @@ public final class WebhookDispatcher: Service, Sendable {
         // Endpoints on one host share its connection pool; let each have its concurrency.
         http.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: Swift.max(8, configuration.concurrencyPerEndpoint * 4))
         let httpClient = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
-        await cancelWhenGracefulShutdown {
-            while !Task.isCancelled {
+        // A graceful shutdown drains: every sender stops starting attempts, finishes and records those in flight
+        // (each within the attempt timeout), and its lock goes free for another process. Cancelled (the
+        // service group's shutdown timeout passed), what is in flight is dropped and will be sent again.
+        await withGracefulShutdownHandler {
+            while !Task.isCancelled && !self.draining.load(ordering: .relaxed) {
                 do {
                     try await self.client.withOpenConnection { connection in
                         try await connection.asLease(timeout: self.configuration.sessionLease, role: "webhooks", logger: self.logger) {
@@ -99,11 +105,14 @@ public final class WebhookDispatcher: Service, Sendable {
                         }
                     }
                 } catch {
-                    if Task.isCancelled { break }
+                    if Task.isCancelled || self.draining.load(ordering: .relaxed) { break }
                     self.logger.warning("webhook dispatcher lost its session; starting again", metadata: ["convo.error": "\(String(reflecting: error))"])
                     try? await Task.sleep(for: self.configuration.retryDelay)
                 }
             }
+        } onGracefulShutdown: {
+            self.draining.store(true, ordering: .relaxed)
+            self.current.withLock { $0 }?.wake.signal()
         }
         try? await httpClient.shutdown()
     }
@@ -135,6 +144,13 @@ public final class WebhookDispatcher: Service, Sendable {
                     session.senders.withLock { $0[done.ref] = nil }
                     try await connection.query("SELECT pg_advisory_unlock(\(WebhookLocks.lockClass), \(done.lockKey))", logger: logger)
                     if let error = done.error { logger.warning("webhook sender stopped", metadata: ["convo.webhook.endpoint": "\(done.ref)", "convo.error": "\(error)"]) }
+                }
+                if draining.load(ordering: .relaxed) {
+                    let running = session.senders.withLock { Array($0.values) }
+                    if running.isEmpty { break }
+                    for sender in running { sender.stop() }
+                    await wake.wait(after: generation, timeout: configuration.scanInterval)
+                    continue
                 }
                 let endpoints = try await WebhookStore.endpoints(
                     connection.query("SELECT \(unescaped: WebhookStore.columns) FROM webhook_endpoints ORDER BY tenant_id, id", logger: logger))

@@ -114,23 +114,42 @@ final class WebhookSender: Sendable {
         self.endpoint.withLock { $0 = endpoint }
     }
 
-    /// Ends ``run()`` soon: the endpoint was disabled or deleted elsewhere.
+    /// Ends ``run()`` soon (the endpoint was disabled or deleted elsewhere, or the process shuts down): no
+    /// new attempt starts; those in flight finish (each within the attempt timeout) and are recorded, so the
+    /// next sender does not send again what the receiver has already answered.
     func stop() {
         state.withLock { $0.stopRequested = true }
         wake.signal()
     }
 
+    private enum Part: Sendable { case intake, dispatch, record }
+
     /// Sends until stopped, cancelled, out of retries (the endpoint is then disabled) or its place lost.
+    /// Ending any way but cancelled or failed, it lets the attempts in flight finish and records them first.
     ///
     /// - Throws: when the session's queries fail.
     func run() async throws {
         try await loadOwed()
         do {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await self.intake() }
-                group.addTask { await self.dispatch() }
-                group.addTask { try await self.record() }
-                try await group.next()
+            try await withThrowingTaskGroup(of: Part.self) { group in
+                group.addTask {
+                    try await self.intake()
+                    return .intake
+                }
+                group.addTask {
+                    await self.dispatch()
+                    return .dispatch
+                }
+                group.addTask {
+                    try await self.record()
+                    return .record
+                }
+                // Dispatch ends once stopped (or out of retries) and its attempts are done; intake ending
+                // (its place lost) stops it.
+                while let part = try await group.next() {
+                    guard part == .intake else { break }
+                    stop()
+                }
                 group.cancelAll()
                 while let _ = try? await group.next() {}
             }
@@ -269,7 +288,7 @@ final class WebhookSender: Sendable {
                 let wait = nextDue.map { Swift.max(.milliseconds(1), Swift.min($0 - now, .seconds(1))) } ?? .seconds(1)
                 await wake.wait(after: generation, timeout: wait)
             }
-            group.cancelAll()
+            // Stopped: the attempts in flight finish (cancelled only with this task, the session lost).
         }
     }
 
@@ -373,7 +392,6 @@ final class WebhookSender: Sendable {
                 try await claimRedeliveries()
                 lastClaim = clock.now
             }
-            if state.withLock({ $0.exhausted != nil }) { return }
             if !wrote { await recorded.wait(after: generation, timeout: configuration.scanInterval) }
         }
     }

@@ -424,6 +424,44 @@ import Webhooks
         #expect(try await server.stop() == 0, "\(server.failureSummary)")
     }
 
+    /// The sending instance is stopped with SIGTERM (a rolling deploy) while its attempts wait on a slow
+    /// receiver: it finishes and records them before it exits, the other instance takes the endpoint over,
+    /// and nothing reaches the receiver twice.
+    @Test func aGracefullyStoppedSenderFinishesWhatIsInFlightAndNothingIsSentTwice() async throws {
+        let fleet = try await FaultFleet(environment: ["CONVO_WEBHOOK_RETRY_SCHEDULE": "0.2,0.4,0.8,1,1,1,1,1,1,1"])
+        let receiver = try await WebhookReceiver(secrets: [Self.secret], options: ["--slow-every", "1", "--slow-seconds", "1.5"])
+        // The first instance alone takes the endpoint; the second comes up while it sends.
+        let a = try await fleet.serve()
+        let start = try #require(try await Self.put(fleet, a, "desk", url: receiver.url).health?.checkpoint)
+        #expect(try await eventually(timeout: .seconds(30)) { try await Self.endpoint(fleet, a, "desk").health?.activeSenders == 1 })
+        let b = try await fleet.serve()
+        let conversations = (0..<8).map { "term-\($0)" }
+        try await Self.ingest(fleet, [a, b], conversations: conversations, messages: 2)
+        // Every answer takes 1.5 s and a conversation's messages go one at a time: once the receiver has
+        // answered one, the other conversations' attempts are in flight.
+        #expect(try await eventually(timeout: .seconds(30)) { try receiver.entries().contains { $0.status == 200 } })
+        #expect(try await a.stop() == 0, "\(a.failureSummary)")
+        let stoppedAt = Date()
+
+        let delivered = try await eventually(timeout: .seconds(90)) {
+            guard try await fleet.allProcessed(conversations).done else { return false }
+            let expected = try await Self.expected(fleet, after: start)
+            let accepted = Set(try receiver.entries().filter { $0.status == 200 }.map(\.id))
+            return !expected.isEmpty && Set(expected.keys).isSubset(of: accepted)
+        }
+        #expect(delivered)
+        let entries = try receiver.entries()
+        let acceptedTwice = Dictionary(grouping: entries.filter { $0.status == 200 }, by: \.id).filter { $0.value.count > 1 }
+        #expect(acceptedTwice.isEmpty, "\(acceptedTwice.keys.prefix(5)); the senders said: \(Self.senderLog([a, b]))")
+        #expect(Self.orderKept(entries).isEmpty, "\(Self.orderKept(entries).prefix(5))")
+        // What the first instance had in flight it answered for itself: its attempts, recorded, before it exited.
+        let records = try await Self.deliveries(fleet, b, "desk")
+        let first = records.filter { record in record.attempts.contains { $0.instance.hasSuffix(":\(a.pid)") } }
+        #expect(first.count >= 2 && first.allSatisfy { $0.status == "delivered" && $0.attempts.allSatisfy { $0.at < stoppedAt } }, "\(first.map(\.attempts))")
+        #expect(records.contains { record in record.attempts.contains { $0.instance.hasSuffix(":\(b.pid)") } }, "the other instance took over")
+        #expect(try await b.stop() == 0, "\(b.failureSummary)")
+    }
+
     /// The instance that sends is killed with SIGKILL and PostgreSQL is restarted, both while messages are
     /// owed: the other instance takes the endpoint over and nothing is lost.
     @Test func aKilledSenderAndARestartedPostgresLoseNothing() async throws {
