@@ -96,6 +96,12 @@ import Testing
         let outage = Duration.seconds(10)
         try await TestDatabase.withStore(url: try DatabaseURL(server.url), configuration: .init(scanOutage: outage)) { store in
             try await Self.writeNotes(store)
+            // Each part's time, for a run that comes near the time limit.
+            var mark = ContinuousClock.now
+            func took(_ part: String) {
+                print("fault: large scans, \(part): \(ContinuousClock.now - mark)")
+                mark = .now
+            }
 
             // 1. A scan across a restart goes on.
             do {
@@ -107,6 +113,7 @@ import Testing
                 #expect(try await scan.task.value == Self.count)
                 #expect(scan.positions == Array(1...Int64(Self.count)))
             }
+            took("a scan across a restart")
 
             // 2. A scan on a connection the restart closed fails cleanly.
             do {
@@ -133,6 +140,7 @@ import Testing
                 let seen = handed.withLock { $0 }
                 #expect(seen.count <= PostgresEventStore.scanPageSize && seen == Array(1...Int64(seen.count)))
             }
+            took("a scan on a connection the restart closed")
 
             // 3. Large reads through repeated restarts.
             do {
@@ -158,10 +166,11 @@ import Testing
                             }
                         }
                     }
-                    for _ in 0..<3 {
+                    for restart in 0..<3 {
                         let pages = outcomes.state.withLock(\.pages)
-                        // Until reads go through again since the last restart.
-                        while outcomes.state.withLock(\.pages) < pages + 3 { try await Task.sleep(for: .milliseconds(10)) }
+                        // Until reads go through again since the last restart (bounded).
+                        let readAgain = try await eventually(timeout: .seconds(60)) { outcomes.state.withLock(\.pages) >= pages + 3 }
+                        #expect(readAgain, "no page read within 60 s before restart \(restart + 1): \(outcomes.state.withLock { $0 })")
                         try await server.restart()
                     }
                     outcomes.state.withLock { $0.stop = true }
@@ -171,6 +180,7 @@ import Testing
                 #expect(seen.wrong.isEmpty, "\(seen.wrong)")
                 #expect(seen.pages >= 9)
             }
+            took("reads through three restarts")
 
             // 4. An outage longer than the scan waits.
             do {

@@ -1,6 +1,7 @@
 import EventStore
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import Logging
 import Metrics
 import PostgresNIO
@@ -184,7 +185,9 @@ func buildApplication(
     return Application(
         router: buildRouter(context, background: measuresProjections).0,
         server: .guarded(context.connectionLimits, counter: context.connections),
-        configuration: .init(address: .hostname(host, port: port), serverName: "convo"),
+        configuration: .init(
+            address: .hostname(host, port: port), serverName: "convo",
+            availableConnectionsDelegate: MaximumAvailableConnections(context.connectionLimits.acceptLimit, logger: logger)),
         services: services,
         logger: logger
     )

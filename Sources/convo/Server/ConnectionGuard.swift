@@ -26,8 +26,21 @@ struct ConnectionLimits: Sendable {
     }
 
     /// Descriptors kept out of the connection budget: the database and Redis pools, and this many more for
-    /// files, the listening socket, DNS and the AI provider's connections.
+    /// files, the listening socket, DNS, the AI provider's and webhooks' connections, and the connections
+    /// being refused (``refusing``).
     static let spareDescriptors = 64
+
+    /// Connections past ``maxConnections`` accepted at once to be answered 503; past them the server stops
+    /// accepting until some close, and later ones wait in the listen backlog (the kernel's, not this
+    /// process's descriptors). Without this bound a burst (a backlog filled while the process was paused, a
+    /// flood while the concurrency pool is busy and refusals wait for it) is accepted faster than it is
+    /// refused and takes the process to its descriptor limit, where not only `accept` fails: libdispatch
+    /// ends a process whose check of its worker threads (a /proc file opened each second while work waits)
+    /// finds no descriptor.
+    static let refusing = 32
+
+    /// The most client connections accepted at once: the budget and those being refused.
+    var acceptLimit: Int { maxConnections + Self.refusing }
 
     /// Raises the soft descriptor limit to the hard one, and returns the connection limit that leaves
     /// `reserved` descriptors (the database and Redis pools) plus ``spareDescriptors`` free.
