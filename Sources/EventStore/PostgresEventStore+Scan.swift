@@ -142,21 +142,88 @@ extension PostgresEventStore {
         }
     }
 
-    /// How long ago, in seconds by PostgreSQL's clock, the first event readers can see after `position` was
-    /// recorded: how long a reader at `position` has kept an event waiting; 0 when there is none.
+    /// How long ago, in seconds by PostgreSQL's clock, the first committed event after `position` was
+    /// recorded, whether readers may take it yet or not: how long a reader at `position` has kept an event
+    /// waiting; 0 when there is none.
+    ///
+    /// Readers take an event only once no older transaction can still commit (see
+    /// ``readAll(_:after:maxCount:)``), and PostgreSQL judges that across the whole server: a transaction
+    /// left open in any database of it (a session idle in transaction, a long report, a forgotten prepared
+    /// transaction) holds every reader back, and a measure of the readable events alone would say nothing
+    /// is waiting while nothing moves. ``heldBack(after:)`` says by what.
     ///
     /// - Throws: ``EventStoreError`` when the read fails.
     public func waitingSeconds(after position: Int64) async throws -> Double {
         do {
             let rows = try await client.queryOpen(
                 """
-                SELECT greatest(0, extract(epoch FROM clock_timestamp() - recorded_at))::float8 FROM events WHERE global_position > \(position) AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+                SELECT greatest(0, extract(epoch FROM clock_timestamp() - recorded_at))::float8 FROM events WHERE global_position > \(position)
                 ORDER BY global_position LIMIT 1
                 """, logger: logger)
             for try await seconds in rows.decode(Double.self) { return seconds }
             return 0
         } catch {
             throw Self.mapError(error, operation: "read the oldest waiting event")
+        }
+    }
+
+    /// Committed events after a position that no reader may take yet, and the open transaction they wait for.
+    public struct HeldBack: Sendable, Codable, Equatable {
+        /// How many (counted up to a million).
+        public var events: Int64
+        /// How long the oldest of them has waited, in seconds.
+        public var waitingSeconds: Double
+        /// The transaction every reader waits for, as `pg_stat_activity` or `pg_prepared_xacts` show it
+        /// (`pid 4242, database reports, application psql, idle in transaction, open 95 s`), or its id alone
+        /// when this role may not see its session.
+        public var by: String
+    }
+
+    /// What holds back the committed events after `position` that readers may not take yet: `nil` when none
+    /// has waited `atLeast` (a transaction appending now holds the ones after it back for a moment).
+    ///
+    /// - Throws: ``EventStoreError`` when the read fails.
+    public func heldBack(after position: Int64, atLeast: Duration = .seconds(1)) async throws -> HeldBack? {
+        do {
+            let oldest = try await client.queryOpen(
+                """
+                SELECT greatest(0, extract(epoch FROM clock_timestamp() - recorded_at))::float8 FROM events
+                WHERE global_position > \(position) AND transaction_id >= pg_snapshot_xmin(pg_current_snapshot())
+                ORDER BY global_position LIMIT 1
+                """, logger: logger)
+            var waited: Double?
+            for try await seconds in oldest.decode(Double.self) { waited = seconds }
+            guard let waited, waited >= atLeast.inSeconds else { return nil }
+            let counted = try await client.queryOpen(
+                """
+                SELECT count(*) FROM (SELECT 1 FROM events WHERE global_position > \(position)
+                    AND transaction_id >= pg_snapshot_xmin(pg_current_snapshot()) LIMIT 1000000) AS held
+                """, logger: logger)
+            var events: Int64 = 0
+            for try await count in counted.decode(Int64.self) { events = count }
+            // The oldest running transaction's id as the 32-bit xid the catalogue views show.
+            let holder = try await client.queryOpen(
+                """
+                WITH horizon AS (
+                    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xid8,
+                           (pg_snapshot_xmin(pg_current_snapshot())::text::bigint % 4294967296)::text AS xid
+                )
+                SELECT coalesce(
+                    (SELECT 'pid ' || a.pid || ', database ' || coalesce(a.datname, '?') || ', application '
+                            || coalesce(nullif(a.application_name, ''), '?') || ', ' || coalesce(a.state, '?')
+                            || coalesce(', open ' || round(extract(epoch FROM clock_timestamp() - a.xact_start))::bigint || ' s', '')
+                     FROM pg_stat_activity a WHERE a.backend_xid::text = horizon.xid LIMIT 1),
+                    (SELECT 'prepared transaction ' || quote_literal(p.gid) || ', database ' || p.database || ', prepared '
+                            || round(extract(epoch FROM clock_timestamp() - p.prepared))::bigint || ' s ago'
+                     FROM pg_prepared_xacts p WHERE p.transaction::text = horizon.xid LIMIT 1),
+                    'transaction ' || horizon.xid8::text || ' (its session is not visible to this role)')
+                FROM horizon
+                """, logger: logger)
+            var by = "an open transaction"
+            for try await text in holder.decode(String.self) { by = text }
+            return HeldBack(events: events, waitingSeconds: waited, by: by)
+        } catch {
+            throw Self.mapError(error, operation: "read what holds the readers back")
         }
     }
 }

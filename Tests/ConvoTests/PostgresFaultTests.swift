@@ -1,4 +1,6 @@
 import ConvoTestSupport
+import EventStore
+import Logging
 import Foundation
 import Testing
 
@@ -105,6 +107,59 @@ import Glibc
         let clean = try await ConvoProcess.run(["projections", "verify", "--all"], environment: fleet.env)
         #expect(clean.status == 0, "\(clean.stdout)\(clean.stderr)")
         for server in [runner, ingest] { #expect(try await server.stop(timeout: .seconds(40)) == 0, "\(server.failureSummary)") }
+    }
+
+    /// A transaction left open in another database of the same PostgreSQL server (a report, a session idle in
+    /// transaction) holds back every reader of the events that follows them by position: the projections
+    /// apply nothing (and other instances' responders and the webhooks see nothing) while messages are still
+    /// accepted. `/readyz` says so instead of counting only what readers can see (nothing waiting), `convo
+    /// projections status` names the session, and when it ends everything is caught up.
+    @Test func aTransactionLeftOpenInAnotherDatabaseIsReportedNotHidden() async throws {
+        let fleet = try await FaultFleet()
+        let server = try await fleet.serve(["--projection-stale-seconds", "2"])
+        #expect(await fleet.post(server, conversation: "held-0", visitor: "v-held", messageId: "m0").status == 202)
+        #expect(
+            try await eventually(timeout: .seconds(60)) {
+                guard await fleet.projectionsCaughtUp() else { return false }
+                return try await fleet.allProcessed(["held-0"]).done
+            })
+        #expect(try await eventually(timeout: .seconds(30)) { await fleet.get(server, "/readyz").status == 200 })
+
+        let cluster = try DatabaseURL(fleet.postgres.url)
+        try await TestDatabase.withClient(url: cluster, maximumConnections: 1) { client in
+            try await client.query("CREATE DATABASE reports")
+        }
+        var reports = cluster
+        reports.database = "reports"
+        try await TestDatabase.withClient(url: reports, maximumConnections: 1) { client in
+            try await client.withConnection { connection in
+                // Open, with a transaction id, and left so.
+                let logger = Logger(label: "held")
+                try await connection.query("BEGIN", logger: logger)
+                let rows = try await connection.query("SELECT pg_backend_pid(), txid_current()", logger: logger)
+                var pid = 0
+                for try await (backend, _) in rows.decode((Int, Int64).self) { pid = backend }
+                let conversations = (1...3).map { "held-\($0)" }
+                for conversation in conversations {
+                    #expect(await fleet.post(server, conversation: conversation, visitor: "v-held", messageId: "m0").status == 202)
+                }
+                var answer = (status: 0, body: "")
+                let reported = try await eventually(timeout: .seconds(30)) {
+                    answer = await fleet.get(server, "/readyz")
+                    return answer.status == 503 && answer.body.contains("not yet readable") && answer.body.contains("holds every reader back")
+                }
+                #expect(reported, "\(answer)")
+                // Readiness does not name sessions; the operator's status does.
+                #expect(!answer.body.contains("pid \(pid)"))
+                let status = try await ConvoProcess.run(["projections", "status"], environment: fleet.env)
+                #expect(status.stdout.contains("held back by an open transaction: pid \(pid), database reports"), "\(status.stdout)")
+                try await connection.query("ROLLBACK", logger: logger)
+                #expect(try await eventually(timeout: .seconds(30)) { await fleet.get(server, "/readyz").status == 200 })
+                #expect(try await eventually(timeout: .seconds(60)) { try await fleet.allProcessed(conversations).done })
+            }
+        }
+        #expect(try await eventually(timeout: .seconds(30)) { await fleet.projectionsCaughtUp() })
+        #expect(try await server.stop() == 0, "\(server.failureSummary)")
     }
 
     @Test func postgresDownTwentySecondsUnderLoadAnswersEveryRequestByItsDeadlineAndStoresNothingItRefused() async throws {

@@ -27,8 +27,13 @@ public struct ProjectionStatus: Sendable, Codable {
     public var lag: Int64
     /// How long the oldest event after the checkpoint has waited to be applied, in seconds: 0 when there
     /// is none. Measured from the event's commit time, so a runner that stopped shows here while events
-    /// arrive, whatever it believes about itself.
+    /// arrive, whatever it believes about itself; committed events readers may not take yet count too.
     public var waitingSeconds: Double
+    /// Committed events after the checkpoint that no reader may take yet because a transaction is still
+    /// open somewhere in the PostgreSQL server (any database), and which one, once the oldest of them has
+    /// waited a second: every projection, the responder and the webhooks wait for it. For the service's
+    /// operators; `nil` on `GET /v1/projections`, where it is not the tenants' to see.
+    public var heldBack: PostgresEventStore.HeldBack?
     /// Sessions holding the projection's runner lock right now (`pg_locks`), in any process: 1 when one
     /// runner is active, 0 when none is.
     public var activeRunners: Int
@@ -61,6 +66,11 @@ public struct ProjectionStatus: Sendable, Codable {
         }
         if activeRunners == 0 && state != "stale" { return "no active runner in any process; \(lag) events behind" }
         if waitingSeconds > staleAfter.inSeconds {
+            if let heldBack, heldBack.waitingSeconds > staleAfter.inSeconds {
+                // Which session it is stays out of this text (readiness is not authenticated): the status says.
+                return "stale: \(heldBack.events) events committed but not yet readable for \(Int(heldBack.waitingSeconds)) s: "
+                    + "a transaction left open in PostgreSQL holds every reader back (`convo projections status` names it)"
+            }
             return "stale: \(lag) events behind, the oldest waiting \(Int(waitingSeconds)) s"
         }
         return nil
@@ -81,6 +91,7 @@ public struct ProjectionStatus: Sendable, Codable {
                 let checkpoint = statuses[index].checkpoint
                 statuses[index].lag = try await store.countEvents(after: checkpoint, limit: lagCountLimit)
                 statuses[index].waitingSeconds = try await store.waitingSeconds(after: checkpoint)
+                if statuses[index].waitingSeconds >= 1 { statuses[index].heldBack = try await store.heldBack(after: checkpoint) }
             }
             return statuses
         } catch let error as ProjectionError {

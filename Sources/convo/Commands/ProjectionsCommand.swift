@@ -163,6 +163,9 @@ extension Convo {
                     line += ", checkpoint \(status.checkpoint), head \(status.head), lag \(status.lag) events"
                     if status.lag > 0 { line += " (the oldest waiting \(Int(status.waitingSeconds)) s)" }
                     print(line)
+                    if let held = status.heldBack {
+                        print("  \(held.events) events committed but not yet readable for \(Int(held.waitingSeconds)) s, held back by an open transaction: \(held.by)")
+                    }
                     if let error = status.error { print("  error at position \(status.failedPosition ?? 0): \(error)") }
                     if let rebuild = status.lastRebuild {
                         var text = "  last rebuild: \(rebuild.outcome), v\(rebuild.version), \(rebuild.events) events, started \(rebuild.startedAt), reason \(rebuild.reason)"

@@ -19,9 +19,11 @@ struct ProjectionRoutes: Sendable {
         let statuses = try await ProjectionStatus.read(projections, store: context.store, logger: requestContext.logger)
         return ProjectionList(
             projections: statuses.map { status in
-                // Where the runners run names the service's hosts: not for tenants' keys.
+                // Where the runners run names the service's hosts, and what holds the readers back names
+                // sessions of the database server: not for tenants' keys.
                 var shown = status
                 shown.runningIn = nil
+                shown.heldBack = nil
                 return ProjectionList.Entry(status: shown, problem: status.problem(staleAfter: context.projectionStaleAfter))
             })
     }
