@@ -275,6 +275,17 @@ import Webhooks
         }
     }
 
+    /// The messages owed since `start` (by id), once every conversation is answered and `receiver` has
+    /// accepted each of them; `nil` before.
+    static func allAccepted(
+        _ fleet: FaultFleet, _ receiver: WebhookReceiver, _ conversations: [String], after start: Int64
+    ) async throws -> [String: (conversation: String, position: Int64, recordedAt: Date)]? {
+        guard (try? await fleet.allProcessed(conversations).done) == true else { return nil }
+        let expected = try await Self.expected(fleet, after: start)
+        let accepted = Set(try receiver.entries().filter { $0.status == 200 }.map(\.id))
+        return !expected.isEmpty && Set(expected.keys).isSubset(of: accepted) ? expected : nil
+    }
+
     /// Whether a message the receiver accepted more than once was first accepted by a receiver killed
     /// (before `killedAt`) while the sender met a broken connection on that attempt: its answer was lost, and
     /// sending it again is what at least once means.
@@ -350,10 +361,9 @@ import Webhooks
 
         var expected: [String: (conversation: String, position: Int64, recordedAt: Date)] = [:]
         let delivered = try await eventually(timeout: .seconds(90)) {
-            guard try await fleet.allProcessed(conversations).done else { return false }
-            expected = try await Self.expected(fleet, after: start)
-            let accepted = Set(try receiver.entries().filter { $0.status == 200 }.map(\.id))
-            return !expected.isEmpty && Set(expected.keys).isSubset(of: accepted)
+            guard let all = try await Self.allAccepted(fleet, receiver, conversations, after: start) else { return false }
+            expected = all
+            return true
         }
         let entries = try receiver.entries()
         #expect(delivered, "\(expected.count) owed, \(Set(entries.filter { $0.status == 200 }.map(\.id)).count) accepted")
@@ -408,12 +418,7 @@ import Webhooks
             })
         try await receiver.start()
 
-        let delivered = try await eventually(timeout: .seconds(60)) {
-            guard try await fleet.allProcessed(conversations).done else { return false }
-            let expected = try await Self.expected(fleet, after: start)
-            let accepted = Set(try receiver.entries().filter { $0.status == 200 }.map(\.id))
-            return !expected.isEmpty && Set(expected.keys).isSubset(of: accepted)
-        }
+        let delivered = try await eventually(timeout: .seconds(60)) { try await Self.allAccepted(fleet, receiver, conversations, after: start) != nil }
         #expect(delivered)
         let accepted = Dictionary(grouping: try receiver.entries().filter { $0.status == 200 }, by: \.id)
         #expect(accepted[lost.id]?.count == 2, "the message whose answer was lost came again")
@@ -443,12 +448,7 @@ import Webhooks
         #expect(try await a.stop() == 0, "\(a.failureSummary)")
         let stoppedAt = Date()
 
-        let delivered = try await eventually(timeout: .seconds(90)) {
-            guard try await fleet.allProcessed(conversations).done else { return false }
-            let expected = try await Self.expected(fleet, after: start)
-            let accepted = Set(try receiver.entries().filter { $0.status == 200 }.map(\.id))
-            return !expected.isEmpty && Set(expected.keys).isSubset(of: accepted)
-        }
+        let delivered = try await eventually(timeout: .seconds(90)) { try await Self.allAccepted(fleet, receiver, conversations, after: start) != nil }
         #expect(delivered)
         let entries = try receiver.entries()
         let acceptedTwice = Dictionary(grouping: entries.filter { $0.status == 200 }, by: \.id).filter { $0.value.count > 1 }
@@ -490,10 +490,9 @@ import Webhooks
 
         var expected: [String: (conversation: String, position: Int64, recordedAt: Date)] = [:]
         let delivered = try await eventually(timeout: .seconds(120)) {
-            guard (try? await fleet.allProcessed(conversations).done) == true else { return false }
-            expected = try await Self.expected(fleet, after: start)
-            let accepted = Set(try receiver.entries().filter { $0.status == 200 }.map(\.id))
-            return !expected.isEmpty && Set(expected.keys).isSubset(of: accepted)
+            guard let all = try await Self.allAccepted(fleet, receiver, conversations, after: start) else { return false }
+            expected = all
+            return true
         }
         let entries = try receiver.entries()
         #expect(delivered, "\(expected.count) owed, \(Set(entries.filter { $0.status == 200 }.map(\.id)).count) accepted")

@@ -25,9 +25,8 @@ struct ConnectionLimits: Sendable {
         self.idleTimeout = idleTimeout
     }
 
-    /// Descriptors kept out of the connection budget: the database and Redis pools, and this many more for
-    /// files, the listening socket, DNS, the AI provider's and webhooks' connections, and the connections
-    /// being refused (``refusing``).
+    /// Descriptors kept out of the connection budget: the database and Redis pools, ``refusing``, and this
+    /// many more for files, the listening socket, DNS, and the AI provider's and webhooks' connections.
     static let spareDescriptors = 64
 
     /// Connections past ``maxConnections`` accepted at once to be answered 503; past them the server stops
@@ -43,16 +42,16 @@ struct ConnectionLimits: Sendable {
     var acceptLimit: Int { maxConnections + Self.refusing }
 
     /// Raises the soft descriptor limit to the hard one, and returns the connection limit that leaves
-    /// `reserved` descriptors (the database and Redis pools) plus ``spareDescriptors`` free.
+    /// `reserved` descriptors (the database and Redis pools) plus ``spareDescriptors`` and ``refusing`` free.
     func fitted(reserving reserved: Int, logger: Logger) -> ConnectionLimits {
         let available = Self.raiseDescriptorLimit(logger: logger)
-        let budget = available - reserved - Self.spareDescriptors
+        let budget = available - reserved - Self.spareDescriptors - Self.refusing
         var fitted = self
         if budget < maxConnections {
             fitted.maxConnections = max(1, budget)
             logger.notice(
                 "fewer connections than asked: the descriptor limit leaves room for \(fitted.maxConnections)",
-                metadata: ["convo.descriptors": "\(available)", "convo.reserved": "\(reserved + Self.spareDescriptors)"])
+                metadata: ["convo.descriptors": "\(available)", "convo.reserved": "\(reserved + Self.spareDescriptors + Self.refusing)"])
         }
         return fitted
     }
