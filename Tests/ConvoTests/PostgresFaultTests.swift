@@ -153,6 +153,8 @@ import Glibc
                 #expect(!answer.body.contains("pid \(pid)"))
                 let status = try await ConvoProcess.run(["projections", "status"], environment: fleet.env)
                 #expect(status.stdout.contains("held back by an open transaction: pid \(pid), database reports"), "\(status.stdout)")
+                let verify = try await ConvoProcess.run(["projections", "verify", "--all", "--max-waiting-seconds", "2"], environment: fleet.env)
+                #expect(verify.status == 3 && verify.stdout.contains("not yet readable") && verify.stdout.contains("pid \(pid), database reports"), "\(verify.stdout)\(verify.stderr)")
                 try await connection.query("ROLLBACK", logger: logger)
                 #expect(try await eventually(timeout: .seconds(30)) { await fleet.get(server, "/readyz").status == 200 })
                 #expect(try await eventually(timeout: .seconds(60)) { try await fleet.allProcessed(conversations).done })

@@ -284,6 +284,49 @@ final class Seen: Sendable {
         }
     }
 
+    /// A leased rebuild's session says what it is in `pg_stat_activity` while it runs (`convo rebuild NAMES
+    /// PID@HOST`), and goes back to the pool without the name.
+    @Test func aLeasedRebuildsSessionIsNamedWhileItRuns() async throws {
+        try await TestDatabase.withFreshDatabase { url in
+            try await TestDatabase.withStore(url: url) { store in
+                try await Traffic(store: store).run(turns: 20, conversations: 4)
+                #expect(try await settled(store))
+                let name = "convo rebuild conversations \(ProcessInfo.processInfo.processIdentifier)@\(ProcessInstance.host)"
+                func named() async throws -> Int64 {
+                    // This database's sessions only: other tests of this process rebuild too, under the same name.
+                    let rows = try await store.client.query(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = \(name) AND datname = current_database()")
+                    var count: Int64 = 0
+                    for try await value in rows.decode(Int64.self) { count = value }
+                    return count
+                }
+                let leased = ProjectionRebuilder(store: store, configuration: .init(batchSize: 5, sessionLease: .seconds(20)), logger: TestDatabase.logger)
+                let halfway = AsyncStream<Void>.makeStream()
+                let release = DispatchSemaphore(value: 0)
+                let first = Seen()
+                let rebuild = Task {
+                    defer { halfway.continuation.finish() }
+                    return try await leased.rebuild([ConversationsProjection()], reason: "named") { progress in
+                        // Held here once (bounded) while the test looks: the progress callback is synchronous.
+                        guard progress.events > 0, first.events.compareExchange(expected: 0, desired: 1, ordering: .relaxed).exchanged else { return }
+                        halfway.continuation.yield()
+                        _ = release.wait(timeout: .now() + 20)
+                    }
+                }
+                var reached = false
+                for await _ in halfway.stream {
+                    reached = true
+                    break
+                }
+                let whileRunning = try await named()
+                release.signal()
+                _ = try await rebuild.value
+                #expect(reached && whileRunning == 1, "sessions named \(name) while the rebuild ran: \(whileRunning)")
+                #expect(try await named() == 0)
+            }
+        }
+    }
+
     @Test func aSecondRebuildOfTheSameProjectionIsRefusedWhileOneRuns() async throws {
         try await TestDatabase.withFreshDatabase { url in
             try await TestDatabase.withStore(url: url) { store in

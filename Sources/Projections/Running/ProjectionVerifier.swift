@@ -43,6 +43,9 @@ public struct ProjectionVerifier: Sendable {
         public var head: Int64?
         public var behind: Int64?
         public var waitingSeconds: Double?
+        /// Committed events after the checkpoint that no reader may take yet, and the open transaction they
+        /// wait for (``PostgresEventStore/heldBack(after:atLeast:)``), once the oldest has waited a second.
+        public var heldBack: PostgresEventStore.HeldBack?
         public var isClean: Bool { differences.isEmpty && stale == nil }
 
         /// Whether the oldest event after the checkpoint has waited longer than `limit`.
@@ -63,6 +66,7 @@ public struct ProjectionVerifier: Sendable {
                 measured[index].head = head
                 measured[index].behind = try await store.countEvents(after: checkpoint, limit: ProjectionStatus.lagCountLimit)
                 measured[index].waitingSeconds = try await store.waitingSeconds(after: checkpoint)
+                if (measured[index].waitingSeconds ?? 0) >= 1 { measured[index].heldBack = try await store.heldBack(after: checkpoint) }
             }
             return measured
         } catch {

@@ -103,7 +103,13 @@ extension Convo {
                 let limit = Duration.seconds(maxWaitingSeconds)
                 if let behind = reports.first(where: { $0.isBehind(longerThan: limit) }) {
                     if !json {
-                        print("\(behind.projection) is behind: an event has waited \(Int(behind.waitingSeconds ?? 0)) s (limit \(maxWaitingSeconds) s)")
+                        if let held = behind.heldBack, held.waitingSeconds > limit.inSeconds {
+                            print(
+                                "\(behind.projection) is behind: \(held.events) events committed but not yet readable for \(Int(held.waitingSeconds)) s "
+                                    + "(limit \(maxWaitingSeconds) s), held back by an open transaction: \(held.by)")
+                        } else {
+                            print("\(behind.projection) is behind: an event has waited \(Int(behind.waitingSeconds ?? 0)) s (limit \(maxWaitingSeconds) s)")
+                        }
                     }
                     throw ExitCode(Self.staleExitCode)
                 }
