@@ -177,6 +177,9 @@ extension PostgresEventStore {
         /// (`pid 4242, database reports, application psql, idle in transaction, open 95 s`), or its id alone
         /// when this role may not see its session.
         public var by: String
+
+        /// `N events committed but not yet readable for S s`: what every report of it starts with.
+        public var summary: String { "\(events) events committed but not yet readable for \(Int(waitingSeconds)) s" }
     }
 
     /// What holds back the committed events after `position` that readers may not take yet: `nil` when none

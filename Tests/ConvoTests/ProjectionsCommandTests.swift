@@ -35,14 +35,7 @@ import Testing
             // that across the whole cluster, which other tests share: a rebuild while one of theirs is open
             // folds what is readable and leaves the rest to a runner (there is none here). Wait until all of
             // this test's events are readable; a transaction begun later cannot hide them again.
-            let readable = try await eventually(timeout: .seconds(60)) {
-                try await TestDatabase.withClient(url: database, maximumConnections: 1) { client in
-                    let rows = try await client.query(
-                        "SELECT count(*) FILTER (WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())), count(*) FROM events")
-                    for try await (visible, all) in rows.decode((Int64, Int64).self) { return visible == all }
-                    return false
-                }
-            }
+            let readable = try await TestDatabase.withStore(url: database) { try await settled($0, timeout: .seconds(60)) }
             #expect(readable)
             let rebuilt = try await ConvoProcess.run(["projections", "rebuild", "--all"], environment: env)
             #expect(rebuilt.status == 0, "\(rebuilt.stderr)")

@@ -66,12 +66,3 @@ actor Traffic {
         }
     }
 }
-
-
-/// Waits until readers may see every stored event: none is withheld behind an open transaction any more.
-func settled(_ store: PostgresEventStore) async throws -> Bool {
-    let rows = try await store.client.query("SELECT coalesce(max(global_position), 0) FROM events")
-    var last: Int64 = 0
-    for try await value in rows.decode(Int64.self) { last = value }
-    return try await eventually { try await store.headPosition() >= last }
-}

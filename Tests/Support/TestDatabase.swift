@@ -107,3 +107,11 @@ public enum TestDatabase {
     }
 }
 
+/// Waits (up to `timeout`) until readers may see every stored event: none is withheld behind a transaction
+/// still open anywhere in the cluster, which the tests share; a transaction begun later cannot hide them again.
+public func settled(_ store: PostgresEventStore, timeout: Duration = .seconds(30)) async throws -> Bool {
+    let rows = try await store.client.query("SELECT coalesce(max(global_position), 0) FROM events")
+    var last: Int64 = 0
+    for try await value in rows.decode(Int64.self) { last = value }
+    return try await eventually(timeout: timeout) { try await store.headPosition() >= last }
+}

@@ -68,8 +68,7 @@ public struct ProjectionStatus: Sendable, Codable {
         if waitingSeconds > staleAfter.inSeconds {
             if let heldBack, heldBack.waitingSeconds > staleAfter.inSeconds {
                 // Which session it is stays out of this text (readiness is not authenticated): the status says.
-                return "stale: \(heldBack.events) events committed but not yet readable for \(Int(heldBack.waitingSeconds)) s: "
-                    + "a transaction left open in PostgreSQL holds every reader back (`convo projections status` names it)"
+                return "stale: \(heldBack.summary): a transaction left open in PostgreSQL holds every reader back (`convo projections status` names it)"
             }
             return "stale: \(lag) events behind, the oldest waiting \(Int(waitingSeconds)) s"
         }

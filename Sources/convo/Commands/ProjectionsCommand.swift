@@ -104,9 +104,7 @@ extension Convo {
                 if let behind = reports.first(where: { $0.isBehind(longerThan: limit) }) {
                     if !json {
                         if let held = behind.heldBack, held.waitingSeconds > limit.inSeconds {
-                            print(
-                                "\(behind.projection) is behind: \(held.events) events committed but not yet readable for \(Int(held.waitingSeconds)) s "
-                                    + "(limit \(maxWaitingSeconds) s), held back by an open transaction: \(held.by)")
+                            print("\(behind.projection) is behind: \(held.summary) (limit \(maxWaitingSeconds) s), held back by an open transaction: \(held.by)")
                         } else {
                             print("\(behind.projection) is behind: an event has waited \(Int(behind.waitingSeconds ?? 0)) s (limit \(maxWaitingSeconds) s)")
                         }
@@ -170,7 +168,7 @@ extension Convo {
                     if status.lag > 0 { line += " (the oldest waiting \(Int(status.waitingSeconds)) s)" }
                     print(line)
                     if let held = status.heldBack {
-                        print("  \(held.events) events committed but not yet readable for \(Int(held.waitingSeconds)) s, held back by an open transaction: \(held.by)")
+                        print("  \(held.summary), held back by an open transaction: \(held.by)")
                     }
                     if let error = status.error { print("  error at position \(status.failedPosition ?? 0): \(error)") }
                     if let rebuild = status.lastRebuild {
