@@ -16,6 +16,9 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
         commandName: "personal-data", abstract: "ingest and rebuild with sealing against without (targets ≥ 0.9×).")
 
     @Option(help: "Seconds per ingest side and round.") var seconds: Double = 8
+    @Option(help: "Slices each ingest side's seconds are cut into, the sides taking turns.") var slices: Int = 4
+    @Option(help: "Characters added to every plaintext message's text, to tell the cost of sealing from that of storing longer rows: with 88, a plaintext row is as long as a sealed one (the ciphertext in base64 with its nonce and tag, and the seal record).")
+    var plaintextPadding: Int = 0
     @Option(help: "Concurrent ingest callers.") var concurrency: Int = 64
     @Option(help: "Visitors (each with a data key of their own).") var visitors: Int = 5000
     @Option(help: "Conversations the rebuild's events are spread over.") var conversations: Int = 4000
@@ -25,14 +28,15 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
     @Flag(help: "Also time scanning and opening alone.") var diagnose = false
     @Flag(help: "Only the rebuild side.") var rebuildOnly = false
     @Flag(help: "Only the ingest side.") var ingestOnly = false
-    @Option(help: "With --rebuild-only: rebuild only this side (sealed or plaintext), for a profiler.") var profileSide: String?
+    @Option(help: "With --rebuild-only or --ingest-only: run only this side (sealed or plaintext), for a profiler.") var profileSide: String?
 
     static let target = 0.9
 
     func run() async throws {
-        let (seconds, concurrency, visitors, conversations, turns, rounds, diagnose, ingestOnly) = (
-            seconds, concurrency, visitors, conversations, turns, rounds, diagnose, ingestOnly
+        let (seconds, slices, concurrency, visitors, conversations, turns, rounds, diagnose, ingestOnly) = (
+            seconds, max(1, slices), concurrency, visitors, conversations, turns, rounds, diagnose, ingestOnly
         )
+        let padding = String(repeating: "x", count: max(0, plaintextPadding))
         if rebuildOnly {
             let ok = try await Self.rebuildSide(conversations: conversations, turns: turns, rounds: rounds, diagnose: diagnose, profileSide: profileSide)
             if check && !ok { throw ExitCode(1) }
@@ -43,7 +47,9 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
                 let sealed = PostgresEventStore(client: sealedClient, keyring: BenchDatabase.keyring, logger: BenchDatabase.logger)
                 let plain = PostgresEventStore(
                     client: plainClient, keyring: nil, vaultConfiguration: .init(allowsPlaintext: true), logger: BenchDatabase.logger)
-                report("personal-data: \(concurrency) callers, \(visitors) visitors, \(seconds) s per ingest side; rebuild of \(conversations) conversations × \(turns) turns")
+                report(
+                    "personal-data: \(concurrency) callers, \(visitors) visitors, \(seconds) s per ingest side in \(slices) slices; rebuild of \(conversations) conversations × \(turns) turns"
+                        + (padding.isEmpty ? "" : "; plaintext texts \(padding.count) characters longer"))
                 var ingestRatios: [Double] = []
                 var cpuRatios: [Double] = []
                 try await BenchDatabase.withoutAutovacuum([sealedClient, plainClient])
@@ -55,18 +61,19 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
                     group.addTask { try await plain.run() }
                     defer { group.cancelAll() }
                     for round in 1...rounds {
-                        let (withSealing, without) = try await Self.sides(
-                            round: round, settling: [sealedClient, plainClient],
-                            sealed: { try await Self.ingest(sealed, seconds: seconds, concurrency: concurrency, visitors: visitors, round: round) },
-                            plain: { try await Self.ingest(plain, seconds: seconds, concurrency: concurrency, visitors: visitors, round: round) })
+                        let (withSealing, without) = try await Self.ingestRound(
+                            round: round, slices: slices, sealed: (sealed, sealedClient), plain: (plain, plainClient),
+                            seconds: seconds, concurrency: concurrency, visitors: visitors, padding: padding, only: ingestOnly ? profileSide : nil)
                         ingestRatios.append(withSealing.rate / without.rate)
                         func µs(_ seconds: Double) -> String { (seconds * 1e6).formatted(0) }
+                        let (sealedCPU, plainCPU) = (withSealing.cpuPerMessage, without.cpuPerMessage)
                         report(
                             "  round \(round): ingest sealed \(withSealing.rate.formatted(0)) msg/s, plaintext \(without.rate.formatted(0)) msg/s: ×\((withSealing.rate / without.rate).formatted(3)); "
-                                + "CPU per message sealed: this process \(µs(withSealing.cpu.process)) µs, PostgreSQL and the rest \(µs(withSealing.cpu.rest)) µs; "
-                                + "plaintext \(µs(without.cpu.process)) µs, \(µs(without.cpu.rest)) µs; "
-                                + "messages per batch sealed \(withSealing.perBatch.formatted(1)), plaintext \(without.perBatch.formatted(1))")
-                        cpuRatios.append((without.cpu.process + without.cpu.rest) / (withSealing.cpu.process + withSealing.cpu.rest))
+                                + "CPU per message sealed: this process \(µs(sealedCPU.process)) µs, PostgreSQL and the rest \(µs(sealedCPU.rest)) µs; "
+                                + "plaintext \(µs(plainCPU.process)) µs, \(µs(plainCPU.rest)) µs; "
+                                + "messages per batch sealed \(withSealing.perBatch.formatted(1)), plaintext \(without.perBatch.formatted(1)); "
+                                + "WAL per message sealed \(withSealing.walPerMessage.formatted(0)) bytes, plaintext \(without.walPerMessage.formatted(0)) bytes")
+                        cpuRatios.append((plainCPU.process + plainCPU.rest) / (sealedCPU.process + sealedCPU.rest))
                     }
                 }
                 report("machine CPU per message, plaintext / sealed: ×\(cpuRatios.sorted()[cpuRatios.count / 2].formatted(3)) median of \(rounds)")
@@ -192,47 +199,94 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
         return (try await sealed(), first)
     }
 
-    /// Messages per second through a running IngestBatcher, `concurrency` callers sending one message after another.
-    /// Also the CPU it cost per message: this process's (the callers, the batcher, sealing) and the rest of
-    /// the machine's busy time (PostgreSQL, mostly).
-    static func ingest(_ store: PostgresEventStore, seconds: Double, concurrency: Int, visitors: Int, round: Int) async throws -> (
-        rate: Double, cpu: (process: Double, rest: Double), perBatch: Double
-    ) {
-        let batcher = IngestBatcher(store: store, logger: BenchDatabase.logger)
-        let before = IngestBaselines.CPU.now(server: nil)
-        return try await withThrowingTaskGroup(of: Int.self) { group in
-            group.addTask { try await batcher.run(); return 0 }
-            let deadline = ContinuousClock.now + .milliseconds(Int64(seconds * 1000))
-            let started = ContinuousClock.now
-            let sent = try await withThrowingTaskGroup(of: Int.self) { callersGroup in
-                for caller in 0..<concurrency {
-                    callersGroup.addTask {
-                        var count = 0
-                        while ContinuousClock.now < deadline {
-                            let visitor = (caller * 7919 + count * 31) % visitors
-                            let message = IncomingMessage(
-                                tenant: TenantID(rawValue: "ingest")!, conversationId: ConversationID(rawValue: "r\(round)-c\(visitor)")!,
-                                visitorUid: VisitorUID(rawValue: "v\(visitor)")!, messageId: "m\(caller)-\(count)",
-                                text: "Hello, I ordered a blue jacket last week and it has not arrived yet; my order number is \(caller)-\(count).",
-                                sentAt: Date())
-                            _ = try await batcher.ingest(message)
-                            count += 1
-                        }
-                        return count
-                    }
-                }
-                return try await callersGroup.reduce(0, +)
-            }
-            let elapsed = ContinuousClock.now - started
-            group.cancelAll()
-            let cpu = IngestBaselines.CPU.now(server: nil) - before
-            let written = batcher.written
-            return (
-                Double(sent) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18),
-                (cpu.benchmark / Double(max(1, sent)), max(0, cpu.machine - cpu.benchmark) / Double(max(1, sent))),
-                Double(written.messages) / Double(max(1, written.batches))
-            )
+    /// What one side's ingest came to in a round.
+    struct IngestMeasure {
+        var sent = 0
+        var seconds = 0.0
+        var cpu = IngestBaselines.CPU.zero
+        var wal = 0.0
+        var batches = 0
+        var batched = 0
+
+        var rate: Double { Double(sent) / seconds }
+        /// CPU per message: this process's (the callers, the batcher, sealing) and the rest of the machine's
+        /// busy time (PostgreSQL, mostly).
+        var cpuPerMessage: (process: Double, rest: Double) {
+            (cpu.benchmark / Double(max(1, sent)), max(0, cpu.machine - cpu.benchmark) / Double(max(1, sent)))
         }
+        var perBatch: Double { Double(batched) / Double(max(1, batches)) }
+        var walPerMessage: Double { wal / Double(max(1, sent)) }
+    }
+
+    /// One round of ingest: both databases settled, then each side's seconds cut into `slices` that take
+    /// turns (sealed first in odd slices of odd rounds, and so on), each side through an IngestBatcher of its
+    /// own running for the whole round. Taking turns in short slices puts both sides in the same stretches of
+    /// this noisy machine (a neighbour's burst, PostgreSQL's background work) rather than one side in each.
+    static func ingestRound(
+        round: Int, slices: Int, sealed: (PostgresEventStore, PostgresClient), plain: (PostgresEventStore, PostgresClient),
+        seconds: Double, concurrency: Int, visitors: Int, padding: String = "", only: String? = nil
+    ) async throws -> (sealed: IngestMeasure, plain: IngestMeasure) {
+        try await BenchDatabase.settle([sealed.1, plain.1])
+        let batchers = [IngestBatcher(store: sealed.0, logger: BenchDatabase.logger), IngestBatcher(store: plain.0, logger: BenchDatabase.logger)]
+        let clients = [sealed.1, plain.1]
+        var measures = [IngestMeasure(), IngestMeasure()]
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for batcher in batchers { group.addTask { try await batcher.run() } }
+            defer { group.cancelAll() }
+            for slice in 0..<slices {
+                for side in (round + slice) % 2 == 1 ? [0, 1] : [1, 0] where only == nil || only == ["sealed", "plaintext"][side] {
+                    let walBefore = try await walPosition(clients[side])
+                    let before = IngestBaselines.CPU.now(server: nil)
+                    let (sent, elapsed) = try await ingestSlice(
+                        batchers[side], seconds: seconds / Double(slices), concurrency: concurrency, visitors: visitors, round: round, slice: slice,
+                        padding: side == 1 ? padding : "")
+                    measures[side].cpu = measures[side].cpu + (IngestBaselines.CPU.now(server: nil) - before)
+                    measures[side].wal += try await walPosition(clients[side]) - walBefore
+                    measures[side].sent += sent
+                    measures[side].seconds += elapsed
+                }
+            }
+        }
+        for side in 0..<2 { (measures[side].batches, measures[side].batched) = batchers[side].written }
+        return (measures[0], measures[1])
+    }
+
+    /// `concurrency` callers sending one message after another through a running IngestBatcher for
+    /// `seconds`: how many were stored, and in how long.
+    static func ingestSlice(
+        _ batcher: IngestBatcher, seconds: Double, concurrency: Int, visitors: Int, round: Int, slice: Int, padding: String
+    ) async throws -> (Int, Double) {
+        let deadline = ContinuousClock.now + .milliseconds(Int64(seconds * 1000))
+        let started = ContinuousClock.now
+        let sent = try await withThrowingTaskGroup(of: Int.self) { callersGroup in
+            for caller in 0..<concurrency {
+                callersGroup.addTask {
+                    var count = 0
+                    while ContinuousClock.now < deadline {
+                        let visitor = (caller * 7919 + count * 31) % visitors
+                        let message = IncomingMessage(
+                            tenant: TenantID(rawValue: "ingest")!, conversationId: ConversationID(rawValue: "r\(round)-c\(visitor)")!,
+                            visitorUid: VisitorUID(rawValue: "v\(visitor)")!, messageId: "m\(slice)-\(caller)-\(count)",
+                            text: "Hello, I ordered a blue jacket last week and it has not arrived yet; my order number is \(caller)-\(count).\(padding)",
+                            sentAt: Date())
+                        _ = try await batcher.ingest(message)
+                        count += 1
+                    }
+                    return count
+                }
+            }
+            return try await callersGroup.reduce(0, +)
+        }
+        let elapsed = ContinuousClock.now - started
+        return (sent, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+    }
+
+    /// Where PostgreSQL's write-ahead log is: bytes written to it since it began (the whole server's).
+    static func walPosition(_ client: PostgresClient) async throws -> Double {
+        for try await wal in try await client.query("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8", logger: BenchDatabase.logger).decode(Double.self) {
+            return wal
+        }
+        return 0
     }
 
     /// What the responder writes for `turns` turns of each conversation, through the store (sealed when it seals).
