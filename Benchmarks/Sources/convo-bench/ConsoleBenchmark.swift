@@ -52,7 +52,11 @@ struct ConsoleBenchmark: AsyncParsableCommand {
             let env = IngestBenchmark.environment(url)
             let key = try IngestBenchmark.makeKey(binary, scopes: "ingest,read,admin", env)
             let (server, port) = try IngestBenchmark.serve(binary, [], env)
-            defer { server.terminate() }
+            // Waited for, so its CPU time is counted (as an exited child's) before the next measure starts, not in it.
+            defer {
+                server.terminate()
+                server.waitUntilExit()
+            }
             let http = HTTPClient(eventLoopGroupProvider: .singleton)
             let base = "http://127.0.0.1:\(port)"
             do {

@@ -41,7 +41,11 @@ struct IngestBenchmark: AsyncParsableCommand {
             let env = Self.environment(url)
             let secret = try Self.makeKey(binary, scopes: "ingest", env)
             let (server, port) = try Self.serve(binary, ["--no-responder", "--no-projections"], env)
-            defer { server.terminate() }
+            // Waited for, so its CPU time is counted (as an exited child's) before the next measure starts, not in it.
+            defer {
+                server.terminate()
+                server.waitUntilExit()
+            }
             let http = HTTPClient(
                 eventLoopGroupProvider: .singleton,
                 configuration: .init(connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: concurrency)))
