@@ -20,6 +20,8 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
     @Option(help: "Characters added to every plaintext message's text, to tell the cost of sealing from that of storing longer rows: with 88, a plaintext row is as long as a sealed one (the ciphertext in base64 with its nonce and tag, and the seal record).")
     var plaintextPadding: Int = 0
     @Option(help: "Concurrent ingest callers.") var concurrency: Int = 64
+    @Option(help: "Percent of ingested messages that are a new visitor's first (a data key made for them on the sealed side).")
+    var newVisitors: Int = 0
     @Option(help: "Visitors (each with a data key of their own).") var visitors: Int = 5000
     @Option(help: "Conversations the rebuild's events are spread over.") var conversations: Int = 4000
     @Option(help: "Turns per conversation for the rebuild (8 events each).") var turns: Int = 12
@@ -37,6 +39,8 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
             seconds, max(1, slices), concurrency, visitors, conversations, turns, rounds, diagnose, ingestOnly
         )
         let padding = String(repeating: "x", count: max(0, plaintextPadding))
+        guard (0...100).contains(newVisitors) else { throw ValidationError("--new-visitors is a percentage, 0 to 100") }
+        let newVisitors = newVisitors
         if rebuildOnly {
             let ok = try await Self.rebuildSide(conversations: conversations, turns: turns, rounds: rounds, diagnose: diagnose, profileSide: profileSide)
             if check && !ok { throw ExitCode(1) }
@@ -49,7 +53,8 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
                     client: plainClient, keyring: nil, vaultConfiguration: .init(allowsPlaintext: true), logger: BenchDatabase.logger)
                 report(
                     "personal-data: \(concurrency) callers, \(visitors) visitors, \(seconds) s per ingest side in \(slices) slices; rebuild of \(conversations) conversations × \(turns) turns"
-                        + (padding.isEmpty ? "" : "; plaintext texts \(padding.count) characters longer"))
+                        + (padding.isEmpty ? "" : "; plaintext texts \(padding.count) characters longer")
+                        + (newVisitors == 0 ? "" : "; \(newVisitors) % of the messages from new visitors"))
                 var ingestRatios: [Double] = []
                 var cpuRatios: [Double] = []
                 try await BenchDatabase.withoutAutovacuum([sealedClient, plainClient])
@@ -63,7 +68,8 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
                     for round in 1...rounds {
                         let (withSealing, without) = try await Self.ingestRound(
                             round: round, slices: slices, sealed: (sealed, sealedClient), plain: (plain, plainClient),
-                            seconds: seconds, concurrency: concurrency, visitors: visitors, padding: padding, only: ingestOnly ? profileSide : nil)
+                            seconds: seconds, concurrency: concurrency, visitors: visitors, padding: padding, newVisitors: newVisitors,
+                            only: ingestOnly ? profileSide : nil)
                         ingestRatios.append(withSealing.rate / without.rate)
                         func µs(_ seconds: Double) -> String { (seconds * 1e6).formatted(0) }
                         let (sealedCPU, plainCPU) = (withSealing.cpuPerMessage, without.cpuPerMessage)
@@ -224,7 +230,7 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
     /// this noisy machine (a neighbour's burst, PostgreSQL's background work) rather than one side in each.
     static func ingestRound(
         round: Int, slices: Int, sealed: (PostgresEventStore, PostgresClient), plain: (PostgresEventStore, PostgresClient),
-        seconds: Double, concurrency: Int, visitors: Int, padding: String = "", only: String? = nil
+        seconds: Double, concurrency: Int, visitors: Int, padding: String = "", newVisitors: Int = 0, only: String? = nil
     ) async throws -> (sealed: IngestMeasure, plain: IngestMeasure) {
         try await BenchDatabase.settle([sealed.1, plain.1])
         let batchers = [IngestBatcher(store: sealed.0, logger: BenchDatabase.logger), IngestBatcher(store: plain.0, logger: BenchDatabase.logger)]
@@ -239,7 +245,7 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
                     let before = IngestBaselines.CPU.now(server: nil)
                     let (sent, elapsed) = try await ingestSlice(
                         batchers[side], seconds: seconds / Double(slices), concurrency: concurrency, visitors: visitors, round: round, slice: slice,
-                        padding: side == 1 ? padding : "")
+                        padding: side == 1 ? padding : "", newVisitors: newVisitors)
                     measures[side].cpu = measures[side].cpu + (IngestBaselines.CPU.now(server: nil) - before)
                     measures[side].wal += try await walPosition(clients[side]) - walBefore
                     measures[side].sent += sent
@@ -254,7 +260,7 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
     /// `concurrency` callers sending one message after another through a running IngestBatcher for
     /// `seconds`: how many were stored, and in how long.
     static func ingestSlice(
-        _ batcher: IngestBatcher, seconds: Double, concurrency: Int, visitors: Int, round: Int, slice: Int, padding: String
+        _ batcher: IngestBatcher, seconds: Double, concurrency: Int, visitors: Int, round: Int, slice: Int, padding: String, newVisitors: Int = 0
     ) async throws -> (Int, Double) {
         let deadline = ContinuousClock.now + .milliseconds(Int64(seconds * 1000))
         let started = ContinuousClock.now
@@ -263,10 +269,15 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
                 callersGroup.addTask {
                     var count = 0
                     while ContinuousClock.now < deadline {
-                        let visitor = (caller * 7919 + count * 31) % visitors
+                        // Every message whose number falls in the first `newVisitors` of each hundred is a new
+                        // visitor's first, in a conversation of its own; the others go to the returning visitors.
+                        let (visitor, conversation) =
+                            (caller * 7 + count) % 100 < newVisitors
+                            ? ("n\(round)-\(slice)-\(caller)-\(count)", "r\(round)-n\(slice)-\(caller)-\(count)")
+                            : ("v\((caller * 7919 + count * 31) % visitors)", "r\(round)-c\((caller * 7919 + count * 31) % visitors)")
                         let message = IncomingMessage(
-                            tenant: TenantID(rawValue: "ingest")!, conversationId: ConversationID(rawValue: "r\(round)-c\(visitor)")!,
-                            visitorUid: VisitorUID(rawValue: "v\(visitor)")!, messageId: "m\(slice)-\(caller)-\(count)",
+                            tenant: TenantID(rawValue: "ingest")!, conversationId: ConversationID(rawValue: conversation)!,
+                            visitorUid: VisitorUID(rawValue: visitor)!, messageId: "m\(slice)-\(caller)-\(count)",
                             text: "Hello, I ordered a blue jacket last week and it has not arrived yet; my order number is \(caller)-\(count).\(padding)",
                             sentAt: Date())
                         _ = try await batcher.ingest(message)
