@@ -75,6 +75,27 @@ public struct ProjectionStatus: Sendable, Codable {
         return nil
     }
 
+    /// How far behind a checkpoint is: the readable events after it (counted up to ``lagCountLimit``), how
+    /// long the oldest committed one has waited, and, once that is a second, what holds it back.
+    struct Lag {
+        var events: Int64
+        var waitingSeconds: Double
+        var heldBack: PostgresEventStore.HeldBack?
+
+        /// Each distinct checkpoint measured once: runners held back by one open transaction all stop at the
+        /// same position, and a status read (every `/readyz`) would otherwise count the same backlog, up to
+        /// a million events, once per projection, while PostgreSQL is already in trouble.
+        static func measure(after checkpoints: [Int64], store: PostgresEventStore) async throws -> [Int64: Lag] {
+            var measured: [Int64: Lag] = [:]
+            for checkpoint in checkpoints where measured[checkpoint] == nil {
+                let events = try await store.countEvents(after: checkpoint, limit: lagCountLimit)
+                let waiting = try await store.waitingSeconds(after: checkpoint)
+                measured[checkpoint] = Lag(events: events, waitingSeconds: waiting, heldBack: waiting >= 1 ? try await store.heldBack(after: checkpoint) : nil)
+            }
+            return measured
+        }
+    }
+
     /// The status of `projections`.
     ///
     /// - Throws: ``ProjectionError`` when PostgreSQL cannot be read.
@@ -86,11 +107,13 @@ public struct ProjectionStatus: Sendable, Codable {
                 for projection in projections { statuses.append(try await read(projection, head: head, on: connection, logger: logger)) }
                 return statuses
             }
-            for index in statuses.indices where statuses[index].storedVersion != nil {
-                let checkpoint = statuses[index].checkpoint
-                statuses[index].lag = try await store.countEvents(after: checkpoint, limit: lagCountLimit)
-                statuses[index].waitingSeconds = try await store.waitingSeconds(after: checkpoint)
-                if statuses[index].waitingSeconds >= 1 { statuses[index].heldBack = try await store.heldBack(after: checkpoint) }
+            let built = statuses.indices.filter { statuses[$0].storedVersion != nil }
+            let measures = try await Lag.measure(after: built.map { statuses[$0].checkpoint }, store: store)
+            for index in built {
+                guard let measure = measures[statuses[index].checkpoint] else { continue }
+                statuses[index].lag = measure.events
+                statuses[index].waitingSeconds = measure.waitingSeconds
+                statuses[index].heldBack = measure.heldBack
             }
             return statuses
         } catch let error as ProjectionError {

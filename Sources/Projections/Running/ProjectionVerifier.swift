@@ -61,12 +61,13 @@ public struct ProjectionVerifier: Sendable {
         do {
             let head = try await store.headPosition(.allTenants)
             var measured = reports
+            let lags = try await ProjectionStatus.Lag.measure(after: reports.map(\.checkpoint), store: store)
             for index in measured.indices {
-                let checkpoint = measured[index].checkpoint
+                guard let lag = lags[measured[index].checkpoint] else { continue }
                 measured[index].head = head
-                measured[index].behind = try await store.countEvents(after: checkpoint, limit: ProjectionStatus.lagCountLimit)
-                measured[index].waitingSeconds = try await store.waitingSeconds(after: checkpoint)
-                if (measured[index].waitingSeconds ?? 0) >= 1 { measured[index].heldBack = try await store.heldBack(after: checkpoint) }
+                measured[index].behind = lag.events
+                measured[index].waitingSeconds = lag.waitingSeconds
+                measured[index].heldBack = lag.heldBack
             }
             return measured
         } catch {

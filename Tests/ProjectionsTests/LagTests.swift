@@ -1,0 +1,33 @@
+import ConvoTestSupport
+import EventStore
+import Foundation
+import Testing
+
+@testable import Projections
+
+@Suite struct LagTests {
+    /// A status read measures each distinct checkpoint once (the projections held back by one open
+    /// transaction all stop at the same one), and hands each projection what its own checkpoint measures.
+    @Test func eachCheckpointIsMeasuredOnceAndGivesWhatItsOwnMeasureGives() async throws {
+        try await TestDatabase.withFreshDatabase { url in
+            try await TestDatabase.withStore(url: url) { store in
+                try await Traffic(store: store).run(turns: 10, conversations: 3)
+                #expect(try await settled(store))
+                let positions = try await store.readAll(.allTenants, after: 0, maxCount: 1000).map(\.globalPosition)
+                #expect(positions.count > 20)
+                let middle = positions[positions.count / 2]
+                let last = positions[positions.count - 1]
+                let lags = try await ProjectionStatus.Lag.measure(after: [0, middle, 0, last, middle], store: store)
+                #expect(Set(lags.keys) == [0, middle, last])
+                #expect(lags[0]?.events == Int64(positions.count))
+                #expect(lags[middle]?.events == Int64(positions.filter { $0 > middle }.count))
+                #expect(lags[last]?.events == 0 && lags[last]?.waitingSeconds == 0)
+                for (checkpoint, lag) in lags {
+                    #expect(lag.events == (try await store.countEvents(after: checkpoint, limit: ProjectionStatus.lagCountLimit)))
+                    #expect(lag.heldBack == nil)
+                }
+                #expect((lags[0]?.waitingSeconds ?? -1) > 0)
+            }
+        }
+    }
+}
