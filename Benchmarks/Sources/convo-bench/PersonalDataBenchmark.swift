@@ -40,6 +40,7 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
         )
         let padding = String(repeating: "x", count: max(0, plaintextPadding))
         guard (0...100).contains(newVisitors) else { throw ValidationError("--new-visitors is a percentage, 0 to 100") }
+        if let profileSide, !["sealed", "plaintext"].contains(profileSide) { throw ValidationError("--profile-side is sealed or plaintext") }
         let newVisitors = newVisitors
         if rebuildOnly {
             let ok = try await Self.rebuildSide(conversations: conversations, turns: turns, rounds: rounds, diagnose: diagnose, profileSide: profileSide)
@@ -225,8 +226,8 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
     }
 
     /// One round of ingest: both databases settled, then each side's seconds cut into `slices` that take
-    /// turns (sealed first in odd slices of odd rounds, and so on), each side through an IngestBatcher of its
-    /// own running for the whole round. Taking turns in short slices puts both sides in the same stretches of
+    /// turns (the side going first alternating from slice to slice and from round to round), each side
+    /// through an IngestBatcher of its own running for the whole round. Taking turns in short slices puts both sides in the same stretches of
     /// this noisy machine (a neighbour's burst, PostgreSQL's background work) rather than one side in each.
     static func ingestRound(
         round: Int, slices: Int, sealed: (PostgresEventStore, PostgresClient), plain: (PostgresEventStore, PostgresClient),
