@@ -13,6 +13,34 @@ import Testing
         var text: String
     }
 
+    /// A stream's place counts from when its request is admitted, before its body registers the listener: a
+    /// request right behind it at the limit is refused (it was answered 200 when the count waited for the body).
+    /// A place dropped unused is given back; one used is given back once, when its listener is removed.
+    @Test func aPlaceCountsFromAdmissionAndIsGivenBackOnce() async throws {
+        try await TestDatabase.withStore { store in
+            let feed = ConversationFeed(store: store, limits: .init(total: 3, perTenant: 2), logger: TestDatabase.logger)
+            let (tenant, other) = (TestDatabase.uniqueTenant(), TestDatabase.uniqueTenant())
+            var first: ConversationFeed.Place? = try #require(feed.place(for: tenant))
+            let second = try #require(feed.place(for: tenant))
+            #expect(feed.place(for: tenant) == nil)
+            #expect(feed.listenerCount == 2)
+            // A response dropped unwritten: its place goes with it.
+            first = nil
+            #expect(first == nil && feed.listenerCount == 1)
+            let third = try #require(feed.place(for: tenant))
+            // Used: registered once, given back once, when removed.
+            let listener = try #require(feed.listen(in: second, conversation: nil))
+            #expect(feed.listen(in: second, conversation: nil) == nil)
+            #expect(feed.listenerCount == 2)
+            // The total counts every tenant's places.
+            let elsewhere = try #require(feed.place(for: other))
+            #expect(feed.place(for: other) == nil)
+            feed.remove(listener)
+            #expect(feed.listenerCount == 2)
+            withExtendedLifetime((second, third, elsewhere)) {}
+        }
+    }
+
     /// The feed rests while nobody listens (moving its position to the head) and follows again when someone
     /// does: each listener gets every event of its conversation committed after it registered, whether it
     /// came during a rest, right after one, or while the position was being moved.

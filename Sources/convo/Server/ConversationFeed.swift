@@ -74,28 +74,63 @@ final class ConversationFeed: Service, Sendable {
         self.logger = logger
     }
 
-    /// Whether a new listener of `tenant` would be within the limits now.
-    func admits(_ tenant: TenantID) -> Bool {
-        listeners.withLock { $0.total < limits.total && $0.perTenant[tenant, default: 0] < limits.perTenant }
+    /// A listener's place in the limits, taken when its request is admitted: a stream answered 200 holds its
+    /// place from then on, before its body runs (the next request of the tenant sees it counted), and a
+    /// place whose response was dropped unwritten is given back when it goes.
+    final class Place: Sendable {
+        let tenant: TenantID
+        private let feed: ConversationFeed
+        private let taken = Atomic<Bool>(false)
+
+        fileprivate init(tenant: TenantID, feed: ConversationFeed) {
+            self.tenant = tenant
+            self.feed = feed
+        }
+
+        /// Whether this call is the one that turns the place into a listener (once only).
+        fileprivate func take() -> Bool { !taken.exchange(true, ordering: .acquiringAndReleasing) }
+
+        deinit { if !taken.load(ordering: .acquiring) { feed.giveBack(tenant) } }
     }
 
-    /// Registers a listener of a conversation's new events (of all the tenant's conversations when
-    /// `conversation` is `nil`), unless the limits are reached (`nil`). Call ``remove(_:)`` when done.
-    func listen(tenant: TenantID, conversation: ConversationID?) -> Listener? {
-        let key = Key(tenant: tenant, conversation: conversation)
-        let id = UUID()
-        let (items, continuation) = AsyncStream<Item>.makeStream(bufferingPolicy: .bufferingOldest(Self.bufferLimit))
+    /// A place for a new listener of `tenant`, counted now; `nil` when the limits are reached.
+    func place(for tenant: TenantID) -> Place? {
         let admitted = listeners.withLock { listeners -> Bool in
             guard listeners.total < limits.total, listeners.perTenant[tenant, default: 0] < limits.perTenant else { return false }
-            listeners.entries[key, default: [:]][id] = continuation
-            listeners.registrations += 1
             listeners.total += 1
             listeners.perTenant[tenant, default: 0] += 1
             return true
         }
-        guard admitted else { return nil }
+        return admitted ? Place(tenant: tenant, feed: self) : nil
+    }
+
+    private func giveBack(_ tenant: TenantID) {
+        listeners.withLock { listeners in
+            listeners.total -= 1
+            listeners.perTenant[tenant, default: 1] -= 1
+            if listeners.perTenant[tenant] == 0 { listeners.perTenant[tenant] = nil }
+        }
+    }
+
+    /// Registers a listener of a conversation's new events (of all the tenant's conversations when
+    /// `conversation` is `nil`) in a place taken with ``place(for:)``; `nil` when the place was used already.
+    /// Call ``remove(_:)`` when done: it gives the place back.
+    func listen(in place: Place, conversation: ConversationID?) -> Listener? {
+        guard place.take() else { return nil }
+        let key = Key(tenant: place.tenant, conversation: conversation)
+        let id = UUID()
+        let (items, continuation) = AsyncStream<Item>.makeStream(bufferingPolicy: .bufferingOldest(Self.bufferLimit))
+        listeners.withLock { listeners in
+            listeners.entries[key, default: [:]][id] = continuation
+            listeners.registrations += 1
+        }
         if stopped.load(ordering: .relaxed) { continuation.finish() }
         return Listener(id: id, key: key, items: items)
+    }
+
+    /// ``place(for:)`` and ``listen(in:conversation:)`` at once; `nil` when the limits are reached.
+    func listen(tenant: TenantID, conversation: ConversationID?) -> Listener? {
+        place(for: tenant).flatMap { listen(in: $0, conversation: conversation) }
     }
 
     func remove(_ listener: Listener) {

@@ -51,7 +51,8 @@ struct StreamRoute: Sendable {
         let store = context.store
         let feed = context.feed
         let every = max(context.keys.ttl, .seconds(1))
-        guard feed.admits(tenant) else { throw Self.tooMany(feed) }
+        // The place is counted now, before the 200 goes out: a request right behind this one sees it taken.
+        guard let place = feed.place(for: tenant) else { throw Self.tooMany(feed) }
         /// The stored events after a position, a page at a time (the tenant's: of its conversations only).
         @Sendable func stored(after position: Int64) async throws -> (events: [RecordedEvent], last: Int64?) {
             if let conversation {
@@ -71,10 +72,8 @@ struct StreamRoute: Sendable {
             body: ResponseBody { writer in
                 // Listen before reading what is stored: an event committed in between comes through both, and
                 // the position filter drops the second copy. Registered here, so a body never written
-                // leaves no listener behind.
-                guard let listener = feed.listen(tenant: tenant, conversation: conversation) else {
-                    // Another stream took the last place since the check above.
-                    try await writer.write(ByteBuffer(string: ": too many open event streams; retry later\n\n"))
+                // leaves no listener behind (its place is given back when the response goes).
+                guard let listener = feed.listen(in: place, conversation: conversation) else {
                     try await writer.finish(nil)
                     return
                 }
