@@ -54,7 +54,8 @@ final class ConversationFeed: Service, Sendable {
     /// disconnected, and catches up from the database when it reconnects with `Last-Event-ID`.
     static let bufferLimit = 1000
     /// The listeners by conversation, and how many registered since start: one lock for both, so the idle
-    /// feed sees a listener stored exactly when it sees it counted.
+    /// feed sees a listener stored exactly when it sees it counted. `total` and `perTenant` count the places
+    /// taken (``Place``), registered as listeners or not yet.
     private struct Listeners {
         var entries: [Key: [UUID: AsyncStream<Item>.Continuation]] = [:]
         var registrations = 0
@@ -106,9 +107,10 @@ final class ConversationFeed: Service, Sendable {
 
     private func giveBack(_ tenant: TenantID) {
         listeners.withLock { listeners in
-            listeners.total -= 1
+            // (Not below zero: the feed's end, shutting down, forgets every count at once.)
+            listeners.total = max(0, listeners.total - 1)
             listeners.perTenant[tenant, default: 1] -= 1
-            if listeners.perTenant[tenant] == 0 { listeners.perTenant[tenant] = nil }
+            if listeners.perTenant[tenant, default: 0] <= 0 { listeners.perTenant[tenant] = nil }
         }
     }
 
