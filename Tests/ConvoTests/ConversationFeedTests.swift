@@ -66,7 +66,7 @@ import Testing
                     _ = try await say("unheard \(round)a")
                     try await Task.sleep(for: .milliseconds(rest))
                     _ = try await say("unheard \(round)b")
-                    let listener = try #require(feed.listen(tenant: tenant, conversation: conversation))
+                    let listener = try #require(feed.place(for: tenant).flatMap { feed.listen(in: $0, conversation: conversation) })
                     var positions: [Int64] = []
                     for index in 0..<3 { positions.append(try await say("heard \(round).\(index)")) }
                     let expected = positions

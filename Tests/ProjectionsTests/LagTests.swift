@@ -6,9 +6,10 @@ import Testing
 @testable import Projections
 
 @Suite struct LagTests {
-    /// A status read measures each distinct checkpoint once (the projections held back by one open
-    /// transaction all stop at the same one), and hands each projection what its own checkpoint measures.
-    @Test func eachCheckpointIsMeasuredOnceAndGivesWhatItsOwnMeasureGives() async throws {
+    /// The measures of a status read: one per distinct checkpoint (the projections held back by one open
+    /// transaction all stop at the same one), each what the store's own counts give for it. That the store is
+    /// asked once per checkpoint follows from the one entry; it is not counted here.
+    @Test func eachDistinctCheckpointGetsOneMeasureEqualToTheStoresOwn() async throws {
         try await TestDatabase.withFreshDatabase { url in
             try await TestDatabase.withStore(url: url) { store in
                 try await Traffic(store: store).run(turns: 10, conversations: 3)

@@ -119,7 +119,7 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
                             let started = ContinuousClock.now
                             let count = try await store.scanAll(after: 0, batchSize: 2000, opening: opening) { _ in }
                             let elapsed = ContinuousClock.now - started
-                            report("  scan \(name): \(count) events in \(elapsed) (\((Double(count) / (Double(elapsed.components.attoseconds) / 1e18 + Double(elapsed.components.seconds))).formatted(0)) ev/s)")
+                            report("  scan \(name): \(count) events in \(elapsed) (\((Double(count) / elapsed.seconds).formatted(0)) ev/s)")
                         }
                         // Reading alone (pages, nothing opened), then opening alone on the pages read.
                         var batches: [[RecordedEvent]] = []
@@ -290,7 +290,7 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
             return try await callersGroup.reduce(0, +)
         }
         let elapsed = ContinuousClock.now - started
-        return (sent, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+        return (sent, elapsed.seconds)
     }
 
     /// Where PostgreSQL's write-ahead log is: bytes written to it since it began (the whole server's).
@@ -359,6 +359,6 @@ struct PersonalDataBenchmark: AsyncParsableCommand {
         let summaries = try await ProjectionRebuilder(store: store, logger: BenchDatabase.logger).rebuild(ProjectionRegistry.standard, reason: "bench")
         let elapsed = ContinuousClock.now - started
         let events = summaries.map(\.events).max() ?? 0
-        return (events, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18, IngestBaselines.CPU.now(server: nil) - before)
+        return (events, elapsed.seconds, IngestBaselines.CPU.now(server: nil) - before)
     }
 }

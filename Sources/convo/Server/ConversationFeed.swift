@@ -130,11 +130,6 @@ final class ConversationFeed: Service, Sendable {
         return Listener(id: id, key: key, items: items)
     }
 
-    /// ``place(for:)`` and ``listen(in:conversation:)`` at once; `nil` when the limits are reached.
-    func listen(tenant: TenantID, conversation: ConversationID?) -> Listener? {
-        place(for: tenant).flatMap { listen(in: $0, conversation: conversation) }
-    }
-
     func remove(_ listener: Listener) {
         let continuation = listeners.withLock { listeners -> AsyncStream<Item>.Continuation? in
             guard let removed = listeners.entries[listener.key]?.removeValue(forKey: listener.id) else { return nil }
