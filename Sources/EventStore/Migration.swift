@@ -37,5 +37,6 @@ public struct Migration: Sendable, Hashable {
         Migration(fileName: "0015_personal_data_keys.sql", bytes: PackageResources._015_personal_data_keys_sql),
         Migration(fileName: "0016_console_sessions.sql", bytes: PackageResources._016_console_sessions_sql),
         Migration(fileName: "0017_read_streams.sql", bytes: PackageResources._017_read_streams_sql),
+        Migration(fileName: "0018_append_many_with_keys.sql", bytes: PackageResources._018_append_many_with_keys_sql),
     ]
 }

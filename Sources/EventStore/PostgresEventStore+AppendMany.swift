@@ -33,8 +33,43 @@ extension PostgresEventStore {
         guard !requests.isEmpty else { return [] }
         for request in requests { try validate(request.events, expectedVersion: request.expectedVersion) }
         guard requests.contains(where: { $0.events.contains { !$0.personalFields.isEmpty } }) else { return try await appendSealed(requests) }
-        // Personal data sealed first; an append refused there (a forgotten visitor) is answered alone.
+        // A new visitor's key is stored by the statement that stores the events it seals: one commit.
+        if let results = try await appendStoringNewKeys(requests) { return results }
+        // Personal data sealed first, new keys stored first; an append refused there (a forgotten visitor)
+        // is answered alone.
         let sealed = try await vault.seal(requests.map { ($0.events, $0.tenant) })
+        return try await appendSealed(requests, sealed: sealed.results)
+    }
+
+    /// The appends sealed, each with the key its visitor has or a new one, and stored with their new keys by
+    /// one statement (the batch statement, or `convo_append_many_keyed`): `nil` when it wrote nothing (a key
+    /// another writer stored first, a deadlock; for the batch statement also a stream held by another append,
+    /// a version or an id taken), for the caller to seal again, storing keys first, and append.
+    private func appendStoringNewKeys(_ requests: [AppendRequest]) async throws -> [Result<AppendResult, EventStoreError>]? {
+        let sealed = try await vault.seal(requests.map { ($0.events, $0.tenant) }, leavingNewKeys: true)
+        guard !sealed.newKeys.isEmpty else { return try await appendSealed(requests, sealed: sealed.results) }
+        let (accepted, places, refused) = Self.accepted(requests, sealed: sealed.results)
+        var results = refused
+        guard !accepted.isEmpty else { return results.map { $0! } }
+        let arguments = try Self.batchArguments(accepted)
+        let start = ContinuousClock.now
+        let written: [Result<AppendResult, EventStoreError>]
+        if Self.fitsBatch(accepted) {
+            guard let batch = try await batchAppend(accepted, arguments, newKeys: sealed.newKeys) else { return nil }
+            written = batch
+        } else {
+            do { written = try await appendByFunction(accepted, arguments, newKeys: sealed.newKeys) } catch is NewKeysLost { return nil }
+        }
+        appendDuration.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
+        vault.kept(sealed.newKeys, epoch: sealed.epoch)
+        for (place, result) in zip(places, written) { results[place] = result }
+        return results.map { $0! }
+    }
+
+    /// The appends whose events were sealed, where they were in the call, and the refusals in their places.
+    private static func accepted(
+        _ requests: [AppendRequest], sealed: [Result<[NewEvent], EventStoreError>]
+    ) -> (accepted: [AppendRequest], places: [Int], results: [Result<AppendResult, EventStoreError>?]) {
         var results = [Result<AppendResult, EventStoreError>?](repeating: nil, count: requests.count)
         var accepted: [AppendRequest] = []
         var places: [Int] = []
@@ -49,13 +84,29 @@ extension PostgresEventStore {
                 results[index] = .failure(error)
             }
         }
+        return (accepted, places, results)
+    }
+
+    private func appendSealed(_ requests: [AppendRequest], sealed: [Result<[NewEvent], EventStoreError>]) async throws -> [Result<AppendResult, EventStoreError>] {
+        let (accepted, places, refused) = Self.accepted(requests, sealed: sealed)
+        var results = refused
         if !accepted.isEmpty {
             for (place, result) in zip(places, try await appendSealed(accepted)) { results[place] = result }
         }
         return results.map { $0! }
     }
 
-    private func appendSealed(_ requests: [AppendRequest]) async throws -> [Result<AppendResult, EventStoreError>] {
+    /// Whether the appends fit one batch statement (``BatchAppendStatement``): one event each, each stream once.
+    static func fitsBatch(_ requests: [AppendRequest]) -> Bool {
+        var seen = Set<StreamKey>()
+        for request in requests where request.events.count != 1 || !seen.insert(StreamKey(tenant: request.tenant, stream: request.stream)).inserted {
+            return false
+        }
+        return true
+    }
+
+    /// The appends' columns, as the append statements take them.
+    struct BatchArguments {
         var tenants: [String] = []
         var streams: [String] = []
         var expected: [Int64] = []
@@ -64,36 +115,75 @@ extension PostgresEventStore {
         var types: [String] = []
         var data: [JSONB] = []
         var metadata: [JSONB] = []
+    }
+
+    static func batchArguments(_ requests: [AppendRequest]) throws -> BatchArguments {
+        var arguments = BatchArguments()
         for request in requests {
-            tenants.append(request.tenant.rawValue)
-            streams.append(request.stream.description)
-            expected.append(request.expectedVersion.sqlValue)
-            counts.append(Int32(request.events.count))
+            arguments.tenants.append(request.tenant.rawValue)
+            arguments.streams.append(request.stream.description)
+            arguments.expected.append(request.expectedVersion.sqlValue)
+            arguments.counts.append(Int32(request.events.count))
             for event in request.events {
-                ids.append(event.eventId)
-                types.append(event.type)
-                data.append(JSONB(event.data))
-                metadata.append(JSONB(try JSONWriter.metadata(event.metadata)))
+                arguments.ids.append(event.eventId)
+                arguments.types.append(event.type)
+                arguments.data.append(JSONB(event.data))
+                arguments.metadata.append(JSONB(try JSONWriter.metadata(event.metadata)))
             }
         }
-        guard ids.count <= Self.maxEventsPerCall else {
-            throw EventStoreError(code: .invalidArgument, message: "one call appends at most \(Self.maxEventsPerCall) events")
+        guard arguments.ids.count <= maxEventsPerCall else {
+            throw EventStoreError(code: .invalidArgument, message: "one call appends at most \(maxEventsPerCall) events")
         }
+        return arguments
+    }
+
+    private func appendSealed(_ requests: [AppendRequest]) async throws -> [Result<AppendResult, EventStoreError>] {
+        let arguments = try Self.batchArguments(requests)
         let start = ContinuousClock.now
-        if let results = try await batchAppend(requests, tenants: tenants, streams: streams, expected: expected, ids: ids, types: types, data: data, metadata: metadata) {
+        if Self.fitsBatch(requests), let results = try await batchAppend(requests, arguments) {
             appendDuration.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
             return results
+        }
+        let results = try await appendByFunction(requests, arguments)
+        appendDuration.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
+        return results
+    }
+
+    /// A key stored by another writer first, or a deadlock, undid a call that was to store new keys: nothing
+    /// of it was written.
+    private struct NewKeysLost: Error {}
+
+    /// The appends through `convo_append_many`, which takes every shape of append and waits for the streams'
+    /// append locks; with `newKeys`, through `convo_append_many_keyed`, which stores them in the same
+    /// transaction.
+    ///
+    /// - Throws: ``NewKeysLost`` when `newKeys` could not all be stored, or a deadlock undid the call.
+    private func appendByFunction(
+        _ requests: [AppendRequest], _ arguments: BatchArguments, newKeys: [PersonalDataVault.NewKey] = []
+    ) async throws -> [Result<AppendResult, EventStoreError>] {
+        let (tenants, streams, expected, counts) = (arguments.tenants, arguments.streams, arguments.expected, arguments.counts)
+        let (ids, types, data, metadata) = (arguments.ids, arguments.types, arguments.data, arguments.metadata)
+        let query: PostgresQuery
+        if newKeys.isEmpty {
+            query = """
+                SELECT item, event_id, stream_version, global_position, recorded_at, duplicate, error, actual
+                FROM convo_append_many(\(tenants), \(streams), \(expected), \(counts), \(ids), \(types), \(data), \(metadata))
+                """
+        } else {
+            let (keyTenants, keySubjects, keyGenerations) = (newKeys.map(\.id.tenant), newKeys.map(\.id.subject), newKeys.map { Int64($0.generation) })
+            let (keyMasters, keysWrapped) = (newKeys.map(\.masterKeyId), newKeys.map(\.wrapped))
+            query = """
+                SELECT item, event_id, stream_version, global_position, recorded_at, duplicate, error, actual
+                FROM convo_append_many_keyed(\(keyTenants), \(keySubjects), \(keyGenerations), \(keyMasters), \(keysWrapped),
+                    \(tenants), \(streams), \(expected), \(counts), \(ids), \(types), \(data), \(metadata))
+                """
         }
         var attempt = 0
         while true {
             attempt += 1
             let sending = SendMarker()
             do {
-                let rows = try await client.queryOpen(
-                    """
-                    SELECT item, event_id, stream_version, global_position, recorded_at, duplicate, error, actual
-                    FROM convo_append_many(\(tenants), \(streams), \(expected), \(counts), \(ids), \(types), \(data), \(metadata))
-                    """, logger: logger, sending: sending)
+                let rows = try await client.queryOpen(query, logger: logger, sending: sending)
                 var recorded = Array(repeating: [AppendResult.Recorded](), count: requests.count)
                 var duplicate = Array(repeating: false, count: requests.count)
                 var failures: [Int: EventStoreError] = [:]
@@ -116,7 +206,6 @@ extension PostgresEventStore {
                         duplicate[index] = isDuplicate
                     }
                 }
-                appendDuration.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
                 var written = 0
                 let results = requests.indices.map { index -> Result<AppendResult, EventStoreError> in
                     if let failure = failures[index] { return .failure(failure) }
@@ -132,6 +221,9 @@ extension PostgresEventStore {
             } catch let error as PSQLError where error.serverInfo?[.sqlState] == "23505" && attempt < 5 {
                 // A single append won a version or an id this call read as free; nothing of the call was written.
                 continue
+            } catch let error as PSQLError where !newKeys.isEmpty && ["CV007", "40P01"].contains(error.serverInfo?[.sqlState]) {
+                logger.debug("an append's new data keys were not stored", metadata: ["convo.error": "\(String(reflecting: error))"])
+                throw NewKeysLost()
             } catch let error as PSQLError where Self.invalidInputStates.contains(error.serverInfo?[.sqlState] ?? "") {
                 throw EventStoreError(code: .invalidArgument, message: error.serverInfo?[.message] ?? "invalid append", cause: error)
             } catch {
@@ -140,24 +232,31 @@ extension PostgresEventStore {
         }
     }
 
-    /// The common group commit, one event per append and every stream once (ingest's batches), as one
-    /// prepared INSERT (``BatchAppendStatement``) instead of `convo_append_many`'s loops: `nil` when the
-    /// requests do not fit it, or when a racer took a version or an id first (nothing was written then),
-    /// and `convo_append_many` settles them.
+    /// The common group commit, one event per append and every stream once (ingest's batches, which
+    /// ``fitsBatch(_:)`` tells), as one prepared INSERT (``BatchAppendStatement``) instead of
+    /// `convo_append_many`'s loops, storing `newKeys` (the keys made for the appends' new visitors) in the
+    /// same transaction. `nil` when it wrote nothing: a racer took a stream, a version or an id first, or
+    /// stored one of the keys first (the appends' events are then sealed with a key that is not stored), or
+    /// PostgreSQL broke a deadlock; `convo_append_many` settles the appends, sealed again where a key lost.
     private func batchAppend(
-        _ requests: [AppendRequest], tenants: [String], streams: [String], expected: [Int64], ids: [UUID], types: [String], data: [JSONB], metadata: [JSONB]
+        _ requests: [AppendRequest], _ arguments: BatchArguments, newKeys: [PersonalDataVault.NewKey] = []
     ) async throws -> [Result<AppendResult, EventStoreError>]? {
-        guard ids.count == requests.count else { return nil }
-        var seen = Set<StreamKey>()
-        for request in requests where !seen.insert(StreamKey(tenant: request.tenant, stream: request.stream)).inserted { return nil }
-        let statement = BatchAppendStatement(tenants: tenants, streams: streams, expected: expected, ids: ids, types: types, data: data, metadata: metadata)
+        let statement = BatchAppendStatement(
+            tenants: arguments.tenants, streams: arguments.streams, expected: arguments.expected, ids: arguments.ids, types: arguments.types,
+            data: arguments.data, metadata: arguments.metadata, keyTenants: newKeys.map(\.id.tenant), keySubjects: newKeys.map(\.id.subject),
+            keyGenerations: newKeys.map { Int64($0.generation) }, keyMasters: newKeys.map(\.masterKeyId), keysWrapped: newKeys.map(\.wrapped))
         var results = [Result<AppendResult, EventStoreError>?](repeating: nil, count: requests.count)
+        var retried: [Int] = []
         var written = 0
         let sending = SendMarker()
         do {
-            for (item, id, version, position, at, actual, locked) in try await client.executeOpen(statement, logger: logger, sending: sending) {
+            for (item, id, version, position, at, actual, locked, keyed, storedBefore) in try await client.executeOpen(
+                statement, logger: logger, sending: sending)
+            {
                 // Another append holds one of the streams: nothing was written; convo_append_many waits its turn.
                 guard locked else { return nil }
+                // Another writer stored a key for one of the visitors first: no event was written.
+                guard keyed else { return nil }
                 let index = Int(item) - 1
                 guard results.indices.contains(index) else { continue }
                 let request = requests[index]
@@ -165,6 +264,10 @@ extension PostgresEventStore {
                     written += 1
                     results[index] = .success(
                         AppendResult(stream: request.stream, events: [.init(eventId: id, streamVersion: version, globalPosition: position, recordedAt: at)], isDuplicate: false))
+                } else if storedBefore {
+                    // A retry of a stored append (its id is stored), whose expectation its original met: answered
+                    // below as convo_append_many answers one, with the stored event.
+                    retried.append(index)
                 } else {
                     conflicts.increment()
                     results[index] = .failure(.wrongExpectedVersion(stream: request.stream, expected: request.expectedVersion, actual: actual))
@@ -177,6 +280,11 @@ extension PostgresEventStore {
             // A retry of a stored message (its id), or a racer that took a version first: convo_append_many
             // tells a duplicate from a conflict.
             return nil
+        } catch let error as PSQLError where error.serverInfo?[.sqlState] == "40P01" {
+            // Waiting for another writer's key or event that waited for one of this statement's: PostgreSQL
+            // rolled this one back; convo_append_many takes its turn.
+            logger.debug("a batch append met a deadlock", metadata: ["convo.error": "\(String(reflecting: error))"])
+            return nil
         } catch let error as PSQLError where Self.invalidInputStates.contains(error.serverInfo?[.sqlState] ?? "") {
             throw EventStoreError(code: .invalidArgument, message: error.serverInfo?[.message] ?? "invalid append", cause: error)
         } catch {
@@ -186,6 +294,10 @@ extension PostgresEventStore {
             appendedEvents.increment(by: written)
             signal.signal()
             notify.yield()
+        }
+        if !retried.isEmpty {
+            let again = retried.map { requests[$0] }
+            for (index, result) in zip(retried, try await appendByFunction(again, try Self.batchArguments(again))) { results[index] = result }
         }
         // Every request has its row: one statement, all of it or none.
         guard results.allSatisfy({ $0 != nil }) else {
@@ -203,9 +315,15 @@ extension PostgresEventStore {
 ///
 /// It takes the append locks only when they are free, so it neither waits in a cycle nor starves the
 /// appends that queue for them. A lock-free exact append racing it for a version makes the later refused by
-/// the unique key on the version, and nothing of its statement is written.
+/// the unique key on the version, and nothing of its statement is written. An append whose expectation
+/// is not met but whose id is stored (a retry of an append that was written) is said so in the last column.
+///
+/// It also stores the data keys made for the appends' new visitors (`$8`–`$12`, sorted by tenant and
+/// visitor, as every writer inserts keys), and writes events only when every one of them was stored: when
+/// another writer stored a key for the same visitor first, the events (sealed with a key that lost) are not
+/// written, and the last column says so.
 struct BatchAppendStatement: PostgresPreparedStatement {
-    static let name = "convo_append_batch_v1"
+    static let name = "convo_append_batch_v2"
     static let sql = """
         WITH input AS (
             SELECT u.n, u.t, u.s, u.x, u.id, u.ty, u.d, u.m
@@ -216,6 +334,16 @@ struct BatchAppendStatement: PostgresPreparedStatement {
             -- for: a stream another append holds sends the whole call to convo_append_many, which queues.
             SELECT count(*) FILTER (WHERE pg_try_advisory_xact_lock(1668183670, hashtext(i.t || '/' || i.s))) = count(*) AS held
             FROM input i
+        ), keys AS (
+            INSERT INTO personal_data_keys (tenant_id, subject, generation, master_key_id, wrapped)
+            SELECT k.t, k.s, k.g, k.m, k.w
+            FROM unnest($8::text[], $9::text[], $10::bigint[], $11::text[], $12::bytea[]) WITH ORDINALITY AS k (t, s, g, m, w, n), locks l
+            WHERE l.held
+            ORDER BY k.n
+            ON CONFLICT DO NOTHING
+            RETURNING 1
+        ), keyed AS (
+            SELECT count(*) = cardinality($8::text[]) AS stored FROM keys
         ), heads AS (
             SELECT i.*, coalesce(h.version, 0) AS version, coalesce(h.hash, convo_chain_genesis(i.t, i.s)) AS prev
             FROM input i LEFT JOIN LATERAL (
@@ -225,8 +353,8 @@ struct BatchAppendStatement: PostgresPreparedStatement {
             ) h ON true
         ), accepted AS (
             SELECT h.*, (pg_current_xact_id()::text::bigint << 16) + row_number() OVER (ORDER BY h.n) AS position, now() AS at
-            FROM heads h, locks l
-            WHERE l.held AND CASE WHEN h.x >= 0 THEN h.version = h.x WHEN h.x = -2 THEN h.version > 0 ELSE true END
+            FROM heads h, locks l, keyed k
+            WHERE l.held AND k.stored AND CASE WHEN h.x >= 0 THEN h.version = h.x WHEN h.x = -2 THEN h.version > 0 ELSE true END
         ), inserted AS (
             INSERT INTO events (global_position, event_id, tenant_id, stream_name, stream_version, event_type, data, metadata, recorded_at, hash)
             SELECT a.position, a.id, a.t, a.s, a.version + 1, a.ty, a.d, a.m, a.at,
@@ -234,11 +362,14 @@ struct BatchAppendStatement: PostgresPreparedStatement {
             FROM accepted a
             RETURNING event_id, stream_version, global_position, recorded_at
         )
-        SELECT h.n::int, i.event_id, i.stream_version, i.global_position, i.recorded_at, h.version, l.held
-        FROM heads h CROSS JOIN locks l LEFT JOIN inserted i ON i.event_id = h.id
+        SELECT h.n::int, i.event_id, i.stream_version, i.global_position, i.recorded_at, h.version, l.held, k.stored,
+               -- Whether an append not written is a retry of a stored one (this statement's own rows are not
+               -- seen here): asked only of those.
+               CASE WHEN i.event_id IS NULL THEN EXISTS (SELECT 1 FROM events e WHERE e.event_id = h.id) ELSE false END
+        FROM heads h CROSS JOIN locks l CROSS JOIN keyed k LEFT JOIN inserted i ON i.event_id = h.id
         ORDER BY h.n
         """
-    typealias Row = (Int32, UUID?, Int64?, Int64?, Date?, Int64, Bool)
+    typealias Row = (Int32, UUID?, Int64?, Int64?, Date?, Int64, Bool, Bool, Bool)
 
     var tenants: [String]
     var streams: [String]
@@ -247,9 +378,14 @@ struct BatchAppendStatement: PostgresPreparedStatement {
     var types: [String]
     var data: [JSONB]
     var metadata: [JSONB]
+    var keyTenants: [String]
+    var keySubjects: [String]
+    var keyGenerations: [Int64]
+    var keyMasters: [String]
+    var keysWrapped: [ByteBuffer]
 
     func makeBindings() throws -> PostgresBindings {
-        var bindings = PostgresBindings(capacity: 7)
+        var bindings = PostgresBindings(capacity: 12)
         bindings.append(tenants)
         bindings.append(streams)
         bindings.append(expected)
@@ -257,6 +393,11 @@ struct BatchAppendStatement: PostgresPreparedStatement {
         bindings.append(types)
         bindings.append(data)
         bindings.append(metadata)
+        bindings.append(keyTenants)
+        bindings.append(keySubjects)
+        bindings.append(keyGenerations)
+        bindings.append(keyMasters)
+        bindings.append(keysWrapped)
         return bindings
     }
 

@@ -138,6 +138,24 @@ import Testing
             #expect(try again[1].get().streamVersion == 2)
             #expect(try await store.readStreamToEnd(streams[0], tenant: tenant).count == 1)
             #expect(try await store.verifyChains(tenant: tenant).issues == [])
+
+            // Retries whose expectation their original met (no stream, a version), beside a new append and a
+            // real conflict, in the one statement: the retries are answered with the stored rows, not as
+            // conflicts; the new one is written, the conflict stays one.
+            let exact = try results[6].get().events[0]
+            let third = try await store.appendMany([
+                AppendRequest([note("new", id: stored.eventId)], to: streams[0], tenant: tenant, expectedVersion: .noStream),
+                AppendRequest([note("exact", id: exact.eventId)], to: streams[6], tenant: tenant, expectedVersion: .exact(0)),
+                AppendRequest([note("latest")], to: streams[4], tenant: tenant, expectedVersion: .exact(2)),
+                AppendRequest([note("stale again")], to: streams[2], tenant: tenant, expectedVersion: .exact(0)),
+            ])
+            #expect(try third[0].get().isDuplicate && third[0].get().events == [stored])
+            #expect(try third[1].get().isDuplicate && third[1].get().events == [exact])
+            #expect(try third[2].get().streamVersion == 3 && !third[2].get().isDuplicate)
+            guard case .failure(let conflict) = third[3] else { Issue.record("a stale append was written"); return }
+            #expect(conflict.code == .wrongExpectedVersion && conflict.actual == 1)
+            #expect(try await store.readStreamToEnd(streams[6], tenant: tenant).count == 1)
+            #expect(try await store.verifyChains(tenant: tenant).issues == [])
         }
     }
 

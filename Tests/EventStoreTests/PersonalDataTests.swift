@@ -76,6 +76,247 @@ import Testing
         }
     }
 
+    /// The key rows of `visitors`: each one's generation and the transaction that stored it (`xmin`).
+    static func keyRows(_ client: PostgresClient, tenant: TenantID, _ visitors: [VisitorUID]) async throws -> [String: [(generation: Int, transaction: Int64)]] {
+        var rows: [String: [(Int, Int64)]] = [:]
+        let query = try await client.query(
+            """
+            SELECT subject, generation, xmin::text::bigint FROM personal_data_keys
+            WHERE tenant_id = \(tenant.rawValue) AND subject = ANY(\(visitors.map(\.rawValue))) ORDER BY subject, generation
+            """, logger: TestDatabase.logger)
+        for try await (subject, generation, transaction) in query.decode((String, Int, Int64).self) { rows[subject, default: []].append((generation, transaction)) }
+        return rows
+    }
+
+    /// The transaction that stored an event (a position is the transaction's id shifted by 16 bits), as `xmin`
+    /// shows it (32 bits).
+    static func transaction(ofPosition position: Int64) -> Int64 { (position >> 16) & 0xFFFF_FFFF }
+
+    /// A batch of new visitors' first messages stores their keys in its own transaction (one commit for the
+    /// keys and the events), and a returning visitor's key stays the one stored before: appends of one event
+    /// each (the batch statement) and of two (`convo_append_many_keyed`, as a new conversation's first message).
+    @Test(arguments: [1, 2]) func aBatchStoresItsNewVisitorsKeysInItsOwnTransaction(eventsPerAppend: Int) async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let returning = Self.visitor()
+            try await store.append(
+                [try Self.message("hello", visitor: returning)], to: TestDatabase.uniqueStream("messages"), tenant: tenant, expectedVersion: .noStream)
+            let newcomers = (0..<3).map { _ in Self.visitor() }
+            let visitors = newcomers + [returning]
+            let texts = visitors.map { "words of \($0.rawValue)" }
+            let requests = try zip(texts, visitors).map { text, visitor in
+                AppendRequest(
+                    try (0..<eventsPerAppend).map { try Self.message($0 == 0 ? text : "more", visitor: visitor) }, to: TestDatabase.uniqueStream("messages"),
+                    tenant: tenant, expectedVersion: .noStream)
+            }
+            let results = try await store.appendMany(requests)
+            let positions = try results.map { try $0.get().events[0].globalPosition }
+            let keys = try await Self.keyRows(store.client, tenant: tenant, visitors)
+            for (visitor, position) in zip(newcomers, positions) {
+                let rows = keys[visitor.rawValue] ?? []
+                #expect(rows.map(\.generation) == [1] && rows.first?.transaction == Self.transaction(ofPosition: position), "\(visitor): \(rows)")
+            }
+            let returningRows = keys[returning.rawValue] ?? []
+            #expect(returningRows.count == 1 && returningRows.first?.transaction != Self.transaction(ofPosition: positions[3]), "\(returningRows)")
+            // Each opens to what was sent, read by a process that did not make the keys.
+            try await TestDatabase.withClient(url: try TestDatabase.url, maximumConnections: 2) { client in
+                let reader = PostgresEventStore(client: client, keyring: TestDatabase.keyring, logger: TestDatabase.logger)
+                for (text, result) in zip(texts, results) {
+                    let stored = try #require(try await reader.readStream(try result.get().stream, tenant: tenant).first)
+                    #expect(try stored.decode(VisitorMessageReceived.self).text == text && !stored.isErased)
+                }
+            }
+        }
+    }
+
+    /// Another writer stores a key for a batch's new visitor while the batch is being written (its insert waits
+    /// for that writer's transaction): the batch writes no event sealed with its own key, which lost, and its
+    /// appends are stored sealed with the winner's; the batch's other new visitor keeps one key too. Appends of
+    /// one event each (the batch statement) and of two (`convo_append_many_keyed`).
+    /// On a cluster of its own: the held transaction would withhold every other test's events meanwhile.
+    @Test(.timeLimit(.minutes(1)), arguments: [1, 2]) func aKeyAnotherWriterStoresFirstIsTheOneTheBatchIsStoredWith(eventsPerAppend: Int) async throws {
+        let server = try await PostgresServer()
+        try await TestDatabase.withStore(url: try DatabaseURL(server.url)) { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let (contested, free) = (Self.visitor(), Self.visitor())
+            let winner = SymmetricKey(size: .bits256)
+            let (masterKeyId, wrapped) = try store.vault.wrap(
+                winner, PersonalDataVault.GenerationKey(tenant: tenant.rawValue, subject: contested.rawValue, generation: 1))
+            let texts = ["contested words", "free words"]
+            let events = try zip(texts, [contested, free]).map { text, visitor in
+                try (0..<eventsPerAppend).map { try Self.message($0 == 0 ? text : "more", visitor: visitor) }
+            }
+            try await TestDatabase.withClient(url: try DatabaseURL(server.url), maximumConnections: 2) { other in
+                try await other.withConnection { connection in
+                    try await connection.query("BEGIN", logger: TestDatabase.logger)
+                    try await connection.query(
+                        """
+                        INSERT INTO personal_data_keys (tenant_id, subject, generation, master_key_id, wrapped)
+                        VALUES (\(tenant.rawValue), \(contested.rawValue), 1, \(masterKeyId), \(wrapped))
+                        """, logger: TestDatabase.logger)
+                    async let appended = store.appendMany(
+                        events.map { AppendRequest($0, to: TestDatabase.uniqueStream("messages"), tenant: tenant, expectedVersion: .noStream) })
+                    // The batch's statement waits for this transaction's key.
+                    let waiting = try await eventually(timeout: .seconds(20)) {
+                        let rows = try await store.client.query(
+                            """
+                            SELECT count(*)::int FROM pg_stat_activity
+                            WHERE wait_event_type = 'Lock' AND (query LIKE 'WITH input AS%' OR query LIKE '%convo_append_many_keyed%')
+                            """, logger: TestDatabase.logger)
+                        for try await count in rows.decode(Int.self) { return count > 0 }
+                        return false
+                    }
+                    let activity = try await store.client.query(
+                        "SELECT coalesce(wait_event_type, '') || ' ' || coalesce(wait_event, '') || ' ' || state || ' ' || left(query, 80) FROM pg_stat_activity WHERE backend_type = 'client backend'",
+                        logger: TestDatabase.logger
+                    ).collect().map { try $0.decode(String.self) }
+                    #expect(waiting, "\(activity)")
+                    try await connection.query("COMMIT", logger: TestDatabase.logger)
+                    let results = try await appended
+                    let keys = try await Self.keyRows(store.client, tenant: tenant, [contested, free])
+                    #expect(keys[contested.rawValue]?.map(\.generation) == [1] && keys[free.rawValue]?.map(\.generation) == [1], "\(keys)")
+                    let reader = PostgresEventStore(client: other, keyring: TestDatabase.keyring, logger: TestDatabase.logger)
+                    for (text, result) in zip(texts, results) {
+                        let stored = try #require(try await reader.readStream(try result.get().stream, tenant: tenant).first)
+                        #expect(try stored.decode(VisitorMessageReceived.self).text == text && !stored.isErased)
+                    }
+                    // The one key stored for the contested visitor is the winner's.
+                    let row = try await store.client.query(
+                        "SELECT master_key_id, wrapped FROM personal_data_keys WHERE tenant_id = \(tenant.rawValue) AND subject = \(contested.rawValue)",
+                        logger: TestDatabase.logger
+                    ).collect().first.map { try $0.decode((String, ByteBuffer).self) }
+                    let id = PersonalDataVault.GenerationKey(tenant: tenant.rawValue, subject: contested.rawValue, generation: 1)
+                    #expect(try row.map { try store.vault.unwrap($0.1, masterKeyId: $0.0, id) } == winner)
+                }
+            }
+        }
+        try await server.stop()
+    }
+
+    /// PostgreSQL crashes (a backend killed with SIGKILL in a batch: the server ends every session and
+    /// recovers) while writers append batches of new and returning visitors' messages, each retrying a failed
+    /// batch as it was (a client's retry, the same ids). Afterwards every stored message opens, read by a
+    /// process that never held the keys, every acknowledged one is stored with its text, and the chains
+    /// verify: no event is stored sealed with a key that was not, and no key is kept in memory before its
+    /// batch committed.
+    @Test(.timeLimit(.minutes(3))) func messagesOfNewVisitorsWrittenThroughAPostgresCrashAllOpen() async throws {
+        let server = try await PostgresServer()
+        let url = try DatabaseURL(server.url)
+        // A commit is acknowledged once its WAL is written (this cluster runs without synchronous commit).
+        try await TestDatabase.withClient(url: url, maximumConnections: 1) { try await $0.query("ALTER DATABASE convo SET synchronous_commit = on") }
+        final class Writers: Sendable {
+            struct Log {
+                var visitors: [VisitorUID] = []
+                var acknowledged: [UUID: String] = [:]
+                var batches = 0
+                var sent = 0
+                var failures = 0
+                var refusals: [String] = []
+            }
+            let log = Mutex(Log())
+            let stopping = Atomic<Bool>(false)
+        }
+        try await TestDatabase.withStore(url: url) { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let writers = Writers()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for writer in 0..<6 {
+                    group.addTask {
+                        while !writers.stopping.load(ordering: .relaxed) {
+                            let newcomers = (0..<4).map { _ in Self.visitor() }
+                            let returning: [VisitorUID] = writers.log.withLock { log in
+                                defer { log.visitors += newcomers }
+                                return log.visitors.isEmpty ? [] : (0..<4).map { _ in log.visitors.randomElement()! }
+                            }
+                            let visitors = newcomers + returning
+                            // Half the writers start each new visitor's stream with two events, as a new
+                            // conversation starts (`convo_append_many_keyed`); the others write one event per
+                            // append (the batch statement).
+                            let texts = try visitors.enumerated().map { place, visitor in
+                                (0..<(writer % 2 == 1 && place < newcomers.count ? 2 : 1)).map { "words \($0) of \(visitor.rawValue) \(UUID().uuidString)" }
+                            }
+                            let events = try zip(texts, visitors).map { texts, visitor in try texts.map { try Self.message($0, visitor: visitor) } }
+                            let requests = events.map { AppendRequest($0, to: TestDatabase.uniqueStream("messages"), tenant: tenant, expectedVersion: .noStream) }
+                            while true {
+                                do {
+                                    let results = try await store.appendMany(requests)
+                                    writers.log.withLock { log in
+                                        for (events, (texts, result)) in zip(events, zip(texts, results)) {
+                                            switch result {
+                                            case .success: for (event, text) in zip(events, texts) { log.acknowledged[event.eventId] = text }
+                                            case .failure(let error): log.refusals.append("\(error)")
+                                            }
+                                        }
+                                        log.batches += 1
+                                        log.sent += events.joined().count
+                                    }
+                                    break
+                                } catch {
+                                    writers.log.withLock { $0.failures += 1 }
+                                    // PostgreSQL is recovering: the same batch again, paced.
+                                    try await Task.sleep(for: .milliseconds(20))
+                                }
+                            }
+                        }
+                    }
+                }
+                defer { writers.stopping.store(true, ordering: .relaxed) }
+                #expect(try await eventually(timeout: .seconds(60)) { writers.log.withLock { $0.batches } >= 30 })
+                // A backend in the middle of a batch, killed: PostgreSQL ends every session and recovers. Again
+                // (up to five crashes) until a writer's call fails: a statement can end between the choice of its
+                // backend and the signal, and a call between statements waits for the pool's new connection.
+                var kills: [Int32] = []
+                var hit = false
+                while !hit && kills.count < 5 {
+                    var victim: Int32?
+                    _ = try await eventually(timeout: .seconds(20)) {
+                        let rows = try await store.client.query(
+                            """
+                            SELECT pid FROM pg_stat_activity
+                            WHERE datname = 'convo' AND state = 'active' AND (query LIKE 'WITH input AS%' OR query LIKE '%convo_append_many%')
+                              AND pid <> pg_backend_pid() LIMIT 1
+                            """, logger: TestDatabase.logger)
+                        for try await pid in rows.decode(Int32.self) { victim = pid }
+                        return victim != nil
+                    }
+                    let pid = try #require(victim)
+                    #expect(kill(pid, SIGKILL) == 0)
+                    kills.append(pid)
+                    hit = try await eventually(timeout: .seconds(5)) { writers.log.withLock { $0.failures } > 0 }
+                }
+                let serverLog = (try? String(contentsOf: server.directory.appendingPathComponent("server.log"), encoding: .utf8)) ?? ""
+                #expect(hit, "killed \(kills): \(serverLog.suffix(3000))")
+                let crashed = writers.log.withLock { $0.batches }
+                #expect(try await eventually(timeout: .seconds(60)) { writers.log.withLock { $0.batches } >= crashed + 30 })
+                writers.stopping.store(true, ordering: .relaxed)
+                try await group.waitForAll()
+            }
+            let (acknowledged, sent, refusals) = writers.log.withLock { ($0.acknowledged, $0.sent, $0.refusals) }
+            #expect(refusals.isEmpty && acknowledged.count == sent, "\(acknowledged.count) acknowledged of \(sent): \(refusals.prefix(3))")
+
+            try await TestDatabase.withClient(url: url, maximumConnections: 2) { client in
+                let reader = PostgresEventStore(client: client, keyring: TestDatabase.keyring, logger: TestDatabase.logger)
+                var stored: [UUID: String] = [:]
+                var position: Int64 = 0
+                while true {
+                    let page = try await reader.readAll(.tenant(tenant), after: position, maxCount: 1000)
+                    guard let last = page.last else { break }
+                    for event in page {
+                        #expect(!event.isErased)
+                        stored[event.eventId] = try event.decode(VisitorMessageReceived.self).text
+                    }
+                    position = last.globalPosition
+                }
+                let missing = acknowledged.filter { stored[$0.key] != $0.value }
+                #expect(missing.isEmpty, "\(missing.count) of \(acknowledged.count) acknowledged messages not stored as sent")
+                #expect(stored.count >= acknowledged.count)
+                let chains = try await reader.verifyChains(tenant: tenant)
+                #expect(chains.issues.isEmpty && chains.events == stored.count, "\(chains.issues.prefix(3))")
+            }
+        }
+        try await server.stop()
+    }
+
     /// Members other than the type's own are sealed with the long record, which names them; both forms open
     /// and both are erased by the visitor's forgetting.
     @Test func sealedMembersOtherThanTheTypesOwnAreNamedInTheLongRecord() async throws {

@@ -102,12 +102,36 @@ public final class PersonalDataVault: Sendable {
     ///   make a new one; `keyUnavailable` without a master key; the store's errors.
     func seal(_ events: [NewEvent], tenant: TenantID) async throws -> [NewEvent] {
         guard events.contains(where: { !$0.personalFields.isEmpty }) else { return events }
-        return try await seal([(events, tenant)])[0].get()
+        return try await seal([(events, tenant)]).results[0].get()
+    }
+
+    /// A data key made for a visitor who had none, not stored yet: the append whose events it sealed stores
+    /// it in the same transaction (``PostgresEventStore/appendMany(_:)``), so a key and the first events
+    /// sealed with it are committed, or lost, together, with one commit.
+    struct NewKey: Sendable {
+        var id: SubjectKey
+        var generation: Int
+        var key: SymmetricKey
+        var masterKeyId: String
+        var wrapped: ByteBuffer
+    }
+
+    /// Appends' events sealed: each append's result, and the keys made for them and left to their append
+    /// to store (only when asked to leave them).
+    struct Sealed: Sendable {
+        var results: [Result<[NewEvent], EventStoreError>]
+        var newKeys: [NewKey]
+        /// The erasures heard when the keys were made: a new key is kept in memory only if none was since.
+        var epoch: Int
     }
 
     /// Several appends' events sealed, their keys read (and made) in one query each: each append gets its
     /// own result, so one append's refusal does not fail the others.
-    func seal(_ appends: [([NewEvent], TenantID)]) async throws -> [Result<[NewEvent], EventStoreError>] {
+    ///
+    /// - Parameter leavingNewKeys: whether keys made for visitors who have none are left unstored, in
+    ///   ``Sealed/newKeys``, for the caller to store with the events (and then ``kept(_:epoch:)``); when not,
+    ///   they are stored here first, each batch of them in a transaction of its own.
+    func seal(_ appends: [([NewEvent], TenantID)], leavingNewKeys: Bool = false) async throws -> Sealed {
         var wanted: [SubjectKey: Bool] = [:]
         var results: [Result<[NewEvent], EventStoreError>] = appends.map { .success($0.0) }
         for (index, (events, tenant)) in appends.enumerated() {
@@ -128,8 +152,8 @@ public final class PersonalDataVault: Sendable {
                 wanted[id] = (wanted[id] ?? false) || subject.mayCreateKey
             }
         }
-        guard !wanted.isEmpty else { return results }
-        let keys = try await currentKeys(wanted)
+        guard !wanted.isEmpty else { return Sealed(results: results, newKeys: [], epoch: 0) }
+        let (keys, newKeys, epoch) = try await currentKeys(wanted, storingNewKeys: !leavingNewKeys)
         var sealing = Ciphers(sealing: true)
         for (index, (events, tenant)) in appends.enumerated() {
             guard case .success = results[index] else { continue }
@@ -149,7 +173,13 @@ public final class PersonalDataVault: Sendable {
                 results[index] = .failure(error)
             }
         }
-        return results
+        return Sealed(results: results, newKeys: newKeys, epoch: epoch)
+    }
+
+    /// Keeps in memory keys ``seal(_:leavingNewKeys:)`` left, once their append has committed them; not when
+    /// an erasure was heard since they were made (the visitor's keys are read again next time).
+    func kept(_ newKeys: [NewKey], epoch: Int) {
+        for new in newKeys { remember(new.id, generation: new.generation, key: new.key, ifEpoch: epoch) }
     }
 
     /// The ciphers and scratch buffers of a batch being sealed or opened: a cipher per data key, made at its
@@ -246,8 +276,12 @@ public final class PersonalDataVault: Sendable {
     }
 
     /// The subjects' live keys for sealing, made where there is none and the value says one may be made;
-    /// `nil` for a subject whose key is destroyed and may not be made again.
-    private func currentKeys(_ wanted: [SubjectKey: Bool]) async throws -> [SubjectKey: (generation: Int, key: SymmetricKey)?] {
+    /// `nil` for a subject whose key is destroyed and may not be made again. Keys made are stored here when
+    /// `storingNewKeys`; otherwise they are returned unstored (with the epoch to keep them by) and used as
+    /// they are: the caller stores them with what they seal.
+    private func currentKeys(
+        _ wanted: [SubjectKey: Bool], storingNewKeys: Bool
+    ) async throws -> (keys: [SubjectKey: (generation: Int, key: SymmetricKey)?], made: [NewKey], epoch: Int) {
         let now = ContinuousClock.now
         var found: [SubjectKey: (generation: Int, key: SymmetricKey)?] = [:]
         cache.withLock { cache in
@@ -258,7 +292,7 @@ public final class PersonalDataVault: Sendable {
         for _ in 0..<5 {
             let epoch = cache.withLock { $0.epoch }
             let missing = wanted.keys.filter { found[$0] == nil }
-            guard !missing.isEmpty else { return found }
+            guard !missing.isEmpty else { return (found, [], epoch) }
             var latest: [SubjectKey: (generation: Int, masterKeyId: String?, wrapped: ByteBuffer?)] = [:]
             do {
                 let rows = try await client.queryOpen(
@@ -274,7 +308,7 @@ public final class PersonalDataVault: Sendable {
             } catch {
                 throw PostgresEventStore.mapError(error, operation: "read data keys")
             }
-            var creating: [(SubjectKey, Int, SymmetricKey, String, ByteBuffer)] = []
+            var creating: [NewKey] = []
             for id in missing {
                 if let row = latest[id], let masterKeyId = row.masterKeyId, let wrapped = row.wrapped {
                     let key = try unwrap(wrapped, masterKeyId: masterKeyId, GenerationKey(tenant: id.tenant, subject: id.subject, generation: row.generation))
@@ -286,19 +320,23 @@ public final class PersonalDataVault: Sendable {
                     let generation = (latest[id]?.generation ?? 0) + 1
                     let key = SymmetricKey(size: .bits256)
                     let (masterKeyId, wrapped) = try wrap(key, GenerationKey(tenant: id.tenant, subject: id.subject, generation: generation))
-                    creating.append((id, generation, key, masterKeyId, wrapped))
+                    creating.append(NewKey(id: id, generation: generation, key: key, masterKeyId: masterKeyId, wrapped: wrapped))
                 }
             }
             guard !creating.isEmpty else { continue }
             // In one order everywhere: two writers inserting overlapping keys in different orders would each
             // wait for the other's row (a deadlock PostgreSQL breaks by failing one of them).
-            creating.sort { ($0.0.tenant, $0.0.subject) < ($1.0.tenant, $1.0.subject) }
+            creating.sort { ($0.id.tenant, $0.id.subject) < ($1.id.tenant, $1.id.subject) }
+            guard storingNewKeys else {
+                for new in creating { found[new.id] = (new.generation, new.key) }
+                return (found, creating, epoch)
+            }
             var created = Set<SubjectKey>()
             do {
                 let rows = try await client.queryOpen(
                     """
                     INSERT INTO personal_data_keys (tenant_id, subject, generation, master_key_id, wrapped)
-                    SELECT * FROM unnest(\(creating.map(\.0.tenant)), \(creating.map(\.0.subject)), \(creating.map(\.1)), \(creating.map(\.3)), \(creating.map(\.4)))
+                    SELECT * FROM unnest(\(creating.map(\.id.tenant)), \(creating.map(\.id.subject)), \(creating.map(\.generation)), \(creating.map(\.masterKeyId)), \(creating.map(\.wrapped)))
                     ON CONFLICT DO NOTHING RETURNING tenant_id, subject
                     """, logger: logger)
                 for try await (tenant, subject) in rows.decode((String, String).self) { created.insert(SubjectKey(tenant: tenant, subject: subject)) }
@@ -309,9 +347,9 @@ public final class PersonalDataVault: Sendable {
             } catch {
                 throw PostgresEventStore.mapError(error, operation: "store data keys")
             }
-            for (id, generation, key, _, _) in creating where created.contains(id) {
-                remember(id, generation: generation, key: key, ifEpoch: epoch)
-                found[id] = (generation, key)
+            for new in creating where created.contains(new.id) {
+                remember(new.id, generation: new.generation, key: new.key, ifEpoch: epoch)
+                found[new.id] = (new.generation, new.key)
             }
             // Another writer made a generation first: the next round reads theirs.
         }
@@ -330,7 +368,7 @@ public final class PersonalDataVault: Sendable {
         }
     }
 
-    private func wrap(_ key: SymmetricKey, _ id: GenerationKey) throws -> (String, ByteBuffer) {
+    func wrap(_ key: SymmetricKey, _ id: GenerationKey) throws -> (String, ByteBuffer) {
         guard let keyring else { throw EventStoreError(code: .keyUnavailable, message: "no master key is configured") }
         let box = try key.withUnsafeBytes { bytes in
             try AES.GCM.seal(bytes, using: keyring.current.key, authenticating: Self.wrappingData(id))
