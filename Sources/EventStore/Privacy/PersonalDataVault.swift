@@ -295,15 +295,9 @@ public final class PersonalDataVault: Sendable {
             guard !missing.isEmpty else { return (found, [], epoch) }
             var latest: [SubjectKey: (generation: Int, masterKeyId: String?, wrapped: ByteBuffer?)] = [:]
             do {
-                let rows = try await client.queryOpen(
-                    """
-                    SELECT DISTINCT ON (k.tenant_id, k.subject) k.tenant_id, k.subject, k.generation, k.master_key_id, k.wrapped
-                    FROM personal_data_keys k JOIN unnest(\(missing.map(\.tenant)), \(missing.map(\.subject))) AS w (tenant, subject)
-                      ON k.tenant_id = w.tenant AND k.subject = w.subject
-                    ORDER BY k.tenant_id, k.subject, k.generation DESC
-                    """, logger: logger)
-                for try await (tenant, subject, generation, masterKeyId, wrapped) in rows.decode((String, String, Int, String?, ByteBuffer?).self) {
-                    latest[SubjectKey(tenant: tenant, subject: subject)] = (generation, masterKeyId, wrapped)
+                let statement = LatestKeysStatement(tenants: missing.map(\.tenant), subjects: missing.map(\.subject))
+                for (tenant, subject, generation, masterKeyId, wrapped) in try await client.executeOpen(statement, logger: logger) {
+                    latest[SubjectKey(tenant: tenant, subject: subject)] = (Int(generation), masterKeyId, wrapped)
                 }
             } catch {
                 throw PostgresEventStore.mapError(error, operation: "read data keys")
@@ -957,4 +951,31 @@ public struct PersonalDataOpening: Sendable, Hashable {
 
     @inline(__always)
     func opens(_ type: String) -> Bool { types?.contains(type) ?? true }
+}
+
+/// The latest key generation of each visitor (`$1` tenants, `$2` visitors, in pairs), wrapped, or destroyed
+/// (`NULL`s); none for a visitor who never had one. Prepared once per connection: the sealing of every batch
+/// holding a visitor not in memory (a new one, nearly always) asks it, and PostgreSQL would otherwise plan
+/// the join each time.
+struct LatestKeysStatement: PostgresPreparedStatement {
+    static let name = "convo_latest_keys_v1"
+    static let sql = """
+        SELECT DISTINCT ON (k.tenant_id, k.subject) k.tenant_id, k.subject, k.generation::bigint, k.master_key_id, k.wrapped
+        FROM personal_data_keys k JOIN unnest($1::text[], $2::text[]) AS w (tenant, subject)
+          ON k.tenant_id = w.tenant AND k.subject = w.subject
+        ORDER BY k.tenant_id, k.subject, k.generation DESC
+        """
+    typealias Row = (String, String, Int64, String?, ByteBuffer?)
+
+    var tenants: [String]
+    var subjects: [String]
+
+    func makeBindings() throws -> PostgresBindings {
+        var bindings = PostgresBindings(capacity: 2)
+        bindings.append(tenants)
+        bindings.append(subjects)
+        return bindings
+    }
+
+    func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
 }
