@@ -40,12 +40,18 @@ public final class PostgresEventStore: EventStore, Service {
         /// fills, every `NOTIFY` fails). When it wakes it listens again, and anything committed meanwhile is
         /// read then. `nil`: until the socket closes. Default: 20 seconds.
         public var sessionLease: Duration?
+        /// How many of the latest events the subscriptions to all tenants' events (projection runners, the
+        /// event streams' feed) share, read once for all of them (see ``EventTail``); 0: each reads its own.
+        /// Default: 5,000.
+        public var sharedTailCapacity: Int
 
         public init(
             pollInterval: Duration = .seconds(1), notificationChannel: String = "convo_events", subscriptionPageSize: Int = 500,
-            maxEventsPerAppend: Int = 1000, scanOutage: Duration = .seconds(30), sessionLease: Duration? = .seconds(20)
+            maxEventsPerAppend: Int = 1000, scanOutage: Duration = .seconds(30), sessionLease: Duration? = .seconds(20),
+            sharedTailCapacity: Int = 5000
         ) {
             self.sessionLease = sessionLease
+            self.sharedTailCapacity = sharedTailCapacity
             self.pollInterval = pollInterval
             self.notificationChannel = notificationChannel
             self.subscriptionPageSize = subscriptionPageSize
@@ -58,6 +64,8 @@ public final class PostgresEventStore: EventStore, Service {
     public let configuration: Configuration
     /// Seals and opens visitors' personal data (see ``PersonalDataVault``).
     public let vault: PersonalDataVault
+    /// The latest events, shared by the subscriptions to all tenants' events (`nil` when not shared).
+    let tail: EventTail?
     let logger: Logger
     let signal = WakeUpSignal()
     private let notifications: AsyncStream<Void>
@@ -87,6 +95,16 @@ public final class PostgresEventStore: EventStore, Service {
             keyring: keyring, configuration: vaultConfiguration, client: client, channel: configuration.notificationChannel, logger: logger)
         self.logger = logger
         (self.notifications, self.notify) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
+        self.tail =
+            configuration.sharedTailCapacity > 0
+            ? EventTail(capacity: configuration.sharedTailCapacity, pageSize: configuration.subscriptionPageSize) { [client, logger] after, count in
+                try await Self.fetch(
+                    """
+                    SELECT \(unescaped: Self.columns) FROM events
+                    WHERE global_position > \(after) AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+                    ORDER BY global_position LIMIT \(count)
+                    """, client: client, logger: logger, operation: "read all")
+            } : nil
     }
 
     // MARK: Append
@@ -488,10 +506,19 @@ public final class PostgresEventStore: EventStore, Service {
     /// on a few types (the responder: visitor messages and parking records) is not sent the others.
     public func subscribe(_ scope: TenantScope, after position: Int64, types: [String]?, opening: PersonalDataOpening) -> EventSubscription {
         let pageSize = configuration.subscriptionPageSize
+        if scope == .allTenants, types == nil, let tail {
+            // Read once for every such subscription of this process; opened by each for itself.
+            return EventSubscription(after: position, signal: signal, pollInterval: configuration.pollInterval) { [vault] after in
+                try await vault.open(try await tail.events(after: after, maxCount: pageSize), opening: opening)
+            }
+        }
         return EventSubscription(after: position, signal: signal, pollInterval: configuration.pollInterval) { [self] after in
             try await readAll(scope, after: after, maxCount: pageSize, types: types, opening: opening)
         }
     }
+
+    /// Reads of the shared tail, pages served from it, and waits for another's read, since the store was made.
+    var tailCounts: (reads: Int, served: Int, joined: Int)? { tail?.counts }
 
     // MARK: Rows
 
@@ -504,13 +531,18 @@ public final class PostgresEventStore: EventStore, Service {
     }
 
     func fetch(_ query: PostgresQuery, operation: @autoclosure () -> String, opening: PersonalDataOpening = .all) async throws -> [RecordedEvent] {
+        try await vault.open(try await Self.fetch(query, client: client, logger: logger, operation: operation()), opening: opening)
+    }
+
+    /// The events a query selects (with ``columns``), unopened.
+    static func fetch(_ query: PostgresQuery, client: PostgresClient, logger: Logger, operation: @autoclosure () -> String) async throws -> [RecordedEvent] {
         var events: [RecordedEvent] = []
         do {
             for try await event in Self.events(in: try await client.queryOpen(query, logger: logger)) { events.append(event) }
         } catch {
             throw Self.mapError(error, operation: operation())
         }
-        return try await vault.open(events, opening: opening)
+        return events
     }
 
     /// The events of rows selected with ``columns``, decoded as they stream in.
