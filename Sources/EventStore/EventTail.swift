@@ -1,3 +1,4 @@
+import Metrics
 import Synchronization
 
 /// The latest events of all tenants, read once for every follower of them in this process (the projection
@@ -28,6 +29,9 @@ final class EventTail: Sendable {
     let pageSize: Int
     let read: @Sendable (Int64, Int) async throws -> [RecordedEvent]
     private let state = Mutex(State())
+    /// Reads made for the tail, and pages followers took from it or from another's read instead of reading.
+    private let readCounter = Counter(label: "convo.eventstore.tail.reads")
+    private let sharedCounter = Counter(label: "convo.eventstore.tail.shared")
 
     /// - Parameters:
     ///   - capacity: the most events held; the oldest go first.
@@ -57,6 +61,7 @@ final class EventTail: Sendable {
             if let reading = state.reading {
                 guard reading.after == position else { return .alone }
                 state.joined += 1
+                sharedCounter.increment()
                 return .wait(reading.task)
             }
             // At the end, or ahead of it (the stretch is left behind and starts again here).
@@ -67,6 +72,7 @@ final class EventTail: Sendable {
                 state.events.removeAll(keepingCapacity: true)
             }
             state.reads += 1
+            readCounter.increment()
             let task = Task { [read, pageSize] in
                 do {
                     let page = try await read(position, pageSize)
@@ -82,6 +88,7 @@ final class EventTail: Sendable {
         }
         switch plan {
         case .served(let events):
+            sharedCounter.increment()
             return events
         case .wait(let task):
             let page = try await task.value

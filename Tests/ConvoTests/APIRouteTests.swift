@@ -321,6 +321,7 @@ import Testing
             #expect(text.contains(#"http_response_status_code="401""#))
             #expect(text.contains(#"convo_ingest_messages{outcome="accepted"}"#))
             #expect(text.contains("convo_sse_streams "))
+            #expect(text.contains("convo_eventstore_tail_reads ") && text.contains("convo_eventstore_tail_shared "), "\(text.suffix(2000))")
             // The route tests run no responder: an ingested message queues nothing.
             #expect(text.contains("convo_responder_scheduled 0"), "\(text.suffix(2000))")
             #expect(text.contains("convo_responder_holding 0"), "\(text.suffix(2000))")

@@ -107,6 +107,7 @@ struct AnsweringBenchmark: AsyncParsableCommand {
                 "on \(url) (created for this run, dropped after): convo serve \(wanted ? "(rule provider) " : "")\(serveArguments.joined(separator: " "))\(quietSeconds > 0 ? ", the tenant's quiet period \(quietSeconds) s" : ""), bursts of \(messages) messages over \(visitors) visitors from wrk, \(concurrency) connections"
             )
             var results: [Round] = []
+            var tailBefore = try await Self.tailCounters(base)
             for round in 0..<rounds {
                 let tag = "b\(round)"
                 let clock = ContinuousClock()
@@ -172,12 +173,32 @@ struct AnsweringBenchmark: AsyncParsableCommand {
                 if !checks.isEmpty {
                     line += " (\(checks.count) looks of \(((checks.reduce(.zero, +) / checks.count).seconds * 1000).formatted(1)) ms on average)"
                 }
-                report(line + "; " + cpu.perItem(messages))
+                line += "; " + cpu.perItem(messages)
+                let tail = try await Self.tailCounters(base)
+                if tail.reads > 0 || tail.shared > 0 {
+                    line += "; latest events read \(tail.reads - tailBefore.reads) times for the server's followers, \(tail.shared - tailBefore.shared) pages shared"
+                }
+                tailBefore = tail
+                report(line)
                 let events = try await Self.events(client, after: after)
                 results.append(Round(ingest: ingest, answered: answeredAt.map { ($0 - start).seconds }, events: events, cpu: cpu))
             }
             return results
         }
+    }
+
+    /// The server's counters of its shared tail of events (`/metrics`): reads made for its followers of all
+    /// tenants' events, and pages they took from it instead of reading.
+    static func tailCounters(_ base: String) async throws -> (reads: Int, shared: Int) {
+        let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: "\(base)/metrics"), timeout: .seconds(10))
+        let text = String(buffer: try await response.body.collect(upTo: 16 << 20))
+        func value(_ name: String) -> Int {
+            for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
+                return Int(Double(line.dropFirst(name.count + 1).trimmingCharacters(in: .whitespaces)) ?? 0)
+            }
+            return 0
+        }
+        return (value("convo_eventstore_tail_reads"), value("convo_eventstore_tail_shared"))
     }
 
     /// The store's head position.
