@@ -91,7 +91,14 @@ final class EventTail: Sendable {
             sharedCounter.increment()
             return events
         case .wait(let task):
-            let page = try await task.value
+            // The read goes on for the others (and the tail) when this follower is cancelled; it stops waiting.
+            let outcome = FirstOutcome<[RecordedEvent]>()
+            Task { outcome.offer(await task.result) }
+            let page = try await withTaskCancellationHandler {
+                await outcome.value()
+            } onCancel: {
+                outcome.offer(.failure(CancellationError()))
+            }.get()
             return page.count > maxCount ? Array(page.prefix(maxCount)) : page
         case .alone:
             return try await read(position, maxCount)

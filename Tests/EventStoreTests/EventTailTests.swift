@@ -66,13 +66,47 @@ import Testing
         }
     }
 
+    /// Followers at the tail's end share one read, and one that is cancelled while it waits stops waiting at
+    /// once; the read goes on for the other, and its page is kept for the next follower, who reads nothing.
+    @Test(.timeLimit(.minutes(1))) func followersAtTheEndShareOneReadAndACancelledOneStopsWaiting() async throws {
+        final class Reads: Sendable {
+            let count = Atomic<Int>(0)
+            let gate = FirstOutcome<Void>()
+        }
+        let reads = Reads()
+        let page = [1, 2, 3].map(Self.event)
+        let tail = EventTail(capacity: 10, pageSize: 5) { after, _ in
+            reads.count.add(1, ordering: .relaxed)
+            _ = await reads.gate.value()
+            return page.filter { $0.globalPosition > after }
+        }
+        let first = Task { try await tail.events(after: 0, maxCount: 5) }
+        #expect(try await eventually(timeout: .seconds(10)) { reads.count.load(ordering: .relaxed) == 1 })
+        let second = Task { try await tail.events(after: 0, maxCount: 5) }
+        #expect(try await eventually(timeout: .seconds(10)) { tail.counts.joined == 1 })
+        let cancelled = Task { try await tail.events(after: 0, maxCount: 5) }
+        #expect(try await eventually(timeout: .seconds(10)) { tail.counts.joined == 2 })
+        cancelled.cancel()
+        // It ends while the read is still held.
+        await #expect(throws: CancellationError.self) { _ = try await cancelled.value }
+        #expect(reads.count.load(ordering: .relaxed) == 1)
+        reads.gate.offer(.success(()))
+        #expect(try await first.value.map(\.globalPosition) == [1, 2, 3])
+        #expect(try await second.value.map(\.globalPosition) == [1, 2, 3])
+        // Kept: a follower behind the end is served from memory.
+        #expect(try await tail.events(after: 1, maxCount: 5).map(\.globalPosition) == [2, 3])
+        #expect(reads.count.load(ordering: .relaxed) == 1 && tail.counts.served == 1)
+    }
+
+    static func event(_ position: Int) -> RecordedEvent {
+        RecordedEvent(
+            globalPosition: Int64(position), eventId: UUID(), tenant: TenantID(rawValue: "t1")!, stream: StreamName(unchecked: "s-1"), streamVersion: 1,
+            type: "NoteTaken", data: .init(string: "{}"), metadataJSON: .init(string: "{}"), recordedAt: Date())
+    }
+
     /// A page of the tail: the events after a position, at most a count, whatever the position.
     @Test func aSliceStartsAfterThePositionAndHoldsAtMostTheCount() throws {
-        let events = [3, 5, 8, 13].map { position in
-            RecordedEvent(
-                globalPosition: Int64(position), eventId: UUID(), tenant: TenantID(rawValue: "t1")!, stream: StreamName(unchecked: "s-1"), streamVersion: 1,
-                type: "NoteTaken", data: .init(string: "{}"), metadataJSON: .init(string: "{}"), recordedAt: Date())
-        }
+        let events = [3, 5, 8, 13].map(Self.event)
         func positions(after position: Int64, _ count: Int) -> [Int64] { EventTail.slice(events, after: position, maxCount: count).map(\.globalPosition) }
         #expect(positions(after: 0, 10) == [3, 5, 8, 13])
         #expect(positions(after: 3, 10) == [5, 8, 13])
