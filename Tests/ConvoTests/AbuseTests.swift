@@ -145,9 +145,10 @@ extension ProcessHeavyTests {
         _ = await watcher.value
         let highest = peak.value.load(ordering: .relaxed)
         print("fault: burst after a pause: \(before) descriptors open before it, at most \(highest) during it, of \(limit)")
-        // The budget (80) was taken (nearly all of it seen at once, sampled every 2 ms); besides it at most 32 were being refused (and a few more descriptors for
-        // the pools' connections opened meanwhile), whatever the pace of the refusals: room was left.
-        #expect(highest >= before + 70 && highest <= before + 80 + 32 + 8 && highest < limit, "\(before) open before, at most \(highest) during, of \(limit)")
+        // The budget (80) was taken (nearly all of it seen at once, sampled every 2 ms); besides it at most 32 were being refused, and the
+        // PostgreSQL pool (20 at most) may have opened connections meanwhile, whatever the pace of the refusals: room was left. (The
+        // pool's share was bounded at 8 once, which a run exceeded by one.)
+        #expect(highest >= before + 70 && highest <= before + 80 + 32 + 20 && highest < limit, "\(before) open before, at most \(highest) during, of \(limit)")
         #expect(!sockets.filter { $0.received.hasPrefix("HTTP/1.1 503") }.isEmpty)
         #expect(server.isRunning, "\(server.failureSummary)")
         #expect(!server.output.contains("Too many open files"), "\(server.output.suffix(2000))")

@@ -13,7 +13,8 @@ import Testing
     /// that it fills, drops its oldest events and leaves the late follower to read on its own for a while.
     @Test(.timeLimit(.minutes(2))) func followersShareTheTailAndEachSeesEveryEventOnceInOrder() async throws {
         let configuration = PostgresEventStore.Configuration(subscriptionPageSize: 20, sharedTailCapacity: 60)
-        try await TestDatabase.withStore(configuration: configuration) { store in
+        // A database of its own: the followers read every tenant's events, and the shared one's are every test's.
+        try await TestDatabase.withFreshDatabase { url in try await TestDatabase.withStore(url: url, configuration: configuration) { store in
             let tenant = TestDatabase.uniqueTenant()
             let start = try await store.headPosition()
             let (writers, appendsPerWriter) = (8, 30)
@@ -63,7 +64,7 @@ import Testing
             }
             let counts = try #require(store.tailCounts)
             #expect(counts.reads > 0 && counts.served + counts.joined > 0, "\(counts)")
-        }
+        } }
     }
 
     /// Followers at the tail's end share one read, and one that is cancelled while it waits stops waiting at

@@ -29,6 +29,16 @@ public final class PostgresServer: @unchecked Sendable {
 
     /// Starts the server and waits until it accepts connections.
     public func start() async throws {
+        do {
+            try await startOnce()
+        } catch {
+            // What the server said, not only pg_ctl's "stopped waiting".
+            let log = (try? String(contentsOf: directory.appendingPathComponent("server.log"), encoding: .utf8)) ?? ""
+            throw ServeProcess.Failure(description: "\(error); server log: \(log.suffix(1500))")
+        }
+    }
+
+    private func startOnce() async throws {
         try await Self.shell(Self.asUser([
             "\(Self.bin)/pg_ctl", "-D", data.path, "-l", directory.appendingPathComponent("server.log").path, "-w", "-t", "60",
             "-o", "-p \(port) -k \(directory.path) -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off -c synchronous_commit=off",

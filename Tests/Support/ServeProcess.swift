@@ -83,8 +83,24 @@ public final class ServeProcess: @unchecked Sendable {
         public init(description: String) { self.description = description }
     }
 
-    /// A port nothing listens on now (the kernel's pick for port 0).
+    /// A port nothing listens on now, below the kernel's range of ephemeral ports (`ip_local_port_range`), at
+    /// random: a port of that range, free when picked, can become the local port of any outgoing connection
+    /// (the tests open thousands) before the server it was picked for binds it. The kernel's pick for port 0
+    /// when no such port is found.
     public static func freePort() throws -> Int {
+        let range = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))?
+            .split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } ?? 32768
+        if range > 10_100 {
+            for _ in 0..<200 {
+                let port = Int.random(in: 10_000..<range)
+                if isFree(port) { return port }
+            }
+        }
+        return try kernelsFreePort()
+    }
+
+    /// The kernel's pick for port 0.
+    static func kernelsFreePort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw Failure(description: "socket() failed") }
         defer { close(fd) }
