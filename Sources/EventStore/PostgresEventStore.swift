@@ -98,12 +98,7 @@ public final class PostgresEventStore: EventStore, Service {
         self.tail =
             configuration.sharedTailCapacity > 0
             ? EventTail(capacity: configuration.sharedTailCapacity, pageSize: configuration.subscriptionPageSize) { [client, logger] after, count in
-                try await Self.fetch(
-                    """
-                    SELECT \(unescaped: Self.columns) FROM events
-                    WHERE global_position > \(after) AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-                    ORDER BY global_position LIMIT \(count)
-                    """, client: client, logger: logger, operation: "read all")
+                try await Self.fetch(Self.allTenantsQuery(after: after, maxCount: count, types: nil), client: client, logger: logger, operation: "read all")
             } : nil
     }
 
@@ -384,13 +379,7 @@ public final class PostgresEventStore: EventStore, Service {
         try Self.checkPageSize(maxCount)
         switch scope {
         case .allTenants:
-            return try await fetch(
-                """
-                SELECT \(unescaped: Self.columns) FROM events
-                WHERE global_position > \(position) AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-                  AND (\(types)::text[] IS NULL OR event_type = ANY(\(types)::text[]))
-                ORDER BY global_position LIMIT \(maxCount)
-                """, operation: "read all", opening: opening)
+            return try await fetch(Self.allTenantsQuery(after: position, maxCount: maxCount, types: types), operation: "read all", opening: opening)
         case .tenant(let tenant):
             return try await fetch(
                 """
@@ -401,6 +390,17 @@ public final class PostgresEventStore: EventStore, Service {
                 ORDER BY global_position LIMIT \(maxCount)
                 """, operation: "read all of \(tenant)", opening: opening)
         }
+    }
+
+    /// Every tenant's events after `position` (of `types` when given), withheld behind older open transactions:
+    /// what ``readAll(_:after:maxCount:types:opening:)`` and the shared tail read.
+    static func allTenantsQuery(after position: Int64, maxCount: Int, types: [String]?) -> PostgresQuery {
+        """
+        SELECT \(unescaped: columns) FROM events
+        WHERE global_position > \(position) AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+          AND (\(types)::text[] IS NULL OR event_type = ANY(\(types)::text[]))
+        ORDER BY global_position LIMIT \(maxCount)
+        """
     }
 
     /// The events of one tenant at the given global positions (those that exist), in position order: what a
