@@ -169,8 +169,10 @@ extension PostgresEventStore {
 
     /// Committed events after a position that no reader may take yet, and the open transaction they wait for.
     public struct HeldBack: Sendable, Codable, Equatable {
-        /// How many (counted up to a million).
+        /// How many, counted up to ``eventsCountedUpTo``.
         public var events: Int64
+        /// Where the count of ``events`` stopped: `events` equal to it means at least that many.
+        public var eventsCountedUpTo: Int64
         /// How long the oldest of them has waited, in seconds.
         public var waitingSeconds: Double
         /// The transaction every reader waits for, as `pg_stat_activity` or `pg_prepared_xacts` show it
@@ -179,14 +181,15 @@ extension PostgresEventStore {
         public var by: String
 
         /// `N events committed but not yet readable for S s`: what every report of it starts with.
-        public var summary: String { "\(events) events committed but not yet readable for \(Int(waitingSeconds)) s" }
+        public var summary: String { "\(events >= eventsCountedUpTo ? "at least " : "")\(events) events committed but not yet readable for \(Int(waitingSeconds)) s" }
     }
 
     /// What holds back the committed events after `position` that readers may not take yet: `nil` when none
-    /// has waited `atLeast` (a transaction appending now holds the ones after it back for a moment).
+    /// has waited `atLeast` (a transaction appending now holds the ones after it back for a moment). They are
+    /// counted up to `limit`.
     ///
     /// - Throws: ``EventStoreError`` when the read fails.
-    public func heldBack(after position: Int64, atLeast: Duration = .seconds(1)) async throws -> HeldBack? {
+    public func heldBack(after position: Int64, atLeast: Duration = .seconds(1), countingUpTo limit: Int64 = 1_000_000) async throws -> HeldBack? {
         do {
             let oldest = try await client.queryOpen(
                 """
@@ -200,7 +203,7 @@ extension PostgresEventStore {
             let counted = try await client.queryOpen(
                 """
                 SELECT count(*) FROM (SELECT 1 FROM events WHERE global_position > \(position)
-                    AND transaction_id >= pg_snapshot_xmin(pg_current_snapshot()) LIMIT 1000000) AS held
+                    AND transaction_id >= pg_snapshot_xmin(pg_current_snapshot()) LIMIT \(limit)) AS held
                 """, logger: logger)
             var events: Int64 = 0
             for try await count in counted.decode(Int64.self) { events = count }
@@ -224,7 +227,7 @@ extension PostgresEventStore {
                 """, logger: logger)
             var by = "an open transaction"
             for try await text in holder.decode(String.self) { by = text }
-            return HeldBack(events: events, waitingSeconds: waited, by: by)
+            return HeldBack(events: events, eventsCountedUpTo: limit, waitingSeconds: waited, by: by)
         } catch {
             throw Self.mapError(error, operation: "read what holds the readers back")
         }

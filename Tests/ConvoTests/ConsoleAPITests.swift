@@ -1,6 +1,7 @@
 import ConvoTestSupport
 import Foundation
 import HTTPTypes
+import Projections
 import SharedTypes
 import Testing
 
@@ -58,6 +59,7 @@ import Testing
             var state: String
             var head: Int64
             var lag: Int64
+            var lagCountedUpTo: Int64
             var activeRunners: Int
             var problem: String?
         }
@@ -72,6 +74,8 @@ import Testing
                 #expect(before.projections.map(\.name).sorted() == ["conversations", "visitors", "workflow_state"])
                 for projection in before.projections {
                     #expect(projection.state == "not_built" && projection.activeRunners == 0 && projection.problem == "not built", "\(projection)")
+                    // Read by any tenant's key, often: a backlog is counted up to 10,000, not a million.
+                    #expect(projection.lagCountedUpTo == ProjectionStatus.routineLagCountLimit)
                 }
                 #expect(try await api.post(APIHarness.conversationID(), #"{"visitorUid": "v-1", "text": "hello"}"#).status == .accepted)
                 // (The head is what every reader may see: on the shared test cluster, another test's open

@@ -13,6 +13,7 @@ import Testing
         var storedVersion: Int?
         var checkpoint: Int64
         var lag: Int64
+        var lagCountedUpTo: Int64
     }
 
     @Test func rebuildVerifyStatusAndStateFromTheCommandLine() async throws {
@@ -47,6 +48,8 @@ import Testing
             let versions = Dictionary(uniqueKeysWithValues: ProjectionRegistry.standard.map { ($0.name, $0.version) })
             let after = try JSONDecoder().decode([Status].self, from: Data(status.stdout.utf8))
             #expect(after.allSatisfy { $0.state == "stopped" && $0.storedVersion == versions[$0.name] && $0.checkpoint > 0 && $0.lag == 0 }, "\(status.stdout)")
+            // The operator's status counts a backlog up to a million (readiness and the routes up to 10,000).
+            #expect(after.allSatisfy { $0.lagCountedUpTo == 1_000_000 }, "\(status.stdout)")
 
             let clean = try await ConvoProcess.run(["projections", "verify", "--all"], environment: env)
             #expect(clean.status == 0, "\(clean.stdout)\(clean.stderr)")

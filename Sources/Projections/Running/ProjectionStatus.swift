@@ -23,8 +23,12 @@ public struct ProjectionStatus: Sendable, Codable {
     public var storedVersion: Int?
     public var checkpoint: Int64
     public var head: Int64
-    /// Events after the checkpoint that readers can already see (counted up to ``lagCountLimit``).
+    /// Events after the checkpoint that readers can already see, counted up to ``lagCountedUpTo``.
     public var lag: Int64
+    /// Where the count of ``lag`` (and of ``heldBack``'s events) stopped: a `lag` equal to it means at
+    /// least that many. ``lagCountLimit`` for `convo projections status`, ``routineLagCountLimit`` for what is
+    /// read often (`/readyz`, `/metrics`, `GET /v1/projections`).
+    public var lagCountedUpTo: Int64
     /// How long the oldest event after the checkpoint has waited to be applied, in seconds: 0 when there
     /// is none. Measured from the event's commit time, so a runner that stopped shows here while events
     /// arrive, whatever it believes about itself; committed events readers may not take yet count too.
@@ -52,8 +56,20 @@ public struct ProjectionStatus: Sendable, Codable {
     public var error: String?
     public var lastRebuild: Rebuild?
 
-    /// The most events counted for ``lag``: a projection far behind is reported as at least this far.
+    /// The most events counted for ``lag`` by default (an operator's status): a projection far behind is
+    /// reported as at least this far.
     public static let lagCountLimit: Int64 = 1_000_000
+
+    /// The most events counted for ``lag`` where the status is read often and by anyone: readiness probes,
+    /// metrics scrapes, tenants' `GET /v1/projections`. A count walks the rows one by one (a million took
+    /// PostgreSQL about 150 ms here in a table of just the two columns it reads, 10,000 took 2 ms), once per
+    /// distinct checkpoint and once more for the held-back events, and the reads come most often when a
+    /// projection is far behind and PostgreSQL is busy; whether a projection is stale is told by how long
+    /// its oldest event has waited, not by the count.
+    public static let routineLagCountLimit: Int64 = 10_000
+
+    /// ``lag`` in words: `N`, or `at least N` when the count stopped there.
+    public var lagText: String { lag >= lagCountedUpTo ? "at least \(lag)" : "\(lag)" }
 
     /// What is wrong with the projection, measured, or `nil` when it is keeping up: failed, being rebuilt,
     /// never built, no runner active in any process, or events waiting longer than `staleAfter`.
@@ -64,19 +80,19 @@ public struct ProjectionStatus: Sendable, Codable {
         case "not_built": return "not built"
         default: break
         }
-        if activeRunners == 0 && state != "stale" { return "no active runner in any process; \(lag) events behind" }
+        if activeRunners == 0 && state != "stale" { return "no active runner in any process; \(lagText) events behind" }
         if waitingSeconds > staleAfter.inSeconds {
             if let heldBack, heldBack.waitingSeconds > staleAfter.inSeconds {
                 // Which session it is stays out of this text (readiness is not authenticated): the status says.
                 return "stale: \(heldBack.summary): a transaction left open in PostgreSQL holds every reader back (`convo projections status` names it)"
             }
-            return "stale: \(lag) events behind, the oldest waiting \(Int(waitingSeconds)) s"
+            return "stale: \(lagText) events behind, the oldest waiting \(Int(waitingSeconds)) s"
         }
         return nil
     }
 
-    /// How far behind a checkpoint is: the readable events after it (counted up to ``lagCountLimit``), how
-    /// long the oldest committed one has waited, and, once that is a second, what holds it back.
+    /// How far behind a checkpoint is: the readable events after it (counted up to a limit), how long the
+    /// oldest committed one has waited, and, once that is a second, what holds it back.
     struct Lag {
         var events: Int64
         var waitingSeconds: Double
@@ -85,21 +101,24 @@ public struct ProjectionStatus: Sendable, Codable {
         /// Each distinct checkpoint measured once: runners held back by one open transaction all stop at the
         /// same position, and a status read (every `/readyz`) would otherwise count the same backlog, up to
         /// a million events, once per projection, while PostgreSQL is already in trouble.
-        static func measure(after checkpoints: [Int64], store: PostgresEventStore) async throws -> [Int64: Lag] {
+        static func measure(after checkpoints: [Int64], countingUpTo limit: Int64, store: PostgresEventStore) async throws -> [Int64: Lag] {
             var measured: [Int64: Lag] = [:]
             for checkpoint in checkpoints where measured[checkpoint] == nil {
-                let events = try await store.countEvents(after: checkpoint, limit: lagCountLimit)
+                let events = try await store.countEvents(after: checkpoint, limit: limit)
                 let waiting = try await store.waitingSeconds(after: checkpoint)
-                measured[checkpoint] = Lag(events: events, waitingSeconds: waiting, heldBack: waiting >= 1 ? try await store.heldBack(after: checkpoint) : nil)
+                let heldBack = waiting >= 1 ? try await store.heldBack(after: checkpoint, countingUpTo: limit) : nil
+                measured[checkpoint] = Lag(events: events, waitingSeconds: waiting, heldBack: heldBack)
             }
             return measured
         }
     }
 
-    /// The status of `projections`.
+    /// The status of `projections`, their lag counted up to `limit` events.
     ///
     /// - Throws: ``ProjectionError`` when PostgreSQL cannot be read.
-    public static func read(_ projections: [any Projection], store: PostgresEventStore, logger: Logger) async throws -> [ProjectionStatus] {
+    public static func read(
+        _ projections: [any Projection], store: PostgresEventStore, countingUpTo limit: Int64 = lagCountLimit, logger: Logger
+    ) async throws -> [ProjectionStatus] {
         do {
             let head = try await store.headPosition(.allTenants)
             var statuses = try await store.client.withOpenConnection { connection in
@@ -108,7 +127,8 @@ public struct ProjectionStatus: Sendable, Codable {
                 return statuses
             }
             let built = statuses.indices.filter { statuses[$0].storedVersion != nil }
-            let measures = try await Lag.measure(after: built.map { statuses[$0].checkpoint }, store: store)
+            let measures = try await Lag.measure(after: built.map { statuses[$0].checkpoint }, countingUpTo: limit, store: store)
+            for index in statuses.indices { statuses[index].lagCountedUpTo = limit }
             for index in built {
                 guard let measure = measures[statuses[index].checkpoint] else { continue }
                 statuses[index].lag = measure.events
@@ -156,7 +176,7 @@ public struct ProjectionStatus: Sendable, Codable {
             state = running ? "running" : "stopped"
         }
         return ProjectionStatus(
-            name: name, version: projection.version, storedVersion: entry?.version, checkpoint: entry?.checkpoint ?? 0, head: head, lag: 0, waitingSeconds: 0,
+            name: name, version: projection.version, storedVersion: entry?.version, checkpoint: entry?.checkpoint ?? 0, head: head, lag: 0, lagCountedUpTo: lagCountLimit, waitingSeconds: 0,
             activeRunners: runners, runningIn: runnerSessions.map { ProcessInstance.instance(inSessionName: $0) ?? "unnamed" }, state: state,
             standby: standby, failedPosition: entry?.failedPosition,
             error: entry?.failedPosition != nil ? "\(entry?.failedEvent ?? "?"): \(entry?.error ?? "")" : nil, lastRebuild: lastRebuild)

@@ -61,7 +61,7 @@ public struct ProjectionVerifier: Sendable {
         do {
             let head = try await store.headPosition(.allTenants)
             var measured = reports
-            let lags = try await ProjectionStatus.Lag.measure(after: reports.map(\.checkpoint), store: store)
+            let lags = try await ProjectionStatus.Lag.measure(after: reports.map(\.checkpoint), countingUpTo: ProjectionStatus.lagCountLimit, store: store)
             for index in measured.indices {
                 guard let lag = lags[measured[index].checkpoint] else { continue }
                 measured[index].head = head

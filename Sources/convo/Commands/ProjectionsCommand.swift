@@ -164,7 +164,7 @@ extension Convo {
                     if status.standby > 0 { line += " (\(status.standby) standby)" }
                     line += ", \(status.activeRunners) active runner\(status.activeRunners == 1 ? "" : "s")"
                     if let hosts = status.runningIn, !hosts.isEmpty { line += " (in \(hosts.joined(separator: ", ")))" }
-                    line += ", checkpoint \(status.checkpoint), head \(status.head), lag \(status.lag) events"
+                    line += ", checkpoint \(status.checkpoint), head \(status.head), lag \(status.lagText) events"
                     if status.lag > 0 { line += " (the oldest waiting \(Int(status.waitingSeconds)) s)" }
                     print(line)
                     if let held = status.heldBack {

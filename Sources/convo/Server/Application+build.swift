@@ -137,10 +137,11 @@ func buildRouter(_ context: ServerContext, background: Bool = true) -> (Router<C
 }
 
 /// Each projection's health as measured in PostgreSQL (whichever process runs it): `convo_projection_lag`
-/// (events after the checkpoint), `convo_projection_waiting_seconds` (how long the oldest of them has
+/// (events after the checkpoint, counted up to ``ProjectionStatus/routineLagCountLimit``: a scrape does not
+/// walk a backlog of millions), `convo_projection_waiting_seconds` (how long the oldest of them has
 /// waited) and `convo_projection_active_runners` (sessions holding its runner lock).
 private func recordProjectionHealth(_ projections: [any Projection], store: PostgresEventStore, logger: Logger) async {
-    guard !projections.isEmpty, let statuses = try? await ProjectionStatus.read(projections, store: store, logger: logger) else { return }
+    guard !projections.isEmpty, let statuses = try? await ProjectionStatus.read(projections, store: store, countingUpTo: ProjectionStatus.routineLagCountLimit, logger: logger) else { return }
     for status in statuses {
         let dimensions = [("projection", status.name)]
         Gauge(label: "convo.projection.lag", dimensions: dimensions).record(status.lag)

@@ -16,7 +16,8 @@ struct ProjectionRoutes: Sendable {
 
     @Sendable func list(_ request: Request, _ requestContext: ConvoRequestContext) async throws -> ProjectionList {
         _ = try requestContext.tenant(forAnyOf: [.read, .admin])
-        let statuses = try await ProjectionStatus.read(projections, store: context.store, logger: requestContext.logger)
+        let statuses = try await ProjectionStatus.read(
+            projections, store: context.store, countingUpTo: ProjectionStatus.routineLagCountLimit, logger: requestContext.logger)
         return ProjectionList(
             projections: statuses.map { status in
                 // Where the runners run names the service's hosts, and what holds the readers back names

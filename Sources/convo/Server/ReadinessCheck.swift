@@ -34,7 +34,7 @@ struct ReadinessCheck: Sendable {
         }
         // Measured beside the other checks, so the answer takes one check's time at most.
         async let projectionChecks = outcome { () -> [ProjectionStatus] in
-            projections.isEmpty ? [] : try await ProjectionStatus.read(projections, store: store, logger: logger)
+            projections.isEmpty ? [] : try await ProjectionStatus.read(projections, store: store, countingUpTo: ProjectionStatus.routineLagCountLimit, logger: logger)
         }
         var checks: [String: String] = [:]
         let (schema, cache) = await (migrations, redisState)
