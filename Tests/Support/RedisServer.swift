@@ -15,9 +15,7 @@ public final class RedisServer: @unchecked Sendable {
     /// `clusterBus`: the port must leave room for the cluster bus at port + 10000, free too.
     public init(arguments: [String] = [], clusterBus: Bool = false) async throws {
         self.arguments = arguments
-        var port = try ServeProcess.freePort()
-        while clusterBus && (port > 55535 || !ServeProcess.isFree(port + 10000)) { port = try ServeProcess.freePort() }
-        self.port = port
+        self.port = try ServeProcess.freePort(clusterBus: clusterBus)
         directory = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("convo-redis-\(TestRun.tag)-\(port)-\(UUID().uuidString.prefix(6))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         try await start()

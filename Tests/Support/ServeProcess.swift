@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -84,20 +85,41 @@ public final class ServeProcess: @unchecked Sendable {
     }
 
     /// A port nothing listens on now, below the kernel's range of ephemeral ports (`ip_local_port_range`), at
-    /// random: a port of that range, free when picked, can become the local port of any outgoing connection
-    /// (the tests open thousands) before the server it was picked for binds it. The kernel's pick for port 0
-    /// when no such port is found.
-    public static func freePort() throws -> Int {
+    /// random, and never handed out before in this process: a port of that range, free when picked, can become
+    /// the local port of any outgoing connection (the tests open thousands) before the server it was picked for
+    /// binds it; and a port free only because its server is stopped for a while (a fault test's PostgreSQL or
+    /// Redis, to be started again on it) must not go to another test meanwhile (a test cluster's PostgreSQL
+    /// found its port taken: "Address already in use"). With `clusterBus`, port + 10000 (a Redis Cluster
+    /// node's bus) is free, below that range and handed out too. The kernel's pick for port 0 when no such
+    /// port is found.
+    public static func freePort(clusterBus: Bool = false) throws -> Int {
         let range = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))?
             .split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } ?? 32768
-        if range > 10_100 {
-            for _ in 0..<200 {
-                let port = Int.random(in: 10_000..<range)
-                if isFree(port) { return port }
+        let bus = clusterBus ? 10_000 : 0
+        func claim(_ port: Int) -> Bool {
+            let ports = clusterBus ? [port, port + bus] : [port]
+            guard ports.allSatisfy({ $0 <= 65_535 && isFree($0) }) else { return false }
+            return handedOut.withLock { handedOut in
+                guard !ports.contains(where: handedOut.contains) else { return false }
+                handedOut.formUnion(ports)
+                return true
             }
         }
-        return try kernelsFreePort()
+        if range - bus > 10_100 {
+            for _ in 0..<500 {
+                let port = Int.random(in: 10_000..<(range - bus))
+                if claim(port) { return port }
+            }
+        }
+        for _ in 0..<500 {
+            let port = try kernelsFreePort()
+            if claim(port) { return port }
+        }
+        throw Failure(description: "no free port found")
     }
+
+    /// Every port ``freePort(clusterBus:)`` handed out in this process.
+    private static let handedOut = Mutex<Set<Int>>([])
 
     /// The kernel's pick for port 0.
     static func kernelsFreePort() throws -> Int {
