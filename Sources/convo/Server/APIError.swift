@@ -4,6 +4,7 @@ import Hummingbird
 import Logging
 import Projections
 import Responder
+import SharedTypes
 
 /// An error answered as `{"error": {"code", "message"}}` with its status (and, for a workflow, the problems
 /// found per node in `error.details`).
@@ -143,6 +144,12 @@ extension Request {
         } catch {
             throw APIError(.contentTooLarge, "body_too_large", "the body is over \(APILimits.maxBodyBytes / 1024) KiB")
         }
+        if let readable = T.self as? any BodyReadable.Type, let value = buffer.withUnsafeReadableBytes({ bytes in
+            var reader = PayloadReader(bytes)
+            return try? readable.init(reading: &reader)
+        }) as? T {
+            return value
+        }
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .iso8601
         do {
@@ -180,4 +187,13 @@ extension Request {
         default: "\(type)".lowercased()
         }
     }
+}
+
+/// A request body read by hand (``PayloadReader``) when the reader handles it: the plain bodies clients send,
+/// read without `JSONDecoder`'s map of the document and boxed containers. Anything the reader leaves (an
+/// escaped or repeated key, a missing member, a value of another kind) goes to `JSONDecoder`, so what a body
+/// reads as, and the error a bad one gets, are the decoder's. For the bodies the server reads most often
+/// (`IngestRequest`: every visitor message).
+protocol BodyReadable: Decodable {
+    init(reading body: inout PayloadReader) throws(PayloadReader.Unhandled)
 }

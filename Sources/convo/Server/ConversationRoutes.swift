@@ -219,12 +219,31 @@ struct ConversationRoutes: Sendable {
     }
 }
 
-struct IngestRequest: Decodable {
+struct IngestRequest: Decodable, BodyReadable {
     var visitorUid: String
     var messageId: String?
     var text: String
     /// ISO 8601; checked by the route so a bad one is named.
     var sentAt: String?
+
+    init(visitorUid: String, messageId: String?, text: String, sentAt: String?) {
+        (self.visitorUid, self.messageId, self.text, self.sentAt) = (visitorUid, messageId, text, sentAt)
+    }
+
+    init(reading body: inout PayloadReader) throws(PayloadReader.Unhandled) {
+        var visitorUid = PayloadReader.Member<String>(), messageId = PayloadReader.Member<String?>()
+        var text = PayloadReader.Member<String>(), sentAt = PayloadReader.Member<String?>()
+        while let key = try body.nextKey() {
+            switch key {
+            case "visitorUid": try visitorUid.set(body.string())
+            case "messageId": try messageId.set(body.optionalString())
+            case "text": try text.set(body.string())
+            case "sentAt": try sentAt.set(body.optionalString())
+            default: try body.skip()
+            }
+        }
+        self.init(visitorUid: try visitorUid.required(), messageId: messageId.optional(), text: try text.required(), sentAt: sentAt.optional())
+    }
 }
 
 /// The answer to every accepted message, the server's most frequent: written by hand rather than through

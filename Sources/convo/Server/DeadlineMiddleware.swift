@@ -21,14 +21,16 @@ struct DeadlineMiddleware<Context: RequestContext>: RouterMiddleware {
     /// the same messageId). A handler that finishes in that moment gives its true outcome.
     ///
     /// The handler runs in a task of its own (cancelling the request's task would end its keep-alive
-    /// connection too), awaited before this returns; its deadline is one entry in ``DeadlineTimers``, not a
-    /// timer of its own.
+    /// connection too), started at once on the request's thread and awaited before this returns; its
+    /// deadline is one entry in ``DeadlineTimers``, not a timer of its own.
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         if request.uri.path == "/readyz" { return try await next(request, context) }
         return try await withoutActuallyEscaping(next) { next in
             // Awaited below on every path, so `next` does not outlive this call.
             let handler = UncheckedSendable(value: next)
-            let work = Task { try await handler.value(request, context) }
+            // Started on this thread, up to its first suspension (a task started on the pool was a hop to
+            // another thread and back for every request).
+            let work = Task.immediate { try await handler.value(request, context) }
             let timer = timers.start { work.cancel() }
             let outcome = await withTaskCancellationHandler {
                 await work.result
