@@ -92,11 +92,19 @@ struct IngestBenchmark: AsyncParsableCommand {
             part = part + (IngestBaselines.CPU.now(server: serverPID) - before)
             return result
         }
+        // Each side starts on a settled database (vacuumed, analyzed, a checkpoint taken; autovacuum off): a
+        // checkpoint or an autovacuum the previous side's writes caused otherwise falls into the next side's
+        // seconds and tail latency (the p99 of ours was 42–143 ms in runs without this, 21–23 ms for wrk alone
+        // on a fresh database).
+        try await BenchDatabase.withoutAutovacuum([client])
         for round in 0..<rounds {
+            try await BenchDatabase.settle([client])
             raw.merge(try await measured(&cpu.raw) { try await Self.raw(client, concurrency: concurrency, for: .seconds(seconds), tag: "r\(round)") })
+            try await BenchDatabase.settle([client])
             let pgbench = try await measured(&cpu.pgbench) { try IngestBaselines.pgbench(url, concurrency: concurrency, transactions: pgbenchTransactions) }
             pgbenchRows += pgbench.rows
             pgbenchSeconds += Double(pgbench.rows) / pgbench.rate
+            try await BenchDatabase.settle([client])
             ours.merge(try await measured(&cpu.ours) { try await load(for: .seconds(seconds), tag: "r\(round)") })
         }
         let pgbenchRate = Double(pgbenchRows) / max(pgbenchSeconds, 0.001)
