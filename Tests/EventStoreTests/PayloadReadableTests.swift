@@ -225,23 +225,12 @@ import Testing
     /// gives a value, the decoder gives the same one, and `read` always answers as the decoder does.
     @Test func payloadsBrokenAtRandomReadAsTheDecoderReadsThem() throws {
         var random = SplitMix64(seed: 0x5eed_c0de)
-        let interesting =
-            Array(#""\{}[],:0123456789.eE-+ntfu/ "#.utf8) + [0x00, 0x1F, 0x7F, 0xC3, 0xA9, 0x80, 0xFF]
         var handledCount = 0
         var mutations = 0
         func mutate<T: PayloadReadable>(_ sample: T) throws {
             let original = Self.spaced(Array(try JSONCoding.encoder.encode(sample)))
             for _ in 0..<300 {
-                var bytes = original
-                for _ in 0...random.next(upTo: 2) {
-                    let position = random.next(upTo: bytes.count)
-                    let byte = interesting[random.next(upTo: interesting.count)]
-                    switch random.next(upTo: 3) {
-                    case 0: bytes[position] = byte
-                    case 1: bytes.insert(byte, at: position)
-                    default: if bytes.count > 1 { bytes.remove(at: position) }
-                    }
-                }
+                let bytes = random.brokenJSON(original)
                 let outcome = Self.outcome(T.self, bytes)
                 mutations += 1
                 if let handled = outcome.handled {

@@ -13,4 +13,23 @@ public struct SplitMix64 {
     }
 
     public mutating func next(upTo bound: Int) -> Int { Int(next() % UInt64(bound)) }
+
+    /// Bytes that matter to a JSON reader: structure, digits, escapes, a control character, UTF-8 lead and
+    /// continuation bytes, and bytes that are never UTF-8.
+    public static let jsonBytes = Array(#""\{}[],:0123456789.eE-+ntfu/ "#.utf8) + [0x00, 0x1F, 0x7F, 0xC3, 0xA9, 0x80, 0xFF]
+
+    /// `bytes` broken in one to three places: a byte of ``jsonBytes`` put in place of one, inserted, or one removed.
+    public mutating func brokenJSON(_ bytes: [UInt8]) -> [UInt8] {
+        var bytes = bytes
+        for _ in 0...next(upTo: 2) {
+            let position = next(upTo: bytes.count)
+            let byte = Self.jsonBytes[next(upTo: Self.jsonBytes.count)]
+            switch next(upTo: 3) {
+            case 0: bytes[position] = byte
+            case 1: bytes.insert(byte, at: position)
+            default: if bytes.count > 1 { bytes.remove(at: position) }
+            }
+        }
+        return bytes
+    }
 }
