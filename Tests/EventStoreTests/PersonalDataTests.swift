@@ -129,6 +129,32 @@ import Testing
         }
     }
 
+    /// A new visitor whose append is refused while it is sealed (a payload that is not an object) gets no key
+    /// row: only the batch's other new visitor, whose message is stored, does.
+    @Test(arguments: [1, 2]) func aKeyIsStoredOnlyForAVisitorWhoseAppendIsStored(eventsPerAppend: Int) async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let (refused, stored) = (Self.visitor(), Self.visitor())
+            let notAnObject = NewEvent(
+                type: VisitorMessageReceived.eventType, data: ByteBuffer(string: "[\"not an object\"]"), metadata: EventMetadata(actorId: refused.actorID),
+                subject: PersonalDataSubject(visitor: refused, mayCreateKey: true))
+            let requests = [
+                AppendRequest(
+                    try (0..<eventsPerAppend).map { $0 == 0 ? notAnObject : try Self.message("more", visitor: refused) }, to: TestDatabase.uniqueStream("messages"),
+                    tenant: tenant, expectedVersion: .noStream),
+                AppendRequest(
+                    try (0..<eventsPerAppend).map { _ in try Self.message("kept", visitor: stored) }, to: TestDatabase.uniqueStream("messages"),
+                    tenant: tenant, expectedVersion: .noStream),
+            ]
+            let results = try await store.appendMany(requests)
+            #expect(throws: EventStoreError.self) { try results[0].get() }
+            #expect(try results[1].get().events.count == eventsPerAppend)
+            let keys = try await Self.keyRows(store.client, tenant: tenant, [refused, stored])
+            #expect(keys[refused.rawValue] == nil, "\(keys)")
+            #expect(keys[stored.rawValue]?.map(\.generation) == [1], "\(keys)")
+        }
+    }
+
     /// Another writer stores a key for a batch's new visitor while the batch is being written (its insert waits
     /// for that writer's transaction): the batch writes no event sealed with its own key, which lost, and its
     /// appends are stored sealed with the winner's; the batch's other new visitor keeps one key too. Appends of

@@ -155,25 +155,32 @@ public final class PersonalDataVault: Sendable {
         guard !wanted.isEmpty else { return Sealed(results: results, newKeys: [], epoch: 0) }
         let (keys, newKeys, epoch) = try await currentKeys(wanted, storingNewKeys: !leavingNewKeys)
         var sealing = Ciphers(sealing: true)
+        var used = Set<SubjectKey>()
         for (index, (events, tenant)) in appends.enumerated() {
             guard case .success = results[index] else { continue }
             do {
                 var sealed = events
+                var sealedWith = Set<SubjectKey>()
                 for position in sealed.indices where !sealed[position].personalFields.isEmpty {
                     guard let subject = sealed[position].personalDataSubject else { continue }
-                    switch keys[SubjectKey(tenant: tenant.rawValue, subject: subject.visitor.rawValue)] {
+                    let id = SubjectKey(tenant: tenant.rawValue, subject: subject.visitor.rawValue)
+                    switch keys[id] {
                     case .some(.some(let current)):
                         try Self.seal(&sealed[position], tenant: tenant, generation: current.generation, key: current.key, with: &sealing)
+                        sealedWith.insert(id)
                     default:
                         throw EventStoreError(code: .subjectErased, message: "the visitor was forgotten: what was derived from their data is not stored")
                     }
                 }
                 results[index] = .success(sealed)
+                used.formUnion(sealedWith)
             } catch let error as EventStoreError {
                 results[index] = .failure(error)
             }
         }
-        return Sealed(results: results, newKeys: newKeys, epoch: epoch)
+        // A key made for a visitor whose every append was refused (a payload that is not an object) seals
+        // nothing that is stored: it is not stored either.
+        return Sealed(results: results, newKeys: newKeys.filter { used.contains($0.id) }, epoch: epoch)
     }
 
     /// Keeps in memory keys ``seal(_:leavingNewKeys:)`` left, once their append has committed them; not when
