@@ -57,6 +57,9 @@ struct EventStoreBenchmark: AsyncParsableCommand {
     /// The raw inserts' hash: a constant, as a client that skipped the chain would write.
     static let rawHash = ByteBuffer(bytes: [UInt8](repeating: 0xab, count: 32))
     static let metadata = EventMetadata(correlationId: UUID(), causationId: UUID(), actorId: "visitor:visitor-42")
+    /// Whose personal data the message is: every append of one must say (the store has no master key here and
+    /// may keep it in plaintext, the raw side's form, so both sides store the same bytes).
+    static let subject = PersonalDataSubject(visitor: VisitorUID(rawValue: "visitor-42")!, mayCreateKey: true)
 
     private func appendCase(client: PostgresClient, writers: Int, batch: Int) async throws -> (ours: Double, raw: Double) {
         let store = PostgresEventStore(client: client, keyring: nil, vaultConfiguration: .init(allowsPlaintext: true), logger: BenchDatabase.logger)
@@ -105,7 +108,7 @@ struct EventStoreBenchmark: AsyncParsableCommand {
     private func appends(store: PostgresEventStore, stream: StreamName, batch: Int, until deadline: ContinuousClock.Instant) async throws -> Int {
         var version: Int64 = 0
         while ContinuousClock.now < deadline {
-            let events = (0..<batch).map { _ in NewEvent(type: "VisitorMessageReceived", data: Self.payload, metadata: Self.metadata) }
+            let events = (0..<batch).map { _ in NewEvent(type: "VisitorMessageReceived", data: Self.payload, metadata: Self.metadata, subject: Self.subject) }
             let result = try await store.append(events, to: stream, tenant: .default, expectedVersion: .exact(version))
             version = result.streamVersion
         }
