@@ -38,16 +38,18 @@ import Testing
     /// for 1.6 leases by a blocking call; a heartbeat scheduled as a task would send nothing for that long.
     /// (Held asleep, not spinning: spinning threads also took the CPU from the event loop and from PostgreSQL,
     /// which on a loaded machine made a live beat late, a failure of the test rather than of the lease.) The
-    /// lease is 3 s: with 1 s, beats 250 ms apart, a stall of this machine of 750 ms (the suite's start, when
-    /// test clusters run initdb beside it) ended a live session once.
+    /// lease is 2 s: with 1 s, beats 250 ms apart, a stall of this machine of 750 ms (the suite's start, when
+    /// test clusters run initdb beside it) ended a live session once. Not longer: holding the pool stalls every
+    /// test running in this process meanwhile (held 4.8 s for a 3-second lease, it let a 4-second visitor
+    /// lock expire between its renewals in another test).
     @Test(.timeLimit(.minutes(1))) func aLeaseOutlivesAConcurrencyPoolBusyForLongerThanItsTimeout() async throws {
         try await TestDatabase.withStore { store in
             try await store.client.withOpenConnection { connection in
                 let pid = try await Self.backendPid(connection)
-                try await connection.asLease(timeout: .seconds(3), logger: TestDatabase.logger) {
+                try await connection.asLease(timeout: .seconds(2), logger: TestDatabase.logger) {
                     // A beat has certainly run (a quarter of the lease) before the pool is taken.
-                    try await Task.sleep(for: .milliseconds(1200))
-                    let until = ContinuousClock.now + .milliseconds(4800)
+                    try await Task.sleep(for: .milliseconds(800))
+                    let until = ContinuousClock.now + .milliseconds(3200)
                     // More tasks than the pool has threads, each blocked in usleep until one deadline: every
                     // thread is held until then, whatever the pool's width.
                     await withTaskGroup(of: Void.self) { group in
