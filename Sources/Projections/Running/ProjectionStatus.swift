@@ -123,12 +123,11 @@ public struct ProjectionStatus: Sendable, Codable {
             let head = try await store.headPosition(.allTenants)
             var statuses = try await store.client.withOpenConnection { connection in
                 var statuses: [ProjectionStatus] = []
-                for projection in projections { statuses.append(try await read(projection, head: head, on: connection, logger: logger)) }
+                for projection in projections { statuses.append(try await read(projection, head: head, countingUpTo: limit, on: connection, logger: logger)) }
                 return statuses
             }
             let built = statuses.indices.filter { statuses[$0].storedVersion != nil }
             let measures = try await Lag.measure(after: built.map { statuses[$0].checkpoint }, countingUpTo: limit, store: store)
-            for index in statuses.indices { statuses[index].lagCountedUpTo = limit }
             for index in built {
                 guard let measure = measures[statuses[index].checkpoint] else { continue }
                 statuses[index].lag = measure.events
@@ -143,7 +142,9 @@ public struct ProjectionStatus: Sendable, Codable {
         }
     }
 
-    private static func read(_ projection: any Projection, head: Int64, on connection: PostgresConnection, logger: Logger) async throws -> ProjectionStatus {
+    private static func read(
+        _ projection: any Projection, head: Int64, countingUpTo limit: Int64, on connection: PostgresConnection, logger: Logger
+    ) async throws -> ProjectionStatus {
         let name = projection.name
         let entry = try await ProjectionCatalogue.entry(name, on: connection, logger: logger)
         let holders = try await ProjectionCatalogue.holders(name, on: connection, logger: logger)
@@ -176,7 +177,7 @@ public struct ProjectionStatus: Sendable, Codable {
             state = running ? "running" : "stopped"
         }
         return ProjectionStatus(
-            name: name, version: projection.version, storedVersion: entry?.version, checkpoint: entry?.checkpoint ?? 0, head: head, lag: 0, lagCountedUpTo: lagCountLimit, waitingSeconds: 0,
+            name: name, version: projection.version, storedVersion: entry?.version, checkpoint: entry?.checkpoint ?? 0, head: head, lag: 0, lagCountedUpTo: limit, waitingSeconds: 0,
             activeRunners: runners, runningIn: runnerSessions.map { ProcessInstance.instance(inSessionName: $0) ?? "unnamed" }, state: state,
             standby: standby, failedPosition: entry?.failedPosition,
             error: entry?.failedPosition != nil ? "\(entry?.failedEvent ?? "?"): \(entry?.error ?? "")" : nil, lastRebuild: lastRebuild)

@@ -165,14 +165,12 @@ struct APIKeyStore: Sendable {
         }
     }
 
-    /// `cvk_ID_SECRET` → its parts.
+    /// `cvk_ID_SECRET` → its parts: `ID` 16 hex digits, `SECRET` 32 to 64 characters. Read byte by byte (every
+    /// request's key: a walk by `Character` cost each request about 1 % of the server's CPU); a key that is not
+    /// ASCII is no key of ours (refused here, without a lookup).
     static func parse(_ key: String) -> (id: String, secret: String)? {
-        // Every request's key: an ASCII one (every key convo makes) is read byte by byte, the same checks
-        // as below without the character-by-character walk (grapheme breaking) that cost each request about
-        // 1% of the server's CPU.
         let utf8 = key.utf8
-        guard utf8.allSatisfy({ $0 < 0x80 }) else { return parseCharacters(key) }
-        guard utf8.starts(with: prefix.utf8) else { return nil }
+        guard utf8.allSatisfy({ $0 < 0x80 }), utf8.starts(with: prefix.utf8) else { return nil }
         let rest = utf8.dropFirst(prefix.utf8.count)
         guard let separator = rest.firstIndex(of: UInt8(ascii: "_")) else { return nil }
         let id = rest[..<separator]
@@ -183,17 +181,6 @@ struct APIKeyStore: Sendable {
         }
         guard id.count == 16, id.allSatisfy(isHexDigit), (32...64).contains(secret.count) else { return nil }
         return (String(Substring(id)), String(Substring(secret)))
-    }
-
-    /// ``parse(_:)`` by characters: for a key that is not ASCII (never a valid one, but it must be refused the same way).
-    static func parseCharacters(_ key: String) -> (id: String, secret: String)? {
-        guard key.hasPrefix(prefix) else { return nil }
-        let rest = key.dropFirst(prefix.count)
-        guard let separator = rest.firstIndex(of: "_") else { return nil }
-        let id = String(rest[..<separator])
-        let secret = String(rest[rest.index(after: separator)...])
-        guard id.count == 16, id.allSatisfy(\.isHexDigit), (32...64).contains(secret.count) else { return nil }
-        return (id, secret)
     }
 
     static func hash(_ key: String) -> Data { Data(SHA256.hash(data: Data(key.utf8))) }
