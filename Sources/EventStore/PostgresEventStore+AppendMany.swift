@@ -96,10 +96,10 @@ extension PostgresEventStore {
         return results.map { $0! }
     }
 
-    /// Whether the appends fit one batch statement (``BatchAppendStatement``): one event each, each stream once.
+    /// Whether the appends fit one batch statement (``BatchAppendStatement``): each stream once.
     static func fitsBatch(_ requests: [AppendRequest]) -> Bool {
         var seen = Set<StreamKey>()
-        for request in requests where request.events.count != 1 || !seen.insert(StreamKey(tenant: request.tenant, stream: request.stream)).inserted {
+        for request in requests where !seen.insert(StreamKey(tenant: request.tenant, stream: request.stream)).inserted {
             return false
         }
         return true
@@ -232,21 +232,27 @@ extension PostgresEventStore {
         }
     }
 
-    /// The common group commit, one event per append and every stream once (ingest's batches, which
-    /// ``fitsBatch(_:)`` tells), as one prepared INSERT (``BatchAppendStatement``) instead of
-    /// `convo_append_many`'s loops, storing `newKeys` (the keys made for the appends' new visitors) in the
-    /// same transaction. `nil` when it wrote nothing: a racer took a stream, a version or an id first, or
-    /// stored one of the keys first (the appends' events are then sealed with a key that is not stored), or
-    /// PostgreSQL broke a deadlock; `convo_append_many` settles the appends, sealed again where a key lost.
+    /// The common group commit, every stream once (ingest's batches, a new conversation's pair of events
+    /// among single messages, which ``fitsBatch(_:)`` tells), as one prepared INSERT
+    /// (``BatchAppendStatement``) instead of `convo_append_many`'s loops, storing `newKeys` (the keys made
+    /// for the appends' new visitors) in the same transaction. `nil` when it wrote nothing: a racer took a
+    /// stream, a version or an id first, or stored one of the keys first (the appends' events are then
+    /// sealed with a key that is not stored), or PostgreSQL broke a deadlock; `convo_append_many` settles the
+    /// appends, sealed again where a key lost.
     private func batchAppend(
         _ requests: [AppendRequest], _ arguments: BatchArguments, newKeys: [PersonalDataVault.NewKey] = []
     ) async throws -> [Result<AppendResult, EventStoreError>]? {
+        var items: [Int32] = []
+        items.reserveCapacity(arguments.ids.count)
+        for (index, count) in arguments.counts.enumerated() { items.append(contentsOf: repeatElement(Int32(index + 1), count: Int(count))) }
         let statement = BatchAppendStatement(
-            tenants: arguments.tenants, streams: arguments.streams, expected: arguments.expected, ids: arguments.ids, types: arguments.types,
-            data: arguments.data, metadata: arguments.metadata, keyTenants: newKeys.map(\.id.tenant), keySubjects: newKeys.map(\.id.subject),
-            keyGenerations: newKeys.map { Int64($0.generation) }, keyMasters: newKeys.map(\.masterKeyId), keysWrapped: newKeys.map(\.wrapped))
-        var results = [Result<AppendResult, EventStoreError>?](repeating: nil, count: requests.count)
-        var retried: [Int] = []
+            tenants: arguments.tenants, streams: arguments.streams, expected: arguments.expected, items: items, ids: arguments.ids,
+            types: arguments.types, data: arguments.data, metadata: arguments.metadata, keyTenants: newKeys.map(\.id.tenant),
+            keySubjects: newKeys.map(\.id.subject), keyGenerations: newKeys.map { Int64($0.generation) }, keyMasters: newKeys.map(\.masterKeyId),
+            keysWrapped: newKeys.map(\.wrapped))
+        var recorded = [[AppendResult.Recorded]](repeating: [], count: requests.count)
+        var refused = [Int64?](repeating: nil, count: requests.count)
+        var retried = Set<Int>()
         var written = 0
         let sending = SendMarker()
         do {
@@ -258,19 +264,16 @@ extension PostgresEventStore {
                 // Another writer stored a key for one of the visitors first: no event was written.
                 guard keyed else { return nil }
                 let index = Int(item) - 1
-                guard results.indices.contains(index) else { continue }
-                let request = requests[index]
+                guard requests.indices.contains(index) else { continue }
                 if let id, let version, let position, let at {
                     written += 1
-                    results[index] = .success(
-                        AppendResult(stream: request.stream, events: [.init(eventId: id, streamVersion: version, globalPosition: position, recordedAt: at)], isDuplicate: false))
+                    recorded[index].append(.init(eventId: id, streamVersion: version, globalPosition: position, recordedAt: at))
                 } else if storedBefore {
-                    // A retry of a stored append (its id is stored), whose expectation its original met: answered
-                    // below as convo_append_many answers one, with the stored event.
-                    retried.append(index)
+                    // A retry of a stored append (an id of it is stored), whose expectation its original met:
+                    // answered below as convo_append_many answers one, with the stored events.
+                    retried.insert(index)
                 } else {
-                    conflicts.increment()
-                    results[index] = .failure(.wrongExpectedVersion(stream: request.stream, expected: request.expectedVersion, actual: actual))
+                    refused[index] = actual
                 }
             }
         } catch let error as PSQLError
@@ -291,15 +294,26 @@ extension PostgresEventStore {
             throw Self.mapWriteError(error, sent: sending.isSent, operation: "append to \(requests.count) streams")
         }
         if written > 0 {
+            batchStatementEvents.add(written, ordering: .relaxed)
             appendedEvents.increment(by: written)
             signal.signal()
             notify.yield()
         }
-        if !retried.isEmpty {
-            let again = retried.map { requests[$0] }
-            for (index, result) in zip(retried, try await appendByFunction(again, try Self.batchArguments(again))) { results[index] = result }
+        var results = [Result<AppendResult, EventStoreError>?](repeating: nil, count: requests.count)
+        for (index, request) in requests.enumerated() where !retried.contains(index) {
+            if recorded[index].count == request.events.count {
+                results[index] = .success(AppendResult(stream: request.stream, events: recorded[index], isDuplicate: false))
+            } else if recorded[index].isEmpty, let actual = refused[index] {
+                conflicts.increment()
+                results[index] = .failure(.wrongExpectedVersion(stream: request.stream, expected: request.expectedVersion, actual: actual))
+            }
         }
-        // Every request has its row: one statement, all of it or none.
+        if !retried.isEmpty {
+            let places = retried.sorted()
+            let again = places.map { requests[$0] }
+            for (index, result) in zip(places, try await appendByFunction(again, try Self.batchArguments(again))) { results[index] = result }
+        }
+        // Every request has its answer, whole: one statement, all of it or none.
         guard results.allSatisfy({ $0 != nil }) else {
             throw EventStoreError(code: .storageFailure, message: "a batch append answered \(results.compactMap { $0 }.count) of \(requests.count) appends")
         }
@@ -307,73 +321,87 @@ extension PostgresEventStore {
     }
 }
 
-/// Appends of one event each, to distinct streams, in one INSERT: each stream's head (one index probe each),
-/// the expectations (`$3`: a version, -1 any, -2 the stream exists, 0 no stream), positions from the
-/// transaction id as `convo_append_many` gives them, and the hash chain. A row per append, in order: the
-/// stored event, or none and the stream's actual version when the expectation was not met; and whether it
+/// Appends to distinct streams, of any number of events each, in one INSERT: each stream's head (one index
+/// probe each), the expectations (`$3`: a version, -1 any, -2 the stream exists, 0 no stream), positions
+/// from the transaction id as `convo_append_many` gives them, and the hash chain, each event's hash over the
+/// one before it in its stream (a recursive step per event of the longest append: two for a new
+/// conversation's pair). A row per event (`$4` says which append each belongs to), in order: the stored
+/// event, or none and the stream's actual version when the append's expectation was not met; and whether it
 /// got every stream's append lock (when not, it wrote nothing).
 ///
 /// It takes the append locks only when they are free, so it neither waits in a cycle nor starves the
 /// appends that queue for them. A lock-free exact append racing it for a version makes the later refused by
-/// the unique key on the version, and nothing of its statement is written. An append whose expectation
-/// is not met but whose id is stored (a retry of an append that was written) is said so in the last column.
+/// the unique key on the version, and nothing of its statement is written. An event not written whose id is
+/// stored (its append a retry of one that was written) is said so in the last column.
 ///
-/// It also stores the data keys made for the appends' new visitors (`$8`–`$12`, sorted by tenant and
+/// It also stores the data keys made for the appends' new visitors (`$9`–`$13`, sorted by tenant and
 /// visitor, as every writer inserts keys), and writes events only when every one of them was stored: when
 /// another writer stored a key for the same visitor first, the events (sealed with a key that lost) are not
-/// written, and the last column says so.
+/// written, and the eighth column says so.
 struct BatchAppendStatement: PostgresPreparedStatement {
-    static let name = "convo_append_batch_v2"
+    static let name = "convo_append_batch_v3"
     static let sql = """
-        WITH input AS (
-            SELECT u.n, u.t, u.s, u.x, u.id, u.ty, u.d, u.m
-            FROM unnest($1::text[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::jsonb[], $7::jsonb[])
-                 WITH ORDINALITY AS u (t, s, x, id, ty, d, m, n)
+        WITH RECURSIVE appends AS (
+            SELECT a.n, a.t, a.s, a.x
+            FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS a (t, s, x, n)
+        ), input AS (
+            SELECT e.item AS n, row_number() OVER (PARTITION BY e.item ORDER BY e.o) AS k, e.id, e.ty, e.d, e.m
+            FROM unnest($4::int[], $5::uuid[], $6::text[], $7::jsonb[], $8::jsonb[]) WITH ORDINALITY AS e (item, id, ty, d, m, o)
         ), locks AS (
             -- The streams' append locks, as convo_append and convo_append_many take them, but never waited
             -- for: a stream another append holds sends the whole call to convo_append_many, which queues.
-            SELECT count(*) FILTER (WHERE pg_try_advisory_xact_lock(1668183670, hashtext(i.t || '/' || i.s))) = count(*) AS held
-            FROM input i
+            SELECT count(*) FILTER (WHERE pg_try_advisory_xact_lock(1668183670, hashtext(a.t || '/' || a.s))) = count(*) AS held
+            FROM appends a
         ), keys AS (
             INSERT INTO personal_data_keys (tenant_id, subject, generation, master_key_id, wrapped)
             SELECT k.t, k.s, k.g, k.m, k.w
-            FROM unnest($8::text[], $9::text[], $10::bigint[], $11::text[], $12::bytea[]) WITH ORDINALITY AS k (t, s, g, m, w, n), locks l
+            FROM unnest($9::text[], $10::text[], $11::bigint[], $12::text[], $13::bytea[]) WITH ORDINALITY AS k (t, s, g, m, w, n), locks l
             WHERE l.held
             ORDER BY k.n
             ON CONFLICT DO NOTHING
             RETURNING 1
         ), keyed AS (
-            SELECT count(*) = cardinality($8::text[]) AS stored FROM keys
+            SELECT count(*) = cardinality($9::text[]) AS stored FROM keys
         ), heads AS (
-            SELECT i.*, coalesce(h.version, 0) AS version, coalesce(h.hash, convo_chain_genesis(i.t, i.s)) AS prev
-            FROM input i LEFT JOIN LATERAL (
+            SELECT a.*, coalesce(h.version, 0) AS version, coalesce(h.hash, convo_chain_genesis(a.t, a.s)) AS prev
+            FROM appends a LEFT JOIN LATERAL (
                 SELECT e.stream_version AS version, e.hash FROM events e
-                WHERE e.tenant_id = i.t AND e.stream_name = i.s
+                WHERE e.tenant_id = a.t AND e.stream_name = a.s
                 ORDER BY e.stream_version DESC LIMIT 1
             ) h ON true
         ), accepted AS (
-            SELECT h.*, (pg_current_xact_id()::text::bigint << 16) + row_number() OVER (ORDER BY h.n) AS position, now() AS at
-            FROM heads h, locks l, keyed k
+            SELECT h.* FROM heads h, locks l, keyed k
             WHERE l.held AND k.stored AND CASE WHEN h.x >= 0 THEN h.version = h.x WHEN h.x = -2 THEN h.version > 0 ELSE true END
+        ), numbered AS (
+            SELECT i.n, i.k, i.id, i.ty, i.d, i.m, a.t, a.s, a.version + i.k AS version, a.prev,
+                   (pg_current_xact_id()::text::bigint << 16) + row_number() OVER (ORDER BY i.n, i.k) AS position, now() AS at
+            FROM input i JOIN accepted a ON a.n = i.n
+        ), chain (n, k, hash) AS (
+            SELECT b.n, b.k, convo_event_hash(b.prev, b.position, b.version, b.id, b.at, b.ty, b.d, b.m)
+            FROM numbered b WHERE b.k = 1
+            UNION ALL
+            SELECT b.n, b.k, convo_event_hash(c.hash, b.position, b.version, b.id, b.at, b.ty, b.d, b.m)
+            FROM chain c JOIN numbered b ON b.n = c.n AND b.k = c.k + 1
         ), inserted AS (
             INSERT INTO events (global_position, event_id, tenant_id, stream_name, stream_version, event_type, data, metadata, recorded_at, hash)
-            SELECT a.position, a.id, a.t, a.s, a.version + 1, a.ty, a.d, a.m, a.at,
-                   convo_event_hash(a.prev, a.position, a.version + 1, a.id, a.at, a.ty, a.d, a.m)
-            FROM accepted a
+            SELECT b.position, b.id, b.t, b.s, b.version, b.ty, b.d, b.m, b.at, c.hash
+            FROM numbered b JOIN chain c ON c.n = b.n AND c.k = b.k
             RETURNING event_id, stream_version, global_position, recorded_at
         )
-        SELECT h.n::int, i.event_id, i.stream_version, i.global_position, i.recorded_at, h.version, l.held, k.stored,
-               -- Whether an append not written is a retry of a stored one (this statement's own rows are not
-               -- seen here): asked only of those.
-               CASE WHEN i.event_id IS NULL THEN EXISTS (SELECT 1 FROM events e WHERE e.event_id = h.id) ELSE false END
-        FROM heads h CROSS JOIN locks l CROSS JOIN keyed k LEFT JOIN inserted i ON i.event_id = h.id
-        ORDER BY h.n
+        SELECT i.n::int, w.event_id, w.stream_version, w.global_position, w.recorded_at, h.version, l.held, k.stored,
+               -- Whether an event not written is stored already (its append a retry; this statement's own rows
+               -- are not seen here): asked only of those.
+               CASE WHEN w.event_id IS NULL THEN EXISTS (SELECT 1 FROM events e WHERE e.event_id = i.id) ELSE false END
+        FROM input i JOIN heads h ON h.n = i.n CROSS JOIN locks l CROSS JOIN keyed k LEFT JOIN inserted w ON w.event_id = i.id
+        ORDER BY i.n, i.k
         """
     typealias Row = (Int32, UUID?, Int64?, Int64?, Date?, Int64, Bool, Bool, Bool)
 
     var tenants: [String]
     var streams: [String]
     var expected: [Int64]
+    /// Each event's append, from 1.
+    var items: [Int32]
     var ids: [UUID]
     var types: [String]
     var data: [JSONB]
@@ -385,10 +413,11 @@ struct BatchAppendStatement: PostgresPreparedStatement {
     var keysWrapped: [ByteBuffer]
 
     func makeBindings() throws -> PostgresBindings {
-        var bindings = PostgresBindings(capacity: 12)
+        var bindings = PostgresBindings(capacity: 13)
         bindings.append(tenants)
         bindings.append(streams)
         bindings.append(expected)
+        bindings.append(items)
         bindings.append(ids)
         bindings.append(types)
         bindings.append(data)

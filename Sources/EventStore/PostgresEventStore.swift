@@ -71,6 +71,9 @@ public final class PostgresEventStore: EventStore, Service {
     private let notifications: AsyncStream<Void>
     let notify: AsyncStream<Void>.Continuation
     let appendedEvents = Counter(label: "convo.eventstore.appended")
+    /// Events written by the one-statement batch append (``BatchAppendStatement``), for tests to tell its
+    /// path from `convo_append_many`'s.
+    let batchStatementEvents = Atomic<Int>(0)
     private let listening = Atomic<Bool>(false)
 
     /// Whether this store's `LISTEN` is established now: other processes' appends wake its subscriptions

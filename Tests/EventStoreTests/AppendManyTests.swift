@@ -1,5 +1,5 @@
 import ConvoTestSupport
-import EventStore
+@testable import EventStore
 import Foundation
 import SharedTypes
 import Testing
@@ -155,6 +155,92 @@ import Testing
             guard case .failure(let conflict) = third[3] else { Issue.record("a stale append was written"); return }
             #expect(conflict.code == .wrongExpectedVersion && conflict.actual == 1)
             #expect(try await store.readStreamToEnd(streams[6], tenant: tenant).count == 1)
+            #expect(try await store.verifyChains(tenant: tenant).issues == [])
+        }
+    }
+
+    /// Appends of several events each (a new conversation's pair beside single messages), each stream once:
+    /// the one statement writes them, each event's hash over the one before it in its stream, and answers
+    /// every expectation and retry as convo_append_many does.
+    @Test func appendsOfSeveralEventsToDistinctStreamsAreWrittenByOneStatement() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let streams = (0..<6).map { _ in TestDatabase.uniqueStream() }
+            try await store.append([note("s1-1"), note("s1-2")], to: streams[1], tenant: tenant, expectedVersion: .noStream)
+            try await store.append([note("s2-1")], to: streams[2], tenant: tenant, expectedVersion: .noStream)
+            let byStatement = store.batchStatementEvents.load(ordering: .relaxed)
+
+            let results = try await store.appendMany([
+                AppendRequest([note("s0-1"), note("s0-2")], to: streams[0], tenant: tenant, expectedVersion: .noStream),
+                AppendRequest([note("s1-3"), note("s1-4"), note("s1-5")], to: streams[1], tenant: tenant, expectedVersion: .exact(2)),
+                AppendRequest([note("stale-1"), note("stale-2")], to: streams[2], tenant: tenant, expectedVersion: .exact(0)),  // at 1
+                AppendRequest([note("s3-1")], to: streams[3], tenant: tenant, expectedVersion: .any),
+                AppendRequest([note("s4-1"), note("s4-2")], to: streams[4], tenant: tenant, expectedVersion: .noStream),
+            ])
+            #expect(try results[0].get().events.map(\.streamVersion) == [1, 2])
+            #expect(try results[1].get().events.map(\.streamVersion) == [3, 4, 5])
+            guard case .failure(let conflict) = results[2] else { Issue.record("a stale append was written"); return }
+            #expect(conflict.code == .wrongExpectedVersion && conflict.actual == 1)
+            #expect(try results[3].get().events.map(\.streamVersion) == [1])
+            #expect(try results[4].get().events.map(\.streamVersion) == [1, 2])
+            // One statement wrote all eight, at consecutive positions in the order of the requests.
+            #expect(store.batchStatementEvents.load(ordering: .relaxed) - byStatement == 8)
+            let positions = try [0, 1, 3, 4].flatMap { try results[$0].get().events.map(\.globalPosition) }
+            #expect(positions == Array(positions[0]..<(positions[0] + 8)))
+            let s1 = try await store.readStreamToEnd(streams[1], tenant: tenant)
+            #expect(try s1.map { try $0.decode(Note.self).text } == (1...5).map { "s1-\($0)" })
+            #expect(s1.map(\.streamVersion) == [1, 2, 3, 4, 5])
+            #expect(try await store.readStreamToEnd(streams[2], tenant: tenant).count == 1)
+            #expect(try await store.verifyChains(tenant: tenant).issues == [])
+
+            // A retry of the stored pair beside a new pair: the retry is answered with the stored events
+            // (through convo_append_many), the new pair written by the statement, once.
+            let stored = try results[0].get().events
+            let again = try await store.appendMany([
+                AppendRequest(
+                    [note("s0-1", id: stored[0].eventId), note("s0-2", id: stored[1].eventId)], to: streams[0], tenant: tenant,
+                    expectedVersion: .noStream),
+                AppendRequest([note("s5-1"), note("s5-2")], to: streams[5], tenant: tenant, expectedVersion: .noStream),
+            ])
+            let retry = try again[0].get()
+            #expect(retry.isDuplicate && retry.events == stored)
+            #expect(try again[1].get().events.map(\.streamVersion) == [1, 2] && !again[1].get().isDuplicate)
+            #expect(store.batchStatementEvents.load(ordering: .relaxed) - byStatement == 10)
+            #expect(try await store.readStreamToEnd(streams[0], tenant: tenant).count == 2)
+            #expect(try await store.verifyChains(tenant: tenant).issues == [])
+        }
+    }
+
+    /// Batches of pairs and single events racing for the same streams: the statement writes what it can,
+    /// convo_append_many the rest; nothing is lost, no chain forks.
+    @Test func racingBatchesOfSeveralEventsLoseNothing() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let streams = (0..<8).map { _ in TestDatabase.uniqueStream() }
+            let byStatement = store.batchStatementEvents.load(ordering: .relaxed)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for caller in 0..<12 {
+                    group.addTask {
+                        for round in 0..<8 {
+                            let requests = streams.shuffled().prefix(5).enumerated().map { place, stream in
+                                AppendRequest(
+                                    (0...(place % 2)).map { note("c\(caller) r\(round) e\($0)") }, to: stream, tenant: tenant, expectedVersion: .any)
+                            }
+                            for result in try await store.appendMany(Array(requests)) { _ = try result.get() }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            var total = 0
+            for stream in streams {
+                let events = try await store.readStreamToEnd(stream, tenant: tenant)
+                #expect(events.map(\.streamVersion) == Array(1...Int64(events.count)))
+                total += events.count
+            }
+            // Each batch: five appends, the second and fourth of two events.
+            #expect(total == 12 * 8 * 7)
+            #expect(store.batchStatementEvents.load(ordering: .relaxed) > byStatement)
             #expect(try await store.verifyChains(tenant: tenant).issues == [])
         }
     }

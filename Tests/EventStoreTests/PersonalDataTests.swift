@@ -29,6 +29,24 @@ import Testing
 
     static func visitor() -> VisitorUID { VisitorUID(rawValue: "v-\(UUID().uuidString.prefix(8).lowercased())")! }
 
+    /// The shapes of a batch, one for each way appendMany stores new visitors' keys with their events: one
+    /// event per append and two (a new conversation's pair), both by the batch statement, and the same
+    /// stream appended twice in the call, by `convo_append_many_keyed`.
+    enum BatchShape: String, CaseIterable, Sendable {
+        case oneEach, pairs, streamTwice
+
+        var eventsPerAppend: Int { self == .pairs ? 2 : 1 }
+
+        /// An append of `events` to a new stream each, and for `streamTwice` one more event to the first one's.
+        func requests(_ events: [[NewEvent]], tenant: TenantID, visitor: VisitorUID) throws -> [AppendRequest] {
+            var requests = events.map { AppendRequest($0, to: TestDatabase.uniqueStream("messages"), tenant: tenant, expectedVersion: .noStream) }
+            if self == .streamTwice, let first = requests.first {
+                requests.append(AppendRequest([try PersonalDataTests.message("again", visitor: visitor)], to: first.stream, tenant: tenant, expectedVersion: .any))
+            }
+            return requests
+        }
+    }
+
     @Test func aPersonalTextIsCiphertextAtRestAndPlaintextToReaders() async throws {
         try await TestDatabase.withStore { store in
             let tenant = TestDatabase.uniqueTenant()
@@ -93,9 +111,8 @@ import Testing
     static func transaction(ofPosition position: Int64) -> Int64 { (position >> 16) & 0xFFFF_FFFF }
 
     /// A batch of new visitors' first messages stores their keys in its own transaction (one commit for the
-    /// keys and the events), and a returning visitor's key stays the one stored before: appends of one event
-    /// each (the batch statement) and of two (`convo_append_many_keyed`, as a new conversation's first message).
-    @Test(arguments: [1, 2]) func aBatchStoresItsNewVisitorsKeysInItsOwnTransaction(eventsPerAppend: Int) async throws {
+    /// keys and the events), and a returning visitor's key stays the one stored before: in every shape of batch.
+    @Test(arguments: BatchShape.allCases) func aBatchStoresItsNewVisitorsKeysInItsOwnTransaction(shape: BatchShape) async throws {
         try await TestDatabase.withStore { store in
             let tenant = TestDatabase.uniqueTenant()
             let returning = Self.visitor()
@@ -104,11 +121,9 @@ import Testing
             let newcomers = (0..<3).map { _ in Self.visitor() }
             let visitors = newcomers + [returning]
             let texts = visitors.map { "words of \($0.rawValue)" }
-            let requests = try zip(texts, visitors).map { text, visitor in
-                AppendRequest(
-                    try (0..<eventsPerAppend).map { try Self.message($0 == 0 ? text : "more", visitor: visitor) }, to: TestDatabase.uniqueStream("messages"),
-                    tenant: tenant, expectedVersion: .noStream)
-            }
+            let requests = try shape.requests(
+                try zip(texts, visitors).map { text, visitor in try (0..<shape.eventsPerAppend).map { try Self.message($0 == 0 ? text : "more", visitor: visitor) } },
+                tenant: tenant, visitor: visitors[0])
             let results = try await store.appendMany(requests)
             let positions = try results.map { try $0.get().events[0].globalPosition }
             let keys = try await Self.keyRows(store.client, tenant: tenant, visitors)
@@ -129,9 +144,67 @@ import Testing
         }
     }
 
+    /// Ingest reads its visitors' keys ahead (beside its other reads): a visitor found without one gets one
+    /// made at the append without asking PostgreSQL again, stored with the events; a returning visitor's key
+    /// read ahead is the one used.
+    @Test func aVisitorFoundWithoutAKeyGetsOneAtTheAppendWithoutAnotherRead() async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let (newcomer, returning) = (Self.visitor(), Self.visitor())
+            try await TestDatabase.withClient(url: try TestDatabase.url, maximumConnections: 2) { client in
+                // The returning visitor's key made by another process: not in this one's memory.
+                let other = PostgresEventStore(client: client, keyring: TestDatabase.keyring, logger: TestDatabase.logger)
+                try await other.append(
+                    [try Self.message("earlier", visitor: returning)], to: TestDatabase.uniqueStream("messages"), tenant: tenant, expectedVersion: .noStream)
+            }
+            let reads = store.vault.keyReads.load(ordering: .relaxed)
+            await store.vault.prepareKeys(for: [(tenant, newcomer), (tenant, returning)])
+            #expect(store.vault.keyReads.load(ordering: .relaxed) == reads + 1)
+            let results = try await store.appendMany(
+                try [newcomer, returning].map {
+                    AppendRequest([try Self.message("words of \($0.rawValue)", visitor: $0)], to: TestDatabase.uniqueStream("messages"), tenant: tenant, expectedVersion: .noStream)
+                })
+            #expect(store.vault.keyReads.load(ordering: .relaxed) == reads + 1)
+            let keys = try await Self.keyRows(store.client, tenant: tenant, [newcomer, returning])
+            #expect(keys[newcomer.rawValue]?.map(\.generation) == [1] && keys[returning.rawValue]?.count == 1, "\(keys)")
+            try await TestDatabase.withClient(url: try TestDatabase.url, maximumConnections: 2) { client in
+                let reader = PostgresEventStore(client: client, keyring: TestDatabase.keyring, logger: TestDatabase.logger)
+                for (visitor, result) in zip([newcomer, returning], results) {
+                    let stored = try #require(try await reader.readStream(try result.get().stream, tenant: tenant).first)
+                    #expect(try stored.decode(VisitorMessageReceived.self).text == "words of \(visitor.rawValue)" && !stored.isErased)
+                }
+            }
+        }
+    }
+
+    /// A visitor found without a key who gets one from another process before this one's append: the append's
+    /// statement refuses the key it made, and the message is stored sealed with the other's, which opens.
+    @Test(arguments: BatchShape.allCases) func aKeyStoredElsewhereAfterTheVisitorWasFoundWithoutOneIsTheOneUsed(shape: BatchShape) async throws {
+        try await TestDatabase.withStore { store in
+            let tenant = TestDatabase.uniqueTenant()
+            let visitor = Self.visitor()
+            await store.vault.prepareKeys(for: [(tenant, visitor)])
+            try await TestDatabase.withClient(url: try TestDatabase.url, maximumConnections: 2) { client in
+                let other = PostgresEventStore(client: client, keyring: TestDatabase.keyring, logger: TestDatabase.logger)
+                try await other.append(
+                    [try Self.message("elsewhere", visitor: visitor)], to: TestDatabase.uniqueStream("messages"), tenant: tenant, expectedVersion: .noStream)
+                let texts = (0..<shape.eventsPerAppend).map { "here \($0)" }
+                let results = try await store.appendMany(
+                    try shape.requests([try texts.map { try Self.message($0, visitor: visitor) }], tenant: tenant, visitor: visitor))
+                let keys = try await Self.keyRows(store.client, tenant: tenant, [visitor])
+                #expect(keys[visitor.rawValue]?.map(\.generation) == [1], "\(keys)")
+                let reader = PostgresEventStore(client: client, keyring: TestDatabase.keyring, logger: TestDatabase.logger)
+                let stored = try await reader.readStream(try results[0].get().stream, tenant: tenant)
+                #expect(try stored.map { try $0.decode(VisitorMessageReceived.self).text } == texts + (shape == .streamTwice ? ["again"] : []))
+                #expect(stored.allSatisfy { !$0.isErased })
+            }
+        }
+    }
+
     /// A new visitor whose append is refused while it is sealed (a payload that is not an object) gets no key
     /// row: only the batch's other new visitor, whose message is stored, does.
-    @Test(arguments: [1, 2]) func aKeyIsStoredOnlyForAVisitorWhoseAppendIsStored(eventsPerAppend: Int) async throws {
+    @Test(arguments: BatchShape.allCases) func aKeyIsStoredOnlyForAVisitorWhoseAppendIsStored(shape: BatchShape) async throws {
+        let eventsPerAppend = shape.eventsPerAppend
         try await TestDatabase.withStore { store in
             let tenant = TestDatabase.uniqueTenant()
             let (refused, stored) = (Self.visitor(), Self.visitor())
@@ -142,10 +215,7 @@ import Testing
                 AppendRequest(
                     try (0..<eventsPerAppend).map { $0 == 0 ? notAnObject : try Self.message("more", visitor: refused) }, to: TestDatabase.uniqueStream("messages"),
                     tenant: tenant, expectedVersion: .noStream),
-                AppendRequest(
-                    try (0..<eventsPerAppend).map { _ in try Self.message("kept", visitor: stored) }, to: TestDatabase.uniqueStream("messages"),
-                    tenant: tenant, expectedVersion: .noStream),
-            ]
+            ] + (try shape.requests([try (0..<eventsPerAppend).map { _ in try Self.message("kept", visitor: stored) }], tenant: tenant, visitor: stored))
             let results = try await store.appendMany(requests)
             #expect(throws: EventStoreError.self) { try results[0].get() }
             #expect(try results[1].get().events.count == eventsPerAppend)
@@ -157,13 +227,14 @@ import Testing
 
     /// Another writer stores a key for a batch's new visitor while the batch is being written (its insert waits
     /// for that writer's transaction): the batch writes no event sealed with its own key, which lost, and its
-    /// appends are stored sealed with the winner's; the batch's other new visitor keeps one key too. Appends of
-    /// one event each (the batch statement) and of two (`convo_append_many_keyed`).
+    /// appends are stored sealed with the winner's; the batch's other new visitor keeps one key too. In every
+    /// shape of batch.
     /// On a cluster of its own: the held transaction would withhold every other test's events meanwhile.
     /// Both shapes on one cluster, one after the other (a cluster each, in parallel, loaded the suite's start).
     @Test(.timeLimit(.minutes(2))) func aKeyAnotherWriterStoresFirstIsTheOneTheBatchIsStoredWith() async throws {
         let server = try await PostgresServer()
-        for eventsPerAppend in [1, 2] { try await TestDatabase.withStore(url: try DatabaseURL(server.url)) { store in
+        for shape in BatchShape.allCases { try await TestDatabase.withStore(url: try DatabaseURL(server.url)) { store in
+            let eventsPerAppend = shape.eventsPerAppend
             let tenant = TestDatabase.uniqueTenant()
             let (contested, free) = (Self.visitor(), Self.visitor())
             let winner = SymmetricKey(size: .bits256)
@@ -181,14 +252,13 @@ import Testing
                         INSERT INTO personal_data_keys (tenant_id, subject, generation, master_key_id, wrapped)
                         VALUES (\(tenant.rawValue), \(contested.rawValue), 1, \(masterKeyId), \(wrapped))
                         """, logger: TestDatabase.logger)
-                    async let appended = store.appendMany(
-                        events.map { AppendRequest($0, to: TestDatabase.uniqueStream("messages"), tenant: tenant, expectedVersion: .noStream) })
+                    async let appended = store.appendMany(try shape.requests(events, tenant: tenant, visitor: contested))
                     // The batch's statement waits for this transaction's key.
                     let waiting = try await eventually(timeout: .seconds(20)) {
                         let rows = try await store.client.query(
                             """
                             SELECT count(*)::int FROM pg_stat_activity
-                            WHERE wait_event_type = 'Lock' AND (query LIKE 'WITH input AS%' OR query LIKE '%convo_append_many_keyed%')
+                            WHERE wait_event_type = 'Lock' AND (query LIKE 'WITH RECURSIVE appends AS%' OR query LIKE '%convo_append_many_keyed%')
                             """, logger: TestDatabase.logger)
                         for try await count in rows.decode(Int.self) { return count > 0 }
                         return false
@@ -256,14 +326,22 @@ import Testing
                                 return log.visitors.isEmpty ? [] : (0..<4).map { _ in log.visitors.randomElement()! }
                             }
                             let visitors = newcomers + returning
-                            // Half the writers start each new visitor's stream with two events, as a new
-                            // conversation starts (`convo_append_many_keyed`); the others write one event per
-                            // append (the batch statement).
-                            let texts = try visitors.enumerated().map { place, visitor in
-                                (0..<(writer % 2 == 1 && place < newcomers.count ? 2 : 1)).map { "words \($0) of \(visitor.rawValue) \(UUID().uuidString)" }
+                            // A third of the writers start each new visitor's stream with two events, as a new
+                            // conversation starts, a third write one event per append (both by the batch
+                            // statement), and a third also append to the first new visitor's stream again
+                            // (`convo_append_many_keyed`).
+                            let shape = BatchShape.allCases[writer % 3]
+                            var texts = try visitors.enumerated().map { place, visitor in
+                                (0..<(place < newcomers.count ? shape.eventsPerAppend : 1)).map { "words \($0) of \(visitor.rawValue) \(UUID().uuidString)" }
                             }
-                            let events = try zip(texts, visitors).map { texts, visitor in try texts.map { try Self.message($0, visitor: visitor) } }
-                            let requests = events.map { AppendRequest($0, to: TestDatabase.uniqueStream("messages"), tenant: tenant, expectedVersion: .noStream) }
+                            var events = try zip(texts, visitors).map { texts, visitor in try texts.map { try Self.message($0, visitor: visitor) } }
+                            var requests = events.map { AppendRequest($0, to: TestDatabase.uniqueStream("messages"), tenant: tenant, expectedVersion: .noStream) }
+                            if shape == .streamTwice {
+                                let again = "again of \(newcomers[0].rawValue) \(UUID().uuidString)"
+                                texts.append([again])
+                                events.append([try Self.message(again, visitor: newcomers[0])])
+                                requests.append(AppendRequest(events[events.count - 1], to: requests[0].stream, tenant: tenant, expectedVersion: .any))
+                            }
                             while true {
                                 do {
                                     let results = try await store.appendMany(requests)
@@ -300,7 +378,7 @@ import Testing
                         let rows = try await store.client.query(
                             """
                             SELECT pid FROM pg_stat_activity
-                            WHERE datname = 'convo' AND state = 'active' AND (query LIKE 'WITH input AS%' OR query LIKE '%convo_append_many%')
+                            WHERE datname = 'convo' AND state = 'active' AND (query LIKE 'WITH RECURSIVE appends AS%' OR query LIKE '%convo_append_many%')
                               AND pid <> pg_backend_pid() LIMIT 1
                             """, logger: TestDatabase.logger)
                         for try await pid in rows.decode(Int32.self) { victim = pid }

@@ -156,12 +156,16 @@ public final class IngestBatcher: Service, Sendable {
             let keys = batch.map { StreamKey(tenant: $0.message.tenant, stream: $0.message.conversationId.messagesStream) }
             var known = owners.withLock { owners in keys.reduce(into: [StreamKey: VisitorUID]()) { $0[$1] = owners[$1] } }
             let unknown = Set(keys.filter { known[$0] == nil })
+            // The visitors' data keys not in memory are read beside the conversations' first events (a new
+            // visitor, always in a new conversation, has both read), not after them by the append.
+            async let keysRead: Void = store.vault.prepareKeys(for: batch.map { ($0.message.tenant, $0.message.visitorUid) })
             if !unknown.isEmpty {
                 let firsts = try await store.readFirstEvents(unknown.map { ($0.tenant, $0.stream) })
                 for (key, event) in firsts where event.type == ConversationStarted.eventType {
                     known[key] = try event.decode(ConversationStarted.self).visitorUid
                 }
             }
+            await keysRead
             var requests: [AppendRequest] = []
             var placed: [(index: Int, starts: Bool)] = []
             var startedHere = Set<StreamKey>()
