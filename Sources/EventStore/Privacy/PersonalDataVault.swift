@@ -82,7 +82,7 @@ public final class PersonalDataVault: Sendable {
     struct Cache: Sendable {
         var keys: [GenerationKey: (key: DataKey, expires: ContinuousClock.Instant?)] = [:]
         var current: [SubjectKey: (generation: Int, key: SymmetricKey, expires: ContinuousClock.Instant)] = [:]
-        /// Subjects ``prepareKeys(for:)`` found without any key, until when: the next seal makes their key
+        /// Subjects ``readKeys(_:)`` found without any key, until when: the next seal makes their key
         /// without asking again (once; the statement that stores the key is refused should one exist by then).
         var keyless: [SubjectKey: ContinuousClock.Instant] = [:]
         /// Grows with every erasure heard and every drop: a key read before it changed is not kept, since the
@@ -287,21 +287,23 @@ public final class PersonalDataVault: Sendable {
         bytes += field.utf8
     }
 
-    /// How long a subject found without a key is taken to have none (``prepareKeys(for:)``).
+    /// How long a subject found without a key is taken to have none (``readKeys(_:)``).
     static let keylessLifetime: Duration = .seconds(5)
 
-    /// Reads, ahead of the append that will seal their events, the keys of those visitors whose key is not
-    /// in memory: found keys are kept, and visitors found without one are noted so that the seal makes
-    /// theirs without asking PostgreSQL again. Ingest runs it beside its other reads, so a batch with new
-    /// visitors waits for one round trip fewer.
-    ///
-    /// Only a hint: a failed read is ignored (the seal reads then), and a key stored by another writer
-    /// between this read and the append makes the append's statement write nothing and be tried again
-    /// with the key read (``PostgresEventStore/appendMany(_:)``).
-    public func prepareKeys(for visitors: [(TenantID, VisitorUID)]) async {
-        guard keyring != nil, !visitors.isEmpty else { return }
+    /// Visitors whose keys are neither in memory nor known to be missing: what ``readKeys(_:)`` reads.
+    public struct KeysToRead: Sendable {
+        fileprivate var ids: [SubjectKey]
+        fileprivate var epoch: Int
+
+        public var isEmpty: Bool { ids.isEmpty }
+    }
+
+    /// The visitors of `visitors` whose keys ``readKeys(_:)`` would read: those without a live key in memory
+    /// or a recent finding that they have none. Memory only; empty without a master key.
+    public func keysToRead(for visitors: [(TenantID, VisitorUID)]) -> KeysToRead {
+        guard keyring != nil, !visitors.isEmpty else { return KeysToRead(ids: [], epoch: 0) }
         let now = ContinuousClock.now
-        let (missing, epoch) = cache.withLock { cache -> ([SubjectKey], Int) in
+        return cache.withLock { cache in
             var missing = Set<SubjectKey>()
             for (tenant, visitor) in visitors {
                 let id = SubjectKey(tenant: tenant.rawValue, subject: visitor.rawValue)
@@ -309,9 +311,21 @@ public final class PersonalDataVault: Sendable {
                 if let until = cache.keyless[id], until > now { continue }
                 missing.insert(id)
             }
-            return (Array(missing), cache.epoch)
+            return KeysToRead(ids: Array(missing), epoch: cache.epoch)
         }
-        guard !missing.isEmpty else { return }
+    }
+
+    /// Reads, ahead of the append that will seal their events, the keys of visitors that are not in memory
+    /// (``keysToRead(for:)``): found keys are kept, and visitors found without one are noted so that the
+    /// seal makes theirs without asking PostgreSQL again. Ingest runs it beside its other reads, so a batch
+    /// with new visitors waits for one round trip fewer.
+    ///
+    /// Only a hint: a failed read is ignored (the seal reads then), and a key stored by another writer
+    /// between this read and the append makes the append's statement write nothing and be tried again
+    /// with the key read (``PostgresEventStore/appendMany(_:)``).
+    public func readKeys(_ wanted: KeysToRead) async {
+        guard !wanted.isEmpty else { return }
+        let (missing, epoch) = (wanted.ids, wanted.epoch)
         var keyless = Set(missing)
         do {
             keyReads.add(1, ordering: .relaxed)
@@ -335,6 +349,11 @@ public final class PersonalDataVault: Sendable {
         }
     }
 
+    /// ``readKeys(_:)`` of ``keysToRead(for:)``.
+    public func prepareKeys(for visitors: [(TenantID, VisitorUID)]) async {
+        await readKeys(keysToRead(for: visitors))
+    }
+
     /// The subjects' live keys for sealing, made where there is none and the value says one may be made;
     /// `nil` for a subject whose key is destroyed and may not be made again. Keys made are stored here when
     /// `storingNewKeys`; otherwise they are returned unstored (with the epoch to keep them by) and used as
@@ -349,7 +368,7 @@ public final class PersonalDataVault: Sendable {
                 if let cached = cache.current[id], cached.expires > now { found[id] = (cached.generation, cached.key) }
             }
         }
-        // Subjects just found without a key (prepareKeys(for:)) get one made without a read, when it is left
+        // Subjects just found without a key (readKeys(_:)) get one made without a read, when it is left
         // to the append to store: its statement writes nothing should another writer have stored one since.
         // Taken once: should that happen, the next seal reads.
         var keyless = Set<SubjectKey>()

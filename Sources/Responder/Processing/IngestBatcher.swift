@@ -158,14 +158,17 @@ public final class IngestBatcher: Service, Sendable {
             let unknown = Set(keys.filter { known[$0] == nil })
             // The visitors' data keys not in memory are read beside the conversations' first events (a new
             // visitor, always in a new conversation, has both read), not after them by the append.
-            async let keysRead: Void = store.vault.prepareKeys(for: batch.map { ($0.message.tenant, $0.message.visitorUid) })
+            let keysToRead = store.vault.keysToRead(for: batch.map { ($0.message.tenant, $0.message.visitorUid) })
             if !unknown.isEmpty {
+                async let keysRead: Void = store.vault.readKeys(keysToRead)
                 let firsts = try await store.readFirstEvents(unknown.map { ($0.tenant, $0.stream) })
                 for (key, event) in firsts where event.type == ConversationStarted.eventType {
                     known[key] = try event.decode(ConversationStarted.self).visitorUid
                 }
+                await keysRead
+            } else {
+                await store.vault.readKeys(keysToRead)
             }
-            await keysRead
             var requests: [AppendRequest] = []
             var placed: [(index: Int, starts: Bool)] = []
             var startedHere = Set<StreamKey>()
