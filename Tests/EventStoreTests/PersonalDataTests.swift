@@ -623,18 +623,18 @@ import Testing
         let step = Step("creating the database")
         let watch = Task {
             try await Task.sleep(for: .seconds(90))
-            Issue.record("still \(step.name.withLock { $0 }) after 90 s")
+            Issue.record("still \(step.name.withLock { $0 }) after 90 s; before: \(step.report)")
         }
         defer { watch.cancel() }
         try await TestDatabase.withFreshDatabase { url in
-            step.name.withLock { $0 = "migrating" }
+            step.enter("migrating")
             let old = try MasterKeyring(parsing: MasterKeyring.generateKey())
             let newKey = MasterKeyring.generateKey()
             let both = try MasterKeyring(parsing: newKey + "\n" + Self.encoded(old))
             let onlyNew = try MasterKeyring(parsing: newKey)
             try await TestDatabase.withClient(url: url, maximumConnections: 6) { client in
                 try await Migrator(client: client, logger: TestDatabase.logger).migrate()
-                step.name.withLock { $0 = "writing with the old key" }
+                step.enter("writing with the old key")
                 let tenant = TestDatabase.uniqueTenant()
                 let before = PostgresEventStore(client: client, keyring: old, logger: TestDatabase.logger)
                 var written: [String: String] = [:]
@@ -647,7 +647,7 @@ import Testing
                 // Servers given both keys keep writing (old visitors and new ones) while the keys are rewrapped.
                 let during = PostgresEventStore(client: client, keyring: both, logger: TestDatabase.logger)
                 let load = Written()
-                step.name.withLock { $0 = "rewrapping under load" }
+                step.enter("rewrapping under load")
                 let rewrapped = try await withThrowingTaskGroup(of: Int.self) { group in
                     for writer in 0..<4 {
                         group.addTask {
@@ -666,7 +666,7 @@ import Testing
                     return try await group.reduce(0, +)
                 }
                 #expect(rewrapped >= 120)
-                step.name.withLock { $0 = "reading with the new key alone" }
+                step.enter("reading with the new key alone")
                 written.merge(load.texts.withLock { $0 }) { $1 }
                 let counts = try await during.vault.keysByMasterKey()
                 #expect(counts.keys.sorted() == [onlyNew.current.id], "\(counts)")
@@ -677,10 +677,13 @@ import Testing
                     #expect(try read.map { try $0.decode(VisitorMessageReceived.self).text } == [text])
                 }
                 #expect(written.count == 120 + 160)
-                step.name.withLock { $0 = "closing the client" }
+                step.enter("closing the client")
             }
         }
-        step.name.withLock { $0 = "done" }
+        step.enter("done")
+        // In the suite's log, for a slow run to say where its time went (one took 124 s of its 120 in a full
+        // run, where it takes 5-7 s alone).
+        print("rotatingTheMasterKeyUnderLoadLosesNothing: \(step.report)")
     }
 
     static func encoded(_ keyring: MasterKeyring) -> String {
@@ -692,10 +695,28 @@ final class Written: Sendable {
     let texts = Mutex<[String: String]>([:])
 }
 
-/// The step a long test is in, for a watch to report.
+/// The step a long test is in, for a watch to report, and how long each step took.
 final class Step: Sendable {
     let name: Mutex<String>
+    private let timeline = Mutex<(since: ContinuousClock.Instant, taken: [String])>((.now, []))
+
     init(_ name: String) { self.name = Mutex(name) }
+
+    /// Moves on to `next`, noting how long the step before took.
+    func enter(_ next: String) {
+        let previous = name.withLock { name in
+            defer { name = next }
+            return name
+        }
+        timeline.withLock { timeline in
+            let now = ContinuousClock.now
+            timeline.taken.append("\(previous) \(((now - timeline.since) / .milliseconds(1)).rounded()) ms")
+            timeline.since = now
+        }
+    }
+
+    /// Each step so far and how long it took.
+    var report: String { timeline.withLock { $0.taken.joined(separator: ", ") } }
 }
 
 /// Random data keys for the I/O-free tests.
