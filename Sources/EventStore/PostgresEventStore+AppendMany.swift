@@ -242,23 +242,36 @@ extension PostgresEventStore {
     private func batchAppend(
         _ requests: [AppendRequest], _ arguments: BatchArguments, newKeys: [PersonalDataVault.NewKey] = []
     ) async throws -> [Result<AppendResult, EventStoreError>]? {
-        var items: [Int32] = []
-        items.reserveCapacity(arguments.ids.count)
-        for (index, count) in arguments.counts.enumerated() { items.append(contentsOf: repeatElement(Int32(index + 1), count: Int(count))) }
-        let statement = BatchAppendStatement(
-            tenants: arguments.tenants, streams: arguments.streams, expected: arguments.expected, items: items, ids: arguments.ids,
-            types: arguments.types, data: arguments.data, metadata: arguments.metadata, keyTenants: newKeys.map(\.id.tenant),
-            keySubjects: newKeys.map(\.id.subject), keyGenerations: newKeys.map { Int64($0.generation) }, keyMasters: newKeys.map(\.masterKeyId),
-            keysWrapped: newKeys.map(\.wrapped))
+        let (keyTenants, keySubjects, keyGenerations) = (newKeys.map(\.id.tenant), newKeys.map(\.id.subject), newKeys.map { Int64($0.generation) })
+        let (keyMasters, keysWrapped) = (newKeys.map(\.masterKeyId), newKeys.map(\.wrapped))
+        // One event per append: the statement without the per-event numbering and the recursive step.
+        let single = arguments.ids.count == requests.count
         var recorded = [[AppendResult.Recorded]](repeating: [], count: requests.count)
         var refused = [Int64?](repeating: nil, count: requests.count)
         var retried = Set<Int>()
         var written = 0
         let sending = SendMarker()
         do {
-            for (item, id, version, position, at, actual, locked, keyed, storedBefore) in try await client.executeOpen(
-                statement, logger: logger, sending: sending)
-            {
+            let rows: [BatchAppendStatement.Row]
+            if single {
+                rows = try await client.executeOpen(
+                    SingleEventBatchStatement(
+                        tenants: arguments.tenants, streams: arguments.streams, expected: arguments.expected, ids: arguments.ids, types: arguments.types,
+                        data: arguments.data, metadata: arguments.metadata, keyTenants: keyTenants, keySubjects: keySubjects,
+                        keyGenerations: keyGenerations, keyMasters: keyMasters, keysWrapped: keysWrapped),
+                    logger: logger, sending: sending)
+            } else {
+                var items: [Int32] = []
+                items.reserveCapacity(arguments.ids.count)
+                for (index, count) in arguments.counts.enumerated() { items.append(contentsOf: repeatElement(Int32(index + 1), count: Int(count))) }
+                rows = try await client.executeOpen(
+                    BatchAppendStatement(
+                        tenants: arguments.tenants, streams: arguments.streams, expected: arguments.expected, items: items, ids: arguments.ids,
+                        types: arguments.types, data: arguments.data, metadata: arguments.metadata, keyTenants: keyTenants, keySubjects: keySubjects,
+                        keyGenerations: keyGenerations, keyMasters: keyMasters, keysWrapped: keysWrapped),
+                    logger: logger, sending: sending)
+            }
+            for (item, id, version, position, at, actual, locked, keyed, storedBefore) in rows {
                 // Another append holds one of the streams: nothing was written; convo_append_many waits its turn.
                 guard locked else { return nil }
                 // Another writer stored a key for one of the visitors first: no event was written.
@@ -318,6 +331,93 @@ extension PostgresEventStore {
             throw EventStoreError(code: .storageFailure, message: "a batch append answered \(results.compactMap { $0 }.count) of \(requests.count) appends")
         }
         return results.map { $0! }
+    }
+}
+
+/// ``BatchAppendStatement`` for appends of one event each (a batch of returning visitors' messages, the
+/// most common): a row per append, no recursive step and no event numbering, about a quarter cheaper for
+/// PostgreSQL per event than the general statement.
+struct SingleEventBatchStatement: PostgresPreparedStatement {
+    static let name = "convo_append_batch_v2"
+    static let sql = """
+        WITH input AS (
+            SELECT u.n, u.t, u.s, u.x, u.id, u.ty, u.d, u.m
+            FROM unnest($1::text[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::jsonb[], $7::jsonb[])
+                 WITH ORDINALITY AS u (t, s, x, id, ty, d, m, n)
+        ), locks AS (
+            -- The streams' append locks, as convo_append and convo_append_many take them, but never waited
+            -- for: a stream another append holds sends the whole call to convo_append_many, which queues.
+            SELECT count(*) FILTER (WHERE pg_try_advisory_xact_lock(1668183670, hashtext(i.t || '/' || i.s))) = count(*) AS held
+            FROM input i
+        ), keys AS (
+            INSERT INTO personal_data_keys (tenant_id, subject, generation, master_key_id, wrapped)
+            SELECT k.t, k.s, k.g, k.m, k.w
+            FROM unnest($8::text[], $9::text[], $10::bigint[], $11::text[], $12::bytea[]) WITH ORDINALITY AS k (t, s, g, m, w, n), locks l
+            WHERE l.held
+            ORDER BY k.n
+            ON CONFLICT DO NOTHING
+            RETURNING 1
+        ), keyed AS (
+            SELECT count(*) = cardinality($8::text[]) AS stored FROM keys
+        ), heads AS (
+            SELECT i.*, coalesce(h.version, 0) AS version, coalesce(h.hash, convo_chain_genesis(i.t, i.s)) AS prev
+            FROM input i LEFT JOIN LATERAL (
+                SELECT e.stream_version AS version, e.hash FROM events e
+                WHERE e.tenant_id = i.t AND e.stream_name = i.s
+                ORDER BY e.stream_version DESC LIMIT 1
+            ) h ON true
+        ), accepted AS (
+            SELECT h.*, (pg_current_xact_id()::text::bigint << 16) + row_number() OVER (ORDER BY h.n) AS position, now() AS at
+            FROM heads h, locks l, keyed k
+            WHERE l.held AND k.stored AND CASE WHEN h.x >= 0 THEN h.version = h.x WHEN h.x = -2 THEN h.version > 0 ELSE true END
+        ), inserted AS (
+            INSERT INTO events (global_position, event_id, tenant_id, stream_name, stream_version, event_type, data, metadata, recorded_at, hash)
+            SELECT a.position, a.id, a.t, a.s, a.version + 1, a.ty, a.d, a.m, a.at,
+                   convo_event_hash(a.prev, a.position, a.version + 1, a.id, a.at, a.ty, a.d, a.m)
+            FROM accepted a
+            RETURNING event_id, stream_version, global_position, recorded_at
+        )
+        SELECT h.n::int, i.event_id, i.stream_version, i.global_position, i.recorded_at, h.version, l.held, k.stored,
+               -- Whether an append not written is a retry of a stored one (this statement's own rows are not
+               -- seen here): asked only of those.
+               CASE WHEN i.event_id IS NULL THEN EXISTS (SELECT 1 FROM events e WHERE e.event_id = h.id) ELSE false END
+        FROM heads h CROSS JOIN locks l CROSS JOIN keyed k LEFT JOIN inserted i ON i.event_id = h.id
+        ORDER BY h.n
+        """
+    typealias Row = (Int32, UUID?, Int64?, Int64?, Date?, Int64, Bool, Bool, Bool)
+
+    var tenants: [String]
+    var streams: [String]
+    var expected: [Int64]
+    var ids: [UUID]
+    var types: [String]
+    var data: [JSONB]
+    var metadata: [JSONB]
+    var keyTenants: [String]
+    var keySubjects: [String]
+    var keyGenerations: [Int64]
+    var keyMasters: [String]
+    var keysWrapped: [ByteBuffer]
+
+    func makeBindings() throws -> PostgresBindings {
+        var bindings = PostgresBindings(capacity: 12)
+        bindings.append(tenants)
+        bindings.append(streams)
+        bindings.append(expected)
+        bindings.append(ids)
+        bindings.append(types)
+        bindings.append(data)
+        bindings.append(metadata)
+        bindings.append(keyTenants)
+        bindings.append(keySubjects)
+        bindings.append(keyGenerations)
+        bindings.append(keyMasters)
+        bindings.append(keysWrapped)
+        return bindings
+    }
+
+    func decodeRow(_ row: PostgresRow) throws -> Row {
+        try row.decode(Row.self)
     }
 }
 

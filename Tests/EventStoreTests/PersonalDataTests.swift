@@ -265,7 +265,7 @@ import Testing
                         let rows = try await store.client.query(
                             """
                             SELECT count(*)::int FROM pg_stat_activity
-                            WHERE wait_event_type = 'Lock' AND (query LIKE 'WITH RECURSIVE appends AS%' OR query LIKE '%convo_append_many_keyed%')
+                            WHERE wait_event_type = 'Lock' AND (query LIKE 'WITH input AS%' OR query LIKE 'WITH RECURSIVE appends AS%' OR query LIKE '%convo_append_many_keyed%')
                             """, logger: TestDatabase.logger)
                         for try await count in rows.decode(Int.self) { return count > 0 }
                         return false
@@ -385,7 +385,7 @@ import Testing
                         let rows = try await store.client.query(
                             """
                             SELECT pid FROM pg_stat_activity
-                            WHERE datname = 'convo' AND state = 'active' AND (query LIKE 'WITH RECURSIVE appends AS%' OR query LIKE '%convo_append_many%')
+                            WHERE datname = 'convo' AND state = 'active' AND (query LIKE 'WITH input AS%' OR query LIKE 'WITH RECURSIVE appends AS%' OR query LIKE '%convo_append_many%')
                               AND pid <> pg_backend_pid() LIMIT 1
                             """, logger: TestDatabase.logger)
                         for try await pid in rows.decode(Int32.self) { victim = pid }
