@@ -242,35 +242,18 @@ extension PostgresEventStore {
     private func batchAppend(
         _ requests: [AppendRequest], _ arguments: BatchArguments, newKeys: [PersonalDataVault.NewKey] = []
     ) async throws -> [Result<AppendResult, EventStoreError>]? {
-        let (keyTenants, keySubjects, keyGenerations) = (newKeys.map(\.id.tenant), newKeys.map(\.id.subject), newKeys.map { Int64($0.generation) })
-        let (keyMasters, keysWrapped) = (newKeys.map(\.masterKeyId), newKeys.map(\.wrapped))
-        // One event per append: the statement without the per-event numbering and the recursive step.
-        let single = arguments.ids.count == requests.count
+        let columns = BatchAppendColumns(arguments: arguments, newKeys: newKeys)
         var recorded = [[AppendResult.Recorded]](repeating: [], count: requests.count)
         var refused = [Int64?](repeating: nil, count: requests.count)
         var retried = Set<Int>()
         var written = 0
         let sending = SendMarker()
         do {
-            let rows: [BatchAppendStatement.Row]
-            if single {
-                rows = try await client.executeOpen(
-                    SingleEventBatchStatement(
-                        tenants: arguments.tenants, streams: arguments.streams, expected: arguments.expected, ids: arguments.ids, types: arguments.types,
-                        data: arguments.data, metadata: arguments.metadata, keyTenants: keyTenants, keySubjects: keySubjects,
-                        keyGenerations: keyGenerations, keyMasters: keyMasters, keysWrapped: keysWrapped),
-                    logger: logger, sending: sending)
-            } else {
-                var items: [Int32] = []
-                items.reserveCapacity(arguments.ids.count)
-                for (index, count) in arguments.counts.enumerated() { items.append(contentsOf: repeatElement(Int32(index + 1), count: Int(count))) }
-                rows = try await client.executeOpen(
-                    BatchAppendStatement(
-                        tenants: arguments.tenants, streams: arguments.streams, expected: arguments.expected, items: items, ids: arguments.ids,
-                        types: arguments.types, data: arguments.data, metadata: arguments.metadata, keyTenants: keyTenants, keySubjects: keySubjects,
-                        keyGenerations: keyGenerations, keyMasters: keyMasters, keysWrapped: keysWrapped),
-                    logger: logger, sending: sending)
-            }
+            // One event per append: the statement without the per-event numbering and the recursive step.
+            let rows =
+                arguments.ids.count == requests.count
+                ? try await client.executeOpen(SingleEventBatchStatement(columns: columns), logger: logger, sending: sending)
+                : try await client.executeOpen(BatchAppendStatement(columns: columns), logger: logger, sending: sending)
             for (item, id, version, position, at, actual, locked, keyed, storedBefore) in rows {
                 // Another append holds one of the streams: nothing was written; convo_append_many waits its turn.
                 guard locked else { return nil }
@@ -384,41 +367,13 @@ struct SingleEventBatchStatement: PostgresPreparedStatement {
         FROM heads h CROSS JOIN locks l CROSS JOIN keyed k LEFT JOIN inserted i ON i.event_id = h.id
         ORDER BY h.n
         """
-    typealias Row = (Int32, UUID?, Int64?, Int64?, Date?, Int64, Bool, Bool, Bool)
+    typealias Row = BatchAppendStatement.Row
 
-    var tenants: [String]
-    var streams: [String]
-    var expected: [Int64]
-    var ids: [UUID]
-    var types: [String]
-    var data: [JSONB]
-    var metadata: [JSONB]
-    var keyTenants: [String]
-    var keySubjects: [String]
-    var keyGenerations: [Int64]
-    var keyMasters: [String]
-    var keysWrapped: [ByteBuffer]
+    var columns: BatchAppendColumns
 
-    func makeBindings() throws -> PostgresBindings {
-        var bindings = PostgresBindings(capacity: 12)
-        bindings.append(tenants)
-        bindings.append(streams)
-        bindings.append(expected)
-        bindings.append(ids)
-        bindings.append(types)
-        bindings.append(data)
-        bindings.append(metadata)
-        bindings.append(keyTenants)
-        bindings.append(keySubjects)
-        bindings.append(keyGenerations)
-        bindings.append(keyMasters)
-        bindings.append(keysWrapped)
-        return bindings
-    }
+    func makeBindings() throws -> PostgresBindings { columns.bindings(numbered: false) }
 
-    func decodeRow(_ row: PostgresRow) throws -> Row {
-        try row.decode(Row.self)
-    }
+    func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
 }
 
 /// Appends to distinct streams, of any number of events each, in one INSERT: each stream's head (one index
@@ -497,40 +452,40 @@ struct BatchAppendStatement: PostgresPreparedStatement {
         """
     typealias Row = (Int32, UUID?, Int64?, Int64?, Date?, Int64, Bool, Bool, Bool)
 
-    var tenants: [String]
-    var streams: [String]
-    var expected: [Int64]
-    /// Each event's append, from 1.
-    var items: [Int32]
-    var ids: [UUID]
-    var types: [String]
-    var data: [JSONB]
-    var metadata: [JSONB]
-    var keyTenants: [String]
-    var keySubjects: [String]
-    var keyGenerations: [Int64]
-    var keyMasters: [String]
-    var keysWrapped: [ByteBuffer]
+    var columns: BatchAppendColumns
 
-    func makeBindings() throws -> PostgresBindings {
+    func makeBindings() throws -> PostgresBindings { columns.bindings(numbered: true) }
+
+    func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
+}
+
+/// What the batch statements are given: the appends' columns, their events', and the new keys'.
+struct BatchAppendColumns: Sendable {
+    var arguments: PostgresEventStore.BatchArguments
+    var newKeys: [PersonalDataVault.NewKey]
+
+    /// In the statements' order; `numbered` adds, after the appends' columns, each event's append (from 1),
+    /// which ``BatchAppendStatement`` takes and ``SingleEventBatchStatement`` does not.
+    func bindings(numbered: Bool) -> PostgresBindings {
         var bindings = PostgresBindings(capacity: 13)
-        bindings.append(tenants)
-        bindings.append(streams)
-        bindings.append(expected)
-        bindings.append(items)
-        bindings.append(ids)
-        bindings.append(types)
-        bindings.append(data)
-        bindings.append(metadata)
-        bindings.append(keyTenants)
-        bindings.append(keySubjects)
-        bindings.append(keyGenerations)
-        bindings.append(keyMasters)
-        bindings.append(keysWrapped)
+        bindings.append(arguments.tenants)
+        bindings.append(arguments.streams)
+        bindings.append(arguments.expected)
+        if numbered {
+            var items: [Int32] = []
+            items.reserveCapacity(arguments.ids.count)
+            for (index, count) in arguments.counts.enumerated() { items.append(contentsOf: repeatElement(Int32(index + 1), count: Int(count))) }
+            bindings.append(items)
+        }
+        bindings.append(arguments.ids)
+        bindings.append(arguments.types)
+        bindings.append(arguments.data)
+        bindings.append(arguments.metadata)
+        bindings.append(newKeys.map(\.id.tenant))
+        bindings.append(newKeys.map(\.id.subject))
+        bindings.append(newKeys.map { Int64($0.generation) })
+        bindings.append(newKeys.map(\.masterKeyId))
+        bindings.append(newKeys.map(\.wrapped))
         return bindings
-    }
-
-    func decodeRow(_ row: PostgresRow) throws -> Row {
-        try row.decode(Row.self)
     }
 }

@@ -5,6 +5,17 @@ import SharedTypes
 import Testing
 
 @Suite struct AppendManyTests {
+    /// How many events the streams hold, each stream's versions expected to run from 1 without a gap.
+    static func wholeStreamsCount(_ streams: [StreamName], store: PostgresEventStore, tenant: TenantID) async throws -> Int {
+        var total = 0
+        for stream in streams {
+            let events = try await store.readStreamToEnd(stream, tenant: tenant)
+            #expect(events.map(\.streamVersion) == (0..<Int64(events.count)).map { $0 + 1 }, "\(stream)")
+            total += events.count
+        }
+        return total
+    }
+
     @Test func eachAppendOfACallKeepsItsOwnExpectationIdempotencyAndError() async throws {
         try await TestDatabase.withStore { store in
             let tenant = TestDatabase.uniqueTenant()
@@ -77,12 +88,7 @@ import Testing
                 }
                 try await group.waitForAll()
             }
-            var total = 0
-            for stream in streams {
-                let events = try await store.readStreamToEnd(stream, tenant: tenant)
-                #expect(events.map(\.streamVersion) == Array(1...Int64(events.count)))
-                total += events.count
-            }
+            let total = try await Self.wholeStreamsCount(streams, store: store, tenant: tenant)
             // 12 callers × 10 rounds × 4 streams, and 4 callers × 10 single appends.
             #expect(total == 12 * 10 * 4 + 4 * 10)
         }
@@ -232,12 +238,7 @@ import Testing
                 }
                 try await group.waitForAll()
             }
-            var total = 0
-            for stream in streams {
-                let events = try await store.readStreamToEnd(stream, tenant: tenant)
-                #expect(events.map(\.streamVersion) == Array(1...Int64(events.count)))
-                total += events.count
-            }
+            let total = try await Self.wholeStreamsCount(streams, store: store, tenant: tenant)
             // Each batch: five appends, the second and fourth of two events.
             #expect(total == 12 * 8 * 7)
             #expect(store.batchStatementEvents.load(ordering: .relaxed) > byStatement)
@@ -266,12 +267,7 @@ import Testing
                 }
                 try await group.waitForAll()
             }
-            var total = 0
-            for stream in streams {
-                let events = try await store.readStreamToEnd(stream, tenant: tenant)
-                #expect(events.map(\.streamVersion) == Array(1...Int64(events.count)))
-                total += events.count
-            }
+            let total = try await Self.wholeStreamsCount(streams, store: store, tenant: tenant)
             #expect(total == 12 * 8 * streams.count)
             #expect(try await store.verifyChains(tenant: tenant).issues == [])
         }
