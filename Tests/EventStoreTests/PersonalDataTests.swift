@@ -162,7 +162,7 @@ import Testing
             // Once listening: the LISTEN starting drops the keys in memory (erasures may have been missed).
             #expect(try await eventually(timeout: .seconds(30)) { store.isListening })
             let reads = store.vault.keyReads.load(ordering: .relaxed)
-            await store.vault.prepareKeys(for: [(tenant, newcomer), (tenant, returning)])
+            await store.vault.readKeys(store.vault.keysToRead(for: [(tenant, newcomer), (tenant, returning)]))
             #expect(store.vault.keyReads.load(ordering: .relaxed) == reads + 1)
             let results = try await store.appendMany(
                 try [newcomer, returning].map {
@@ -190,7 +190,7 @@ import Testing
             let tenant = TestDatabase.uniqueTenant()
             let visitor = Self.visitor()
             #expect(try await eventually(timeout: .seconds(30)) { store.isListening })
-            await store.vault.prepareKeys(for: [(tenant, visitor)])
+            await store.vault.readKeys(store.vault.keysToRead(for: [(tenant, visitor)]))
             try await TestDatabase.withClient(url: try TestDatabase.url, maximumConnections: 2) { client in
                 let other = PostgresEventStore(client: client, keyring: TestDatabase.keyring, logger: TestDatabase.logger)
                 try await other.append(

@@ -349,11 +349,6 @@ public final class PersonalDataVault: Sendable {
         }
     }
 
-    /// ``readKeys(_:)`` of ``keysToRead(for:)``.
-    public func prepareKeys(for visitors: [(TenantID, VisitorUID)]) async {
-        await readKeys(keysToRead(for: visitors))
-    }
-
     /// The subjects' live keys for sealing, made where there is none and the value says one may be made;
     /// `nil` for a subject whose key is destroyed and may not be made again. Keys made are stored here when
     /// `storingNewKeys`; otherwise they are returned unstored (with the epoch to keep them by) and used as

@@ -175,11 +175,7 @@ struct APIKeyStore: Sendable {
         guard let separator = rest.firstIndex(of: UInt8(ascii: "_")) else { return nil }
         let id = rest[..<separator]
         let secret = rest[rest.index(after: separator)...]
-        func isHexDigit(_ byte: UInt8) -> Bool {
-            (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte)
-                || (UInt8(ascii: "A")...UInt8(ascii: "F")).contains(byte)
-        }
-        guard id.count == 16, id.allSatisfy(isHexDigit), (32...64).contains(secret.count) else { return nil }
+        guard id.count == 16, id.allSatisfy(\.isASCIIHexDigit), (32...64).contains(secret.count) else { return nil }
         return (String(Substring(id)), String(Substring(secret)))
     }
 
