@@ -394,8 +394,13 @@ import Webhooks
         let crmEntries = try crm.entries()
         #expect(crmEntries.allSatisfy { $0.type == "conversation.started" && $0.verified })
         #expect(Set(crmEntries.compactMap(\.conversationId)) == Set(conversations) && crmEntries.count == conversations.count)
-        #expect(try await a.stop() == 0, "\(a.failureSummary)")
-        #expect(try await b.stop() == 0, "\(b.failureSummary)")
+        // The status says which way a failed stop went: an exit code, or nil when it had not ended 20 s after
+        // SIGTERM and was killed (one clean CI run failed here with no output from the process).
+        for (name, instance) in [("a", a), ("b", b)] {
+            let started = ContinuousClock.now
+            let status = try await instance.stop()
+            #expect(status == 0, "instance \(name): status \(String(describing: status)) after \(ContinuousClock.now - started); \(instance.failureSummary)")
+        }
     }
 
     /// A receiver that dies after taking a message and before answering it: the sender never saw the 2xx, so
