@@ -192,16 +192,7 @@ public struct AuditTrail: Sendable {
     /// The first and last position of the tenant's events recorded in [from, to); `nil` when there is none.
     private func positions(tenant: TenantID, from: Date?, to: Date?) async throws -> (Int64, Int64)? {
         do {
-            let rows = try await store.client.queryOpen(
-                """
-                SELECT min(p), max(p) FROM (
-                    SELECT global_position AS p FROM events
-                    WHERE tenant_id = \(tenant.rawValue)
-                      AND recorded_at >= coalesce(\(from)::timestamptz, '-infinity') AND recorded_at < coalesce(\(to)::timestamptz, 'infinity')
-                    -- OFFSET 0 keeps this an index-only scan of the window in events_tenant_recorded_at_idx; without
-                    -- it the planner turns min and max into position-ordered scans that filter on time.
-                    OFFSET 0) AS window_positions
-                """, logger: logger)
+            let rows = try await store.client.queryOpen(Self.windowBounds(tenant: tenant, from: from, to: to), logger: logger)
             for try await (first, last) in rows.decode((Int64?, Int64?).self) {
                 guard let first, let last else { return nil }
                 return (first, last)
@@ -210,6 +201,19 @@ public struct AuditTrail: Sendable {
         } catch let error as PSQLError {
             throw PostgresEventStore.mapError(error, operation: "bound the time window")
         }
+    }
+
+    /// The statement of ``positions(tenant:from:to:)``: every event of the window is looked at, since a position
+    /// taken by an older transaction can commit after younger ones. An index-only scan of the window in
+    /// `events_tenant_recorded_at_idx`, split between workers when the window is large. On the bare column
+    /// (`min(global_position)`) the planner would turn min and max into scans in position order that filter on
+    /// time, from the store's first event up to the window: `+ 0` keeps it from that.
+    static func windowBounds(tenant: TenantID, from: Date?, to: Date?) -> PostgresQuery {
+        """
+        SELECT min(global_position + 0), max(global_position + 0) FROM events
+        WHERE tenant_id = \(tenant.rawValue)
+          AND recorded_at >= coalesce(\(from)::timestamptz, '-infinity') AND recorded_at < coalesce(\(to)::timestamptz, 'infinity')
+        """
     }
 
     // MARK: Conflicts
