@@ -3,7 +3,8 @@ import Foundation
 import Logging
 import PostgresNIO
 
-/// A database made for one benchmark run on the server of `CONVO_DATABASE_URL`, migrated, and dropped after.
+/// A database made for one benchmark run on the server of `CONVO_DATABASE_URL`, migrated, and dropped after
+/// (unless `CONVO_BENCH_KEEP_DATABASE=1`).
 enum BenchDatabase {
     static let logger = Logger(label: "convo.bench", factory: { _ in SwiftLogNoOpLogHandler() })
 
@@ -25,7 +26,12 @@ enum BenchDatabase {
                 try await Migrator(client: client, logger: logger).migrate()
                 return try await body(client, url)
             }
-            try await withClient(server, maximumConnections: 1) { try await $0.query("DROP DATABASE \(unescaped: name) WITH (FORCE)") }
+            // CONVO_BENCH_KEEP_DATABASE=1 keeps it, to look at its plans or time queries after the run.
+            if ProcessInfo.processInfo.environment["CONVO_BENCH_KEEP_DATABASE"] == "1" {
+                FileHandle.standardError.write(Data("kept the benchmark's database \(name)\n".utf8))
+            } else {
+                try await withClient(server, maximumConnections: 1) { try await $0.query("DROP DATABASE \(unescaped: name) WITH (FORCE)") }
+            }
             return result
         } catch {
             try? await withClient(server, maximumConnections: 1) { try await $0.query("DROP DATABASE IF EXISTS \(unescaped: name) WITH (FORCE)") }
