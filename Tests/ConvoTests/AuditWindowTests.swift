@@ -18,7 +18,7 @@ import Testing
     /// position 5 recorded on day 10 too (one that started later than its neighbours in time and took its
     /// position first), and position 20,600 recorded on day 2. A search of day 10 finds exactly the events
     /// recorded in it, both stragglers included, in both orders and across pages; searches open at one end
-    /// too. The window's bounds are read by an index-only scan of the time index, not by a scan in position
+    /// too. The window's bounds are read from the time index, not by a scan in position
     /// order (which reads the store from its first event up to the window).
     @Test func aTimeWindowHoldsExactlyItsEventsAndIsBoundedByTheTimeIndexAlone() async throws {
         try await TestDatabase.withFreshDatabase { url in
@@ -77,7 +77,9 @@ import Testing
                 var lines: [String] = []
                 for try await line in plan.decode(String.self) { lines.append(line) }
                 let text = lines.joined(separator: "\n")
-                #expect(text.contains("Index Only Scan using events_tenant_recorded_at_idx"), "\(text)")
+                // An index-only scan, or a bitmap scan when other sessions of the cluster kept VACUUM from marking the
+                // pages all-visible: either way the time index, and not a scan in position order.
+                #expect(text.contains("events_tenant_recorded_at_idx"), "\(text)")
                 #expect(!text.contains("events_pkey") && !text.contains("events_tenant_position_idx"), "\(text)")
             }
         }

@@ -29,24 +29,39 @@ import Testing
                 group.addTask { try await service.run() }
                 defer { group.cancelAll() }
                 #expect(try await eventually(timeout: .seconds(10)) { service.isRunning })
-                let (conversation, visitor) = (newConversation(), newVisitor())
-                var last: RecordedEvent?
-                for index in 1...5 {
-                    let result = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m\(index)", text: "part \(index) of my question"))
-                    service.messageIngested(tenant: harness.tenant, visitor: visitor, conversation: conversation, messageVersion: result.streamVersion)
-                    last = try await harness.all(conversation.messagesStream).last
+                // The burst has to be one: five messages sent at once, each well inside the period. This process
+                // can stall for seconds (another test holds every thread of its pool for 3.2 s on purpose), and a
+                // burst spread that far is rightly answered in parts. Such a try is seen in the stored times, its
+                // parts answered, and the burst sent again to a new conversation (three tries at most).
+                var tries = 0
+                while true {
+                    tries += 1
+                    let (conversation, visitor) = (newConversation(), newVisitor())
+                    for index in 1...5 {
+                        let result = try await harness.ingestor.ingest(harness.message(conversation, visitor, id: "m\(index)", text: "part \(index) of my question"))
+                        service.messageIngested(tenant: harness.tenant, visitor: visitor, conversation: conversation, messageVersion: result.streamVersion)
+                    }
+                    let messages = try await harness.all(conversation.messagesStream).filter { $0.type == VisitorMessageReceived.eventType }
+                    let lastMessage = try #require(messages.last)
+                    let spread = lastMessage.recordedAt.timeIntervalSince(try #require(messages.first).recordedAt)
+                    #expect(try await eventually(timeout: .seconds(30)) { try await !Self.replies(harness, conversation).isEmpty })
+                    if spread >= 1.5 && tries < 3 {
+                        print("quiet period: the burst took \(spread) s to send (this process stalled); sending it again")
+                        #expect(try await eventually(timeout: .seconds(30)) { service.holdingCount == 0 })
+                        continue
+                    }
+                    #expect(spread < 1.5, "the burst took \(spread) s to send in each of \(tries) tries")
+                    // Answered once, all five together, and not before the visitor had been quiet for the period.
+                    let replies = try await Self.replies(harness, conversation)
+                    #expect(replies.count == 1, "\(replies.map(\.reply.inReplyTo))")
+                    #expect(replies.first?.reply.inReplyTo == ["m1", "m2", "m3", "m4", "m5"])
+                    let waited = try #require(replies.first).event.recordedAt.timeIntervalSince(lastMessage.recordedAt)
+                    #expect(waited >= 1.95, "answered \(waited) s after the last message")
+                    let processed = try await harness.all(conversation.workflowStream).last { $0.type == MessagesProcessed.eventType }
+                    #expect(try processed?.decode(MessagesProcessed.self).upToVersion == lastMessage.streamVersion)
+                    #expect(service.holdingCount == 0)
+                    break
                 }
-                #expect(try await eventually(timeout: .seconds(30)) { try await !Self.replies(harness, conversation).isEmpty })
-                // Answered once, all five together, and not before the visitor had been quiet for the period.
-                let lastMessage = try #require(last)
-                let replies = try await Self.replies(harness, conversation)
-                #expect(replies.count == 1, "\(replies.map(\.reply.inReplyTo))")
-                #expect(replies.first?.reply.inReplyTo == ["m1", "m2", "m3", "m4", "m5"])
-                let waited = try #require(replies.first).event.recordedAt.timeIntervalSince(lastMessage.recordedAt)
-                #expect(waited >= 1.95, "answered \(waited) s after the last message")
-                let processed = try await harness.all(conversation.workflowStream).last { $0.type == MessagesProcessed.eventType }
-                #expect(try processed?.decode(MessagesProcessed.self).upToVersion == lastMessage.streamVersion)
-                #expect(service.holdingCount == 0)
             }
         }
     }
