@@ -13,9 +13,9 @@ extension PostgresConnection {
     /// graceful shutdown would wait on it.
     ///
     /// When it gives up, `body` runs on in a task of its own, cancelled: it ends at its next cancellation
-    /// check or failed query, or stays suspended on the dropped query, holding only memory. That task is the
-    /// one unstructured task of the store: nothing else can stop waiting for a promise that is never
-    /// completed. Cancelling the caller cancels `body`, which finishes its clean-up on a live connection.
+    /// check or failed query, or stays suspended on the dropped query, holding only memory. That task, and
+    /// a scan's page read given up at its outage (``PostgresEventStore/scanAll(after:batchSize:opening:_:)``), are
+    /// the store's unstructured tasks: nothing else can stop waiting for a promise that is never completed. Cancelling the caller cancels `body`, which finishes its clean-up on a live connection.
     ///
     /// - Throws: what `body` throws; ``EventStoreError`` (`unavailable`) when the connection closed first.
     public func whileOpen<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {

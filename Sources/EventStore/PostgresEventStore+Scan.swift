@@ -81,17 +81,27 @@ extension PostgresEventStore {
             code: .unavailable, message: "scan the events: no page read from PostgreSQL within \(configuration.scanOutage)", cause: lastError)
     }
 
-    /// `body`'s result, or nil once `deadline` passes first (`body` is then cancelled and awaited).
+    /// `body`'s result, or nil once `deadline` passes first. `body` is then cancelled and not waited for: a
+    /// query that gets no answer (a PostgreSQL frozen or behind a lock, a query PostgresNIO dropped) does not
+    /// react to cancellation, and waiting for it would make the outage unbounded. It runs on in a task of its
+    /// own until its query ends, holding its connection. Cancelling the caller gives up the same way.
     private static func until<T: Sendable>(_ deadline: ContinuousClock.Instant, _ body: @escaping @Sendable () async throws -> T) async throws -> T? {
-        try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await body() }
-            group.addTask {
-                try await Task.sleep(until: deadline)
-                return nil
-            }
-            defer { group.cancelAll() }
-            return try await group.next() ?? nil
+        let outcome = FirstOutcome<T?>()
+        let attempt = Task {
+            do { outcome.offer(.success(try await body()), fromBody: true) } catch { outcome.offer(.failure(error), fromBody: true) }
         }
+        let timer = Task {
+            try? await Task.sleep(until: deadline)
+            outcome.offer(.success(nil))
+        }
+        let result = await withTaskCancellationHandler {
+            await outcome.value()
+        } onCancel: {
+            outcome.offer(.failure(CancellationError()))
+        }
+        timer.cancel()
+        if !outcome.bodyFinished { attempt.cancel() }
+        return try result.get()
     }
 
     /// Reads up to `maxCount` events after `position` on `connection`, for callers that must read inside
