@@ -618,12 +618,13 @@ import Testing
     }
 
     /// (It hung once in a full run, not reproduced in 24 runs alone nor in 120 runs three at a time: a watch
-    /// says in which step it is if it ever takes 90 s.)
-    @Test(.timeLimit(.minutes(2))) func rotatingTheMasterKeyUnderLoadLosesNothing() async throws {
+    /// says in which step it is if it ever takes 90 s. It only says so: a clean CI run took 94 s through
+    /// every step, each slow on a crowded machine, and the time limit is what fails a hang.)
+    @Test(.timeLimit(.minutes(3))) func rotatingTheMasterKeyUnderLoadLosesNothing() async throws {
         let step = Step("creating the database")
         let watch = Task {
             try await Task.sleep(for: .seconds(90))
-            Issue.record("still \(step.name.withLock { $0 }) after 90 s; before: \(step.report)")
+            print("rotatingTheMasterKeyUnderLoadLosesNothing: still \(step.name.withLock { $0 }) after 90 s; before: \(step.report)")
         }
         defer { watch.cancel() }
         try await TestDatabase.withFreshDatabase { url in
